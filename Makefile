@@ -1,0 +1,48 @@
+# pathgen_batch: the two commands of the README are `make demo` and `make test`.
+# Each creates .venv when missing and installs torch first (TORCH_SPEC), then the project.
+#
+# GPU clusters: TORCH_SPEC='torch==2.13.0' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu128'
+# (any CUDA build whose version satisfies the project's torch range).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+WORKSPACE   ?= workspace
+PYTEST_ARGS ?=
+
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo lint format clean bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_INDEX) '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check pathgen_batch tests benchmarks mlprojects jobs
+	$(BIN)/ruff format --check pathgen_batch tests benchmarks mlprojects jobs
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format pathgen_batch tests benchmarks mlprojects jobs
+	$(BIN)/ruff check --fix pathgen_batch tests benchmarks mlprojects jobs
+
+test: venv lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/pathgen-batch synth cohort --out $(WORKSPACE)/cohort
+	$(BIN)/pathgen-batch synth inventory $(WORKSPACE)/cohort
+
+bench: venv
+	$(BIN)/python benchmarks/bench_tiles.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

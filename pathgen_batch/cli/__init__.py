@@ -1,0 +1,48 @@
+"""The ``pathgen-batch`` command line: a thin layer over the library.
+
+Each command group lives in its own module and only parses options, builds a config and calls
+the library. Errors a user can cause (:class:`~pathgen_batch.errors.PathgenError`) are printed
+as one line and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from pathgen_batch import __version__
+from pathgen_batch.errors import PathgenError
+
+
+class _Group(click.Group):
+    """A click group that turns library errors into one clear line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PathgenError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pathgen-batch")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Synthetic transcriptomes and grade/survival predictions from whole-slide images."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from pathgen_batch.cli import slides as _slides
+    from pathgen_batch.cli import synth as _synth
+
+    main.add_command(_slides.slides)
+    main.add_command(_synth.synth)
+
+
+_register()
