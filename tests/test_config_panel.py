@@ -29,7 +29,12 @@ class _Outer:
 def test_config_round_trip_through_json_data():
     cfg = _Outer(name="y", sizes=(3, 4, 5), inner=_Inner(width=16, rate=0.5), note="n")
     data = to_dict(cfg)
-    assert data == {"name": "y", "sizes": [3, 4, 5], "inner": {"width": 16, "rate": 0.5}, "note": "n"}
+    assert data == {
+        "name": "y",
+        "sizes": [3, 4, 5],
+        "inner": {"width": 16, "rate": 0.5},
+        "note": "n",
+    }
     assert from_dict(_Outer, data) == cfg
 
 
@@ -69,7 +74,9 @@ def test_replace_validates_overrides():
 
 
 def _panel() -> GenePanel:
-    return GenePanel.from_pairs([("TP53", "supp"), ("MYC", "onco"), ("BRCA1", "supp"), ("ERBB2", "onco"), ("AKT1", "kin")])
+    return GenePanel.from_pairs(
+        [("TP53", "supp"), ("MYC", "onco"), ("BRCA1", "supp"), ("ERBB2", "onco"), ("AKT1", "kin")]
+    )
 
 
 def test_panel_families_in_order_of_appearance_and_indices():

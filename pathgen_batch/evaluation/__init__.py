@@ -1,0 +1,98 @@
+"""Evaluation: survival and grade metrics, transcriptome fidelity, paired tests, conformal.
+
+Only numpy, scipy, scikit-learn and scikit-survival; no model code. Every public function
+checks its inputs and raises :class:`~pathgen_batch.errors.DataError` naming the bad input.
+"""
+
+from pathgen_batch.evaluation.conformal import (
+    ClassificationConformal,
+    IntervalConformal,
+    average_set_size,
+    average_width,
+    class_scores,
+    conformal_quantile,
+    conformal_quantile_index,
+    coverage,
+    fit_classification,
+    fit_interval,
+    fit_survival_bins,
+    known_bin_mask,
+    min_calibration_size,
+)
+from pathgen_batch.evaluation.fidelity import (
+    PER_GENE_COLUMNS,
+    FidelityReport,
+    benjamini_hochberg,
+    expression_fidelity,
+)
+from pathgen_batch.evaluation.grade import (
+    accuracy,
+    balanced_accuracy,
+    grade_metrics,
+    macro_f1,
+    macro_ovr_auc,
+    quadratic_weighted_kappa,
+)
+from pathgen_batch.evaluation.stats import PairedTest, paired_comparison
+from pathgen_batch.evaluation.survival import (
+    Concordance,
+    EvaluationTimes,
+    IntegratedBrier,
+    SurvivalReport,
+    TimeDependentAUC,
+    UnoConcordance,
+    bin_probabilities_from_hazards,
+    evaluation_times,
+    harrell_c_index,
+    harrell_concordance,
+    integrated_brier,
+    survival_at_times,
+    survival_from_hazards,
+    survival_report,
+    time_dependent_auc,
+    uno_c_index,
+)
+
+__all__ = [
+    "PER_GENE_COLUMNS",
+    "ClassificationConformal",
+    "Concordance",
+    "EvaluationTimes",
+    "FidelityReport",
+    "IntegratedBrier",
+    "IntervalConformal",
+    "PairedTest",
+    "SurvivalReport",
+    "TimeDependentAUC",
+    "UnoConcordance",
+    "accuracy",
+    "average_set_size",
+    "average_width",
+    "balanced_accuracy",
+    "benjamini_hochberg",
+    "bin_probabilities_from_hazards",
+    "class_scores",
+    "conformal_quantile",
+    "conformal_quantile_index",
+    "coverage",
+    "evaluation_times",
+    "expression_fidelity",
+    "fit_classification",
+    "fit_interval",
+    "fit_survival_bins",
+    "grade_metrics",
+    "harrell_c_index",
+    "harrell_concordance",
+    "integrated_brier",
+    "known_bin_mask",
+    "macro_f1",
+    "macro_ovr_auc",
+    "min_calibration_size",
+    "paired_comparison",
+    "quadratic_weighted_kappa",
+    "survival_at_times",
+    "survival_from_hazards",
+    "survival_report",
+    "time_dependent_auc",
+    "uno_c_index",
+]

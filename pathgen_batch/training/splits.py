@@ -1,0 +1,80 @@
+"""Patient-level splits: stratified k-fold for cross-validation and the inner validation split.
+
+Strata combine grade and event status so every fold sees a similar mix of outcomes. Strata with
+fewer members than folds are merged into one "rare" stratum rather than silently dropped, so every
+patient gets exactly one fold.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from pathgen_batch.errors import DataError
+
+
+def _merge_rare(strata: Sequence[str], k: int) -> np.ndarray:
+    counts = Counter(strata)
+    merged = np.array([s if counts[s] >= k else "__rare__" for s in strata], dtype=object)
+    if 0 < (merged == "__rare__").sum() < k:
+        # the rare bucket itself is too small: fold it into the largest stratum
+        largest = counts.most_common(1)[0][0]
+        merged[merged == "__rare__"] = largest
+    return merged
+
+
+def stratified_folds(strata: Sequence[str], k: int, seed: int) -> np.ndarray:
+    """Assign each item a fold in ``0..k-1`` so that every stratum is spread evenly.
+
+    Deterministic for a given seed. Items of one stratum are shuffled and dealt round-robin,
+    starting each stratum where the previous one stopped so fold sizes differ by at most one.
+    Returns (N,) int64.
+    """
+    n = len(strata)
+    if k < 2:
+        raise DataError(f"folds: need at least 2 folds, got {k}")
+    if n < k:
+        raise DataError(f"folds: {n} patient(s) cannot fill {k} folds")
+    merged = _merge_rare([str(s) for s in strata], k)
+    rng = np.random.default_rng(seed)
+    folds = np.empty(n, dtype=np.int64)
+    offset = 0
+    for s in sorted(set(merged)):
+        idx = np.flatnonzero(merged == s)
+        idx = idx[rng.permutation(len(idx))]
+        folds[idx] = (offset + np.arange(len(idx))) % k
+        offset = (offset + len(idx)) % k
+    return folds
+
+
+def grade_event_strata(grade: Sequence[object], event: Sequence[object]) -> list[str]:
+    """Stratum labels ``"<grade>|<event>"``; unknown grades form their own label."""
+    if len(grade) != len(event):
+        raise DataError(f"strata: {len(grade)} grades but {len(event)} event flags")
+    return [f"{'na' if g is None or g != g else g}|{int(bool(e))}" for g, e in zip(grade, event)]
+
+
+def inner_split(
+    strata: Sequence[str], val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split a training fold into (train, validation) index arrays, stratified.
+
+    The validation part is used for early stopping and conformal calibration; the outer test
+    fold is never seen. Returns sorted int64 index arrays.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"validation fraction must be in (0, 1), got {val_fraction}")
+    n = len(strata)
+    n_val = round(n * val_fraction)
+    if n_val < 1 or n - n_val < 2:
+        raise DataError(
+            f"inner split: {n} training patient(s) are too few for a {val_fraction:.0%} "
+            "validation split"
+        )
+    k = max(2, round(1.0 / val_fraction))
+    folds = stratified_folds(strata, k, seed)
+    val = np.flatnonzero(folds == 0)
+    train = np.flatnonzero(folds != 0)
+    return np.sort(train), np.sort(val)
