@@ -115,11 +115,11 @@ def _extract(archive: Path, prefix: str, out_root: Path, strip_top: bool) -> lis
                     continue
                 target = _safe_member_target(out_root, rel)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(m)
-                if src is None:
+                member = tf.extractfile(m)
+                if member is None:
                     continue
-                with src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                with member, open(target, "wb") as dst:
+                    shutil.copyfileobj(member, dst)
                 written.append(target)
     return written
 

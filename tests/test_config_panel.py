@@ -94,7 +94,9 @@ def test_panel_round_trip_and_digest(tmp_path):
     q = GenePanel.read(p.write(tmp_path / "panel.csv"))
     assert q == p and q.digest == p.digest
     assert p.digest.startswith("sha256:") and len(p.digest) == 7 + 64
-    reordered = GenePanel.from_pairs([(g, f) for g, f in reversed(list(zip(p.genes, p.families)))])
+    reordered = GenePanel.from_pairs(
+        [(g, f) for g, f in reversed(list(zip(p.genes, p.families, strict=True)))]
+    )
     assert reordered.digest != p.digest
     with pytest.raises(DataError, match="different order"):
         p.check_matches(reordered)

@@ -38,11 +38,13 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
+    from pathgen_batch.cli import features as _features
     from pathgen_batch.cli import slides as _slides
     from pathgen_batch.cli import synth as _synth
 
     main.add_command(_slides.slides)
     main.add_command(_synth.synth)
+    main.add_command(_features.features)
 
 
 _register()

@@ -74,7 +74,7 @@ class GenePanel:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["gene", "family"])
-        w.writerows(zip(self.genes, self.families))
+        w.writerows(zip(self.genes, self.families, strict=True))
         return buf.getvalue()
 
     @property

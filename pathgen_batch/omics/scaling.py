@@ -26,8 +26,8 @@ def check_expression(x: np.ndarray, name: str = "expression", n_genes: int | Non
     if bad.any():
         rows, cols = np.nonzero(bad)
         raise DataError(
-            f"{name}: {int(bad.sum())} missing or non-finite value(s), first at row {int(rows[0])}, "
-            f"gene column {int(cols[0])}"
+            f"{name}: {int(bad.sum())} missing or non-finite value(s), first at row "
+            f"{int(rows[0])}, gene column {int(cols[0])}"
         )
 
 
@@ -60,7 +60,7 @@ class ExpressionScaler:
         return ((x - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
 
     def inverse_transform(self, z: np.ndarray) -> np.ndarray:
-        """Back to expression units; also maps a spread (std) when ``z`` is one, via ``scale_only``."""
+        """Map scaled values (..., G) back to expression units."""
         z = np.asarray(z, dtype=np.float64)
         if z.shape[-1] != self.n_genes:
             raise DataError(f"scaled expression: expected {self.n_genes} genes, got {z.shape[-1]}")

@@ -53,7 +53,10 @@ def grade_event_strata(grade: Sequence[object], event: Sequence[object]) -> list
     """Stratum labels ``"<grade>|<event>"``; unknown grades form their own label."""
     if len(grade) != len(event):
         raise DataError(f"strata: {len(grade)} grades but {len(event)} event flags")
-    return [f"{'na' if g is None or g != g else g}|{int(bool(e))}" for g, e in zip(grade, event)]
+    return [
+        f"{'na' if g is None or g != g else g}|{int(bool(e))}"
+        for g, e in zip(grade, event, strict=True)
+    ]
 
 
 def inner_split(
