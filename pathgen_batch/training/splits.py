@@ -1,28 +1,18 @@
 """Patient-level splits: stratified k-fold for cross-validation and the inner validation split.
 
-Strata combine grade and event status so every fold sees a similar mix of outcomes. Strata with
-fewer members than folds are merged into one "rare" stratum rather than silently dropped, so every
-patient gets exactly one fold.
+Strata combine grade and event status so every fold sees a similar mix of outcomes. Patients of
+each stratum are dealt to folds in turn, the dealing continuing from one stratum to the next, so
+every stratum's fold counts differ by at most one and so do the fold sizes; a stratum smaller
+than the number of folds is spread over distinct folds, never dropped.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from pathgen_batch.errors import DataError
-
-
-def _merge_rare(strata: Sequence[str], k: int) -> np.ndarray:
-    counts = Counter(strata)
-    merged = np.array([s if counts[s] >= k else "__rare__" for s in strata], dtype=object)
-    if 0 < (merged == "__rare__").sum() < k:
-        # the rare bucket itself is too small: fold it into the largest stratum
-        largest = counts.most_common(1)[0][0]
-        merged[merged == "__rare__"] = largest
-    return merged
 
 
 def stratified_folds(strata: Sequence[str], k: int, seed: int) -> np.ndarray:
@@ -37,7 +27,7 @@ def stratified_folds(strata: Sequence[str], k: int, seed: int) -> np.ndarray:
         raise DataError(f"folds: need at least 2 folds, got {k}")
     if n < k:
         raise DataError(f"folds: {n} patient(s) cannot fill {k} folds")
-    merged = _merge_rare([str(s) for s in strata], k)
+    merged = np.asarray([str(s) for s in strata], dtype=object)
     rng = np.random.default_rng(seed)
     folds = np.empty(n, dtype=np.int64)
     offset = 0

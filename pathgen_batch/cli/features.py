@@ -1,0 +1,191 @@
+"""``pathgen-batch features``: tile encoders and per-slide feature extraction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pathgen_batch.features import (
+    DEFAULT_ENCODER,
+    SlideResult,
+    build_encoder,
+    cohort_slides,
+    encoder_entries,
+    encoder_names,
+    extract_slides,
+)
+
+
+@click.group()
+def features() -> None:
+    """Embed slide tiles with a registered encoder; list the encoders."""
+
+
+def _parse_options(values: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON (numbers, true/false, lists) else a string."""
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _option_help(cls: type) -> str:
+    parts = []
+    for f in dataclasses.fields(cls):
+        if f.name == "weights":
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+            shown = list(default) if isinstance(default, tuple) else default
+            parts.append(f"{f.name}={json.dumps(shown)}")
+        else:
+            parts.append(f"{f.name} (required)")
+    return ", ".join(parts)
+
+
+@features.command("encoders")
+def encoders_cmd() -> None:
+    """List the registered encoders and their options."""
+    for e in encoder_entries():
+        default = " (default)" if e.name == DEFAULT_ENCODER else ""
+        click.echo(f"{e.name}{default}: {e.summary}")
+        if e.needs_weights:
+            click.echo("    --weights PATH (required, local file)")
+        click.echo(f"    options (-o KEY=VALUE): {_option_help(e.config_cls)}")
+
+
+@features.command("extract")
+@click.option(
+    "--cohort",
+    "cohort_dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Cohort folder (clinical.parquet, slides/).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the per-slide feature files.",
+)
+@click.option(
+    "--encoder",
+    type=click.Choice(encoder_names()),
+    default=DEFAULT_ENCODER,
+    show_default=True,
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Local weights file (resnet50-trunc, torchscript); never downloaded.",
+)
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Encoder option, repeatable (see `features encoders`), e.g. -o dim=1024.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    metavar="auto|cpu|cuda[:N]",
+    help="auto uses CUDA when available.",
+)
+@click.option(
+    "--min-tissue",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Minimum tissue fraction of a kept tile.",
+)
+@click.option("--mpp", type=float, default=None, help="Level-0 um/px for every slide (override).")
+@click.option(
+    "--slides",
+    "slide_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only these slide ids (repeatable or comma-separated); default all.",
+)
+@click.option("--overwrite", is_flag=True, help="Re-extract slides that already have features.")
+@click.option(
+    "--keep-going", is_flag=True, help="Record slides that fail and go on (exit status 1)."
+)
+@click.pass_context
+def extract_cmd(
+    ctx: click.Context,
+    cohort_dir: Path,
+    out_dir: Path,
+    encoder: str,
+    weights: Path | None,
+    options: tuple[str, ...],
+    batch_size: int,
+    device: str,
+    min_tissue: float,
+    mpp: float | None,
+    slide_ids: tuple[str, ...],
+    overwrite: bool,
+    keep_going: bool,
+) -> None:
+    """Tile and embed every slide of a cohort; one Parquet file per slide (resumable)."""
+    enc = build_encoder(
+        encoder,
+        weights=str(weights) if weights is not None else None,
+        device=device,
+        options=_parse_options(options),
+    )
+    ids = [s for item in slide_ids for s in item.split(",") if s] or None
+    slides = cohort_slides(cohort_dir, ids)
+    click.echo(f"encoder {enc.contract.describe()} on {enc.device}; {len(slides)} slide(s)")
+    n = len(slides)
+    counter = {"i": 0}
+
+    def progress(r: SlideResult) -> None:
+        counter["i"] += 1
+        head = f"[{counter['i']}/{n}] {r.slide_id}:"
+        if r.status == "done":
+            click.echo(
+                f"{head} {r.n_tiles} tiles in {r.seconds:.1f}s ({r.tiles_per_s:.0f} tiles/s)"
+            )
+        elif r.status == "skipped":
+            click.echo(f"{head} skipped (features already extracted)")
+        else:
+            click.echo(f"{head} FAILED {r.error}", err=True)
+
+    results = extract_slides(
+        slides,
+        out_dir,
+        enc,
+        min_tissue=min_tissue,
+        mpp_override=mpp,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        on_error="record" if keep_going else "raise",
+        progress=progress,
+    )
+    done = [r for r in results if r.status == "done"]
+    failed = [r for r in results if r.status == "failed"]
+    tiles = sum(r.n_tiles for r in done)
+    secs = sum(r.seconds for r in done)
+    rate = f" ({tiles / secs:.0f} tiles/s)" if secs > 0 else ""
+    click.echo(
+        f"done {len(done)}, skipped {n - len(done) - len(failed)}, failed {len(failed)}; "
+        f"{tiles} tiles in {secs:.1f}s{rate}; features in {out_dir}"
+    )
+    if failed:
+        ctx.exit(1)

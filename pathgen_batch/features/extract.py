@@ -1,0 +1,304 @@
+"""Feature extraction: slide -> tiles -> encoder -> per-slide feature file.
+
+``extract_slide`` tiles one slide at the encoder's resolution and encodes every kept tile.
+Tile reading runs in a background thread ``prefetch`` batches ahead, so that decoding the next
+batch overlaps with encoding this one (OpenSlide and torch both release the GIL).
+``extract_slides`` / ``extract_cohort`` write one Parquet file per slide (see
+:mod:`pathgen_batch.features.store`) and are resumable: a slide whose file already exists with
+the same contract and tiling settings is skipped; one with a different contract is an error
+(unless ``overwrite``), so a features folder never mixes encoders.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from pathgen_batch.errors import ConfigError, DataError, SlideError
+from pathgen_batch.features.encoder import Encoder
+from pathgen_batch.features.store import (
+    SlideFeatures,
+    check_slide_id,
+    feature_file,
+    read_contract,
+    read_extraction,
+    write_slide_features,
+)
+from pathgen_batch.slides import TileSpec, open_slide, read_tiles, tile_grid, tissue_mask
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def spec_for(encoder: Encoder, min_tissue: float = 0.5) -> TileSpec:
+    """The tile spec matching ``encoder``'s contract."""
+    return TileSpec(tile_px=encoder.tile_px, mpp=encoder.mpp, min_tissue=min_tissue)
+
+
+def _check_spec(spec: TileSpec, encoder: Encoder) -> None:
+    if spec.tile_px != encoder.tile_px or abs(spec.mpp - encoder.mpp) > 1e-9 * encoder.mpp:
+        raise ConfigError(
+            f"tile spec ({spec.tile_px} px at {spec.mpp} um/px) does not match the encoder's "
+            f"contract ({encoder.tile_px} px at {encoder.mpp} um/px)"
+        )
+
+
+_DONE = object()
+
+
+def _prefetch(it: Iterator[T], depth: int) -> Generator[T, None, None]:
+    """Run ``it`` in a thread, ``depth`` items ahead; errors re-raised in the consumer.
+
+    The thread is always joined before this generator finishes, also when the consumer stops
+    early or fails, so the resource ``it`` reads from can be closed right after.
+    """
+    if depth < 1:
+        yield from it
+        return
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in it:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as e:  # re-raised in the consumer thread
+            put(e)
+
+    th = threading.Thread(target=work, name="tile-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join()
+
+
+def extract_slide(
+    path: str | Path,
+    encoder: Encoder,
+    spec: TileSpec | None = None,
+    *,
+    mpp_override: float | None = None,
+    batch_size: int = 64,
+    slide_id: str | None = None,
+    prefetch: int = 2,
+) -> SlideFeatures:
+    """Tile ``path`` at the encoder's tile size and MPP and encode every kept tile.
+
+    ``spec`` defaults to :func:`spec_for` (``min_tissue`` 0.5) and must agree with the
+    encoder's contract. ``slide_id`` defaults to the file name without its last suffix. Raises the
+    slide errors of :mod:`pathgen_batch.slides` (unreadable file, no MPP, no tissue).
+    Returns features in tile-grid order: x, y (N,), feats (N, D), tissue (N,).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    spec = spec or spec_for(encoder)
+    _check_spec(spec, encoder)
+    p = Path(path)
+    sid = check_slide_id(slide_id if slide_id is not None else p.stem)
+    t0 = time.perf_counter()
+    feats: list[np.ndarray] = []
+    encode_s = 0.0
+    with open_slide(p, mpp_override=mpp_override) as slide:
+        grid = tile_grid(slide, spec, tissue_mask(slide))
+        tiles = _prefetch(read_tiles(slide, grid, batch_size=batch_size), prefetch)
+        with closing(tiles):  # joins the reader thread before the slide closes
+            for batch in tiles:
+                te = time.perf_counter()
+                feats.append(encoder.encode(batch.images))  # (B, D)
+                encode_s += time.perf_counter() - te
+        info: dict[str, Any] = {
+            "slide_id": sid,
+            "source": str(p),
+            "slide_mpp": slide.mpp,
+            "mpp_source": slide.mpp_source,
+            "mpp_override": mpp_override,
+            "min_tissue": spec.min_tissue,
+            "level": grid.level,
+            "read_px": grid.read_px,
+            "n_candidates": grid.n_candidates,
+        }
+    seconds = time.perf_counter() - t0
+    info.update(n_tiles=len(grid), seconds=round(seconds, 4), encode_seconds=round(encode_s, 4))
+    return SlideFeatures(
+        slide_id=sid,
+        contract=encoder.contract,
+        x=grid.x.astype(np.int64),
+        y=grid.y.astype(np.int64),
+        feats=np.concatenate(feats) if feats else np.zeros((0, encoder.dim), np.float32),
+        tissue=grid.tissue.astype(np.float32),
+        size_l0=grid.size_l0,
+        extraction=info,
+    )
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """Outcome of one slide in a cohort extraction."""
+
+    slide_id: str
+    status: Literal["done", "skipped", "failed"]
+    n_tiles: int = 0
+    seconds: float = 0.0
+    path: Path | None = None
+    error: str | None = None
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
+
+
+def _settings(min_tissue: float, mpp_override: float | None) -> dict[str, Any]:
+    return {"min_tissue": float(min_tissue), "mpp_override": mpp_override}
+
+
+def _existing_status(
+    out: Path, encoder: Encoder, settings: Mapping[str, Any], overwrite: bool
+) -> bool:
+    """True when ``out`` already holds this slide's features for the same contract and
+    settings; DataError when it holds different ones (unless ``overwrite``)."""
+    if not out.is_file():
+        return False
+    if overwrite:
+        return False
+    try:
+        encoder.contract.check_matches(
+            read_contract(out), what=f"requested encoder vs features already in {out}"
+        )
+    except DataError as e:
+        raise DataError(f"{e}; use overwrite to replace them") from e
+    stored = read_extraction(out)
+    diffs = [f"{k} {stored.get(k)!r} vs {v!r}" for k, v in settings.items() if stored.get(k) != v]
+    if diffs:
+        raise DataError(
+            f"{out}: features were extracted with other settings ("
+            + "; ".join(diffs)
+            + "); use overwrite to replace them"
+        )
+    return True
+
+
+def extract_slides(
+    slides: Mapping[str, str | Path],
+    out_dir: str | Path,
+    encoder: Encoder,
+    *,
+    min_tissue: float = 0.5,
+    mpp_override: float | None = None,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    on_error: Literal["raise", "record"] = "raise",
+    progress: Callable[[SlideResult], None] | None = None,
+    prefetch: int = 2,
+) -> list[SlideResult]:
+    """Extract each ``slide_id -> path`` into ``<out_dir>/<slide_id>.parquet``.
+
+    Files already present with the same contract and settings are skipped (resume). Every
+    existing file is checked before any slide is read, so a contract mismatch fails at once.
+    ``on_error="record"`` turns a slide's SlideError/DataError into a "failed" result instead
+    of stopping. ``progress`` is called with each slide's result.
+    """
+    if on_error not in ("raise", "record"):
+        raise ConfigError(f"on_error: expected 'raise' or 'record', got {on_error!r}")
+    spec = spec_for(encoder, min_tissue)
+    settings = _settings(min_tissue, mpp_override)
+    out_root = Path(out_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    done = {
+        sid: _existing_status(feature_file(out_root, sid), encoder, settings, overwrite)
+        for sid in slides
+    }
+    results: list[SlideResult] = []
+    for sid, src in slides.items():
+        out = feature_file(out_root, sid)
+        if done[sid]:
+            res = SlideResult(sid, "skipped", path=out)
+        else:
+            t0 = time.perf_counter()
+            try:
+                sf = extract_slide(
+                    src,
+                    encoder,
+                    spec,
+                    mpp_override=mpp_override,
+                    batch_size=batch_size,
+                    slide_id=sid,
+                    prefetch=prefetch,
+                )
+            except (SlideError, DataError) as e:
+                if on_error == "raise":
+                    raise
+                log.warning("slide %s failed: %s", sid, e)
+                res = SlideResult(
+                    sid,
+                    "failed",
+                    seconds=time.perf_counter() - t0,
+                    error=f"{type(e).__name__}: {e}",
+                )
+            else:
+                write_slide_features(sf, out_root)
+                res = SlideResult(sid, "done", len(sf), time.perf_counter() - t0, out)
+        results.append(res)
+        if progress is not None:
+            progress(res)
+    return results
+
+
+def cohort_slides(
+    cohort_dir: str | Path, slide_ids: Sequence[str] | None = None
+) -> dict[str, Path]:
+    """slide_id -> slide file of a cohort folder (all slides, or ``slide_ids`` in order)."""
+    from pathgen_batch.synth import load_cohort
+
+    cohort = load_cohort(cohort_dir)
+    known = list(dict.fromkeys(cohort.slide_ids))
+    if slide_ids is None:
+        ids = known
+    else:
+        unknown = sorted(set(slide_ids) - set(known))
+        if unknown:
+            raise DataError(
+                f"{cohort_dir}: slide id(s) not in the cohort: {unknown[:5]} "
+                f"({len(unknown)} in all)"
+            )
+        ids = list(dict.fromkeys(slide_ids))
+    return {s: Path(cohort.slide_path(s)) for s in ids}
+
+
+def extract_cohort(
+    cohort_dir: str | Path,
+    out_dir: str | Path,
+    encoder: Encoder,
+    *,
+    slide_ids: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[SlideResult]:
+    """:func:`extract_slides` over a cohort folder's slides (see ``pathgen_batch.synth``)."""
+    return extract_slides(cohort_slides(cohort_dir, slide_ids), out_dir, encoder, **kwargs)

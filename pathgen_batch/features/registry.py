@@ -1,0 +1,154 @@
+"""Encoder registry: name -> (config class, constructor). The CLI's choices come from here.
+
+``build_encoder("stain-texture")`` needs nothing; ``build_encoder("resnet50-trunc",
+weights="r50.pth")`` and ``build_encoder("torchscript", weights="uni.pt", options={"dim": 1024})``
+load local files only. Options are checked strictly against the encoder's config dataclass, so
+a misspelt option is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pathgen_batch import config
+from pathgen_batch.errors import ConfigError
+from pathgen_batch.features import resnet, stain, torchscript
+from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.features.encoder import Encoder
+
+DEFAULT_ENCODER = stain.NAME
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """One registered encoder: its config class, constructor and a line of help."""
+
+    name: str
+    config_cls: type
+    build: Callable[[Any, str | torch.device], Encoder]
+    summary: str
+    needs_weights: bool
+
+
+_REGISTRY: dict[str, EncoderEntry] = {}
+
+
+def register_encoder(entry: EncoderEntry, replace: bool = False) -> None:
+    """Add an encoder; registering a taken name is a ConfigError unless ``replace``."""
+    if entry.name in _REGISTRY and not replace:
+        raise ConfigError(f"encoder {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
+
+
+def encoder_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def encoder_entries() -> tuple[EncoderEntry, ...]:
+    return tuple(_REGISTRY.values())
+
+
+def get_entry(name: str) -> EncoderEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"encoder: unknown name {name!r}; registered encoders are {list(_REGISTRY)}"
+        ) from None
+
+
+def option_names(name: str) -> tuple[str, ...]:
+    """The options an encoder's config accepts (``weights`` included when it has one)."""
+    return tuple(f.name for f in dataclasses.fields(get_entry(name).config_cls))
+
+
+def encoder_config(
+    name: str, weights: str | None = None, options: Mapping[str, Any] | None = None
+) -> Any:
+    """Build the encoder's frozen config from ``weights`` and ``options``, strictly."""
+    entry = get_entry(name)
+    data = dict(options or {})
+    if entry.needs_weights:
+        if weights is None and "weights" not in data:
+            raise ConfigError(
+                f"encoder {name!r} needs a local weights file (--weights PATH); "
+                "weights are never downloaded"
+            )
+        if weights is not None:
+            data["weights"] = str(weights)
+    elif weights is not None:
+        raise ConfigError(f"encoder {name!r} takes no weights file, got {weights}")
+    return config.from_dict(entry.config_cls, data, _where=f"encoder {name!r} options")
+
+
+def build_encoder(
+    name: str = DEFAULT_ENCODER,
+    *,
+    weights: str | None = None,
+    device: str | torch.device = "cpu",
+    options: Mapping[str, Any] | None = None,
+) -> Encoder:
+    """Construct a registered encoder on ``device`` (``"auto"`` picks CUDA when available)."""
+    entry = get_entry(name)
+    return entry.build(encoder_config(name, weights, options), device)
+
+
+def encoder_for_contract(
+    contract: FeatureContract,
+    *,
+    weights: str | None = None,
+    device: str | torch.device = "cpu",
+) -> Encoder:
+    """Build the encoder that produces ``contract``'s features, or raise DataError naming the
+    field that differs (e.g. a weights file whose digest is not the contract's version)."""
+    options: dict[str, Any] = {"tile_px": contract.tile_px, "mpp": contract.mpp}
+    if contract.encoder == stain.NAME:
+        options.update(stain.options_for_version(contract.version))
+    elif contract.encoder == torchscript.NAME:
+        options.update({"dim": contract.dim, **torchscript.options_for_version(contract.version)})
+    enc = build_encoder(contract.encoder, weights=weights, device=device, options=options)
+    contract.check_matches(enc.contract, what="requested feature contract vs built encoder")
+    return enc
+
+
+register_encoder(
+    EncoderEntry(
+        name=stain.NAME,
+        config_cls=stain.StainTextureConfig,
+        build=lambda cfg, dev: stain.StainTextureEncoder(cfg, dev),
+        summary=(
+            "H&E colour deconvolution statistics and multi-scale texture energies "
+            f"({len(stain.feature_names())}-d); CPU or GPU, nothing downloaded"
+        ),
+        needs_weights=False,
+    )
+)
+register_encoder(
+    EncoderEntry(
+        name=resnet.NAME,
+        config_cls=resnet.ResNetTruncConfig,
+        build=lambda cfg, dev: resnet.ResNetTruncEncoder(cfg, dev),
+        summary=(
+            "ResNet-50 truncated after layer3, average pooled (1024-d, as CLAM); "
+            "torchvision-style state dict from --weights"
+        ),
+        needs_weights=True,
+    )
+)
+register_encoder(
+    EncoderEntry(
+        name=torchscript.NAME,
+        config_cls=torchscript.TorchScriptConfig,
+        build=lambda cfg, dev: torchscript.TorchScriptEncoder(cfg, dev),
+        summary=(
+            "any TorchScript export from --weights (e.g. UNI ViT-L/16); declare dim, "
+            "tile_px, mpp, mean, std as options"
+        ),
+        needs_weights=True,
+    )
+)
