@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SRC    := $(wildcard pathgen_batch tests benchmarks mlprojects jobs)
 
 .PHONY: venv test demo lint format clean bench
 
@@ -26,13 +27,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check pathgen_batch tests benchmarks mlprojects jobs
-	$(BIN)/ruff format --check pathgen_batch tests benchmarks mlprojects jobs
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/mypy
 
 format: venv
-	$(BIN)/ruff format pathgen_batch tests benchmarks mlprojects jobs
-	$(BIN)/ruff check --fix pathgen_batch tests benchmarks mlprojects jobs
+	$(BIN)/ruff format $(SRC)
+	$(BIN)/ruff check --fix $(SRC)
 
 test: venv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
