@@ -34,6 +34,10 @@ class SlideError(PathgenError):
         super().__init__(f"{self.path}: {message}")
 
 
+class SlideNotFoundError(SlideError):
+    """The slide path does not exist or is not a regular file."""
+
+
 class UnsupportedSlideError(SlideError):
     """The file is not in a format OpenSlide (or the fallback reader) can open."""
 

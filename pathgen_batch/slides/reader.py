@@ -26,6 +26,7 @@ from PIL import Image
 from pathgen_batch.errors import (
     MissingMPPError,
     SlideError,
+    SlideNotFoundError,
     UnreadableSlideError,
     UnsupportedSlideError,
 )
@@ -35,10 +36,6 @@ from pathgen_batch.slides.tiffdirect import TiffDirect, TiffLevel
 log = logging.getLogger(__name__)
 
 _OVERRIDE_HINT = "give it explicitly: mpp_override=<um/px> in Python, --mpp <um/px> on the CLI"
-
-
-class SlideNotFoundError(SlideError):
-    """The slide path does not exist or is not a regular file."""
 
 
 def is_opaque(img: Image.Image) -> bool:
