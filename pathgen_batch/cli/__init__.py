@@ -38,13 +38,17 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
+    from pathgen_batch.cli import evaluate as _evaluate
     from pathgen_batch.cli import features as _features
     from pathgen_batch.cli import slides as _slides
     from pathgen_batch.cli import synth as _synth
+    from pathgen_batch.cli import train as _train
 
     main.add_command(_slides.slides)
     main.add_command(_synth.synth)
     main.add_command(_features.features)
+    main.add_command(_train.train)
+    main.add_command(_evaluate.evaluate)
 
 
 _register()

@@ -1,0 +1,355 @@
+"""Model bundles: the on-disk form of a trained generator or fusion model.
+
+A bundle is a folder::
+
+    bundle.json             manifest (below)
+    weights.pt              the model's state dict only (torch.save(state_dict))
+    gene_panel.csv          the gene panel (gene,family), in model order
+    expression_scaler.json  per-gene z-score scaler fit on the training patients
+    feature_scaler.json     per-dimension tile-feature scaler fit on the training patients
+
+``bundle.json`` holds exactly these keys (unknown or missing keys are refused):
+
+=====================  ==========================================================================
+format_version         1
+kind                   "generator" | "fusion"
+name                   registry model name (e.g. "pathgen-generator")
+model_name             "generator" | "fusion" | "attention_mil" | "omics_mlp"
+model_config           the model's config (``pathgen_batch.models.build_model``)
+train_config           the GeneratorTrainConfig / FusionTrainConfig it was trained with
+feature_contract       the encoder contract of the features it was trained on
+gene_panel_digest      digest of gene_panel.csv
+grade_classes          grade class names, in output order
+bin_edges              time-bin edges (K + 1), last one the string "inf"; null for a generator
+diffusion, sampler     DiffusionConfig and default SamplerConfig; null for a fusion model
+conformal              {"grade": ClassificationConformal | null, "risk": IntervalConformal | null}
+provenance             cohort digest, folds, seed, metrics, history, created_at, ...
+files                  sha256 of every other file of the bundle
+=====================  ==========================================================================
+
+Weights are read with ``torch.load(weights_only=True)``; a state dict that does not match the
+config, a file whose digest differs, or a panel that is not the recorded one is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pathgen_batch.config import from_dict, to_dict
+from pathgen_batch.errors import ConfigError, DataError, PathgenError
+from pathgen_batch.evaluation.conformal import ClassificationConformal, IntervalConformal
+from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.models import build_model, model_name_of
+from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
+from pathgen_batch.models.generator import TranscriptomeDenoiser
+from pathgen_batch.omics.panel import GenePanel
+from pathgen_batch.omics.scaling import ExpressionScaler
+from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
+from pathgen_batch.training.scaling import FeatureScaler
+from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
+
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+WEIGHTS = "weights.pt"
+PANEL = "gene_panel.csv"
+EXPRESSION_SCALER = "expression_scaler.json"
+FEATURE_SCALER = "feature_scaler.json"
+FILES = (WEIGHTS, PANEL, EXPRESSION_SCALER, FEATURE_SCALER)
+KEYS = (
+    "format_version",
+    "kind",
+    "name",
+    "model_name",
+    "model_config",
+    "train_config",
+    "feature_contract",
+    "gene_panel_digest",
+    "grade_classes",
+    "bin_edges",
+    "diffusion",
+    "sampler",
+    "conformal",
+    "provenance",
+    "files",
+)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON data: numpy scalars and arrays unwrapped, NaN -> null, +-inf -> "inf"/"-inf"."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    return value
+
+
+def encode_edges(edges: np.ndarray) -> list[float | str]:
+    return [("inf" if math.isinf(v) and v > 0 else float(v)) for v in np.asarray(edges).tolist()]
+
+
+def decode_edges(raw: Any, where: str) -> np.ndarray:
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise DataError(f"{where}: bin_edges must be a list of at least 2 edges, got {raw!r}")
+    out = []
+    for v in raw:
+        if v == "inf" or v is None:
+            out.append(math.inf)
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out.append(float(v))
+        else:
+            raise DataError(f"{where}: bin_edges: expected numbers or 'inf', got {v!r}")
+    return np.asarray(out, dtype=np.float64)
+
+
+def _prepare(path: str | Path, overwrite: bool) -> tuple[Path, Path]:
+    out = Path(path)
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise ConfigError(f"{out}: folder is not empty; pass overwrite to replace it")
+            if not (out / MANIFEST).is_file():
+                raise ConfigError(f"{out}: not a model bundle (no {MANIFEST}); refusing to replace")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return out, tmp
+
+
+def _write(
+    path: str | Path,
+    model: torch.nn.Module,
+    common: dict[str, Any],
+    escaler: ExpressionScaler,
+    fscaler: FeatureScaler,
+    panel: GenePanel,
+    overwrite: bool,
+) -> Path:
+    out, tmp = _prepare(path, overwrite)
+    try:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(state, tmp / WEIGHTS)
+        panel.write(tmp / PANEL)
+        (tmp / EXPRESSION_SCALER).write_text(json.dumps(escaler.to_dict()) + "\n")
+        (tmp / FEATURE_SCALER).write_text(json.dumps(fscaler.to_dict()) + "\n")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            **common,
+            "model_name": model_name_of(model),
+            "model_config": to_dict(model.config),
+            "gene_panel_digest": panel.digest,
+            "files": {f: _sha256(tmp / f) for f in FILES},
+        }
+        manifest = json_safe({k: manifest[k] for k in KEYS})
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def save_generator(gen: TrainedGenerator, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``gen`` as a bundle folder at ``path`` (atomically); return the path."""
+    common = {
+        "kind": "generator",
+        "name": gen.name,
+        "train_config": to_dict(gen.train_config),
+        "feature_contract": gen.contract.to_dict(),
+        "grade_classes": list(gen.grade_classes),
+        "bin_edges": None,
+        "diffusion": to_dict(gen.diffusion),
+        "sampler": to_dict(gen.sampler),
+        "conformal": {"grade": None, "risk": None},
+        "provenance": gen.provenance,
+    }
+    return _write(
+        path,
+        gen.model,
+        common,
+        gen.expression_scaler,
+        gen.feature_scaler,
+        gen.panel,
+        overwrite,
+    )
+
+
+def save_fusion(fus: TrainedFusion, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``fus`` (fusion model or baseline) as a bundle folder at ``path``; return it."""
+    common = {
+        "kind": "fusion",
+        "name": fus.name,
+        "train_config": to_dict(fus.train_config),
+        "feature_contract": fus.contract.to_dict(),
+        "grade_classes": list(fus.grade_classes),
+        "bin_edges": encode_edges(fus.bin_edges),
+        "diffusion": None,
+        "sampler": None,
+        "conformal": {
+            "grade": None if fus.grade_conformal is None else fus.grade_conformal.to_dict(),
+            "risk": None if fus.risk_conformal is None else fus.risk_conformal.to_dict(),
+        },
+        "provenance": fus.provenance,
+    }
+    return _write(
+        path, fus.model, common, fus.expression_scaler, fus.feature_scaler, fus.panel, overwrite
+    )
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The checked ``bundle.json`` of a bundle folder (no weights are read)."""
+    root = Path(path)
+    mf = root / MANIFEST
+    if not mf.is_file():
+        raise DataError(f"{root}: not a model bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{mf}: not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise DataError(f"{mf}: expected a JSON object")
+    unknown = sorted(set(manifest) - set(KEYS))
+    missing = [k for k in KEYS if k not in manifest]
+    if unknown or missing:
+        raise DataError(f"{mf}: unknown key(s) {unknown}, missing key(s) {missing}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise DataError(
+            f"{mf}: format_version {manifest['format_version']!r}, expected {FORMAT_VERSION}"
+        )
+    if manifest["kind"] not in ("generator", "fusion"):
+        raise DataError(f"{mf}: kind must be 'generator' or 'fusion', got {manifest['kind']!r}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or sorted(files) != sorted(FILES):
+        raise DataError(f"{mf}: files must list exactly {list(FILES)}")
+    for f in FILES:
+        p = root / f
+        if not p.is_file():
+            raise DataError(f"{root}: bundle file {f} is missing")
+        if _sha256(p) != files[f]:
+            raise DataError(f"{root}: {f} does not match the digest recorded in {MANIFEST}")
+    return manifest
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+def _load_weights(model: torch.nn.Module, root: Path, device: torch.device) -> None:
+    try:
+        state = torch.load(root / WEIGHTS, weights_only=True, map_location=device)
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise DataError(f"{root / WEIGHTS}: not a readable state dict ({e})") from e
+    if not isinstance(state, dict):
+        raise DataError(f"{root / WEIGHTS}: expected a state dict, got {type(state).__name__}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
+        raise DataError(f"{root}: weights do not match the model config ({detail})") from e
+
+
+def load_bundle(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> TrainedGenerator | TrainedFusion:
+    """Load a bundle folder; every file, key and tensor shape is checked."""
+    root = Path(path)
+    m = read_manifest(root)
+    dev = torch.device(device)
+    try:
+        panel = GenePanel.read(root / PANEL)
+        if panel.digest != m["gene_panel_digest"]:
+            raise DataError(f"{PANEL} digest differs from gene_panel_digest")
+        contract = FeatureContract.from_dict(m["feature_contract"])
+        escaler = ExpressionScaler.from_dict(_json_file(root / EXPRESSION_SCALER))
+        fscaler = FeatureScaler.from_dict(_json_file(root / FEATURE_SCALER))
+        model = build_model(m["model_name"], m["model_config"])
+        classes = m["grade_classes"]
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise DataError(f"grade_classes: expected a list of names, got {classes!r}")
+        provenance = m["provenance"]
+        if not isinstance(provenance, dict):
+            raise DataError("provenance: expected a mapping")
+        conformal = m["conformal"]
+        if not isinstance(conformal, dict) or sorted(conformal) != ["grade", "risk"]:
+            raise DataError("conformal: expected exactly the keys 'grade' and 'risk'")
+        if m["kind"] == "generator":
+            if not isinstance(model, TranscriptomeDenoiser):
+                raise DataError(f"kind 'generator' but model_name {m['model_name']!r}")
+            if m["bin_edges"] is not None or any(v is not None for v in conformal.values()):
+                raise DataError("a generator bundle has no bin_edges and no conformal states")
+            _load_weights(model, root, dev)
+            return TrainedGenerator(
+                model=model,
+                diffusion=from_dict(DiffusionConfig, m["diffusion"], _where="diffusion"),
+                sampler=from_dict(SamplerConfig, m["sampler"], _where="sampler"),
+                expression_scaler=escaler,
+                feature_scaler=fscaler,
+                panel=panel,
+                contract=contract,
+                grade_classes=tuple(classes),
+                train_config=from_dict(
+                    GeneratorTrainConfig, m["train_config"], _where="train_config"
+                ),
+                provenance=provenance,
+                name=str(m["name"]),
+            ).to(dev)
+        if isinstance(model, TranscriptomeDenoiser):
+            raise DataError("kind 'fusion' but model_name 'generator'")
+        if m["diffusion"] is not None or m["sampler"] is not None:
+            raise DataError("a fusion bundle has no diffusion or sampler config")
+        _load_weights(model, root, dev)
+        grade = conformal["grade"]
+        risk = conformal["risk"]
+        return TrainedFusion(
+            model=model,
+            model_name=str(m["model_name"]),
+            expression_scaler=escaler,
+            feature_scaler=fscaler,
+            panel=panel,
+            contract=contract,
+            grade_classes=tuple(classes),
+            bin_edges=decode_edges(m["bin_edges"], "bin_edges"),
+            train_config=from_dict(FusionTrainConfig, m["train_config"], _where="train_config"),
+            grade_conformal=None if grade is None else ClassificationConformal.from_dict(grade),
+            risk_conformal=None if risk is None else IntervalConformal.from_dict(risk),
+            provenance=provenance,
+            name=str(m["name"]),
+        ).to(dev)
+    except PathgenError as e:
+        if str(e).startswith(str(root)):
+            raise
+        raise DataError(f"{root}: {e}") from e

@@ -1,0 +1,309 @@
+"""Training configurations: frozen dataclasses, loaded strictly (unknown keys are errors).
+
+The data-dependent sizes of a model (feature dimension, gene families, grade classes, time bins)
+come from the training data; these configs hold everything else. A config is saved with every
+model bundle, and ``pathgen_batch.config.load_json`` reads one from a file.
+
+Defaults train the 198-patient demo cohort (bags of tens of tiles, 70-d features, 76 genes) in
+minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pathgen_batch.config import from_dict
+from pathgen_batch.errors import ConfigError
+from pathgen_batch.models import GeneratorConfig, config_class
+from pathgen_batch.models.diffusion import (
+    DiffusionConfig,
+    NoiseSchedule,
+    SamplerConfig,
+    build_sampler,
+)
+
+FusionModelName = Literal["fusion", "attention_mil", "omics_mlp"]
+FUSION_MODELS: tuple[str, ...] = ("fusion", "attention_mil", "omics_mlp")
+
+# fields of the model configs that the training data decides
+DATA_FIELDS = frozenset(
+    {"feature_dim", "family_sizes", "gene_families", "n_grades", "n_bins", "n_genes"}
+)
+
+
+@dataclass(frozen=True)
+class GeneratorArch:
+    """The denoiser's architecture: ``GeneratorConfig`` without its data-dependent fields."""
+
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    time_dim: int = 64
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Shared optimisation settings of a fit loop.
+
+    epochs: upper bound; early stopping ends sooner after ``patience`` epochs without a better
+    validation loss. lr, weight_decay: AdamW. grad_clip: max global gradient norm (0 = none).
+    max_tiles: tiles drawn at random per bag at each training step (all tiles at evaluation).
+    """
+
+    epochs: int = 60
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    grad_clip: float = 1.0
+    max_tiles: int = 32
+    patience: int = 10
+
+    def __post_init__(self) -> None:
+        _positive_ints(self, ("epochs", "batch_size", "max_tiles", "patience"))
+        _check_optim(self)
+
+
+def _check_optim(cfg: Any) -> None:
+    if not cfg.lr > 0:
+        raise ConfigError(f"{type(cfg).__name__}.lr: expected > 0, got {cfg.lr}")
+    if cfg.weight_decay < 0 or cfg.grad_clip < 0:
+        raise ConfigError(
+            f"{type(cfg).__name__}: weight_decay and grad_clip must be >= 0, "
+            f"got {cfg.weight_decay}, {cfg.grad_clip}"
+        )
+
+
+def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{type(cfg).__name__}.{name}: expected an integer >= 1, got {v!r}")
+
+
+def check_sampler(sampler: SamplerConfig, diffusion: DiffusionConfig, where: str) -> None:
+    """Raise ConfigError unless ``sampler`` can run on ``diffusion``'s schedule."""
+    if isinstance(sampler.n_samples, bool) or sampler.n_samples < 1:
+        raise ConfigError(f"{where}.n_samples: expected >= 1, got {sampler.n_samples!r}")
+    try:
+        build_sampler(sampler, NoiseSchedule.from_config(diffusion))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _check_split(cfg: Any) -> None:
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(
+            f"{type(cfg).__name__}.val_fraction: expected a number in (0, 1), "
+            f"got {cfg.val_fraction}"
+        )
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"{type(cfg).__name__}.seed: expected an integer >= 0, got {cfg.seed!r}")
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    """How to train the conditional diffusion generator.
+
+    prediction: what the network outputs, the noise (``eps``) or the velocity (``v``); see
+    :mod:`pathgen_batch.training.parameterization`. The loss is on the noise either way.
+    repeats: passes over the training patients per epoch, each with fresh timesteps, noise and
+    tile draws (an epoch of a few hundred patients is only a handful of optimiser steps).
+    val_draws: fixed (timestep, noise) draws per validation patient; the validation loss uses
+    the same draws every epoch (seeded), so epochs are comparable.
+    sampler: how the trained generator samples by default (saved with the model).
+    val_fraction, seed: the inner validation split when the generator is trained on its own.
+    """
+
+    model: GeneratorArch = field(default_factory=GeneratorArch)
+    prediction: Literal["eps", "v"] = "v"
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = field(
+        default_factory=lambda: SamplerConfig(name="ddim", steps=20, eta=0.0, n_samples=10)
+    )
+    epochs: int = 80
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    grad_clip: float = 1.0
+    max_tiles: int = 32
+    patience: int = 20
+    repeats: int = 4
+    val_draws: int = 32
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive_ints(
+            self, ("epochs", "batch_size", "max_tiles", "patience", "repeats", "val_draws")
+        )
+        _check_optim(self)
+        _check_split(self)
+        if self.prediction not in ("eps", "v"):
+            raise ConfigError(
+                f"GeneratorTrainConfig.prediction: expected 'eps' or 'v', got {self.prediction!r}"
+            )
+        check_sampler(self.sampler, self.diffusion, "GeneratorTrainConfig.sampler")
+        a = self.model
+        try:  # the architecture on placeholder data sizes: bad widths fail here, not later
+            GeneratorConfig(
+                feature_dim=1,
+                family_sizes=(1,),
+                width=a.width,
+                depth=a.depth,
+                heads=a.heads,
+                mlp_ratio=a.mlp_ratio,
+                dropout=a.dropout,
+                time_dim=a.time_dim,
+            )
+        except ConfigError as e:
+            raise ConfigError(f"GeneratorTrainConfig.model: {e}") from e
+
+    @property
+    def optim(self) -> OptimConfig:
+        return OptimConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            grad_clip=self.grad_clip,
+            max_tiles=self.max_tiles,
+            patience=self.patience,
+        )
+
+
+@dataclass(frozen=True)
+class FusionTrainConfig:
+    """How to train a predictor: the fusion model or one of its single-modality baselines.
+
+    model: ``fusion`` | ``attention_mil`` | ``omics_mlp``. options: that model's config fields
+    other than the data-dependent ones (e.g. ``{"width": 64, "dropout": 0.25}``); unknown
+    names are errors. The loss is ``survival_weight`` x survival NLL + ``grade_weight`` x grade
+    cross-entropy (unknown grades left out), with ``n_bins`` time bins whose edges are fit on
+    the training patients' event times.
+    """
+
+    model: FusionModelName = "fusion"
+    options: dict[str, Any] = field(default_factory=lambda: {"width": 64, "dropout": 0.25})
+    n_bins: int = 4
+    survival_weight: float = 0.3
+    grade_weight: float = 0.7
+    epochs: int = 60
+    lr: float = 5e-4
+    weight_decay: float = 1e-3
+    batch_size: int = 16
+    grad_clip: float = 1.0
+    max_tiles: int = 32
+    patience: int = 12
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in FUSION_MODELS:
+            raise ConfigError(
+                f"FusionTrainConfig.model: expected one of {list(FUSION_MODELS)}, "
+                f"got {self.model!r}"
+            )
+        allowed = {f.name for f in dataclasses.fields(config_class(self.model))} - DATA_FIELDS
+        unknown = sorted(set(self.options) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"FusionTrainConfig.options: unknown option(s) {unknown} for model "
+                f"{self.model!r}; valid options are {sorted(allowed)}"
+            )
+        _positive_ints(self, ("n_bins", "epochs", "batch_size", "max_tiles", "patience"))
+        placeholder: dict[
+            str, Any
+        ] = {  # data sizes stand-ins: option values are checked here, not later
+            "fusion": {"feature_dim": 1, "family_sizes": [1], "n_grades": 2},
+            "attention_mil": {"feature_dim": 1, "n_grades": 2},
+            "omics_mlp": {"n_genes": 1, "n_grades": 2},
+        }
+        from_dict(
+            config_class(self.model),
+            {**placeholder[self.model], "n_bins": self.n_bins, **self.options},
+            _where=f"FusionTrainConfig.options ({self.model})",
+        )
+        if self.survival_weight < 0 or self.grade_weight < 0:
+            raise ConfigError(
+                "FusionTrainConfig: survival_weight and grade_weight must be >= 0, got "
+                f"{self.survival_weight}, {self.grade_weight}"
+            )
+        if self.survival_weight + self.grade_weight <= 0:
+            raise ConfigError("FusionTrainConfig: survival_weight + grade_weight must be > 0")
+        _check_optim(self)
+        _check_split(self)
+
+    @property
+    def optim(self) -> OptimConfig:
+        return OptimConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            grad_clip=self.grad_clip,
+            max_tiles=self.max_tiles,
+            patience=self.patience,
+        )
+
+
+def _mil_default() -> FusionTrainConfig:
+    return FusionTrainConfig(model="attention_mil", options={"width": 64, "dropout": 0.25})
+
+
+def _omics_default() -> FusionTrainConfig:
+    return FusionTrainConfig(model="omics_mlp", options={"width": 64, "dropout": 0.25})
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """Patient-level cross-validation of generator, fusion model and baselines.
+
+    folds: None = the cohort's ``fold`` column; k = new stratified folds (grade x event) drawn
+    with ``seed``. Inside each fold one inner split (``val_fraction`` of the training part,
+    stratified, ``seed``) serves early stopping of every model and conformal calibration; the
+    models' own ``val_fraction`` and ``seed`` apply only when they are trained alone.
+    alpha: conformal miscoverage; conformal_method: ``lac`` | ``aps`` grade-set score (``lac``
+    by default: with a weak 3-class grade model, ``aps`` sets measured on the demo cohort were
+    always the full set).
+    noise_seed: the standard-normal transcriptome of the "WSI only" condition.
+    registry names: the model names bundles are registered under.
+    """
+
+    generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
+    fusion: FusionTrainConfig = field(default_factory=FusionTrainConfig)
+    attention_mil: FusionTrainConfig = field(default_factory=_mil_default)
+    omics_mlp: FusionTrainConfig = field(default_factory=_omics_default)
+    folds: int | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    alpha: float = 0.1
+    conformal_method: Literal["aps", "lac"] = "lac"
+    noise_seed: int = 1234
+    generator_name: str = "pathgen-generator"
+    fusion_name: str = "pathgen-fusion"
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("fusion", self.fusion, "fusion"),
+            ("attention_mil", self.attention_mil, "attention_mil"),
+            ("omics_mlp", self.omics_mlp, "omics_mlp"),
+        )
+        for name, cfg, model in checks:
+            if cfg.model != model:
+                raise ConfigError(f"CVConfig.{name}.model: expected {model!r}, got {cfg.model!r}")
+        if self.folds is not None and (isinstance(self.folds, bool) or self.folds < 2):
+            raise ConfigError(f"CVConfig.folds: expected None or >= 2, got {self.folds!r}")
+        _check_split(self)
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"CVConfig.alpha: expected a number in (0, 1), got {self.alpha}")
+        if self.conformal_method not in ("aps", "lac"):
+            raise ConfigError(
+                f"CVConfig.conformal_method: expected 'aps' or 'lac', got {self.conformal_method!r}"
+            )
+        for name in ("generator_name", "fusion_name"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"CVConfig.{name}: expected a non-empty name")

@@ -1,0 +1,452 @@
+"""Patient-level cross-validation of the PathGen protocol, and the final models.
+
+For every outer fold (the cohort's ``fold`` column, or new stratified folds):
+
+1. the training part is split into train / validation (stratified by grade x event); every
+   scaler and time-bin edge is fit on train, early stopping uses validation, and the test fold
+   is touched only to score the finished models;
+2. the generator is trained; synthetic transcriptomes (mean of n samples) are generated for the
+   validation and test patients;
+3. the fusion model is trained on REAL transcriptomes, as are the attention-MIL (slides only)
+   and omics-MLP (real transcriptome only) baselines;
+4. conformal grade sets and risk intervals are calibrated on the validation patients with
+   SYNTHETIC transcriptomes (the risk interval targets the risk of the real transcriptome);
+5. on the test fold: the fusion model with the real, the synthetic and a standard-normal
+   ("WSI only") transcriptome, and both baselines, are scored for survival (Harrell and Uno
+   C-index, mean time-dependent AUC, integrated Brier score) and grade (accuracy, balanced
+   accuracy, macro AUC, macro F1, QWK); synthetic vs real expression fidelity; conformal
+   coverage and set size.
+
+Across folds: mean +- sd, and paired tests (Wilcoxon signed-rank, paired t) of the synthetic
+condition against WSI only, real and attention MIL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pathgen_batch.errors import DataError
+from pathgen_batch.evaluation import (
+    average_set_size,
+    average_width,
+    coverage,
+    expression_fidelity,
+    grade_metrics,
+    min_calibration_size,
+    paired_comparison,
+    survival_from_hazards,
+    survival_report,
+)
+from pathgen_batch.training.bundle import save_fusion, save_generator
+from pathgen_batch.training.config import CVConfig
+from pathgen_batch.training.cv_result import (
+    COMPARED_METRICS,
+    COMPARISONS,
+    CONDITIONS,
+    METRICS,
+    CVResult,
+)
+from pathgen_batch.training.data import TrainingData, check_training_part, describe
+from pathgen_batch.training.loops import Progress
+from pathgen_batch.training.splits import inner_split, stratified_folds
+from pathgen_batch.training.trained import FusionPrediction, TrainedFusion, TrainedGenerator
+from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
+
+log = logging.getLogger(__name__)
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """Index arrays of one outer fold: train and val (the training part) and test."""
+
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def plan_folds(data: TrainingData, cfg: CVConfig) -> list[FoldPlan]:
+    """Outer folds and inner splits, checked before any training starts.
+
+    Each training part needs two grade classes and events; its inner training part needs
+    enough events for the time bins; its validation part enough known grades for conformal
+    calibration at ``cfg.alpha``.
+    """
+    strata = data.strata()
+    folds = data.folds if cfg.folds is None else stratified_folds(strata, cfg.folds, cfg.seed)
+    ids = sorted({int(f) for f in folds})
+    if len(ids) < 2:
+        raise DataError(f"folds: cross-validation needs at least 2 folds, got {ids}")
+    n_bins = max(cfg.fusion.n_bins, cfg.attention_mil.n_bins, cfg.omics_mlp.n_bins)
+    need = min_calibration_size(cfg.alpha)
+    plans = []
+    for k in ids:
+        test = np.flatnonzero(folds == k)
+        rest = np.flatnonzero(folds != k)
+        check_training_part(data, rest, f"fold {k}: training part")
+        tr, va = inner_split([strata[i] for i in rest], cfg.val_fraction, cfg.seed + k)
+        tr, va = rest[tr], rest[va]
+        check_training_part(data, tr, f"fold {k}: inner training part", n_bins)
+        known = int((data.grade[va] >= 0).sum())
+        if known < need:
+            raise DataError(
+                f"fold {k}: {known} validation patient(s) with a known grade; conformal "
+                f"calibration at alpha={cfg.alpha:g} needs at least {need}"
+            )
+        plans.append(FoldPlan(k, tr, va, test))
+    return plans
+
+
+def _evaluate(
+    data: TrainingData,
+    plan: FoldPlan,
+    pred: FusionPrediction,
+    edges: np.ndarray,
+    notes: list[str],
+    where: str,
+) -> dict[str, float]:
+    trn = np.concatenate([plan.train, plan.val])
+    te = plan.test
+    out: dict[str, float] = {}
+    try:
+        rep = survival_report(
+            data.event[trn],
+            data.time[trn],
+            data.event[te],
+            data.time[te],
+            pred.risk,
+            bin_survival=survival_from_hazards(pred.hazards),
+            bin_edges=edges,
+        )
+        out.update(
+            harrell_c=rep.harrell_c,
+            uno_c=rep.uno_c,
+            td_auc=rep.mean_auc,
+            ibs=float("nan") if rep.ibs is None else rep.ibs,
+        )
+    except DataError as e:
+        notes.append(f"{where}: survival metrics not computed ({e})")
+        out.update(harrell_c=np.nan, uno_c=np.nan, td_auc=np.nan, ibs=np.nan)
+    known = data.grade[te] >= 0
+    if known.sum() >= 2:
+        labels = [data.grade_classes[g] for g in data.grade[te][known]]
+        gm = grade_metrics(labels, pred.grade_probs[known], data.grade_classes)
+        out.update({m: float(gm[m]) for m in METRICS if m in gm})
+        notes.extend(f"{where}: {n}" for n in gm["notes"])
+    else:
+        notes.append(f"{where}: fewer than 2 test patients with a known grade")
+        out.update({m: np.nan for m in ("accuracy", "balanced_accuracy", "macro_auc")})
+        out.update({m: np.nan for m in ("macro_f1", "qwk")})
+    return out
+
+
+def _oof_rows(
+    data: TrainingData, plan: FoldPlan, cond: str, pred: FusionPrediction
+) -> pd.DataFrame:
+    te = plan.test
+    cols: dict[str, Any] = {
+        "patient_id": [data.patient_ids[i] for i in te],
+        "slide_id": [data.slide_ids[i] for i in te],
+        "fold": plan.fold,
+        "condition": cond,
+        "time": data.time[te],
+        "event": data.event[te],
+        "grade_true": [data.grade_classes[g] if g >= 0 else None for g in data.grade[te]],
+        "grade_pred": [data.grade_classes[g] for g in pred.grade_index],
+        "risk": pred.risk,
+        "risk_lo": np.nan if pred.risk_lo is None else pred.risk_lo,
+        "risk_hi": np.nan if pred.risk_hi is None else pred.risk_hi,
+    }
+    for j, c in enumerate(data.grade_classes):
+        cols[f"p_{c}"] = pred.grade_probs[:, j]
+    for j in range(pred.hazards.shape[1]):
+        cols[f"hazard_{j}"] = pred.hazards[:, j]
+    if pred.grade_sets is not None:
+        cols["grade_set"] = [
+            [c for c, inside in zip(data.grade_classes, row, strict=True) if inside]
+            for row in pred.grade_sets
+        ]
+    else:
+        cols["grade_set"] = None
+    return pd.DataFrame(cols)
+
+
+def _conformal_row(
+    data: TrainingData, plan: FoldPlan, syn: FusionPrediction, real_risk: Any
+) -> dict[str, float]:
+    te = plan.test
+    known = data.grade[te] >= 0
+    assert syn.grade_sets is not None and syn.risk_lo is not None and syn.risk_hi is not None
+    row: dict[str, float] = {"fold": plan.fold, "n_test": len(te), "n_cal": len(plan.val)}
+    if known.any():
+        sets = syn.grade_sets[known]
+        row["grade_coverage"] = coverage(sets, data.grade[te][known])
+        row["grade_set_size"] = average_set_size(sets)
+    else:
+        row["grade_coverage"] = row["grade_set_size"] = np.nan
+    row["risk_coverage"] = coverage((syn.risk_lo, syn.risk_hi), real_risk)
+    row["risk_width"] = average_width((syn.risk_lo, syn.risk_hi))
+    return row
+
+
+def _relabel(progress: Progress | None, prefix: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda e: progress(dataclasses.replace(e, model=f"{prefix} {e.model}"))
+
+
+def run_fold(
+    data: TrainingData,
+    plan: FoldPlan,
+    cfg: CVConfig,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    echo: Echo | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train and score everything for one outer fold; returns rows and states."""
+    notes = notes if notes is not None else []
+    say = echo or (lambda s: log.info("%s", s))
+    tag = f"fold {plan.fold}"
+    t0 = time.perf_counter()
+    bags = data.bags
+    val_bags = [bags[i] for i in plan.val]
+    test_bags = [bags[i] for i in plan.test]
+    gen = train_generator(
+        data,
+        plan.train,
+        plan.val,
+        cfg.generator,
+        device=device,
+        progress=_relabel(progress, tag),
+        name=cfg.generator_name,
+    )
+    t_gen = time.perf_counter() - t0
+    syn_val, _ = gen.generate(val_bags)
+    syn_test, spread_test = gen.generate(test_bags)
+    t_sample = time.perf_counter() - t0 - t_gen
+    say(
+        f"{tag}: generator {gen.provenance['history']['epochs_run']} epochs in {t_gen:.1f}s, "
+        f"sampling {len(plan.val) + len(plan.test)} slides in {t_sample:.1f}s"
+    )
+    models: dict[str, TrainedFusion] = {}
+    for key, mcfg in (
+        ("fusion", cfg.fusion),
+        ("attention_mil", cfg.attention_mil),
+        ("omics_mlp", cfg.omics_mlp),
+    ):
+        tm = time.perf_counter()
+        models[key] = train_predictor(
+            data,
+            plan.train,
+            plan.val,
+            mcfg,
+            device=device,
+            progress=_relabel(progress, tag),
+            name=cfg.fusion_name,
+        )
+        say(
+            f"{tag}: {key} {models[key].provenance['history']['epochs_run']} epochs in "
+            f"{time.perf_counter() - tm:.1f}s"
+        )
+    fusion = calibrate_fusion(
+        models["fusion"],
+        val_bags,
+        syn_val,
+        data.expression[plan.val],
+        data.grade[plan.val],
+        cfg.alpha,
+        cfg.conformal_method,
+    )
+    real_test = data.expression[plan.test]
+    preds = {
+        "real": fusion.predict(test_bags, real_test),
+        "synthetic": fusion.predict(test_bags, syn_test),
+        "wsi_only": fusion.predict(test_bags, None, noise_seed=cfg.noise_seed + plan.fold),
+        "attention_mil": models["attention_mil"].predict(test_bags),
+        "omics_mlp": models["omics_mlp"].predict(None, real_test),
+    }
+    edges = {c: models["fusion"].bin_edges for c in ("real", "synthetic", "wsi_only")}
+    edges["attention_mil"] = models["attention_mil"].bin_edges
+    edges["omics_mlp"] = models["omics_mlp"].bin_edges
+    metric_rows = []
+    for cond, pred in preds.items():
+        m = _evaluate(data, plan, pred, edges[cond], notes, f"{tag} {cond}")
+        metric_rows.append({"fold": plan.fold, "condition": cond, **m})
+    oof = [_oof_rows(data, plan, cond, pred) for cond, pred in preds.items()]
+    for cond in ("real", "wsi_only"):  # sets are calibrated for synthetic inputs only
+        frame = next(f for f in oof if f["condition"].iloc[0] == cond)
+        frame["grade_set"] = None
+        frame["risk_lo"] = np.nan
+        frame["risk_hi"] = np.nan
+    fid = expression_fidelity(real_test, syn_test, data.panel.genes)
+    fid_row = {"fold": plan.fold, **{k: float(fid.summary[k]) for k in fid.summary}}
+    conf_row = _conformal_row(data, plan, preds["synthetic"], preds["real"].risk)
+    synth = pd.DataFrame(syn_test, columns=list(data.panel.genes))
+    synth.insert(0, "patient_id", [data.patient_ids[i] for i in plan.test])
+    synth.insert(1, "fold", plan.fold)
+    synth["mean_spread"] = spread_test.mean(axis=1)
+    histories = [
+        {"fold": plan.fold, "model": "generator", **gen.provenance["history"]},
+        *(
+            {"fold": plan.fold, "model": key, **tm.provenance["history"]}
+            for key, tm in models.items()
+        ),
+    ]
+    seconds = time.perf_counter() - t0
+    say(
+        f"{tag}: done in {seconds:.1f}s; synthetic C {metric_rows[1]['harrell_c']:.3f}, "
+        f"real C {metric_rows[0]['harrell_c']:.3f}, mean per-gene Pearson "
+        f"{fid.summary['mean_pearson']:.3f}"
+    )
+    return {
+        "metrics": metric_rows,
+        "oof": pd.concat(oof, ignore_index=True),
+        "fidelity": fid_row,
+        "conformal": conf_row,
+        "synthetic": synth,
+        "histories": histories,
+        "seconds": seconds,
+        "generator": gen,
+        "fusion": fusion,
+    }
+
+
+def run_cv(
+    data: TrainingData,
+    cfg: CVConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    echo: Echo | None = None,
+) -> CVResult:
+    """Cross-validate generator, fusion model and baselines (see the module docstring).
+
+    Every fold is planned and checked before training starts. With ``out_dir`` the results
+    are written there (see :meth:`CVResult.write`).
+    """
+    cfg = cfg or CVConfig()
+    plans = plan_folds(data, cfg)
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    folds = [
+        run_fold(data, p, cfg, device=device, progress=progress, echo=echo, notes=notes)
+        for p in plans
+    ]
+    metrics = pd.DataFrame([r for f in folds for r in f["metrics"]])
+    fidelity = pd.DataFrame([f["fidelity"] for f in folds])
+    fidelity = fidelity[["fold", *[c for c in fidelity.columns if c != "fold"]]]
+    conformal = pd.DataFrame([f["conformal"] for f in folds])
+    synthetic = pd.concat([f["synthetic"] for f in folds], ignore_index=True)
+    order = {p: i for i, p in enumerate(data.patient_ids)}
+    synthetic = synthetic.sort_values("patient_id", key=lambda s: s.map(order)).reset_index(
+        drop=True
+    )
+    idx = np.asarray([order[p] for p in synthetic["patient_id"]])
+    pooled = expression_fidelity(
+        data.expression[idx], synthetic[list(data.panel.genes)].to_numpy(), data.panel.genes
+    ).summary
+    paired: dict[str, dict[str, dict[str, Any]]] = {}
+    for a, b in COMPARISONS:
+        key = f"{a} vs {b}"
+        paired[key] = {}
+        for m in COMPARED_METRICS:
+            xa = metrics[metrics["condition"] == a].sort_values("fold")[m].to_numpy()
+            xb = metrics[metrics["condition"] == b].sort_values("fold")[m].to_numpy()
+            paired[key][m] = paired_comparison(xa, xb).to_dict()
+    result = CVResult(
+        config=cfg,
+        data_summary=describe(data),
+        cohort_digest=data.digest,
+        metrics=metrics,
+        fidelity=fidelity,
+        pooled_fidelity={k: float(v) for k, v in pooled.items()},
+        conformal=conformal,
+        paired=paired,
+        oof=pd.concat([f["oof"] for f in folds], ignore_index=True),
+        synthetic=synthetic,
+        histories=[h for f in folds for h in f["histories"]],
+        fold_seconds=[float(f["seconds"]) for f in folds],
+        seconds=time.perf_counter() - t0,
+        notes=notes,
+    )
+    if out_dir is not None:
+        result.write(out_dir)
+    return result
+
+
+def train_final(
+    data: TrainingData,
+    cfg: CVConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    echo: Echo | None = None,
+    overwrite: bool = False,
+) -> tuple[TrainedGenerator, TrainedFusion]:
+    """Train the models to register on all patients (one inner validation split).
+
+    The generator and the fusion model (trained on real transcriptomes) early-stop on the same
+    validation patients; the fusion model's conformal states are calibrated on them with
+    synthetic transcriptomes. With ``out_dir`` the bundles are saved to ``out_dir/generator``
+    and ``out_dir/fusion``.
+    """
+    cfg = cfg or CVConfig()
+    everyone = np.arange(data.n_patients)
+    check_training_part(data, everyone, "all patients")
+    tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
+    n_bins = cfg.fusion.n_bins
+    check_training_part(data, tr, "inner training part", n_bins)
+    say = echo or (lambda s: log.info("%s", s))
+    t0 = time.perf_counter()
+    gen = train_generator(
+        data, tr, va, cfg.generator, device=device, progress=progress, name=cfg.generator_name
+    )
+    say(f"generator trained in {time.perf_counter() - t0:.1f}s")
+    t1 = time.perf_counter()
+    fus = train_predictor(
+        data, tr, va, cfg.fusion, device=device, progress=progress, name=cfg.fusion_name
+    )
+    val_bags = [data.bags[i] for i in va]
+    syn_val, _ = gen.generate(val_bags)
+    fus = calibrate_fusion(
+        fus,
+        val_bags,
+        syn_val,
+        data.expression[va],
+        data.grade[va],
+        cfg.alpha,
+        cfg.conformal_method,
+    )
+    say(f"fusion trained and calibrated in {time.perf_counter() - t1:.1f}s")
+    if out_dir is not None:
+        save_generator(gen, Path(out_dir) / "generator", overwrite=overwrite)
+        save_fusion(fus, Path(out_dir) / "fusion", overwrite=overwrite)
+    return gen, fus
+
+
+__all__ = [
+    "COMPARISONS",
+    "CONDITIONS",
+    "METRICS",
+    "CVResult",
+    "FoldPlan",
+    "plan_folds",
+    "run_cv",
+    "run_fold",
+    "train_final",
+]

@@ -1,0 +1,186 @@
+"""The results of a cross-validation run: per-fold tables, summary, printed table, files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pathgen_batch.config import to_dict
+from pathgen_batch.training.bundle import json_safe
+from pathgen_batch.training.config import CVConfig
+
+CONDITIONS: dict[str, str] = {
+    "real": "fusion + real transcriptome",
+    "synthetic": "fusion + synthetic transcriptome",
+    "wsi_only": "fusion + noise (WSI only)",
+    "attention_mil": "attention MIL (WSI only)",
+    "omics_mlp": "omics MLP (real transcriptome)",
+}
+METRICS: dict[str, str] = {
+    "harrell_c": "Harrell C",
+    "uno_c": "Uno C",
+    "td_auc": "td-AUC",
+    "ibs": "IBS",
+    "accuracy": "acc",
+    "balanced_accuracy": "bal acc",
+    "macro_auc": "macro AUC",
+    "macro_f1": "macro F1",
+    "qwk": "QWK",
+}
+COMPARISONS = (("synthetic", "wsi_only"), ("synthetic", "real"), ("synthetic", "attention_mil"))
+COMPARED_METRICS = ("harrell_c", "macro_auc", "balanced_accuracy")
+
+
+@dataclass(eq=False)
+class CVResult:
+    """Everything a cross-validation run measured.
+
+    metrics: one row per (fold, condition) with ``METRICS``; fidelity, conformal: one row per
+    fold; pooled_fidelity: synthetic vs real over all out-of-fold patients; paired: tests
+    across folds; oof: one row per (patient, condition); synthetic: out-of-fold synthetic
+    expression (mean over samples) per patient.
+    """
+
+    config: CVConfig
+    data_summary: dict[str, Any]
+    cohort_digest: str
+    metrics: pd.DataFrame
+    fidelity: pd.DataFrame
+    pooled_fidelity: dict[str, float]
+    conformal: pd.DataFrame
+    paired: dict[str, dict[str, dict[str, Any]]]
+    oof: pd.DataFrame
+    synthetic: pd.DataFrame
+    histories: list[dict[str, Any]]
+    fold_seconds: list[float]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per-fold metrics: columns fold, condition, and one per metric."""
+        return self.metrics.copy()
+
+    def summary(self) -> dict[str, Any]:
+        """Mean and sd across folds of every metric, fidelity, conformal; paired tests."""
+        agg: dict[str, Any] = {}
+        for cond in CONDITIONS:
+            rows = self.metrics[self.metrics["condition"] == cond]
+            agg[cond] = {
+                m: {"mean": float(rows[m].mean()), "sd": float(rows[m].std(ddof=1))}
+                for m in METRICS
+            }
+        fid = {
+            k: {"mean": float(self.fidelity[k].mean()), "sd": float(self.fidelity[k].std(ddof=1))}
+            for k in self.fidelity.columns
+            if k != "fold"
+        }
+        conf = {
+            k: {"mean": float(self.conformal[k].mean()), "sd": float(self.conformal[k].std(ddof=1))}
+            for k in self.conformal.columns
+            if k != "fold"
+        }
+        return {
+            "folds": int(self.metrics["fold"].nunique()),
+            "data": self.data_summary,
+            "cohort_digest": self.cohort_digest,
+            "metrics": agg,
+            "fidelity": fid,
+            "pooled_fidelity": self.pooled_fidelity,
+            "conformal": conf,
+            "paired": self.paired,
+            "seconds": self.seconds,
+            "fold_seconds": self.fold_seconds,
+            "notes": self.notes,
+            "config": to_dict(self.config),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(json_safe(self.summary()), indent=2, allow_nan=False)
+
+    def table(self) -> str:
+        """The printed summary: mean +- sd across folds, fidelity, conformal, paired tests."""
+        k = int(self.metrics["fold"].nunique())
+        sizes = self.conformal["n_test"].astype(int).tolist()
+        n = self.data_summary["patients"]
+        lines = [
+            f"{k}-fold patient-level CV, {n} patients (test folds {'/'.join(map(str, sizes))}), "
+            f"{self.seconds:.0f} s",
+            "",
+        ]
+        head = f"{'condition':<34}" + "".join(f"{v:>15}" for v in METRICS.values())
+        lines += [head, "-" * len(head)]
+        for cond, label in CONDITIONS.items():
+            rows = self.metrics[self.metrics["condition"] == cond]
+            cells = [_pm(rows[m]) for m in METRICS]
+            lines.append(f"{label:<34}" + "".join(f"{c:>15}" for c in cells))
+        g = self.data_summary["genes"]
+        f = self.fidelity
+        p = self.pooled_fidelity
+        lines += [
+            "",
+            "fidelity, synthetic vs real on the test folds (per fold, mean +- sd):",
+            f"  genes significant (Pearson r > 0, BH q < 0.05): "
+            f"{_pm(f['n_significant_pearson'], 1)} of {g}; mean per-gene Pearson "
+            f"{_pm(f['mean_pearson'])}; MAE {_pm(f['mae'])}; flattened Spearman "
+            f"{_pm(f['flattened_spearman'])}",
+            f"  pooled out-of-fold ({int(p['n_patients'])} patients): "
+            f"{int(p['n_significant_pearson'])} of {g} genes significant; mean per-gene Pearson "
+            f"{p['mean_pearson']:.3f}; MAE {p['mae']:.3f}; flattened Spearman "
+            f"{p['flattened_spearman']:.3f}",
+            "",
+            f"conformal (alpha {self.config.alpha:g}, calibrated on validation patients with "
+            "synthetic transcriptomes), test folds:",
+            f"  grade sets: coverage {_pm(self.conformal['grade_coverage'])}, mean size "
+            f"{_pm(self.conformal['grade_set_size'])} of {len(self._classes())}",
+            f"  risk intervals (cover the real-transcriptome risk): coverage "
+            f"{_pm(self.conformal['risk_coverage'])}, mean width "
+            f"{_pm(self.conformal['risk_width'])}",
+            "",
+            "paired tests across folds (synthetic minus other; Wilcoxon signed-rank, paired t):",
+        ]
+        for key, per_metric in self.paired.items():
+            parts = []
+            for m, t in per_metric.items():
+                parts.append(
+                    f"{METRICS[m]} {t['mean_difference']:+.3f} "
+                    f"(W p={_p(t['wilcoxon_p'])}, t p={_p(t['t_p'])})"
+                )
+            lines.append(f"  {key:<28} " + "; ".join(parts))
+        return "\n".join(lines)
+
+    def _classes(self) -> list[str]:
+        return [c[2:] for c in self.oof.columns if c.startswith("p_")]
+
+    def write(self, out_dir: str | Path) -> Path:
+        """metrics_per_fold.csv, fidelity_per_fold.csv, conformal_per_fold.csv, summary.json,
+        table.txt, oof_predictions.parquet, synthetic_expression.parquet, histories.json."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.metrics.to_csv(out / "metrics_per_fold.csv", index=False)
+        self.fidelity.to_csv(out / "fidelity_per_fold.csv", index=False)
+        self.conformal.to_csv(out / "conformal_per_fold.csv", index=False)
+        (out / "summary.json").write_text(self.to_json() + "\n")
+        (out / "table.txt").write_text(self.table() + "\n")
+        self.oof.to_parquet(out / "oof_predictions.parquet", index=False)
+        self.synthetic.to_parquet(out / "synthetic_expression.parquet", index=False)
+        (out / "histories.json").write_text(
+            json.dumps(json_safe(self.histories), allow_nan=False) + "\n"
+        )
+        return out
+
+
+def _pm(values: pd.Series, digits: int = 3) -> str:
+    v = values.to_numpy(dtype=np.float64)
+    if np.isnan(v).all():
+        return "n/a"
+    m, s = np.nanmean(v), (np.nanstd(v, ddof=1) if np.sum(~np.isnan(v)) > 1 else np.nan)
+    return f"{m:.{digits}f}" + ("" if np.isnan(s) else f" ± {s:.{digits}f}")
+
+
+def _p(p: float) -> str:
+    return "n/a" if p is None or p != p else f"{p:.3g}"

@@ -1,0 +1,250 @@
+"""Train one model on given patients: fit scalers and time bins, build, fit, wrap.
+
+``train_generator`` and ``train_predictor`` take the training data and two index arrays, the
+patients whose weights are fit (``train_idx``) and the inner validation patients for early
+stopping (``val_idx``). Every scaler and the time-bin edges are fit on ``train_idx`` only;
+nothing else is seen. ``calibrate_fusion`` adds split-conformal states fit on held-out patients.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pathgen_batch import __version__
+from pathgen_batch.errors import DataError
+from pathgen_batch.evaluation.conformal import (
+    SetMethod,
+    fit_classification,
+    fit_interval,
+    min_calibration_size,
+)
+from pathgen_batch.models import build_model
+from pathgen_batch.models.diffusion import GaussianDiffusion, NoiseSchedule
+from pathgen_batch.models.families import family_ids
+from pathgen_batch.models.generator import GeneratorConfig, TranscriptomeDenoiser
+from pathgen_batch.models.survival import fit_bin_edges, to_bins
+from pathgen_batch.omics.scaling import ExpressionScaler
+from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
+from pathgen_batch.training.data import TrainingData, check_training_part
+from pathgen_batch.training.loops import Examples, Progress, fit_generator, fit_predictor, seeded
+from pathgen_batch.training.scaling import FeatureScaler
+from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
+
+
+def _indices(data: TrainingData, idx: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
+    ix = np.asarray(idx, dtype=np.int64)
+    if ix.ndim != 1 or ix.size == 0:
+        raise DataError(f"{name}: expected a non-empty 1-D index array")
+    if ix.min() < 0 or ix.max() >= data.n_patients:
+        raise DataError(f"{name}: indices must lie in [0, {data.n_patients})")
+    return ix
+
+
+def _split(data: TrainingData, train_idx: Any, val_idx: Any) -> tuple[np.ndarray, np.ndarray]:
+    tr = _indices(data, train_idx, "train_idx")
+    va = _indices(data, val_idx, "val_idx")
+    if np.intersect1d(tr, va).size:
+        raise DataError("train_idx and val_idx: a patient is in both")
+    return tr, va
+
+
+def provenance(
+    data: TrainingData,
+    tr: np.ndarray,
+    va: np.ndarray,
+    seed: int,
+    history: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a bundle records about how a model was trained."""
+    out = {
+        "cohort_digest": data.digest,
+        "n_train": int(tr.size),
+        "n_val": int(va.size),
+        "train_folds": sorted({int(f) for f in data.folds[np.concatenate([tr, va])]}),
+        "val_patients": [data.patient_ids[i] for i in va],
+        "seed": int(seed),
+        "metrics": {"best_val_loss": history["best_val_loss"], "best_epoch": history["best_epoch"]},
+        "history": history,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "pathgen_batch_version": __version__,
+    }
+    out.update(extra or {})
+    return out
+
+
+def generator_config(data: TrainingData, cfg: GeneratorTrainConfig) -> GeneratorConfig:
+    """The denoiser config for this data: data-dependent sizes plus ``cfg.model``."""
+    a = cfg.model
+    return GeneratorConfig(
+        feature_dim=data.feature_dim,
+        family_sizes=data.panel.family_sizes,
+        gene_families=family_ids(data.panel.families),
+        width=a.width,
+        depth=a.depth,
+        heads=a.heads,
+        mlp_ratio=a.mlp_ratio,
+        dropout=a.dropout,
+        time_dim=a.time_dim,
+    )
+
+
+def train_generator(
+    data: TrainingData,
+    train_idx: Sequence[int] | np.ndarray,
+    val_idx: Sequence[int] | np.ndarray,
+    cfg: GeneratorTrainConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    name: str = "pathgen-generator",
+) -> TrainedGenerator:
+    """Fit scalers on ``train_idx``, train the diffusion generator with early stopping on
+    ``val_idx``, and return it with the best epoch's weights."""
+    cfg = cfg or GeneratorTrainConfig()
+    tr, va = _split(data, train_idx, val_idx)
+    escaler = ExpressionScaler.fit(data.expression[tr])
+    fscaler = FeatureScaler.fit([data.bags[i] for i in tr])
+
+    def examples(ix: np.ndarray) -> Examples:
+        return Examples(
+            bags=fscaler.transform_all([data.bags[i] for i in ix]),
+            omics=escaler.transform(data.expression[ix]),
+        )
+
+    dev = torch.device(device)
+    with seeded(cfg.seed, dev):
+        model = TranscriptomeDenoiser(generator_config(data, cfg))
+    diffusion = GaussianDiffusion(NoiseSchedule.from_config(cfg.diffusion))
+    hist = fit_generator(
+        model, diffusion, examples(tr), examples(va), cfg, device=dev, progress=progress
+    )
+    return TrainedGenerator(
+        model=model,
+        diffusion=cfg.diffusion,
+        sampler=cfg.sampler,
+        expression_scaler=escaler,
+        feature_scaler=fscaler,
+        panel=data.panel,
+        contract=data.contract,
+        grade_classes=data.grade_classes,
+        train_config=cfg,
+        provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
+        name=name,
+    )
+
+
+def predictor_config(data: TrainingData, cfg: FusionTrainConfig) -> dict[str, Any]:
+    """The model config dict for this data: data-dependent sizes plus ``cfg.options``."""
+    sizes: dict[str, Any]
+    if cfg.model == "fusion":
+        sizes = {
+            "feature_dim": data.feature_dim,
+            "family_sizes": list(data.panel.family_sizes),
+            "gene_families": list(family_ids(data.panel.families)),
+        }
+    elif cfg.model == "attention_mil":
+        sizes = {"feature_dim": data.feature_dim}
+    else:
+        sizes = {"n_genes": data.n_genes}
+    return {**sizes, "n_grades": data.n_grades, "n_bins": cfg.n_bins, **cfg.options}
+
+
+def train_predictor(
+    data: TrainingData,
+    train_idx: Sequence[int] | np.ndarray,
+    val_idx: Sequence[int] | np.ndarray,
+    cfg: FusionTrainConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    name: str = "pathgen-fusion",
+) -> TrainedFusion:
+    """Fit scalers and time-bin edges on ``train_idx`` and train the fusion model (or the
+    baseline named by ``cfg.model``) on real transcriptomes, early stopping on ``val_idx``."""
+    cfg = cfg or FusionTrainConfig()
+    tr, va = _split(data, train_idx, val_idx)
+    check_training_part(data, tr, "training patients", cfg.n_bins)
+    escaler = ExpressionScaler.fit(data.expression[tr])
+    fscaler = FeatureScaler.fit([data.bags[i] for i in tr])
+    edges = fit_bin_edges(data.time[tr], data.event[tr].astype(np.int64), cfg.n_bins)
+
+    def examples(ix: np.ndarray) -> Examples:
+        return Examples(
+            bags=fscaler.transform_all([data.bags[i] for i in ix]),
+            omics=escaler.transform(data.expression[ix]),
+            grade=data.grade[ix],
+            bins=to_bins(data.time[ix], edges),
+            censored=~data.event[ix],
+        )
+
+    dev = torch.device(device)
+    with seeded(cfg.seed, dev):
+        model = build_model(cfg.model, predictor_config(data, cfg))
+    hist = fit_predictor(
+        model, cfg.model, examples(tr), examples(va), cfg, device=dev, progress=progress
+    )
+    return TrainedFusion(
+        model=model,
+        model_name=cfg.model,
+        expression_scaler=escaler,
+        feature_scaler=fscaler,
+        panel=data.panel,
+        contract=data.contract,
+        grade_classes=data.grade_classes,
+        bin_edges=edges,
+        train_config=cfg,
+        provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
+        name=name,
+    )
+
+
+def calibrate_fusion(
+    fusion: TrainedFusion,
+    bags: Sequence[np.ndarray],
+    synthetic: np.ndarray,
+    real: np.ndarray,
+    grade: np.ndarray,
+    alpha: float = 0.1,
+    method: SetMethod = "lac",
+) -> TrainedFusion:
+    """Split-conformal states from held-out patients, on the inputs used at scoring time.
+
+    Grade sets: scores of the predictions made with the SYNTHETIC transcriptome (B, G) against
+    the known grades (B,) (-1 = unknown, left out). Risk intervals: around the risk predicted
+    with the synthetic transcriptome, covering the risk the REAL transcriptome gives.
+    """
+    syn = fusion.predict(bags, synthetic)
+    ref = fusion.predict(bags, real)
+    g = np.asarray(grade, dtype=np.int64)
+    if g.shape != (syn.risk.shape[0],):
+        raise DataError(f"grade: expected shape ({syn.risk.shape[0]},), got {g.shape}")
+    known = g >= 0
+    need = min_calibration_size(alpha)
+    if int(known.sum()) < need or g.size < need:
+        raise DataError(
+            f"conformal calibration: alpha={alpha:g} needs at least {need} patients with a "
+            f"known grade, got {int(known.sum())} of {g.size}"
+        )
+    grade_state = fit_classification(syn.grade_probs[known], g[known], alpha, method)
+    risk_state = fit_interval(syn.risk, ref.risk, alpha)
+    out = fusion.with_conformal(grade_state, risk_state)
+    out.provenance = {
+        **fusion.provenance,
+        "conformal": {"n_cal": int(g.size), "inputs": "synthetic", "alpha": alpha},
+    }
+    return out
+
+
+def indices_of(data: TrainingData, patient_ids: Sequence[str]) -> np.ndarray:
+    """Row indices of ``patient_ids`` in ``data``."""
+    where = {p: i for i, p in enumerate(data.patient_ids)}
+    missing = [p for p in patient_ids if p not in where]
+    if missing:
+        raise DataError(f"patients not in the training data: {missing[:5]}")
+    return np.asarray([where[p] for p in patient_ids], dtype=np.int64)

@@ -1,0 +1,583 @@
+"""Training: data assembly and its checks, scalers, fit loops, determinism, bundles, CLI.
+
+A small cohort is built with ``pathgen_batch.synth`` (synthetic mode) and embedded with the
+stain-texture encoder once per session; models are tiny and train for a few epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pathgen_batch.config import to_dict
+from pathgen_batch.errors import ConfigError, DataError
+from pathgen_batch.features import SlideFeatures, build_encoder, extract_cohort, feature_file
+from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.features.store import write_slide_features
+from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
+from pathgen_batch.models.fusion import FusionOutput
+from pathgen_batch.synth import CohortConfig, build_cohort, load_cohort
+from pathgen_batch.training.bundle import load_bundle, read_manifest, save_fusion, save_generator
+from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
+from pathgen_batch.training.data import TrainingData, assemble, load_training_data
+from pathgen_batch.training.loops import prediction_loss
+from pathgen_batch.training.scaling import FeatureScaler
+from pathgen_batch.training.splits import inner_split
+from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
+from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
+
+COHORT = CohortConfig(
+    mode="synthetic", n_patients=48, n_genes=18, n_families=3, slide_px=768, levels=2, folds=2
+)
+GEN = GeneratorTrainConfig(
+    model=GeneratorArch(width=16, depth=1, heads=2, mlp_ratio=2, dropout=0.1, time_dim=16),
+    diffusion=DiffusionConfig(num_timesteps=100),
+    sampler=SamplerConfig(name="ddim", steps=5, eta=0.0, n_samples=2),
+    epochs=3,
+    batch_size=16,
+    repeats=1,
+    val_draws=2,
+    patience=2,
+    max_tiles=4,
+)
+FUS = FusionTrainConfig(
+    options={"width": 16, "heads": 2, "dropout": 0.25}, n_bins=3, epochs=4, patience=4, max_tiles=4
+)
+
+
+def build_training_cohort(base: Path) -> tuple[Path, Path]:
+    """The shared test cohort and its features (reused when already built in this session)."""
+    cohort, feats = base / "training-cohort", base / "training-features"
+    build_cohort(cohort, COHORT, workers=1)
+    extract_cohort(cohort, feats, build_encoder("stain-texture", device="cpu"))
+    return cohort, feats
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from intra-op threads, and lose much on a shared CPU."""
+    with threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def cohort_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    with threads(1):
+        return build_training_cohort(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def data(cohort_dirs: tuple[Path, Path]) -> TrainingData:
+    return load_training_data(*cohort_dirs)
+
+
+@pytest.fixture(scope="session")
+def split(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
+    rest = np.flatnonzero(data.folds != 0)
+    tr, va = inner_split([data.strata()[i] for i in rest], 0.25, 0)
+    return rest[tr], rest[va]
+
+
+@pytest.fixture(scope="session")
+def generator(data: TrainingData, split) -> TrainedGenerator:
+    with threads(1):
+        return train_generator(data, *split, GEN)
+
+
+@pytest.fixture(scope="session")
+def fusion(data: TrainingData, split) -> TrainedFusion:
+    with threads(1):
+        return train_predictor(data, *split, FUS)
+
+
+def bags_of(data: TrainingData, idx) -> list[np.ndarray]:
+    return [data.bags[i] for i in idx]
+
+
+# -- data ---------------------------------------------------------------------------------------
+def test_training_data_follows_the_cohort(cohort_dirs, data: TrainingData) -> None:
+    cohort = load_cohort(cohort_dirs[0])
+    assert data.n_patients == 48 and data.patient_ids == tuple(cohort.clinical["patient_id"])
+    np.testing.assert_array_equal(data.expression, cohort.expression.to_numpy())
+    np.testing.assert_array_equal(data.folds, cohort.clinical["fold"].to_numpy())
+    np.testing.assert_array_equal(data.event, cohort.clinical["event"].to_numpy())
+    assert data.grade_classes == tuple(cohort.meta["grade_classes"])
+    assert data.panel.digest == cohort.panel.digest
+    named = [data.grade_classes[g] for g in data.grade]
+    assert named == cohort.clinical["grade"].tolist()
+    assert all(b.dtype == np.float32 and b.shape[1] == 70 and b.shape[0] >= 1 for b in data.bags)
+    assert all(c.shape == (b.shape[0], 2) for b, c in zip(data.bags, data.coords, strict=True))
+    assert data.contract.dim == 70 and data.contract.encoder == "stain-texture"
+
+
+def _tables(cohort_dirs, data: TrainingData):
+    cohort = load_cohort(cohort_dirs[0])
+    bags = {s: (c, b) for s, c, b in zip(data.slide_ids, data.coords, data.bags, strict=True)}
+    return cohort.clinical.copy(), cohort.expression.copy(), cohort.panel, bags
+
+
+def test_assembled_data_marks_unknown_grades(cohort_dirs, data: TrainingData) -> None:
+    clinical, expression, panel, bags = _tables(cohort_dirs, data)
+    clinical["grade_index"] = clinical["grade_index"].astype("Int64")
+    clinical.loc[[1, 4], "grade_index"] = pd.NA
+    d = assemble(clinical, expression, panel, bags, data.contract, data.grade_classes)
+    assert d.grade[1] == -1 and d.grade[4] == -1 and (np.delete(d.grade, [1, 4]) >= 0).all()
+    assert d.digest != data.digest
+
+
+def test_expression_columns_must_match_the_panel(cohort_dirs, data: TrainingData) -> None:
+    clinical, expression, panel, bags = _tables(cohort_dirs, data)
+    swapped = expression[[expression.columns[1], expression.columns[0], *expression.columns[2:]]]
+    with pytest.raises(DataError, match="expression columns do not match the gene panel"):
+        assemble(clinical, swapped, panel, bags, data.contract, data.grade_classes)
+    renamed = expression.rename(columns={expression.columns[3]: "NOT_A_GENE"})
+    with pytest.raises(DataError, match="NOT_A_GENE"):
+        assemble(clinical, renamed, panel, bags, data.contract, data.grade_classes)
+
+
+def test_nan_expression_names_patient_and_gene(cohort_dirs, data: TrainingData) -> None:
+    clinical, expression, panel, bags = _tables(cohort_dirs, data)
+    expression.iloc[5, 7] = np.nan
+    pid, gene = expression.index[5], expression.columns[7]
+    with pytest.raises(DataError, match=f"patient {pid} gene {gene}"):
+        assemble(clinical, expression, panel, bags, data.contract, data.grade_classes)
+
+
+def test_bag_dimension_must_match_the_contract(cohort_dirs, data: TrainingData) -> None:
+    clinical, expression, panel, bags = _tables(cohort_dirs, data)
+    sid = data.slide_ids[2]
+    bags[sid] = (bags[sid][0], bags[sid][1][:, :64].copy())
+    with pytest.raises(DataError, match=f"slide {sid}: features have dimension 64, expected 70"):
+        assemble(clinical, expression, panel, bags, data.contract, data.grade_classes)
+
+
+def _copy_features(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_zero_tile_bag_names_the_slide(cohort_dirs, data: TrainingData, tmp_path: Path) -> None:
+    feats = _copy_features(cohort_dirs[1], tmp_path / "f")
+    sid = data.slide_ids[3]
+    empty = np.zeros(0, np.int64)
+    sf = SlideFeatures(
+        sid,
+        data.contract,
+        empty,
+        empty,
+        np.zeros((0, 70), np.float32),
+        np.zeros(0, np.float32),
+        512,
+    )
+    write_slide_features(sf, feats)
+    with pytest.raises(DataError, match=f"slide {sid}: feature bag has zero tiles"):
+        load_training_data(cohort_dirs[0], feats)
+
+
+def test_feature_dimension_differing_between_slides(
+    cohort_dirs, data: TrainingData, tmp_path: Path
+) -> None:
+    feats = _copy_features(cohort_dirs[1], tmp_path / "f")
+    sid = data.slide_ids[5]
+    c = data.contract
+    other = FeatureContract(c.encoder, c.version, 64, c.tile_px, c.mpp)
+    n = data.bags[5].shape[0]
+    xy = data.coords[5]
+    sf = SlideFeatures(
+        sid, other, xy[:, 0], xy[:, 1], np.ones((n, 64), np.float32), np.ones(n, np.float32), 512
+    )
+    write_slide_features(sf, feats)
+    with pytest.raises(DataError, match=f"slide {sid}.*dim 70 vs 64"):
+        load_training_data(cohort_dirs[0], feats)
+
+
+def test_slide_without_features_is_named(cohort_dirs, data: TrainingData, tmp_path: Path) -> None:
+    feats = _copy_features(cohort_dirs[1], tmp_path / "f")
+    sid = data.slide_ids[7]
+    feature_file(feats, sid).unlink()
+    with pytest.raises(DataError, match=f"1 of 48 slide\\(s\\) have no features.*{sid}"):
+        load_training_data(cohort_dirs[0], feats)
+
+
+# -- scalers, bins and losses -------------------------------------------------------------------
+def test_feature_scaler_closed_form() -> None:
+    bags = [np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), np.array([[5.0, 6.0]], np.float32)]
+    s = FeatureScaler.fit(bags)
+    assert s.mean == (3.0, 4.0) and s.std == (2.0, 2.0)  # ddof 1 over the 3 tiles
+    np.testing.assert_allclose(s.transform(np.array([[3.0, 4.0], [5.0, 8.0]])), [[0, 0], [1, 2]])
+    assert FeatureScaler.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    const = FeatureScaler.fit([np.array([[1.0, 7.0], [2.0, 7.0]])])
+    assert const.std[1] == 1.0
+    with pytest.raises(DataError, match=r"shape \(N, 2\)"):
+        s.transform(np.zeros((3, 5)))
+    with pytest.raises(DataError, match="expected keys"):
+        FeatureScaler.from_dict({**s.to_dict(), "extra": 1})
+
+
+def test_scalers_are_fit_on_the_training_patients_only(
+    data: TrainingData, split, generator: TrainedGenerator, fusion: TrainedFusion
+) -> None:
+    tr, _ = split
+    tiles = np.concatenate([data.bags[i] for i in tr]).astype(np.float64)
+    for model in (generator, fusion):
+        np.testing.assert_allclose(model.feature_scaler.mean, tiles.mean(0), rtol=1e-10)
+        np.testing.assert_allclose(model.feature_scaler.std, tiles.std(0, ddof=1), rtol=1e-10)
+        x = data.expression[tr]
+        np.testing.assert_allclose(model.expression_scaler.mean, x.mean(0), rtol=1e-10)
+        np.testing.assert_allclose(model.expression_scaler.std, x.std(0, ddof=1), rtol=1e-10)
+    everyone = np.concatenate(data.bags).astype(np.float64).mean(0)
+    assert not np.allclose(generator.feature_scaler.mean, everyone)
+
+
+def test_bin_edges_are_training_event_quantiles(data: TrainingData, split, fusion) -> None:
+    tr, _ = split
+    ev = np.sort(data.time[tr][data.event[tr]])
+    expected = []
+    for q in (1 / 3, 2 / 3):  # numpy's linear rule, by hand: position q * (n - 1)
+        pos = q * (ev.size - 1)
+        lo = math.floor(pos)
+        expected.append(ev[lo] + (pos - lo) * (ev[min(lo + 1, ev.size - 1)] - ev[lo]))
+    np.testing.assert_allclose(fusion.bin_edges[1:3], expected, rtol=1e-12)
+    assert fusion.bin_edges[0] == 0.0 and math.isinf(fusion.bin_edges[-1])
+
+
+def test_prediction_loss_hand_computed() -> None:
+    # two patients, K = 2 bins, 2 grade classes; hazard logit 0 -> h = 0.5 in every bin
+    out = FusionOutput(
+        hazard_logits=torch.zeros(2, 2),
+        grade_logits=torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]]),
+        attention=None,
+    )
+    bins = torch.tensor([1, 0])
+    censored = torch.tensor([False, True])
+    grade = torch.tensor([0, -1])  # the second grade is unknown: left out of the CE
+    # patient 0, event in bin 1: -(log S_0 + log h_1) = -(log .5 + log .5); patient 1 censored
+    # in bin 0: -log S_0 = -log .5. NLL = mean = 1.5 log 2. CE of patient 0: -log(3/4).
+    nll = 1.5 * math.log(2.0)
+    ce = -math.log(0.75)
+    got = prediction_loss(out, bins, censored, grade, 0.3, 0.7)
+    assert got.item() == pytest.approx(0.3 * nll + 0.7 * ce, rel=1e-6)
+    none_known = prediction_loss(out, bins, censored, torch.tensor([-1, -1]), 0.3, 0.7)
+    assert none_known.item() == pytest.approx(0.3 * nll, rel=1e-6)
+
+
+# -- fit loops ----------------------------------------------------------------------------------
+def _val_loss_by_hand(fus: TrainedFusion, data: TrainingData, va: np.ndarray) -> float:
+    pred = fus.predict(bags_of(data, va), data.expression[va])
+    h = pred.hazards
+    S = np.cumprod(1 - h, axis=1)
+    bins = np.searchsorted(fus.bin_edges[1:-1], data.time[va], side="left")
+    nll = []
+    for i, y in enumerate(bins):
+        before = 1.0 if y == 0 else S[i, y - 1]
+        if data.event[va][i]:
+            nll.append(-(math.log(before) + math.log(h[i, y])))
+        else:
+            nll.append(-math.log(S[i, y]))
+    known = data.grade[va] >= 0
+    ce = -np.log(pred.grade_probs[known, data.grade[va][known]]).mean()
+    return 0.3 * float(np.mean(nll)) + 0.7 * float(ce)
+
+
+def test_best_epoch_weights_are_restored(data: TrainingData, split) -> None:
+    tr, va = split
+    cfg = to_dict(FUS) | {"epochs": 20, "patience": 2, "lr": 0.05}
+    fus = train_predictor(data, tr, va, FusionTrainConfig(**{**cfg, "options": FUS.options}))
+    h = fus.provenance["history"]
+    assert h["best_val_loss"] == min(h["val_loss"])
+    assert h["val_loss"][h["best_epoch"] - 1] == h["best_val_loss"]
+    assert h["stopped_early"] and h["epochs_run"] == h["best_epoch"] + 2 < 20
+    assert h["val_loss"][-1] != h["best_val_loss"]  # the last epoch's weights were not kept
+    assert _val_loss_by_hand(fus, data, va) == pytest.approx(h["best_val_loss"], rel=1e-4)
+
+
+def test_same_seed_gives_identical_weights(data: TrainingData, split) -> None:
+    first = train_generator(data, *split, GEN)
+    again = train_generator(data, *split, GEN)
+    a, b = first.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert again.provenance["history"]["val_loss"] == first.provenance["history"]["val_loss"]
+    other = train_generator(data, *split, GeneratorTrainConfig(**{**GEN.__dict__, "seed": 1}))
+    c = other.model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    f1 = train_predictor(data, *split, FUS)
+    f2 = train_predictor(data, *split, FUS)
+    s1, s2 = f1.model.state_dict(), f2.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_training_leaves_the_callers_random_state_alone(data: TrainingData, split) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_predictor(data, *split, FusionTrainConfig(**{**FUS.__dict__, "epochs": 1}))
+    assert torch.equal(torch.rand(3), expected)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_progress_prints_one_line_per_epoch(data: TrainingData, split) -> None:
+    lines: list[str] = []
+    gen = train_generator(data, *split, GEN, progress=lambda e: lines.append(e.line()))
+    assert len(lines) == gen.provenance["history"]["epochs_run"]
+    assert lines[0].startswith("generator epoch 1/3: train ") and " val " in lines[0]
+
+
+# -- inference ----------------------------------------------------------------------------------
+def test_generate_in_expression_units_and_batch_invariant(data: TrainingData, generator) -> None:
+    bags = bags_of(data, range(5))
+    mean, std = generator.generate(bags, seed=3)
+    assert mean.shape == std.shape == (5, data.n_genes) and (std >= 0).all()
+    mean1, _ = generator.generate(bags, seed=3, batch_size=1)
+    np.testing.assert_allclose(mean, mean1, rtol=1e-4, atol=1e-4)
+    z, zs = generator.generate_scaled(bags, seed=3)
+    s = generator.expression_scaler
+    np.testing.assert_allclose(mean, z * np.asarray(s.std) + np.asarray(s.mean), rtol=1e-5)
+    np.testing.assert_allclose(std, zs * np.asarray(s.std), rtol=1e-5)
+    one, spread = generator.generate(bags[:2], n_samples=1)
+    assert one.shape == (2, data.n_genes) and not spread.any()
+    other, _ = generator.generate(bags, seed=4)
+    assert not np.allclose(mean, other)
+    with pytest.raises(DataError, match=r"bags\[1\]: expected shape \(N, 70\)"):
+        generator.generate([bags[0], bags[1][:, :5]])
+    with pytest.raises(ConfigError, match="steps"):
+        generator.generate(bags, sampler=SamplerConfig(name="ddim", steps=500))
+
+
+def test_predict_outputs(data: TrainingData, fusion: TrainedFusion) -> None:
+    idx = [0, 1, 2]
+    pred = fusion.predict(bags_of(data, idx), data.expression[idx])
+    np.testing.assert_allclose(pred.grade_probs.sum(1), 1.0, rtol=1e-12)
+    S = np.cumprod(1 - pred.hazards, axis=1)
+    np.testing.assert_allclose(pred.risk, -S.sum(1), rtol=1e-12)
+    assert pred.attention is not None and len(pred.attention) == 3
+    for i, a in zip(idx, pred.attention, strict=True):
+        assert a.shape == (data.panel.n_families, data.bags[i].shape[0])
+        np.testing.assert_allclose(a.sum(1), 1.0, rtol=1e-5)
+    assert pred.grade_sets is None and pred.risk_lo is None
+    wsi1 = fusion.predict(bags_of(data, idx), None, noise_seed=5)
+    wsi2 = fusion.predict(bags_of(data, idx), None, noise_seed=5)
+    np.testing.assert_array_equal(wsi1.risk, wsi2.risk)
+    assert not np.allclose(wsi1.risk, pred.risk)
+    with pytest.raises(DataError, match="expected 3 rows"):
+        fusion.predict(bags_of(data, idx), data.expression[:2])
+
+
+def test_baselines_take_their_one_modality(data: TrainingData, split) -> None:
+    opts = {"width": 16}
+    omics = train_predictor(
+        data, *split, FusionTrainConfig(**{**FUS.__dict__, "model": "omics_mlp", "options": opts})
+    )
+    p = omics.predict(None, data.expression[:4])
+    assert p.grade_probs.shape == (4, 3) and p.attention is None
+    with pytest.raises(DataError, match="needs a transcriptome"):
+        omics.predict(bags_of(data, range(4)), None)
+    mil = train_predictor(
+        data,
+        *split,
+        FusionTrainConfig(**{**FUS.__dict__, "model": "attention_mil", "options": opts}),
+    )
+    q = mil.predict(bags_of(data, range(4)))
+    assert q.attention is not None and q.attention[0].shape == (1, data.bags[0].shape[0])
+    with pytest.raises(DataError, match="needs tile bags"):
+        mil.predict(None, data.expression[:4])
+
+
+def test_fusion_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['depth'\]"):
+        FusionTrainConfig(model="fusion", options={"depth": 3})
+    with pytest.raises(ConfigError, match="feature_dim"):
+        FusionTrainConfig(model="attention_mil", options={"feature_dim": 3})
+    with pytest.raises(ConfigError, match="not divisible by heads"):
+        FusionTrainConfig(model="fusion", options={"width": 10, "heads": 4})
+    with pytest.raises(ConfigError, match=r"GeneratorTrainConfig\.model.*divisible"):
+        GeneratorTrainConfig(model=GeneratorArch(width=10, heads=4))
+    with pytest.raises(ConfigError, match="steps"):
+        GeneratorTrainConfig(sampler=SamplerConfig(name="ddim", steps=5000))
+
+
+# -- bundles ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def calibrated(data: TrainingData, split, generator, fusion) -> TrainedFusion:
+    _, va = split
+    with threads(1):
+        syn, _ = generator.generate(bags_of(data, va))
+        return calibrate_fusion(
+            fusion, bags_of(data, va), syn, data.expression[va], data.grade[va], alpha=0.25
+        )
+
+
+def test_generator_bundle_round_trip(data: TrainingData, generator, tmp_path: Path) -> None:
+    path = save_generator(generator, tmp_path / "gen")
+    names = sorted(p.name for p in path.iterdir())
+    expected = [
+        "bundle.json",
+        "expression_scaler.json",
+        "feature_scaler.json",
+        "gene_panel.csv",
+        "weights.pt",
+    ]
+    assert names == expected
+    state = torch.load(path / "weights.pt", weights_only=True)
+    assert set(state) == set(generator.model.state_dict())
+    loaded = load_bundle(path)
+    assert isinstance(loaded, TrainedGenerator)
+    assert loaded.kind == "generator" and loaded.model_name == "generator"
+    assert loaded.contract == generator.contract and loaded.panel == generator.panel
+    assert loaded.sampler == generator.sampler and loaded.train_config == generator.train_config
+    bags = bags_of(data, range(4))
+    a, sa = generator.generate(bags, seed=1)
+    b, sb = loaded.generate(bags, seed=1)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(sa, sb)
+    m = read_manifest(path)
+    assert m["kind"] == "generator" and m["format_version"] == 1
+    assert m["gene_panel_digest"] == data.panel.digest
+    assert m["provenance"]["cohort_digest"] == data.digest
+
+
+def test_fusion_bundle_round_trip(data: TrainingData, calibrated, tmp_path: Path) -> None:
+    path = save_fusion(calibrated, tmp_path / "fus")
+    text = (path / "bundle.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    manifest = json.loads(text)
+    assert manifest["bin_edges"][-1] == "inf" and manifest["kind"] == "fusion"
+    assert manifest["conformal"]["grade"]["alpha"] == 0.25
+    loaded = load_bundle(path)
+    assert isinstance(loaded, TrainedFusion) and loaded.model_name == "fusion"
+    np.testing.assert_array_equal(loaded.bin_edges, calibrated.bin_edges)
+    assert loaded.grade_conformal == calibrated.grade_conformal
+    assert loaded.risk_conformal == calibrated.risk_conformal
+    idx = [3, 4, 5, 6]
+    a = calibrated.predict(bags_of(data, idx), data.expression[idx])
+    b = loaded.predict(bags_of(data, idx), data.expression[idx])
+    np.testing.assert_array_equal(a.grade_probs, b.grade_probs)
+    np.testing.assert_array_equal(a.risk, b.risk)
+    np.testing.assert_array_equal(a.grade_sets, b.grade_sets)
+    np.testing.assert_array_equal(a.risk_lo, b.risk_lo)
+    assert b.grade_sets is not None and b.grade_sets.any(axis=1).all()
+    assert b.risk_lo is not None and b.risk_hi is not None and (b.risk_lo <= b.risk_hi).all()
+
+
+def _edit_manifest(path: Path, edit) -> None:
+    m = json.loads((path / "bundle.json").read_text())
+    edit(m)
+    (path / "bundle.json").write_text(json.dumps(m))
+
+
+def test_tampered_bundles_are_refused(generator, fusion, tmp_path: Path) -> None:
+    good = save_fusion(fusion, tmp_path / "good")
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(good, tmp_path / name))
+
+    p = copy("unknown")
+    _edit_manifest(p, lambda m: m.update(notes="hi"))
+    with pytest.raises(DataError, match=r"unknown key\(s\) \['notes'\]"):
+        load_bundle(p)
+    p = copy("cfg")
+    _edit_manifest(p, lambda m: m["model_config"].update(width=32))
+    with pytest.raises(DataError, match="weights do not match the model config"):
+        load_bundle(p)
+    p = copy("cfgkey")
+    _edit_manifest(p, lambda m: m["model_config"].update(colour="red"))
+    with pytest.raises(DataError, match="colour"):
+        load_bundle(p)
+    p = copy("missing")
+    (p / "feature_scaler.json").unlink()
+    with pytest.raises(DataError, match=r"feature_scaler\.json is missing"):
+        load_bundle(p)
+    p = copy("swapped")
+    gen = save_generator(generator, tmp_path / "gen")
+    shutil.copy(gen / "weights.pt", p / "weights.pt")
+    with pytest.raises(DataError, match=r"weights\.pt does not match the digest"):
+        load_bundle(p)
+    p = copy("panel")
+    (p / "gene_panel.csv").write_text("gene,family\nA,f\n")
+    with pytest.raises(DataError, match=r"gene_panel\.csv does not match the digest"):
+        load_bundle(p)
+    with pytest.raises(ConfigError, match="not empty"):
+        save_fusion(fusion, good)
+    assert save_fusion(fusion, good, overwrite=True) == good
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def test_cli_trains_generator_then_fusion(cohort_dirs, data, tmp_path: Path) -> None:
+    from pathgen_batch.cli.train import train
+
+    gen_cfg = tmp_path / "gen.json"
+    gen_cfg.write_text(json.dumps(to_dict(GEN) | {"val_fraction": 0.25}))
+    fus_cfg = tmp_path / "fus.json"
+    fus_cfg.write_text(json.dumps(to_dict(FUS)))
+    cohort, feats = (str(p) for p in cohort_dirs)
+    runner = CliRunner()
+    args = ["--cohort", cohort, "--features", feats]
+    r = runner.invoke(
+        train,
+        [
+            "generator",
+            *args,
+            "--out",
+            str(tmp_path / "g"),
+            "--config",
+            str(gen_cfg),
+            "--epochs",
+            "2",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "generator bundle" in r.stdout and "generator epoch 2/2" in r.stderr
+    gen = load_bundle(tmp_path / "g")
+    assert isinstance(gen, TrainedGenerator) and gen.train_config.epochs == 2
+    r = runner.invoke(
+        train,
+        [
+            "fusion",
+            *args,
+            "--out",
+            str(tmp_path / "f"),
+            "--config",
+            str(fus_cfg),
+            "--generator",
+            str(tmp_path / "g"),
+            "--alpha",
+            "0.25",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "fusion bundle" in r.stdout and "conformal qhat" in r.stdout
+    fus = load_bundle(tmp_path / "f")
+    assert isinstance(fus, TrainedFusion) and fus.grade_conformal is not None
+    assert fus.provenance["val_patients"] == gen.provenance["val_patients"]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epochs": 2, "learning_rate": 0.1}))
+    r = runner.invoke(
+        train, ["generator", *args, "--out", str(tmp_path / "x"), "--config", str(bad)]
+    )
+    assert isinstance(r.exception, ConfigError) and "learning_rate" in str(r.exception)
+    r = runner.invoke(
+        train,
+        ["fusion", *args, "--out", str(tmp_path / "y"), "--generator", str(tmp_path / "f")],
+    )
+    assert isinstance(r.exception, DataError) and "expected a generator bundle" in str(r.exception)
+    for cmd in ([], ["generator"], ["fusion"]):
+        assert runner.invoke(train, [*cmd, "--help"]).exit_code == 0
