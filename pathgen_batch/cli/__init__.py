@@ -40,6 +40,7 @@ def main(verbose: int) -> None:
 def _register() -> None:
     from pathgen_batch.cli import evaluate as _evaluate
     from pathgen_batch.cli import features as _features
+    from pathgen_batch.cli import models as _models
     from pathgen_batch.cli import slides as _slides
     from pathgen_batch.cli import synth as _synth
     from pathgen_batch.cli import train as _train
@@ -49,6 +50,7 @@ def _register() -> None:
     main.add_command(_features.features)
     main.add_command(_train.train)
     main.add_command(_evaluate.evaluate)
+    main.add_command(_models.models)
 
 
 _register()

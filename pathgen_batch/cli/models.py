@@ -1,0 +1,324 @@
+"""``pathgen-batch models``: the model registry (list, show, register, promote, rollback)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pathgen_batch.config import load_json
+from pathgen_batch.registry import (
+    GateConfig,
+    RegistryConfig,
+    Store,
+    lineage,
+    list_models,
+    open_store,
+    promote,
+    register_bundle,
+    register_encoder,
+    rollback,
+)
+from pathgen_batch.registry.tags import KINDS
+
+
+@click.group()
+@click.option(
+    "--workspace",
+    default="workspace",
+    show_default=True,
+    envvar="PATHGEN_WORKSPACE",
+    type=click.Path(file_okay=False),
+    help="Workspace of the embedded store (<workspace>/mlflow/mlflow.db).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    envvar="MLFLOW_TRACKING_URI",
+    help="Tracking store (sqlite:///..., http://host:port); default: the workspace store.",
+)
+@click.option(
+    "--registry-uri",
+    default=None,
+    envvar="MLFLOW_REGISTRY_URI",
+    help="Registry store, if not the tracking store.",
+)
+@click.option("--experiment", default="pathgen", show_default=True, help="Experiment name.")
+@click.pass_context
+def models(
+    ctx: click.Context,
+    workspace: str,
+    tracking_uri: str | None,
+    registry_uri: str | None,
+    experiment: str,
+) -> None:
+    """Registered models: stages (None -> Staging -> Production -> Archived) and aliases
+    (staging, champion), a gate before Production, audit trail and rollback."""
+    ctx.obj = RegistryConfig(
+        workspace=workspace,
+        tracking_uri=tracking_uri or None,
+        registry_uri=registry_uri or None,
+        experiment=experiment,
+    )
+
+
+def _store(ctx: click.Context) -> Store:
+    cfg = ctx.find_object(RegistryConfig)
+    return open_store(cfg if cfg is not None else RegistryConfig())
+
+
+def _ms(ms: int) -> str:
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+@models.command("init")
+@click.pass_context
+def init_cmd(ctx: click.Context) -> None:
+    """Create the store and the experiment (artifacts under the workspace) if missing; print
+    the URIs and the line that points `mlflow run` and `mlflow ui` at them."""
+    s = _store(ctx)
+    exp_id = s.experiment_id()
+    click.echo(f"tracking URI : {s.tracking_uri}")
+    click.echo(f"registry URI : {s.registry_uri}")
+    click.echo(f"experiment   : {s.config.experiment} (id {exp_id})")
+    click.echo(f"artifacts    : {s.experiment_artifact_location()}")
+    click.echo(f"export MLFLOW_TRACKING_URI={s.tracking_uri}")
+
+
+@models.command("list")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def list_cmd(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """List registered versions (of NAMES, default all): stage, aliases, CV metrics."""
+    rows = list_models(_store(ctx), list(names) or None)
+    gated = GateConfig()
+    if not rows:
+        click.echo("no registered models")
+        return
+    head = f"{'model':<22}{'ver':>4}  {'stage':<11}{'aliases':<18}{'kind':<10}{'created':<17}run"
+    click.echo(head)
+    click.echo("-" * (len(head) + 30))
+    for r in rows:
+        aliases = " ".join(f"@{a}" for a in r.aliases) or "-"
+        click.echo(
+            f"{r.name:<22}{r.version:>4}  {r.stage:<11}{aliases:<18}{r.kind:<10}"
+            f"{_ms(r.created):<17}{r.run_id or '-'}"
+        )
+        keys = [m.name for m in gated.rules_for(r.kind)] if r.kind in KINDS else []
+        shown = ", ".join(f"{k} {r.metrics[k]:.4g}" for k in keys if k in r.metrics)
+        if shown:
+            click.echo(f"{'':<26}cv: {shown}")
+
+
+@models.command("show")
+@click.argument("name")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="Print the lineage as JSON.")
+@click.pass_context
+def show_cmd(ctx: click.Context, name: str, version: str, as_json: bool) -> None:
+    """Lineage of NAME at VERSION (a number, a stage such as Production, or @alias): training
+    run, its parameters and metrics, data digest, artifact URI, tags and audit trail."""
+    lin = lineage(_store(ctx), name, version)
+    if as_json:
+        click.echo(json.dumps(lin.to_dict(), indent=2, sort_keys=True, default=str))
+    else:
+        click.echo("\n".join(lin.lines()))
+
+
+def _tolerances(values: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        try:
+            out[key.strip()] = float(raw)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise click.BadParameter(
+                f"expected METRIC=NUMBER, got {item!r}", param_hint="--tolerance"
+            )
+    return out
+
+
+def _gate(gate_config: Path | None, tolerance: tuple[str, ...]) -> GateConfig:
+    gate = load_json(GateConfig, gate_config) if gate_config is not None else GateConfig()
+    return gate.with_tolerances(_tolerances(tolerance)) if tolerance else gate
+
+
+_gate_options = [
+    click.option(
+        "--gate-config",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="JSON GateConfig: gated metrics per model kind, directions, tolerances.",
+    ),
+    click.option(
+        "--tolerance",
+        multiple=True,
+        metavar="METRIC=NUMBER",
+        help="Override a gated metric's tolerance (repeatable).",
+    ),
+    click.option("--force", is_flag=True, help="Override a gate refusal (needs --reason)."),
+    click.option("--reason", default="", help="Why; recorded in the audit trail."),
+]
+
+
+def _with_gate_options(fn: Any) -> Any:
+    for opt in reversed(_gate_options):
+        fn = opt(fn)
+    return fn
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option(
+    "--to",
+    "stage",
+    type=click.Choice(["staging", "production", "archived"], case_sensitive=False),
+    default="production",
+    show_default=True,
+)
+@_with_gate_options
+@click.pass_context
+def promote_cmd(
+    ctx: click.Context,
+    name: str,
+    version: str,
+    stage: str,
+    gate_config: Path | None,
+    tolerance: tuple[str, ...],
+    force: bool,
+    reason: str,
+) -> None:
+    """Move NAME at VERSION to a stage; Production goes through the gate."""
+    res = promote(
+        _store(ctx),
+        name,
+        version,
+        stage,
+        gate=_gate(gate_config, tolerance),
+        force=force,
+        reason=reason,
+    )
+    click.echo(res.summary())
+    if res.gate is not None:
+        for m in res.gate.metrics:
+            click.echo(f"  {'ok  ' if m.passed else 'FAIL'} {m.reason}")
+        for c in res.gate.compat:
+            click.echo(f"  {'ok  ' if c.passed else 'FAIL'} {c.what}: {c.reason}")
+
+
+@models.command("rollback")
+@click.argument("name")
+@_with_gate_options
+@click.pass_context
+def rollback_cmd(
+    ctx: click.Context,
+    name: str,
+    gate_config: Path | None,
+    tolerance: tuple[str, ...],
+    force: bool,
+    reason: str,
+) -> None:
+    """Restore the previous Production version of NAME and archive the current one."""
+    res = rollback(
+        _store(ctx), name, gate=_gate(gate_config, tolerance), force=force, reason=reason
+    )
+    click.echo(
+        f"{res.name}: v{res.version} restored to Production; v{res.previous_production} archived"
+    )
+
+
+@models.command("register")
+@click.argument(
+    "bundle", type=click.Path(file_okay=False, exists=True, path_type=Path), metavar="BUNDLE"
+)
+@click.option("--name", default=None, help="Registered model name [default: the bundle's].")
+@click.option("--run-id", default=None, help="Training run to log the model into.")
+@click.option(
+    "--eval-run-id",
+    default=None,
+    help="Run holding the cross-validated metrics (cv/*) and evaluation digest.",
+)
+@click.option("--description", default=None, help="Version description.")
+@click.pass_context
+def register_cmd(
+    ctx: click.Context,
+    bundle: Path,
+    name: str | None,
+    run_id: str | None,
+    eval_run_id: str | None,
+    description: str | None,
+) -> None:
+    """Register a model bundle folder as a new version (pyfunc, state dict, no pickles)."""
+    reg = register_bundle(
+        _store(ctx),
+        bundle,
+        name=name,
+        run_id=run_id,
+        eval_run_id=eval_run_id,
+        description=description,
+    )
+    click.echo(reg.summary())
+
+
+def _options(values: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON (numbers, lists) else kept as a string."""
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@models.command("register-encoder")
+@click.argument(
+    "weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="WEIGHTS"
+)
+@click.option(
+    "--encoder",
+    default="torchscript",
+    show_default=True,
+    help="Registered encoder name that reads WEIGHTS (see `features encoders`).",
+)
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Encoder option, repeatable, e.g. -o dim=1024 -o tile_px=224.",
+)
+@click.option("--name", default="pathgen-encoder", show_default=True)
+@click.option("--description", default=None, help="Version description.")
+@click.pass_context
+def register_encoder_cmd(
+    ctx: click.Context,
+    weights: Path,
+    encoder: str,
+    options: tuple[str, ...],
+    name: str,
+    description: str | None,
+) -> None:
+    """Register a tile encoder's weights file (and its feature contract) as a new version."""
+    reg = register_encoder(
+        _store(ctx),
+        weights,
+        encoder=encoder,
+        options=_options(options),
+        name=name,
+        description=description,
+    )
+    click.echo(reg.summary())
+    click.echo(f"feature contract: {reg.tags['pathgen.feature_contract']}")
