@@ -39,8 +39,7 @@ test: venv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv
-	$(BIN)/pathgen-batch synth cohort --out $(WORKSPACE)/cohort
-	$(BIN)/pathgen-batch synth inventory $(WORKSPACE)/cohort
+	VENV=$(VENV) scripts/demo.sh $(WORKSPACE)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_tiles.py
