@@ -9,6 +9,8 @@ import pytest
 
 from pathgen_batch import assets
 
+pytest_plugins = ["s3_server"]
+
 
 @pytest.fixture(scope="session")
 def openslide_fixtures() -> Path:

@@ -41,6 +41,7 @@ def _register() -> None:
     from pathgen_batch.cli import evaluate as _evaluate
     from pathgen_batch.cli import features as _features
     from pathgen_batch.cli import models as _models
+    from pathgen_batch.cli import score as _score
     from pathgen_batch.cli import slides as _slides
     from pathgen_batch.cli import synth as _synth
     from pathgen_batch.cli import train as _train
@@ -51,6 +52,7 @@ def _register() -> None:
     main.add_command(_train.train)
     main.add_command(_evaluate.evaluate)
     main.add_command(_models.models)
+    main.add_command(_score.score)
 
 
 _register()

@@ -1,0 +1,234 @@
+"""The output tables of a scoring run: one pyarrow schema each, defined here and nowhere else.
+
+Every table is a Hive-partitioned Parquet dataset
+``<output>/<table>/run_id=<run id>/part-*.parquet``. As in Hive, the partition column
+``run_id`` lives in the folder name, not in the files (pandas, pyarrow, DuckDB with
+``hive_partitioning``, Spark and polars add it from the path); each file also names its run
+in its metadata (``pathgen.run_id``). Every row carries the lineage columns:
+
+==================  ==========================================================================
+generator_model     registered name of the generator (``pathgen-generator``)
+generator_version   registry version number, or ``bundle:<digest>`` for a local bundle folder
+fusion_model        registered name of the fusion model
+fusion_version      as generator_version
+encoder_contract    the feature contract (encoder, version, dim, tile_px, mpp) as canonical JSON
+contract_digest     ``sha256:`` of that JSON
+==================  ==========================================================================
+
+Tables (columns besides lineage):
+
+- ``predictions``: one row per scored slide. slide_id, source_uri, patient_id, n_tiles, slide
+  mpp and its source, grade_classes, grade_probs, grade_pred (+ index), grade_set (conformal
+  prediction set; null without a calibrated model) and its alpha, bin_edges (K + 1, the last
+  +inf), hazards (K), survival (K, S_k = prod_{j<=k}(1 - h_j)), risk (= -sum_k S_k, higher is
+  worse), risk_lo/risk_hi (conformal interval) and its alpha, median_survival_bin (first bin
+  with S_k <= 0.5, K when none), risk_group (``high`` when that is bin 0, ``low`` when it is
+  the last bin or none, ``intermediate`` otherwise), gene_panel_digest, scored_at (UTC).
+- ``transcriptomes``: long layout, one row per (slide, gene): gene, family, gene_index (panel
+  order), mean and std over the generator's samples (expression units), n_samples. Long rather
+  than wide because a panel of thousands of genes as columns makes every schema panel-specific
+  and every query wide; long rather than list columns because "these genes across these
+  slides" is then a plain ``WHERE gene IN (...) AND slide_id IN (...)`` in any engine, and
+  Parquet's dictionary encoding stores the repeated gene names for a few bits per row.
+- ``tile_attention``: one row per (slide, tile, family): x, y (level-0 px of the tile's
+  top-left corner), size_l0 (tile side in level-0 px), tile_px and mpp (the tiling), family,
+  attention (the fusion model's co-attention weight; each family sums to 1 over a slide's
+  tiles). Enough to draw a heatmap without reading the slide again.
+- ``failures``: one row per slide that could not be scored: stage (``download``, ``open``,
+  ``tiles``, ``encode``, ``features``, ``score``, ``write``, ``pipeline``), error_type,
+  message, attempt (how many times the run tried the slide), failed_at.
+- ``features`` (optional): one row per tile: x, y, size_l0, tissue, feature (float32 x D);
+  one Parquet row group per slide, for re-scoring with new model versions without the slides.
+- ``runs``: one row per run, written last: status, timestamps, archive, output, counts,
+  timings per stage (JSON), configuration (JSON), code version, features source.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from pathgen_batch.errors import DataError
+
+SCHEMA_VERSION = "1"
+TABLE_KEY = b"pathgen.table"
+VERSION_KEY = b"pathgen.schema_version"
+RUN_KEY = b"pathgen.run_id"
+PARTITION = "run_id"
+
+STAGES = ("download", "open", "tiles", "encode", "features", "score", "write", "pipeline")
+RISK_GROUPS = ("high", "intermediate", "low")
+
+_TS = pa.timestamp("us", tz="UTC")
+
+LINEAGE = (
+    pa.field("generator_model", pa.string(), nullable=False),
+    pa.field("generator_version", pa.string(), nullable=False),
+    pa.field("fusion_model", pa.string(), nullable=False),
+    pa.field("fusion_version", pa.string(), nullable=False),
+    pa.field("encoder_contract", pa.string(), nullable=False),
+    pa.field("contract_digest", pa.string(), nullable=False),
+)
+LINEAGE_COLUMNS = tuple(f.name for f in LINEAGE)
+
+
+def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
+    meta = {TABLE_KEY: name.encode(), VERSION_KEY: SCHEMA_VERSION.encode()}
+    return pa.schema([*fields, *LINEAGE], metadata=meta)
+
+
+PREDICTIONS = _schema(
+    "predictions",
+    [
+        pa.field("slide_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string()),
+        pa.field("n_tiles", pa.int32(), nullable=False),
+        pa.field("slide_mpp", pa.float64()),
+        pa.field("mpp_source", pa.string()),
+        pa.field("grade_classes", pa.list_(pa.string()), nullable=False),
+        pa.field("grade_probs", pa.list_(pa.float64()), nullable=False),
+        pa.field("grade_pred", pa.string(), nullable=False),
+        pa.field("grade_pred_index", pa.int32(), nullable=False),
+        pa.field("grade_set", pa.list_(pa.string())),
+        pa.field("grade_set_alpha", pa.float64()),
+        pa.field("bin_edges", pa.list_(pa.float64()), nullable=False),
+        pa.field("hazards", pa.list_(pa.float64()), nullable=False),
+        pa.field("survival", pa.list_(pa.float64()), nullable=False),
+        pa.field("risk", pa.float64(), nullable=False),
+        pa.field("risk_lo", pa.float64()),
+        pa.field("risk_hi", pa.float64()),
+        pa.field("risk_interval_alpha", pa.float64()),
+        pa.field("median_survival_bin", pa.int32(), nullable=False),
+        pa.field("risk_group", pa.string(), nullable=False),
+        pa.field("gene_panel_digest", pa.string(), nullable=False),
+        pa.field("scored_at", _TS, nullable=False),
+    ],
+)
+
+TRANSCRIPTOMES = _schema(
+    "transcriptomes",
+    [
+        pa.field("slide_id", pa.string(), nullable=False),
+        pa.field("gene_panel_digest", pa.string(), nullable=False),
+        pa.field("gene", pa.string(), nullable=False),
+        pa.field("family", pa.string(), nullable=False),
+        pa.field("gene_index", pa.int32(), nullable=False),
+        pa.field("mean", pa.float32(), nullable=False),
+        pa.field("std", pa.float32(), nullable=False),
+        pa.field("n_samples", pa.int32(), nullable=False),
+    ],
+)
+
+TILE_ATTENTION = _schema(
+    "tile_attention",
+    [
+        pa.field("slide_id", pa.string(), nullable=False),
+        pa.field("x", pa.int64(), nullable=False),
+        pa.field("y", pa.int64(), nullable=False),
+        pa.field("size_l0", pa.int32(), nullable=False),
+        pa.field("tile_px", pa.int32(), nullable=False),
+        pa.field("mpp", pa.float64(), nullable=False),
+        pa.field("family", pa.string(), nullable=False),
+        pa.field("attention", pa.float32(), nullable=False),
+    ],
+)
+
+FAILURES = _schema(
+    "failures",
+    [
+        pa.field("slide_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("attempt", pa.int32(), nullable=False),
+        pa.field("failed_at", _TS, nullable=False),
+    ],
+)
+
+RUNS = _schema(
+    "runs",
+    [
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("started_at", _TS, nullable=False),
+        pa.field("finished_at", _TS, nullable=False),
+        pa.field("archive", pa.string(), nullable=False),
+        pa.field("output", pa.string(), nullable=False),
+        pa.field("n_slides", pa.int64(), nullable=False),
+        pa.field("n_scored", pa.int64(), nullable=False),
+        pa.field("n_failed", pa.int64(), nullable=False),
+        pa.field("n_tiles", pa.int64(), nullable=False),
+        pa.field("gene_panel_digest", pa.string(), nullable=False),
+        pa.field("features_written", pa.bool_(), nullable=False),
+        pa.field("features_source_run", pa.string()),
+        pa.field("timings_json", pa.string(), nullable=False),
+        pa.field("config_json", pa.string(), nullable=False),
+        pa.field("code_version", pa.string(), nullable=False),
+    ],
+)
+
+
+def features_schema(dim: int) -> pa.Schema:
+    """The ``features`` table for D = ``dim`` feature columns."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise DataError(f"features table: dim must be a positive integer, got {dim!r}")
+    return _schema(
+        "features",
+        [
+            pa.field("slide_id", pa.string(), nullable=False),
+            pa.field("x", pa.int64(), nullable=False),
+            pa.field("y", pa.int64(), nullable=False),
+            pa.field("size_l0", pa.int32(), nullable=False),
+            pa.field("tissue", pa.float32(), nullable=False),
+            pa.field("feature", pa.list_(pa.float32(), dim), nullable=False),
+        ],
+    )
+
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "predictions": PREDICTIONS,
+    "transcriptomes": TRANSCRIPTOMES,
+    "tile_attention": TILE_ATTENTION,
+    "failures": FAILURES,
+    "runs": RUNS,
+}
+TABLES = ("predictions", "transcriptomes", "tile_attention", "failures", "features", "runs")
+
+
+def schema_for(table: str, dim: int | None = None) -> pa.Schema:
+    """The schema of ``table`` (``features`` needs the feature ``dim``)."""
+    if table == "features":
+        if dim is None:
+            raise DataError("features table: the feature dim is needed for its schema")
+        return features_schema(dim)
+    try:
+        return SCHEMAS[table]
+    except KeyError:
+        raise DataError(f"unknown table {table!r}; tables are {list(TABLES)}") from None
+
+
+def with_run(schema: pa.Schema, run_id: str) -> pa.Schema:
+    """``schema`` with the run id added to its metadata."""
+    meta = dict(schema.metadata or {})
+    meta[RUN_KEY] = run_id.encode()
+    return schema.with_metadata(meta)
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """``table`` cast to ``schema`` (same columns in the same order), or a DataError naming
+    the columns that are missing, extra or of the wrong type."""
+    names = table.column_names
+    want = schema.names
+    if names != want:
+        missing = [n for n in want if n not in names]
+        extra = [n for n in names if n not in want]
+        if missing or extra:
+            raise DataError(f"{where}: missing column(s) {missing}, unexpected column(s) {extra}")
+        table = table.select(want)
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise DataError(
+            f"{where}: does not fit the {schema.metadata[TABLE_KEY].decode()} schema ({e})"
+        ) from e

@@ -1,0 +1,788 @@
+"""The batch scorer end to end: a real 2-node Ray cluster on loopback, a real S3 server,
+trained bundles, real slides (good and broken); fault injection: a worker killed mid-run, the
+job killed and rerun, the S3 server restarted during a run."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from click.testing import CliRunner
+from s3_server import S3Server, free_ports
+
+from pathgen_batch import storage
+from pathgen_batch.batch import ScoreConfig, score_archive
+from pathgen_batch.cli.score import score
+from pathgen_batch.errors import ConfigError
+from pathgen_batch.tables import complete_runs, read_table
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+RAY_ENV = {
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+N_GOOD = 6
+
+
+# -- fixtures: models, slides ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Trained:
+    root: Path
+    gen: Path
+    fus: Path
+    slides: dict[str, Path]  # slide id -> cohort slide file
+    patients: dict[str, str]  # slide id -> patient id
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """Tiny generator and fusion bundles trained on a 16-patient synthetic cohort."""
+    from pathgen_batch.features import build_encoder, extract_cohort
+    from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
+    from pathgen_batch.synth import CohortConfig, build_cohort
+    from pathgen_batch.training.bundle import save_fusion, save_generator
+    from pathgen_batch.training.config import (
+        FusionTrainConfig,
+        GeneratorArch,
+        GeneratorTrainConfig,
+    )
+    from pathgen_batch.training.data import load_training_data
+    from pathgen_batch.training.trainers import (
+        calibrate_fusion,
+        train_generator,
+        train_predictor,
+    )
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = CohortConfig(mode="synthetic", n_patients=16, n_genes=12, slide_px=512, levels=2, folds=2)
+    cohort = build_cohort(root / "cohort", cfg, workers=1)
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
+    extract_cohort(root / "cohort", root / "features", enc)
+    data = load_training_data(root / "cohort", root / "features")
+    tr, va = np.arange(10), np.arange(10, 16)
+    gen = train_generator(
+        data,
+        tr,
+        va,
+        GeneratorTrainConfig(
+            model=GeneratorArch(width=16, depth=1, heads=2, time_dim=16),
+            diffusion=DiffusionConfig(num_timesteps=50),
+            sampler=SamplerConfig(name="ddim", steps=5, n_samples=2),
+            epochs=2,
+            repeats=1,
+            val_draws=1,
+        ),
+    )
+    fus = train_predictor(
+        data, tr, va, FusionTrainConfig(options={"width": 16, "dropout": 0.0}, n_bins=2, epochs=2)
+    )
+    bags = [data.bags[i] for i in va]
+    syn, _ = gen.generate(bags)
+    fus = calibrate_fusion(fus, bags, syn, data.expression[va], data.grade[va], alpha=0.2)
+    save_generator(gen, root / "gen")
+    save_fusion(fus, root / "fus")
+    clinical = cohort.clinical
+    return Trained(
+        root=root,
+        gen=root / "gen",
+        fus=root / "fus",
+        slides={s: cohort.slide_path(s) for s in cohort.slide_ids},
+        patients=dict(zip(clinical["slide_id"], clinical["patient_id"], strict=True)),
+    )
+
+
+def _generic_tiff(path: Path, rgb: np.ndarray, mpp: float | None) -> Path:
+    """A tiled pyramidal TIFF (2 levels), with or without physical resolution."""
+    import tifffile
+    from PIL import Image
+
+    opts: dict = dict(tile=(256, 256), compression="jpeg", photometric="rgb", metadata=None)
+    if mpp is not None:
+        opts.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, **opts)
+        tif.write(np.asarray(Image.fromarray(rgb).reduce(2)), subfiletype=1, **opts)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_slides(
+    trained: Trained, openslide_fixtures: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, str, str]]:
+    """file name -> (path, expected failure stage, expected error type)."""
+    from pathgen_batch.slides import open_slide
+
+    d = tmp_path_factory.mktemp("bad")
+    first = next(iter(trained.slides.values()))
+    with open_slide(first) as s:
+        rgb = s.read_region((0, 0), 0, (512, 512))
+    data = first.read_bytes()
+    (d / "truncated.tiff").write_bytes(data[: len(data) // 2])
+    (d / "notes.svs").write_text("patient 12, slide 3: see the report\n")
+    shutil.copy(openslide_fixtures / "unreadable.svs", d / "undecodable.svs")
+    shutil.copy(openslide_fixtures / "unopenable.tiff", d / "unopenable.tiff")
+    _generic_tiff(d / "nompp.tif", rgb, None)
+    _generic_tiff(d / "glass.tif", np.full((512, 512, 3), 242, np.uint8), 0.5)
+    return {
+        "truncated.tiff": (d / "truncated.tiff", "open", "UnreadableSlideError"),
+        "notes.svs": (d / "notes.svs", "open", "UnsupportedSlideError"),
+        "undecodable.svs": (d / "undecodable.svs", "tiles", "UnreadableSlideError"),
+        "unopenable.tiff": (d / "unopenable.tiff", "open", "UnreadableSlideError"),
+        "nompp.tif": (d / "nompp.tif", "tiles", "MissingMPPError"),
+        "glass.tif": (d / "glass.tif", "tiles", "NoTissueError"),
+    }
+
+
+# -- fixtures: a 2-node Ray cluster ----------------------------------------------------------
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    parent: dict[int, int] = {}
+    for pid in _pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            parent[pid] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = set(roots), list(roots)
+    while todo:
+        p = todo.pop()
+        for child, par in parent.items():
+            if par == p and child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _kill(pids: set[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    temp_dir: str
+    env: dict[str, str]
+
+    def processes(self, needle: str) -> list[int]:
+        """Pids of this cluster's processes whose command line (title) contains ``needle``."""
+        mine = _descendants(set(self._roots()))
+        return sorted(p for p in mine if needle in _cmdline(p))
+
+    def _roots(self) -> list[int]:
+        return [p for p in _pids() if self.temp_dir in _cmdline(p)]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server: S3Server) -> Iterator[Cluster]:
+    """``ray start --head`` plus a second ``ray start --address``, 1 CPU each, on 127.0.0.1;
+    the S3 server's endpoint and credentials are in the nodes' environment."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port, dash = free_ports(2)
+    temp = f"/tmp/ray_pgb_{os.getpid()}"
+    env = {**os.environ, **RAY_ENV, **s3_server.env}
+    common = [
+        "--num-cpus=1",
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+        "--object-store-memory=150000000",
+    ]
+    head = [
+        ray_bin,
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--temp-dir={temp}",
+        "--include-dashboard=false",
+        f"--dashboard-port={dash}",
+        *common,
+    ]
+    cluster = Cluster(f"127.0.0.1:{port}", temp, env)
+    try:
+        subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
+        worker = [ray_bin, "start", f"--address=127.0.0.1:{port}", *common]
+        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=180)
+        yield cluster
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        mine = _descendants(set(cluster._roots()))
+        _kill(mine, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_cmdline(p) for p in mine):
+            time.sleep(0.3)
+        _kill({p for p in mine if _cmdline(p)})
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_driver(ray_cluster: Cluster) -> Iterator[Cluster]:
+    """This test process connected to the cluster as a driver (the job runs on its nodes)."""
+    import ray
+
+    old = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    ray.init(address=ray_cluster.address, log_to_driver=False)
+    try:
+        yield ray_cluster
+    finally:
+        ray.shutdown()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# -- helpers --------------------------------------------------------------------------------
+def assert_exactly_once(out: str, run_id: str, expected: set[str]) -> tuple[list, list]:
+    preds = read_table(out, "predictions", [run_id]).column("slide_id").to_pylist()
+    fails = read_table(out, "failures", [run_id]).column("slide_id").to_pylist()
+    assert len(preds) == len(set(preds)), "a slide has two predictions rows"
+    assert len(fails) == len(set(fails)), "a slide has two failures rows"
+    assert not set(preds) & set(fails), "a slide is both scored and failed"
+    assert set(preds) | set(fails) == expected, "a slide has no row"
+    return preds, fails
+
+
+def _upload(client, bucket: str, key: str, path: Path) -> None:
+    client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(REPO / "jobs" / "score_archive.py"), *args]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _commits(out: str, run_id: str) -> int:
+    return len(storage.list_files(storage.join(out, "_runs", f"run_id={run_id}", "commits")))
+
+
+def _wait_for(cond, timeout: float, proc: subprocess.Popen[str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"the job ended early:\n{proc.stdout.read() if proc.stdout else ''}"
+            )
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def _linked_archive(trained: Trained, folder: Path, copies: int) -> set[str]:
+    """``copies`` slides (hard links of the cohort's slides under new names)."""
+    folder.mkdir(parents=True)
+    files = list(trained.slides.values())
+    ids = set()
+    for i in range(copies):
+        name = f"slide-{i:03d}"
+        os.link(files[i % len(files)], folder / f"{name}.tiff")
+        ids.add(name)
+    return ids
+
+
+# -- checks before any slide is read (no Ray) -----------------------------------------------
+def test_bad_starts_exit_2_with_one_line(trained: Trained, tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from pathgen_batch.omics.panel import GenePanel
+
+    bad = tmp_path / "fus-other-contract"
+    shutil.copytree(trained.fus, bad)
+    manifest = json.loads((bad / "bundle.json").read_text())
+    manifest["feature_contract"]["tile_px"] = 128
+    (bad / "bundle.json").write_text(json.dumps(manifest))
+    other_panel = tmp_path / "fus-other-panel"
+    shutil.copytree(trained.fus, other_panel)
+    panel_csv = other_panel / "gene_panel.csv"
+    panel_csv.write_text(panel_csv.read_text().replace("G00001,", "G99999,"))
+    m2 = json.loads((other_panel / "bundle.json").read_text())
+    m2["gene_panel_digest"] = GenePanel.read(panel_csv).digest
+    m2["files"]["gene_panel.csv"] = "sha256:" + hashlib.sha256(panel_csv.read_bytes()).hexdigest()
+    (other_panel / "bundle.json").write_text(json.dumps(m2))
+    runner = CliRunner()
+    base = ["--out", str(tmp_path / "out"), "--generator", str(trained.gen)]
+    cases = [
+        (
+            ["/no/such/archive", *base, "--fusion", str(bad)],
+            r"feature contract of generator .* mismatch: tile_px 64 vs 128",
+        ),
+        (
+            ["/no/such/archive", *base, "--fusion", str(other_panel)],
+            r"gene panel of generator .* mismatch: .*only in first: \['G00001'\], only in second: "
+            r"\['G99999'\]",
+        ),
+        (
+            ["/no/such/archive", *base, "--fusion", str(tmp_path / "missing")],
+            r"fusion: bundle folder .*missing not found",
+        ),
+        (
+            ["/no/such/archive", *base, "--fusion", str(trained.gen)],
+            r"is a generator bundle, not a fusion",
+        ),
+        (
+            ["/no/such/archive", *base, "--fusion", str(trained.fus)],
+            r"/no/such/archive: archive folder not found",
+        ),
+        ([str(tmp_path), *base, "--fusion", str(trained.fus), "--run-id", "../x"], r"run id"),
+        (
+            [str(tmp_path), "--out", str(tmp_path / "o"), "--workspace", str(tmp_path / "ws")],
+            r"no registered model 'pathgen-generator'",
+        ),
+    ]
+    for args, words in cases:
+        r = runner.invoke(score, args)
+        assert r.exit_code == 2, (args, r.output)
+        errors = [line for line in r.output.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and r.output.rstrip().endswith(errors[0]), r.output
+        assert re.search(words, errors[0]), (words, errors[0])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))
+
+
+def test_cli_help_names_exit_codes() -> None:
+    r = CliRunner().invoke(score, ["--help"])
+    assert r.exit_code == 0
+    for words in ("ARCHIVE", "--run-id", "--ray-address", "--reuse-features", "3 some slides"):
+        assert words in r.output
+
+
+# -- one real run from S3 to S3, shared by the next tests -----------------------------------
+@dataclass(frozen=True)
+class S3Run:
+    bucket: str
+    out: str
+    run_id: str
+    summary: object
+    good: dict[str, Path]
+    bad: dict[str, tuple[Path, str, str]]
+    max_staged: int
+    scratch: Path
+    logs: str
+
+
+@pytest.fixture(scope="module")
+def s3_run(
+    ray_driver: Cluster,
+    s3_server: S3Server,
+    trained: Trained,
+    bad_slides: dict[str, tuple[Path, str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> S3Run:
+    import logging
+
+    client = s3_server.client()
+    bucket = "scoring-e2e"
+    client.create_bucket(Bucket=bucket)
+    good = dict(list(trained.slides.items())[:N_GOOD])
+    rows = ["uri,slide_id,patient_id,mpp"]
+    for sid, path in good.items():
+        _upload(client, bucket, f"archive/{sid}.tiff", path)
+        rows.append(f"s3://{bucket}/archive/{sid}.tiff,{sid},{trained.patients[sid]},")
+    for name, (path, _, _) in bad_slides.items():
+        _upload(client, bucket, f"archive/bad/{name}", path)
+        rows.append(f"s3://{bucket}/archive/bad/{name},,,")
+    rows.append(f"s3://{bucket}/archive/never-uploaded.svs,,,")
+    client.put_object(Bucket=bucket, Key="manifest.csv", Body="\n".join(rows).encode())
+    scratch = tmp_path_factory.mktemp("scratch")
+    seen = {"max": 0}
+    stop = threading.Event()
+
+    def watch() -> None:  # how many slides sit on scratch at once
+        while not stop.is_set():
+            n = sum(1 for p in scratch.rglob("*") if p.is_file())
+            seen["max"] = max(seen["max"], n)
+            time.sleep(0.005)
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler = Keep()
+    logging.getLogger().addHandler(handler)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        cfg = ScoreConfig(
+            archive=f"s3://{bucket}/manifest.csv",
+            output=f"s3://{bucket}/scores",
+            run_id="e2e",
+            generator=str(trained.gen),
+            fusion=str(trained.fus),
+            scratch_dir=str(scratch),
+            write_features=True,
+            retries=2,
+            retry_backoff_s=0.1,
+        )
+        summary = score_archive(cfg)
+    finally:
+        stop.set()
+        watcher.join()
+        logging.getLogger().removeHandler(handler)
+    return S3Run(
+        bucket,
+        f"s3://{bucket}/scores",
+        "e2e",
+        summary,
+        good,
+        bad_slides,
+        seen["max"],
+        scratch,
+        "\n".join(records),
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.servers
+def test_s3_run_scores_good_slides_and_records_each_failure(s3_run: S3Run) -> None:
+    s = s3_run.summary
+    n_bad = len(s3_run.bad) + 1  # + the object that was never uploaded
+    assert (s.n_slides, s.n_scored, s.n_failed) == (N_GOOD + n_bad, N_GOOD, n_bad)
+    assert s.exit_code == 3
+    expected = set(s3_run.good) | {storage.slide_id_for(n) for n in s3_run.bad}
+    expected.add("never-uploaded")
+    preds, _ = assert_exactly_once(s3_run.out, "e2e", expected)
+    assert set(preds) == set(s3_run.good)
+    f = read_table(s3_run.out, "failures", ["e2e"]).to_pylist()
+    got = {r["slide_id"]: (r["stage"], r["error_type"]) for r in f}
+    for name, (_, stage, error) in s3_run.bad.items():
+        assert got[storage.slide_id_for(name)] == (stage, error), name
+    assert got["never-uploaded"] == ("download", "StorageError")
+    assert all(r["attempt"] == 1 and r["message"] for r in f)
+
+
+@pytest.mark.ray
+@pytest.mark.servers
+def test_s3_run_tables_match_the_models_applied_directly(s3_run: S3Run, trained: Trained) -> None:
+    from pathgen_batch.features import build_encoder, extract_slide
+    from pathgen_batch.training.bundle import load_bundle
+
+    gen, fus = load_bundle(trained.gen), load_bundle(trained.fus)
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
+    ids = sorted(s3_run.good)
+    bags = [extract_slide(s3_run.good[s], enc).feats for s in ids]
+    mean, std = gen.generate(bags, seed=0)
+    ref = fus.predict(bags, mean)
+    p = read_table(s3_run.out, "predictions", ["e2e"]).to_pandas().set_index("slide_id").loc[ids]
+    np.testing.assert_allclose(np.stack(p["grade_probs"]), ref.grade_probs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(p["risk"], ref.risk, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(p["risk_lo"], ref.risk_lo, rtol=1e-4, atol=1e-6)
+    assert [list(x) for x in p["grade_set"]] == [
+        [c for c, m in zip(fus.grade_classes, row, strict=True) if m] for row in ref.grade_sets
+    ]
+    assert list(p["patient_id"]) == [trained.patients[s] for s in ids]
+    assert list(p["n_tiles"]) == [len(b) for b in bags]
+    assert set(p["generator_version"]) == {f"bundle:{_digest(trained.gen)}"}
+    t = read_table(s3_run.out, "transcriptomes", ["e2e"]).to_pandas()
+    assert len(t) == len(ids) * gen.panel.n_genes
+    m = t.pivot(index="slide_id", columns="gene_index", values="mean").loc[ids].to_numpy()
+    np.testing.assert_allclose(m, mean, rtol=1e-4, atol=1e-5)
+    sd = t.pivot(index="slide_id", columns="gene_index", values="std").loc[ids].to_numpy()
+    np.testing.assert_allclose(sd, std, rtol=1e-4, atol=1e-5)
+    a = read_table(s3_run.out, "tile_attention", ["e2e"]).to_pandas()
+    sums = a.groupby(["slide_id", "family"])["attention"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-4)  # a distribution over tiles
+    assert len(a) == sum(len(b) for b in bags) * gen.panel.n_families
+    feats = read_table(s3_run.out, "features", ["e2e"]).to_pandas()
+    assert len(feats) == sum(len(b) for b in bags)
+    runs = read_table(s3_run.out, "runs", ["e2e"]).to_pylist()
+    assert runs[0]["n_scored"] == N_GOOD and runs[0]["features_written"]
+
+
+def _digest(bundle: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((bundle / "bundle.json").read_bytes()).hexdigest()[:16]
+
+
+@pytest.mark.ray
+@pytest.mark.servers
+def test_s3_run_bounds_scratch_and_keeps_credentials_out(
+    s3_run: S3Run, s3_server: S3Server
+) -> None:
+    assert 1 <= s3_run.max_staged <= 2  # one staged slide per encoder actor, at most
+    assert not any(p.is_file() for p in s3_run.scratch.rglob("*"))  # all deleted after use
+    secrets = [s3_server.env["AWS_SECRET_ACCESS_KEY"], s3_server.env["AWS_ACCESS_KEY_ID"]]
+    client = s3_server.client()
+    blobs = []
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=s3_run.bucket, Prefix="scores/"
+    ):
+        for obj in page.get("Contents", []):
+            blobs.append(client.get_object(Bucket=s3_run.bucket, Key=obj["Key"])["Body"].read())
+    assert len(blobs) > 10
+    for secret in secrets:
+        assert not any(secret.encode() in b for b in blobs)
+        assert secret not in s3_run.logs
+
+
+@pytest.mark.ray
+@pytest.mark.servers
+def test_rerun_is_a_no_op_and_other_models_need_a_new_run(
+    s3_run: S3Run, trained: Trained, tmp_path: Path
+) -> None:
+    cfg = ScoreConfig(
+        archive=f"s3://{s3_run.bucket}/manifest.csv",
+        output=s3_run.out,
+        run_id="e2e",
+        generator=str(trained.gen),
+        fusion=str(trained.fus),
+        write_features=True,
+    )
+    before = read_table(s3_run.out, "predictions", ["e2e"])
+    again = score_archive(cfg)
+    assert again.already_complete and (again.n_scored, again.n_failed) == (N_GOOD, 7)
+    assert again.exit_code == 3
+    assert read_table(s3_run.out, "predictions", ["e2e"]).equals(before)
+    other = tmp_path / "fus2"
+    shutil.copytree(trained.fus, other)
+    (other / "bundle.json").write_text((other / "bundle.json").read_text() + "\n")
+    with pytest.raises(ConfigError, match=r"other models or settings \(fusion: \['pathgen-fusion"):
+        score_archive(dataclasses.replace(cfg, fusion=str(other)))
+    with pytest.raises(ConfigError, match=r"write_features: True -> False"):
+        score_archive(dataclasses.replace(cfg, write_features=False))
+
+
+@pytest.mark.ray
+@pytest.mark.servers
+def test_reuse_features_rescores_without_the_slides(
+    s3_run: S3Run, s3_server: S3Server, trained: Trained
+) -> None:
+    client = s3_server.client()
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=s3_run.bucket, Prefix="archive/"
+    ):
+        for obj in page.get("Contents", []):  # the slides are gone: only features remain
+            client.delete_object(Bucket=s3_run.bucket, Key=obj["Key"])
+    summary = score_archive(
+        ScoreConfig(
+            archive=f"s3://{s3_run.bucket}/manifest.csv",
+            output=s3_run.out,
+            run_id="rescored",
+            generator=str(trained.gen),
+            fusion=str(trained.fus),
+            reuse_features=True,
+        )
+    )
+    assert summary.n_scored == N_GOOD and summary.n_failed == 7
+    old = read_table(s3_run.out, "predictions", ["e2e"]).to_pandas().set_index("slide_id")
+    new = read_table(s3_run.out, "predictions", ["rescored"]).to_pandas().set_index("slide_id")
+    new = new.loc[old.index]
+    np.testing.assert_allclose(new["risk"], old["risk"], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.stack(new["grade_probs"]), np.stack(old["grade_probs"]), rtol=1e-6
+    )
+    f = read_table(s3_run.out, "failures", ["rescored"])
+    assert set(f.column("stage").to_pylist()) == {"features"}
+    assert set(f.column("error_type").to_pylist()) == {"MissingFeaturesError"}
+    runs = read_table(s3_run.out, "runs", ["rescored"]).to_pylist()[0]
+    assert runs["features_source_run"] == "e2e"
+
+
+@pytest.mark.ray
+def test_default_models_are_the_production_versions_of_the_registry(
+    ray_driver: Cluster, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathgen_batch.registry import RegistryConfig, open_store, promote, register_bundle
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    ws = tmp_path / "ws"
+    store = open_store(RegistryConfig(workspace=str(ws)))
+    digest = "sha256:" + "e" * 64
+    for bundle, cv in (
+        (trained.gen, {"fidelity/mean_pearson": 0.5, "fidelity/mae": 0.3}),
+        (
+            trained.fus,
+            {"synthetic/harrell_c": 0.7, "synthetic/macro_auc": 0.7, "synthetic/ibs": 0.2},
+        ),
+    ):
+        reg = register_bundle(store, bundle, cv=cv, eval_digest=digest)
+        promote(store, reg.name, reg.version, "Production", force=True, reason="test models")
+    ids = _linked_archive(trained, tmp_path / "archive", 3)
+    out = str(tmp_path / "out")
+    summary = score_archive(
+        ScoreConfig(archive=str(tmp_path / "archive"), output=out, run_id="prod", workspace=str(ws))
+    )
+    assert summary.exit_code == 0 and summary.n_scored == 3
+    p = read_table(out, "predictions", ["prod"]).to_pylist()
+    assert {r["slide_id"] for r in p} == ids
+    assert {
+        (r["generator_model"], r["generator_version"], r["fusion_model"], r["fusion_version"])
+        for r in p
+    } == {("pathgen-generator", "1", "pathgen-fusion", "1")}
+
+
+# -- fault injection ------------------------------------------------------------------------
+@pytest.mark.ray
+def test_worker_killed_mid_run_keeps_exactly_once(
+    ray_cluster: Cluster, trained: Trained, tmp_path: Path
+) -> None:
+    ids = _linked_archive(trained, tmp_path / "archive", 40)
+    out = str(tmp_path / "out")
+    proc = _cli(
+        str(tmp_path / "archive"),
+        "--out",
+        out,
+        "--run-id",
+        "kill-worker",
+        "--generator",
+        str(trained.gen),
+        "--fusion",
+        str(trained.fus),
+        "--ray-address",
+        ray_cluster.address,
+        "--scratch",
+        str(tmp_path / "scratch"),
+        env=ray_cluster.env,
+    )
+    try:
+        _wait_for(lambda: _commits(out, "kill-worker") >= 1, 180, proc)
+        victims = ray_cluster.processes("MapWorker(MapBatches(TileEncoder))")
+        assert victims, "no encoder actor process found"
+        at_kill = _commits(out, "kill-worker")
+        os.kill(victims[0], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert at_kill < len(ids), "the worker was killed after the work was done"
+    assert proc.returncode == 0, output
+    _, fails = assert_exactly_once(out, "kill-worker", ids)
+    assert fails == []
+    assert "slides 40/40" in output or "scored 40" in output
+
+
+@pytest.mark.ray
+def test_job_killed_then_rerun_scores_each_slide_once(
+    ray_cluster: Cluster, trained: Trained, tmp_path: Path
+) -> None:
+    ids = _linked_archive(trained, tmp_path / "archive", 40)
+    out = str(tmp_path / "out")
+    args = [
+        str(tmp_path / "archive"),
+        "--out",
+        out,
+        "--run-id",
+        "kill-job",
+        "--generator",
+        str(trained.gen),
+        "--fusion",
+        str(trained.fus),
+        "--ray-address",
+        ray_cluster.address,
+        "--scratch",
+        str(tmp_path / "scratch"),
+    ]
+    proc = _cli(*args, env=ray_cluster.env)
+    try:
+        _wait_for(lambda: _commits(out, "kill-job") >= 3, 180, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    commits = Path(out, "_runs", "run_id=kill-job", "commits")
+    before = {p.name: p.read_bytes() for p in commits.iterdir()}
+    assert 3 <= len(before) < len(ids)
+    assert complete_runs(out) == []  # nothing visible to readers from a killed run
+    assert not Path(out, "predictions").exists()
+    rerun = _cli(*args, env=ray_cluster.env)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert "resumed" in output
+    assert_exactly_once(out, "kill-job", ids)
+    for name, data in before.items():  # committed slides were not scored again
+        assert (commits / name).read_bytes() == data
+        attempts = Path(out, "_runs", "run_id=kill-job", "attempts", name[: -len(".json")])
+        assert len(list(attempts.iterdir())) == 1
+    t = read_table(out, "predictions", ["kill-job"])
+    assert pc.count_distinct(t.column("slide_id")).as_py() == 40
+
+
+@pytest.mark.ray
+@pytest.mark.servers
+def test_s3_restart_during_a_run_loses_no_slide(
+    ray_cluster: Cluster, s3_server: S3Server, trained: Trained, tmp_path: Path
+) -> None:
+    client = s3_server.client()
+    bucket = "restart-run"
+    client.create_bucket(Bucket=bucket)
+    files = list(trained.slides.values())
+    ids = set()
+    for i in range(32):
+        _upload(client, bucket, f"archive/s-{i:03d}.tiff", files[i % len(files)])
+        ids.add(f"s-{i:03d}")
+    out = f"s3://{bucket}/scores"
+    proc = _cli(
+        f"s3://{bucket}/archive",
+        "--out",
+        out,
+        "--run-id",
+        "restart",
+        "--generator",
+        str(trained.gen),
+        "--fusion",
+        str(trained.fus),
+        "--ray-address",
+        ray_cluster.address,
+        "--scratch",
+        str(tmp_path / "scratch"),
+        "--retries",
+        "8",
+        env=ray_cluster.env,
+    )
+    try:
+        _wait_for(lambda: _commits(out, "restart") >= 1, 180, proc)
+        s3_server.stop()
+        time.sleep(3)
+        s3_server.start()
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        if s3_server.proc is None:
+            s3_server.start()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 3), output
+    _, fails = assert_exactly_once(out, "restart", ids)
+    if fails:
+        f = read_table(out, "failures", ["restart"]).to_pylist()
+        assert {r["error_type"] for r in f} == {"StorageError"}, f
