@@ -36,6 +36,12 @@ from pathgen_batch.training.trainers import calibrate_fusion, train_predictor
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--register/--no-register", default=True)
 @click.option("--eval-run-id", default="", help="Evaluation run whose cv/* metrics to attach.")
+@click.option(
+    "--holdout-fold",
+    type=int,
+    default=-1,
+    help="Leave this fold's patients out of training (to score them as unseen); -1 = none.",
+)
 @click.option("--device", default="cpu")
 @click.option("--threads", type=int, default=1, help="torch intra-op CPU threads.")
 @click.option("--workspace", default="workspace")
@@ -48,6 +54,7 @@ def main(
     out: Path,
     register: bool,
     eval_run_id: str,
+    holdout_fold: int,
     device: str,
     threads: int,
     workspace: str,
@@ -55,9 +62,13 @@ def main(
     _common.set_threads(threads)
     cfg = _common.cv_config(config, epochs, 0)
     data = load_training_data(cohort_dir, features_dir)
+    if holdout_fold >= 0:
+        data = data.without_fold(holdout_fold)
     store = _common.store(workspace)
     with tracked_run(store, "train_fusion") as run:
         run.set_tags(_common.data_tags(cohort_dir, data))
+        if holdout_fold >= 0:
+            run.log_params({"holdout_fold": holdout_fold})
         tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
         fus = train_predictor(
             data,

@@ -6,7 +6,6 @@ stain-texture encoder once per session; models are tiny and train for a few epoc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -17,15 +16,16 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_training import FUS, GEN, build_training_cohort, threads
 
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import ConfigError, DataError
-from pathgen_batch.features import SlideFeatures, build_encoder, extract_cohort, feature_file
+from pathgen_batch.features import SlideFeatures, feature_file
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.store import write_slide_features
-from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
+from pathgen_batch.models.diffusion import SamplerConfig
 from pathgen_batch.models.fusion import FusionOutput
-from pathgen_batch.synth import CohortConfig, build_cohort, load_cohort
+from pathgen_batch.synth import load_cohort
 from pathgen_batch.training.bundle import load_bundle, read_manifest, save_fusion, save_generator
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, assemble, load_training_data
@@ -34,42 +34,6 @@ from pathgen_batch.training.scaling import FeatureScaler
 from pathgen_batch.training.splits import inner_split
 from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
-
-COHORT = CohortConfig(
-    mode="synthetic", n_patients=48, n_genes=18, n_families=3, slide_px=768, levels=2, folds=2
-)
-GEN = GeneratorTrainConfig(
-    model=GeneratorArch(width=16, depth=1, heads=2, mlp_ratio=2, dropout=0.1, time_dim=16),
-    diffusion=DiffusionConfig(num_timesteps=100),
-    sampler=SamplerConfig(name="ddim", steps=5, eta=0.0, n_samples=2),
-    epochs=3,
-    batch_size=16,
-    repeats=1,
-    val_draws=2,
-    patience=2,
-    max_tiles=4,
-)
-FUS = FusionTrainConfig(
-    options={"width": 16, "heads": 2, "dropout": 0.25}, n_bins=3, epochs=4, patience=4, max_tiles=4
-)
-
-
-def build_training_cohort(base: Path) -> tuple[Path, Path]:
-    """The shared test cohort and its features (reused when already built in this session)."""
-    cohort, feats = base / "training-cohort", base / "training-features"
-    build_cohort(cohort, COHORT, workers=1)
-    extract_cohort(cohort, feats, build_encoder("stain-texture", device="cpu"))
-    return cohort, feats
-
-
-@contextlib.contextmanager
-def threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -244,7 +244,7 @@ class TileEncoder(_Stage):
         return _to_batch(rows)
 
     def encode(self, src: SlideSource) -> dict[str, Any]:
-        from pathgen_batch.features.extract import _prefetch, spec_for
+        from pathgen_batch.features.extract import prefetch_batches, spec_for
         from pathgen_batch.slides import open_slide, read_tiles, tile_grid, tissue_mask
 
         if cm.is_committed(self.layout, src.slide_id, self.retry):
@@ -262,7 +262,7 @@ class TileEncoder(_Stage):
                 with open_slide(staged.path, mpp_override=src.mpp) as slide:
                     step = "tiles"
                     grid = tile_grid(slide, spec, tissue_mask(slide))
-                    tiles = _prefetch(
+                    tiles = prefetch_batches(
                         read_tiles(slide, grid, batch_size=self.ctx.encoder_batch_size), 2
                     )
                     with closing(tiles):

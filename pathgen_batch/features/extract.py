@@ -55,7 +55,7 @@ def _check_spec(spec: TileSpec, encoder: Encoder) -> None:
 _DONE = object()
 
 
-def _prefetch(it: Iterator[T], depth: int) -> Generator[T, None, None]:
+def prefetch_batches(it: Iterator[T], depth: int) -> Generator[T, None, None]:
     """Run ``it`` in a thread, ``depth`` items ahead; errors re-raised in the consumer.
 
     The thread is always joined before this generator finishes, also when the consumer stops
@@ -128,7 +128,7 @@ def extract_slide(
     encode_s = 0.0
     with open_slide(p, mpp_override=mpp_override) as slide:
         grid = tile_grid(slide, spec, tissue_mask(slide))
-        tiles = _prefetch(read_tiles(slide, grid, batch_size=batch_size), prefetch)
+        tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
         with closing(tiles):  # joins the reader thread before the slide closes
             for batch in tiles:
                 te = time.perf_counter()

@@ -75,6 +75,13 @@ class TrainingData:
         grades = [None if g < 0 else int(g) for g in self.grade]
         return grade_event_strata(grades, self.event.tolist())
 
+    def without_fold(self, fold: int) -> TrainingData:
+        """Every patient except those of ``fold``: a hold-out set kept unseen for scoring."""
+        keep = np.flatnonzero(self.folds != fold)
+        if len(keep) == self.n_patients:
+            raise DataError(f"hold-out fold {fold}: no patient has that fold")
+        return self.subset(keep)
+
     def subset(self, idx: Sequence[int] | np.ndarray) -> TrainingData:
         """The patients at ``idx`` (in that order)."""
         ix = np.asarray(idx, dtype=np.int64)

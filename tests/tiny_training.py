@@ -1,0 +1,50 @@
+"""Tiny training configs and the shared test cohort for the training and CV tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from pathgen_batch.features import build_encoder, extract_cohort
+from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
+from pathgen_batch.synth import CohortConfig, build_cohort
+from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
+
+COHORT = CohortConfig(
+    mode="synthetic", n_patients=48, n_genes=18, n_families=3, slide_px=768, levels=2, folds=2
+)
+GEN = GeneratorTrainConfig(
+    model=GeneratorArch(width=16, depth=1, heads=2, mlp_ratio=2, dropout=0.1, time_dim=16),
+    diffusion=DiffusionConfig(num_timesteps=100),
+    sampler=SamplerConfig(name="ddim", steps=5, eta=0.0, n_samples=2),
+    epochs=3,
+    batch_size=16,
+    repeats=1,
+    val_draws=2,
+    patience=2,
+    max_tiles=4,
+)
+FUS = FusionTrainConfig(
+    options={"width": 16, "heads": 2, "dropout": 0.25}, n_bins=3, epochs=4, patience=4, max_tiles=4
+)
+
+
+def build_training_cohort(base: Path) -> tuple[Path, Path]:
+    """The shared test cohort and its features (reused when already built in this session)."""
+    cohort, feats = base / "training-cohort", base / "training-features"
+    build_cohort(cohort, COHORT, workers=1)
+    extract_cohort(cohort, feats, build_encoder("stain-texture", device="cpu"))
+    return cohort, feats
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
