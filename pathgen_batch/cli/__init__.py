@@ -41,6 +41,8 @@ def _register() -> None:
     from pathgen_batch.cli import evaluate as _evaluate
     from pathgen_batch.cli import features as _features
     from pathgen_batch.cli import models as _models
+    from pathgen_batch.cli import query as _query
+    from pathgen_batch.cli import report as _report
     from pathgen_batch.cli import score as _score
     from pathgen_batch.cli import slides as _slides
     from pathgen_batch.cli import synth as _synth
@@ -53,6 +55,8 @@ def _register() -> None:
     main.add_command(_evaluate.evaluate)
     main.add_command(_models.models)
     main.add_command(_score.score)
+    main.add_command(_query.query)
+    main.add_command(_report.report)
 
 
 _register()

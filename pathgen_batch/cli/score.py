@@ -38,9 +38,15 @@ EXIT_SOME_FAILED = 3
     "--workspace",
     default="workspace",
     show_default=True,
+    envvar="PATHGEN_WORKSPACE",
     help="Workspace of the embedded registry store.",
 )
-@click.option("--tracking-uri", default=None, help="MLflow tracking/registry store URI.")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking/registry store URI.",
+)
 @click.option("--ray-address", default=None, help="Join this Ray cluster (else a local Ray).")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray. [all]")
 @click.option("--scratch", "scratch_dir", default=None, help="Node-local folder for staged slides.")

@@ -1,0 +1,68 @@
+"""``pathgen-batch report``: an offline HTML page of one scoring run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("output_root", envvar="PATHGEN_OUTPUT")
+@click.option("--run", "run_id", default=None, help="Run id [default: the latest complete run].")
+@click.option(
+    "--clinical",
+    default=None,
+    help="CSV/Parquet with slide_id or patient_id, time, event, grade or grade_index.",
+)
+@click.option(
+    "--expression",
+    default=None,
+    help="CSV/Parquet with patient_id (or slide_id) and one column per gene.",
+)
+@click.option(
+    "--slides",
+    type=click.IntRange(min=0),
+    default=12,
+    show_default=True,
+    help="Slides with a heatmap panel, highest risk first.",
+)
+@click.option(
+    "--thumb-px",
+    type=click.IntRange(32, 4096),
+    default=512,
+    show_default=True,
+    help="Longer side of slide thumbnails (px).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for index.html and img/.",
+)
+def report(
+    output_root: str,
+    run_id: str | None,
+    clinical: str | None,
+    expression: str | None,
+    slides: int,
+    thumb_px: int,
+    out_dir: Path,
+) -> None:
+    """Write OUT/index.html (+ OUT/img/*.png) for a run under OUTPUT_ROOT (folder or s3://).
+
+    Slides on S3 are not downloaded: their heatmaps are drawn on a blank canvas of the slide's
+    extent; local slides get their thumbnail.
+    """
+    from pathgen_batch.report import ReportConfig, write_report
+
+    path = write_report(
+        output_root,
+        out_dir,
+        run_id=run_id,
+        clinical=clinical,
+        expression=expression,
+        config=ReportConfig(slides=slides, thumb_px=thumb_px),
+    )
+    click.echo(f"report written to {path}")
