@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded defaults (no servers): build the semi-synthetic cohort,
 # extract features, cross-validate, train and register both models through `mlflow run`, promote
-# them to Production through the gate. Rerunning reuses what exists.
+# them to Production through the gate, score an archive of held-out patients' slides (plus a few
+# bad files) with the Ray job, query the tables and write the report. Rerunning reuses what exists.
 #
 # Usage: scripts/demo.sh [WORKSPACE]   (default: workspace)
 set -euo pipefail
@@ -42,11 +43,12 @@ cat "$W/cv/table.txt"
 
 if [ ! -f "$W/models/registered" ]; then
   step "train and register the generator and the fusion model"
+  # fold 0 stays out of training: its patients are the archive scored below
   "${MLRUN[@]}" -e train_generator -P cohort="$W/cohort" -P features="$W/features" \
-    -P out="$W/models/generator" -P eval_run_id="$EVAL" -P workspace="$W"
+    -P out="$W/models/generator" -P eval_run_id="$EVAL" -P holdout_fold=0 -P workspace="$W"
   "${MLRUN[@]}" -e train_fusion -P cohort="$W/cohort" -P features="$W/features" \
     -P generator="$W/models/generator" -P out="$W/models/fusion" -P eval_run_id="$EVAL" \
-    -P workspace="$W"
+    -P holdout_fold=0 -P workspace="$W"
   touch "$W/models/registered"
 fi
 
@@ -65,5 +67,50 @@ print(list_versions(store, '$name')[-1].version)")"
 done
 pathgen-batch models list
 
+step "archive: the held-out patients' slides (fold 0) plus four bad files"
+python - "$W" <<'PY'
+import shutil, sys
+from pathlib import Path
+import pandas as pd
+from pathgen_batch.assets import openslide_fixtures
+w = Path(sys.argv[1])
+archive = w / "archive"
+archive.mkdir(parents=True, exist_ok=True)
+clinical = pd.read_parquet(w / "cohort" / "clinical.parquet")
+held_out = clinical[clinical["fold"] == 0]
+for slide_file in held_out["slide_file"]:
+    src = w / "cohort" / slide_file
+    dst = archive / src.name
+    if not dst.exists():
+        shutil.copyfile(src, dst)
+first = w / "cohort" / held_out["slide_file"].iloc[0]
+(archive / "truncated.tiff").write_bytes(first.read_bytes()[:60_000])
+(archive / "notes.svs").write_text("not a slide\n")
+(archive / "empty.svs").write_bytes(b"")
+shutil.copyfile(openslide_fixtures() / "unreadable.svs", archive / "unreadable.svs")
+print(f"{archive}: {len(held_out)} held-out slides + 4 bad files")
+PY
+
+step "score the archive with the Production models (Ray Data job; exit 3 = some slides failed)"
+set +e
+pathgen-batch score "$W/archive" --out "$W/scores" --run-id demo --workspace "$W"
+rc=$?
+set -e
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then echo "scoring failed (exit $rc)"; exit "$rc"; fi
+
+step "query the output tables (DuckDB over Parquet)"
+pathgen-batch query tables "$W/scores"
+pathgen-batch query "$W/scores" "SELECT stage, error_type, count(*) AS n FROM failures GROUP BY ALL ORDER BY n DESC"
+pathgen-batch query top-risk "$W/scores" -n 5
+pathgen-batch query "$W/scores" "SELECT grade_pred, count(*) AS n, round(avg(risk), 3) AS mean_risk FROM predictions GROUP BY ALL ORDER BY n DESC"
+first_gene="$(head -2 "$W/cohort/gene_panel.csv" | tail -1 | cut -d, -f1)"
+pathgen-batch query genes "$W/scores" --genes "$first_gene" | head -8
+
+step "report"
+pathgen-batch report "$W/scores" --clinical "$W/cohort/clinical.parquet" \
+  --expression "$W/cohort/expression.parquet" --out "$W/report"
+
 step "done"
-echo "runs and registered models: mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"
+echo "tables:   $W/scores (pathgen-batch query $W/scores \"SELECT ...\")"
+echo "report:   $W/report/index.html"
+echo "MLflow:   mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"

@@ -361,3 +361,13 @@ def test_page_renders_in_headless_chromium(scored: dict, tmp_path: Path) -> None
     assert arr.shape[:2] == (2000, 1280)
     assert arr.std() > 10.0  # not blank: text, charts and slides drawn
     assert (arr.mean(axis=2) < 200).mean() > 0.02  # a visible share of the page is not white
+
+
+def test_folder_archive_slides_get_patient_ids_from_the_clinical_table():
+    from pathgen_batch.report.data import fill_patient_ids
+
+    preds = pd.DataFrame({"slide_id": ["S1", "S2", "S3"], "patient_id": [None, "Q2", None]})
+    clinical = pd.DataFrame({"slide_id": ["S1", "S2", "S9"], "patient_id": ["P1", "P2", "P9"]})
+    assert fill_patient_ids(preds, clinical) == 1
+    assert preds["patient_id"].tolist()[:2] == ["P1", "Q2"]  # known ids are kept
+    assert pd.isna(preds["patient_id"].iloc[2])  # no clinical row: stays unknown

@@ -23,6 +23,7 @@ from pathgen_batch.report import plots
 from pathgen_batch.report.data import (
     RunTables,
     clinical_frame,
+    fill_patient_ids,
     lineage_rows,
     load_run,
     read_frame,
@@ -271,6 +272,8 @@ def write_report(
     run = load_run(output, run_id)
     clin = read_frame(clinical, "clinical table") if clinical is not None else None
     expr = read_frame(expression, "expression table") if expression is not None else None
+    if clin is not None:
+        fill_patient_ids(run.predictions, clin)
     page = _Page(Path(out_dir))
     preds = run.predictions
     page.add(f"<h1>Scoring run {_e(run.run_id)}</h1>")

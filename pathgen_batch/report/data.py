@@ -115,6 +115,27 @@ def join_key(preds: pd.DataFrame, table: pd.DataFrame, what: str) -> str:
     return key
 
 
+def fill_patient_ids(preds: pd.DataFrame, clinical: pd.DataFrame) -> int:
+    """Fill missing ``patient_id`` of predictions from a clinical table holding both ids.
+
+    A folder archive carries no patient ids; the clinical table maps slides to patients so that
+    patient-level tables (expression) can be joined. Returns how many ids were filled.
+    """
+    if not {"slide_id", "patient_id"} <= set(clinical.columns) or "patient_id" not in preds:
+        return 0
+    mapping = dict(
+        zip(
+            clinical["slide_id"].astype(str),
+            clinical["patient_id"].astype(str),
+            strict=True,
+        )
+    )
+    missing = preds["patient_id"].isna()
+    filled = preds.loc[missing, "slide_id"].astype(str).map(mapping)
+    preds.loc[missing, "patient_id"] = filled
+    return int(filled.notna().sum())
+
+
 def clinical_frame(preds: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
     """Predictions joined with outcomes: one row per scored slide with clinical data.
 
