@@ -421,3 +421,12 @@ def test_queries_on_s3_match_local(s3_server, s3_bucket: str, out: str, store: O
     body = s3_server.client().get_object(Bucket=s3_bucket, Key="scores/top.parquet")["Body"]
     back = pq.read_table(pa.BufferReader(body.read()))
     assert sorted(back.column("slide_id").to_pylist()) == ["S1", "S1", "S2", "S3"]
+
+
+def test_user_sql_cannot_reach_files_or_unlock_the_engine(out: str, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    _one_line_error([out, f"SELECT * FROM read_csv('{secret}')"], "file system operations")
+    _one_line_error([out, "SET enable_external_access = true"], "configuration has been locked")
+    code, stdout, _ = _invoke(out, "SELECT count(*) AS n FROM predictions", "--format", "csv")
+    assert code == 0 and stdout.splitlines()[0] == "n"

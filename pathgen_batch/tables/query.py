@@ -178,6 +178,9 @@ class OutputStore:
             self.con.register(f"_pgb_{table}", _dataset(root, table, files))
             self.con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM "_pgb_{table}"{where}')
             self.views.append(table)
+        # user SQL reads the registered tables only: no local files, no network, no extensions
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
         if model_version is not None and "runs" in self.views:
             (count,) = self._one("SELECT count(*) FROM runs")
             if count == 0:
