@@ -14,7 +14,8 @@ from pathgen_batch.registry import register_bundle, tracked_run
 from pathgen_batch.training.bundle import load_bundle, save_fusion
 from pathgen_batch.training.data import load_training_data
 from pathgen_batch.training.splits import inner_split
-from pathgen_batch.training.trainers import calibrate_fusion, train_predictor
+from pathgen_batch.training.trained import TrainedGenerator
+from pathgen_batch.training.trainers import train_calibrated_fusion, train_predictor
 
 
 @click.command()
@@ -69,34 +70,33 @@ def main(
         run.set_tags(_common.data_tags(cohort_dir, data))
         if holdout_fold >= 0:
             run.log_params({"holdout_fold": holdout_fold})
-        tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
-        fus = train_predictor(
-            data,
-            tr,
-            va,
-            cfg.fusion,
-            device=device,
-            progress=run.progress(),
-            name=cfg.fusion_name,
-        )
         if generator:
+            # validate and calibrate on the patients the generator held out
             gen = load_bundle(generator, device=device)
-            if gen.kind != "generator":
+            if not isinstance(gen, TrainedGenerator):
                 raise ConfigError(f"--generator: {generator} is a {gen.kind} bundle")
-            gen.contract.check_matches(fus.contract, "generator vs fusion model")
-            gen.panel.check_matches(fus.panel, "generator vs fusion model gene panel")
-            bags = [data.bags[i] for i in va]
-            synthetic, _ = gen.generate(bags)
-            fus = calibrate_fusion(
-                fus,
-                bags,
-                synthetic,
-                data.expression[va],
-                data.grade[va],
-                cfg.alpha,
-                cfg.conformal_method,
+            fus = train_calibrated_fusion(
+                data,
+                gen,
+                cfg.fusion,
+                alpha=cfg.alpha,
+                method=cfg.conformal_method,
+                device=device,
+                progress=run.progress(),
+                name=cfg.fusion_name,
             )
             run.log_params({"calibrated_with": generator})
+        else:
+            tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
+            fus = train_predictor(
+                data,
+                tr,
+                va,
+                cfg.fusion,
+                device=device,
+                progress=run.progress(),
+                name=cfg.fusion_name,
+            )
         bundle = save_fusion(fus, out, overwrite=True)
         _common.log_training(run, "fusion", fus, cfg.fusion, bundle)
         click.echo(f"fusion bundle {bundle}; run {run.run_id}")

@@ -545,3 +545,17 @@ def test_cli_trains_generator_then_fusion(cohort_dirs, data, tmp_path: Path) -> 
     assert isinstance(r.exception, DataError) and "expected a generator bundle" in str(r.exception)
     for cmd in ([], ["generator"], ["fusion"]):
         assert runner.invoke(train, [*cmd, "--help"]).exit_code == 0
+
+
+def test_calibrated_fusion_refuses_a_generator_of_other_data(data, generator) -> None:
+    from pathgen_batch.training.trainers import generator_split, train_calibrated_fusion
+
+    tr, va = generator_split(data, generator)
+    assert [data.patient_ids[i] for i in va] == list(generator.provenance["val_patients"])
+    assert set(tr).isdisjoint(va) and len(tr) + len(va) == data.n_patients
+    held_out = data.without_fold(0)
+    assert 0 not in set(held_out.folds.tolist()) and held_out.n_patients < data.n_patients
+    with pytest.raises(DataError, match="trained on other data"):
+        train_calibrated_fusion(held_out, generator, FUS)
+    with pytest.raises(DataError, match="no patient has that fold"):
+        data.without_fold(99)

@@ -17,7 +17,6 @@ from pathgen_batch.training.loops import EpochLog
 
 if TYPE_CHECKING:
     from pathgen_batch.training.data import TrainingData
-    from pathgen_batch.training.trained import TrainedGenerator
 
 
 def epoch_line(e: EpochLog) -> None:
@@ -129,22 +128,6 @@ def generator_cmd(
     )
 
 
-def _generator_split(data: TrainingData, gen: TrainedGenerator) -> tuple[np.ndarray, np.ndarray]:
-    """Train on the patients the generator trained on; validate and calibrate on the ones it
-    held out, so that their synthetic transcriptomes are out-of-sample."""
-    from pathgen_batch.training.trainers import indices_of
-
-    if gen.provenance.get("cohort_digest") != data.digest:
-        raise DataError(
-            "generator bundle was trained on other data (cohort digest "
-            f"{gen.provenance.get('cohort_digest')} vs {data.digest}); conformal calibration "
-            "needs patients the generator held out, so train both on the same cohort"
-        )
-    va = indices_of(data, gen.provenance.get("val_patients", []))
-    tr = np.setdiff1d(np.arange(data.n_patients), va)
-    return tr, va
-
-
 @train.command("fusion")
 @data_options
 @click.option(
@@ -187,9 +170,9 @@ def fusion_cmd(
     Early stopping and conformal calibration use the patients the generator held out.
     """
     from pathgen_batch.training.bundle import load_bundle, save_fusion
-    from pathgen_batch.training.data import check_training_part, load_training_data
+    from pathgen_batch.training.data import load_training_data
     from pathgen_batch.training.trained import TrainedGenerator
-    from pathgen_batch.training.trainers import calibrate_fusion, train_predictor
+    from pathgen_batch.training.trainers import train_calibrated_fusion
 
     set_threads(threads)
     cfg = load_json(FusionTrainConfig, config_file) if config_file else FusionTrainConfig()
@@ -203,28 +186,24 @@ def fusion_cmd(
     if not isinstance(gen, TrainedGenerator):
         raise DataError(f"{generator_dir}: expected a generator bundle, got a {gen.kind} bundle")
     data = load_training_data(cohort_dir, features_dir)
-    gen.contract.check_matches(data.contract, what="generator bundle vs cohort features")
-    gen.panel.check_matches(data.panel, what="generator bundle vs cohort gene panel")
-    tr, va = _generator_split(data, gen)
-    check_training_part(data, tr, "training patients", cfg.n_bins)
     t0 = time.perf_counter()
-    fus = train_predictor(data, tr, va, cfg, device=device, progress=epoch_line, name=name)
-    val_bags = [data.bags[i] for i in va]
-    syn, _ = gen.generate(val_bags)
-    fus = calibrate_fusion(
-        fus,
-        val_bags,
-        syn,
-        data.expression[va],
-        data.grade[va],
-        alpha,
-        "lac" if conformal_method == "lac" else "aps",
+    fus = train_calibrated_fusion(
+        data,
+        gen,
+        cfg,
+        alpha=alpha,
+        method="lac" if conformal_method == "lac" else "aps",
+        device=device,
+        progress=epoch_line,
+        name=name,
     )
+    n_val = len(gen.provenance.get("val_patients", []))
     path = save_fusion(fus, out, overwrite=overwrite)
     h = fus.provenance["history"]
     q = fus.grade_conformal.qhat if fus.grade_conformal else float("nan")
     click.echo(
-        f"{cfg.model} bundle {path}: {len(tr)} training / {len(va)} validation patients, best "
+        f"{cfg.model} bundle {path}: {data.n_patients - n_val} training / {n_val} validation "
+        f"patients, best "
         f"epoch {h['best_epoch']} of {h['epochs_run']} (val loss {h['best_val_loss']:.4f}), "
         f"conformal qhat {q:.3f} at alpha {alpha:g}, {time.perf_counter() - t0:.1f}s"
     )

@@ -23,6 +23,7 @@ from pathgen_batch.models.diffusion import (
     SamplerConfig,
     build_sampler,
 )
+from pathgen_batch.training.parameterization import check_prediction
 
 FusionModelName = Literal["fusion", "attention_mil", "omics_mlp"]
 FUSION_MODELS: tuple[str, ...] = ("fusion", "attention_mil", "omics_mlp")
@@ -142,10 +143,10 @@ class GeneratorTrainConfig:
         )
         _check_optim(self)
         _check_split(self)
-        if self.prediction not in ("eps", "v"):
-            raise ConfigError(
-                f"GeneratorTrainConfig.prediction: expected 'eps' or 'v', got {self.prediction!r}"
-            )
+        try:
+            check_prediction(self.prediction)
+        except ConfigError as e:
+            raise ConfigError(f"GeneratorTrainConfig.{e}") from e
         check_sampler(self.sampler, self.diffusion, "GeneratorTrainConfig.sampler")
         a = self.model
         try:  # the architecture on placeholder data sizes: bad widths fail here, not later

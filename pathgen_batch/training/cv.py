@@ -59,7 +59,12 @@ from pathgen_batch.training.data import TrainingData, check_training_part, descr
 from pathgen_batch.training.loops import Progress
 from pathgen_batch.training.splits import inner_split, stratified_folds
 from pathgen_batch.training.trained import FusionPrediction, TrainedFusion, TrainedGenerator
-from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
+from pathgen_batch.training.trainers import (
+    calibrate_fusion,
+    train_calibrated_fusion,
+    train_generator,
+    train_predictor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -418,19 +423,15 @@ def train_final(
     )
     say(f"generator trained in {time.perf_counter() - t0:.1f}s")
     t1 = time.perf_counter()
-    fus = train_predictor(
-        data, tr, va, cfg.fusion, device=device, progress=progress, name=cfg.fusion_name
-    )
-    val_bags = [data.bags[i] for i in va]
-    syn_val, _ = gen.generate(val_bags)
-    fus = calibrate_fusion(
-        fus,
-        val_bags,
-        syn_val,
-        data.expression[va],
-        data.grade[va],
-        cfg.alpha,
-        cfg.conformal_method,
+    fus = train_calibrated_fusion(
+        data,
+        gen,
+        cfg.fusion,
+        alpha=cfg.alpha,
+        method=cfg.conformal_method,
+        device=device,
+        progress=progress,
+        name=cfg.fusion_name,
     )
     say(f"fusion trained and calibrated in {time.perf_counter() - t1:.1f}s")
     if out_dir is not None:

@@ -248,3 +248,49 @@ def indices_of(data: TrainingData, patient_ids: Sequence[str]) -> np.ndarray:
     if missing:
         raise DataError(f"patients not in the training data: {missing[:5]}")
     return np.asarray([where[p] for p in patient_ids], dtype=np.int64)
+
+
+def generator_split(data: TrainingData, gen: TrainedGenerator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices matching the patients ``gen`` trained on and held out.
+
+    Validating and calibrating a fusion model on the generator's held-out patients keeps their
+    synthetic transcriptomes out of sample; a generator trained on other data is refused.
+    """
+    if gen.provenance.get("cohort_digest") != data.digest:
+        raise DataError(
+            "generator bundle was trained on other data (cohort digest "
+            f"{gen.provenance.get('cohort_digest')} vs {data.digest}); conformal calibration "
+            "needs patients the generator held out, so train both on the same cohort"
+        )
+    va = indices_of(data, gen.provenance.get("val_patients", []))
+    tr = np.setdiff1d(np.arange(data.n_patients), va)
+    return tr, va
+
+
+def train_calibrated_fusion(
+    data: TrainingData,
+    gen: TrainedGenerator,
+    cfg: FusionTrainConfig | None = None,
+    *,
+    alpha: float = 0.1,
+    method: SetMethod = "lac",
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    name: str = "pathgen-fusion",
+) -> TrainedFusion:
+    """Train a predictor on real transcriptomes and calibrate it with ``gen``'s synthetic ones.
+
+    Early stopping and calibration use the generator's held-out patients (``generator_split``);
+    contract and gene panel must match the data's.
+    """
+    cfg = cfg or FusionTrainConfig()
+    gen.contract.check_matches(data.contract, what="generator bundle vs cohort features")
+    gen.panel.check_matches(data.panel, what="generator bundle vs cohort gene panel")
+    tr, va = generator_split(data, gen)
+    check_training_part(data, tr, "training patients", cfg.n_bins)
+    fus = train_predictor(data, tr, va, cfg, device=device, progress=progress, name=name)
+    val_bags = [data.bags[i] for i in va]
+    synthetic, _ = gen.generate(val_bags)
+    return calibrate_fusion(
+        fus, val_bags, synthetic, data.expression[va], data.grade[va], alpha, method
+    )
