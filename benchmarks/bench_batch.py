@@ -40,9 +40,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def train_bundles(root: Path, tile_px: int) -> None:
     """Tiny bundles trained on 16 small synthetic slides (features of ``tile_px`` tiles)."""
     from pathgen_batch.features import build_encoder, extract_slides
+    from pathgen_batch.inference.bundle import save_fusion, save_generator
     from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
     from pathgen_batch.synth import CohortConfig, build_cohort
-    from pathgen_batch.training.bundle import save_fusion, save_generator
     from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
     from pathgen_batch.training.data import load_training_data
     from pathgen_batch.training.trainers import train_generator, train_predictor

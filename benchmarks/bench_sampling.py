@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pathgen_batch.cohort.splits import inner_split
 from pathgen_batch.evaluation import expression_fidelity
+from pathgen_batch.inference.trained import TrainedGenerator
 from pathgen_batch.models.diffusion import SamplerConfig
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, load_training_data
-from pathgen_batch.training.splits import inner_split
-from pathgen_batch.training.trained import TrainedGenerator
 from pathgen_batch.training.trainers import train_generator, train_predictor
 
 REFERENCE = SamplerConfig(name="ddpm", steps=1000, eta=1.0, n_samples=3)

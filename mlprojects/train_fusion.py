@@ -9,12 +9,12 @@ from pathlib import Path
 import _common
 import click
 
+from pathgen_batch.cohort.splits import inner_split
 from pathgen_batch.errors import ConfigError
+from pathgen_batch.inference.bundle import load_bundle, save_fusion
+from pathgen_batch.inference.trained import TrainedGenerator
 from pathgen_batch.registry import register_bundle, tracked_run
-from pathgen_batch.training.bundle import load_bundle, save_fusion
 from pathgen_batch.training.data import load_training_data
-from pathgen_batch.training.splits import inner_split
-from pathgen_batch.training.trained import TrainedGenerator
 from pathgen_batch.training.trainers import train_calibrated_fusion, train_predictor
 
 

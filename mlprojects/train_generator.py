@@ -8,10 +8,10 @@ from pathlib import Path
 import _common
 import click
 
+from pathgen_batch.cohort.splits import inner_split
+from pathgen_batch.inference.bundle import save_generator
 from pathgen_batch.registry import register_bundle, tracked_run
-from pathgen_batch.training.bundle import save_generator
 from pathgen_batch.training.data import load_training_data
-from pathgen_batch.training.splits import inner_split
 from pathgen_batch.training.trainers import train_generator
 
 

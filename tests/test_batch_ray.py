@@ -55,9 +55,9 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """Tiny generator and fusion bundles trained on a 16-patient synthetic cohort."""
     from pathgen_batch.features import build_encoder, extract_cohort
+    from pathgen_batch.inference.bundle import save_fusion, save_generator
     from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
     from pathgen_batch.synth import CohortConfig, build_cohort
-    from pathgen_batch.training.bundle import save_fusion, save_generator
     from pathgen_batch.training.config import (
         FusionTrainConfig,
         GeneratorArch,
@@ -493,7 +493,7 @@ def test_s3_run_scores_good_slides_and_records_each_failure(s3_run: S3Run) -> No
 @pytest.mark.servers
 def test_s3_run_tables_match_the_models_applied_directly(s3_run: S3Run, trained: Trained) -> None:
     from pathgen_batch.features import build_encoder, extract_slide
-    from pathgen_batch.training.bundle import load_bundle
+    from pathgen_batch.inference.bundle import load_bundle
 
     gen, fus = load_bundle(trained.gen), load_bundle(trained.fus)
     enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})

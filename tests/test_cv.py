@@ -15,8 +15,9 @@ from tiny_training import FUS, GEN, build_training_cohort, threads
 
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import DataError
+from pathgen_batch.inference.bundle import load_bundle
+from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.synth import load_cohort
-from pathgen_batch.training.bundle import load_bundle
 from pathgen_batch.training.config import (
     CVConfig,
     FusionTrainConfig,
@@ -32,7 +33,6 @@ from pathgen_batch.training.cv import (
     train_final,
 )
 from pathgen_batch.training.data import TrainingData, assemble, load_training_data
-from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from test_registry import EVAL, FUS_CV, GEN_CV, make_fusion, make_generator, make_panel
 
+from pathgen_batch.inference.bundle import load_bundle
 from pathgen_batch.registry import (
     GateRefusedError,
     RegistryConfig,
@@ -26,7 +27,6 @@ from pathgen_batch.registry import (
     register_bundle,
     rollback,
 )
-from pathgen_batch.training.bundle import load_bundle
 
 pytestmark = pytest.mark.servers
 

@@ -25,6 +25,9 @@ from pathgen_batch.cli import _Group, main
 from pathgen_batch.cli.models import models
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.inference.bundle import save_fusion, save_generator
+from pathgen_batch.inference.scaling import FeatureScaler
+from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.models import FusionConfig, GeneratorConfig, build_model
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
 from pathgen_batch.omics.panel import GenePanel
@@ -56,10 +59,7 @@ from pathgen_batch.registry.gate import check_metric, evaluation_digest, from_di
 from pathgen_batch.registry.promote import _settle, _transition
 from pathgen_batch.registry.store import default_tracking_uri, resolve_tracking_uri
 from pathgen_batch.registry.tracking import cv_metrics, flatten
-from pathgen_batch.training.bundle import save_fusion, save_generator
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
-from pathgen_batch.training.scaling import FeatureScaler
-from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
 
 # the real CLI once `models` is registered there; until then the same group class around it
 cli = main if "models" in main.commands else _Group("pathgen-batch", commands={"models": models})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pathgen_batch.cohort.splits import grade_event_strata, inner_split, stratified_folds
 from pathgen_batch.errors import DataError
-from pathgen_batch.training.splits import grade_event_strata, inner_split, stratified_folds
 
 
 def test_folds_balance_every_stratum_and_fold_sizes():

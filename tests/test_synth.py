@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pathgen_batch.cli import main
+from pathgen_batch.cohort.splits import stratified_folds
 from pathgen_batch.config import from_dict
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.omics import GenePanel
@@ -28,7 +29,6 @@ from pathgen_batch.synth.data import fold_strata, semi_data
 from pathgen_batch.synth.render import RenderParams, render_slide
 from pathgen_batch.synth.stain import RGB_FROM_HED, StainShift
 from pathgen_batch.synth.texture import TextureLibrary
-from pathgen_batch.training.splits import stratified_folds
 
 SEMI_SMALL = CohortConfig(n_patients=16, slide_px=768, seed=0)
 

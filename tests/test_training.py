@@ -18,21 +18,21 @@ import torch
 from click.testing import CliRunner
 from tiny_training import FUS, GEN, build_training_cohort, threads
 
+from pathgen_batch.cohort.splits import inner_split
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features import SlideFeatures, feature_file
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.store import write_slide_features
+from pathgen_batch.inference.bundle import load_bundle, read_manifest, save_fusion, save_generator
+from pathgen_batch.inference.scaling import FeatureScaler
+from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.models.diffusion import SamplerConfig
 from pathgen_batch.models.fusion import FusionOutput
 from pathgen_batch.synth import load_cohort
-from pathgen_batch.training.bundle import load_bundle, read_manifest, save_fusion, save_generator
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, assemble, load_training_data
 from pathgen_batch.training.loops import prediction_loss
-from pathgen_batch.training.scaling import FeatureScaler
-from pathgen_batch.training.splits import inner_split
-from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
 
 

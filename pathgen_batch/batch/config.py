@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pathgen_batch.batch.models import DEFAULT_FUSION, DEFAULT_GENERATOR
+from pathgen_batch.batch.model_refs import DEFAULT_FUSION, DEFAULT_GENERATOR
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.storage import SLIDE_EXTENSIONS, RetryPolicy
 

@@ -43,7 +43,7 @@ from typing import Any
 from pathgen_batch import __version__, storage
 from pathgen_batch.batch import commit as cm
 from pathgen_batch.batch.config import ScoreConfig
-from pathgen_batch.batch.models import (
+from pathgen_batch.batch.model_refs import (
     ModelRef,
     PairInfo,
     RegistryAccess,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pathgen_batch.batch import commit as cm
-from pathgen_batch.batch.models import ModelRef, RegistryAccess, load_models
+from pathgen_batch.batch.model_refs import ModelRef, RegistryAccess, load_models
 from pathgen_batch.errors import PathgenError, SlideError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import RetryPolicy, SlideSource, StorageError, stage
@@ -234,7 +234,7 @@ class TileEncoder(_Stage):
 
     def __init__(self, ctx: dict[str, Any]) -> None:
         super().__init__(ctx)
-        from pathgen_batch.features.registry import encoder_for_contract
+        from pathgen_batch.features.encoders import encoder_for_contract
 
         contract = FeatureContract.from_dict(self.ctx.contract)
         self.encoder = encoder_for_contract(contract, device=_device(self.ctx.device))

@@ -7,7 +7,7 @@ import sys
 import click
 
 from pathgen_batch.batch.config import ScoreConfig
-from pathgen_batch.batch.models import DEFAULT_FUSION, DEFAULT_GENERATOR
+from pathgen_batch.batch.model_refs import DEFAULT_FUSION, DEFAULT_GENERATOR
 from pathgen_batch.errors import PathgenError
 from pathgen_batch.storage import SLIDE_EXTENSIONS
 

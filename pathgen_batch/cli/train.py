@@ -81,7 +81,7 @@ def _overrides(epochs: int | None, seed: int | None) -> dict[str, Any]:
 
 
 def _inner(data: TrainingData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from pathgen_batch.training.splits import inner_split
+    from pathgen_batch.cohort.splits import inner_split
 
     return inner_split(data.strata(), val_fraction, seed)
 
@@ -108,7 +108,7 @@ def generator_cmd(
     overwrite: bool,
 ) -> None:
     """Train the conditional diffusion generator and save it as a bundle at --out."""
-    from pathgen_batch.training.bundle import save_generator
+    from pathgen_batch.inference.bundle import save_generator
     from pathgen_batch.training.data import load_training_data
     from pathgen_batch.training.trainers import train_generator
 
@@ -169,9 +169,9 @@ def fusion_cmd(
 
     Early stopping and conformal calibration use the patients the generator held out.
     """
-    from pathgen_batch.training.bundle import load_bundle, save_fusion
+    from pathgen_batch.inference.bundle import load_bundle, save_fusion
+    from pathgen_batch.inference.trained import TrainedGenerator
     from pathgen_batch.training.data import load_training_data
-    from pathgen_batch.training.trained import TrainedGenerator
     from pathgen_batch.training.trainers import train_calibrated_fusion
 
     set_threads(threads)

@@ -13,15 +13,7 @@
 from pathgen_batch.features.bags import pad_bags, subsample_indices
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.encoder import Encoder, resolve_device
-from pathgen_batch.features.extract import (
-    SlideResult,
-    cohort_slides,
-    extract_cohort,
-    extract_slide,
-    extract_slides,
-    spec_for,
-)
-from pathgen_batch.features.registry import (
+from pathgen_batch.features.encoders import (
     DEFAULT_ENCODER,
     EncoderEntry,
     build_encoder,
@@ -30,6 +22,14 @@ from pathgen_batch.features.registry import (
     encoder_names,
     option_names,
     register_encoder,
+)
+from pathgen_batch.features.extract import (
+    SlideResult,
+    cohort_slides,
+    extract_cohort,
+    extract_slide,
+    extract_slides,
+    spec_for,
 )
 from pathgen_batch.features.store import (
     SlideFeatures,

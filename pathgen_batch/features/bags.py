@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from pathgen_batch.errors import DataError
 
@@ -58,3 +59,15 @@ def pad_bags(
         feats[i, : k.shape[0]] = k
         mask[i, : k.shape[0]] = True
     return feats, mask
+
+
+def padded(
+    bags: Sequence[np.ndarray],
+    idx: np.ndarray,
+    device: torch.device,
+    max_tiles: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bags at ``idx`` -> feats (B, N, D), mask (B, N) on ``device`` (tiles drawn by ``rng``)."""
+    feats, mask = pad_bags([bags[i] for i in idx], max_tiles=max_tiles, rng=rng)
+    return torch.from_numpy(feats).to(device), torch.from_numpy(mask).to(device)

@@ -39,7 +39,7 @@ def build_registered_encoder(
 ) -> Any:
     """Build ``encoder`` from a local weights file on the CPU (checks file and options)."""
     from pathgen_batch.features import build_encoder
-    from pathgen_batch.features.registry import get_entry
+    from pathgen_batch.features.encoders import get_entry
 
     if not get_entry(encoder).needs_weights:
         raise ConfigError(

@@ -216,7 +216,7 @@ class BundleModel(PythonModel):
         self.model: Any = None
 
     def load_context(self, context: PythonModelContext) -> None:
-        from pathgen_batch.training.bundle import load_bundle
+        from pathgen_batch.inference.bundle import load_bundle
 
         self.model = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
 

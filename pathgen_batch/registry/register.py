@@ -171,7 +171,7 @@ def register_bundle(
     default: the ``cv/*`` metrics and ``pathgen.eval_digest`` tag of ``eval_run_id`` (or of
     ``run_id``). name: default the bundle's own registry name.
     """
-    from pathgen_batch.training.bundle import load_bundle
+    from pathgen_batch.inference.bundle import load_bundle
 
     root = Path(bundle_dir)
     if not root.is_dir():

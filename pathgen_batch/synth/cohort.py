@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from pathgen_batch import __version__, assets
+from pathgen_batch.cohort.splits import stratified_folds
 from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.omics.panel import GenePanel
@@ -49,7 +50,6 @@ from pathgen_batch.synth.data import (
 from pathgen_batch.synth.render import RenderParams, render_slide
 from pathgen_batch.synth.texture import TextureLibrary, build_library, default_sources
 from pathgen_batch.synth.writer import write_pyramidal_tiff
-from pathgen_batch.training.splits import stratified_folds
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pathgen_batch.cohort.splits import grade_event_strata
 from pathgen_batch.errors import DataError
 from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.synth.config import CohortConfig
-from pathgen_batch.training.splits import grade_event_strata
 
 GRADE_CLASSES = ("well differentiated", "intermediate", "poorly differentiated")
 DAYS_PER_YEAR = 365.25

@@ -9,7 +9,7 @@
     print(result.table())
     gen, fus = train_final(data, CVConfig(), "models/")     # bundles models/generator, /fusion
 
-    from pathgen_batch.training import load_bundle
+    from pathgen_batch.inference import load_bundle
     gen = load_bundle("models/generator")                   # TrainedGenerator
     mean, std = gen.generate(bags)                          # (B, G) in expression units
     fus = load_bundle("models/fusion")                      # TrainedFusion
@@ -25,12 +25,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathgen_batch.training.bundle import (
-        load_bundle,
-        read_manifest,
-        save_fusion,
-        save_generator,
-    )
     from pathgen_batch.training.config import (
         CVConfig,
         FusionTrainConfig,
@@ -41,8 +35,6 @@ if TYPE_CHECKING:
     from pathgen_batch.training.cv_result import CVResult
     from pathgen_batch.training.data import TrainingData, assemble, load_training_data
     from pathgen_batch.training.loops import EpochLog, FitHistory
-    from pathgen_batch.training.scaling import FeatureScaler
-    from pathgen_batch.training.trained import FusionPrediction, TrainedFusion, TrainedGenerator
     from pathgen_batch.training.trainers import (
         calibrate_fusion,
         train_generator,
@@ -50,10 +42,6 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
-    "load_bundle": "bundle",
-    "read_manifest": "bundle",
-    "save_fusion": "bundle",
-    "save_generator": "bundle",
     "CVConfig": "config",
     "FusionTrainConfig": "config",
     "GeneratorArch": "config",
@@ -67,10 +55,6 @@ _WHERE = {
     "load_training_data": "data",
     "EpochLog": "loops",
     "FitHistory": "loops",
-    "FeatureScaler": "scaling",
-    "FusionPrediction": "trained",
-    "TrainedFusion": "trained",
-    "TrainedGenerator": "trained",
     "calibrate_fusion": "trainers",
     "train_generator": "trainers",
     "train_predictor": "trainers",
@@ -87,24 +71,16 @@ __all__ = [
     "CVConfig",
     "CVResult",
     "EpochLog",
-    "FeatureScaler",
     "FitHistory",
-    "FusionPrediction",
     "FusionTrainConfig",
     "GeneratorArch",
     "GeneratorTrainConfig",
-    "TrainedFusion",
-    "TrainedGenerator",
     "TrainingData",
     "assemble",
     "calibrate_fusion",
-    "load_bundle",
     "load_training_data",
     "plan_folds",
-    "read_manifest",
     "run_cv",
-    "save_fusion",
-    "save_generator",
     "train_final",
     "train_generator",
     "train_predictor",

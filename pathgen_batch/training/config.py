@@ -23,7 +23,7 @@ from pathgen_batch.models.diffusion import (
     SamplerConfig,
     build_sampler,
 )
-from pathgen_batch.training.parameterization import check_prediction
+from pathgen_batch.models.parameterization import check_prediction
 
 FusionModelName = Literal["fusion", "attention_mil", "omics_mlp"]
 FUSION_MODELS: tuple[str, ...] = ("fusion", "attention_mil", "omics_mlp")
@@ -110,7 +110,7 @@ class GeneratorTrainConfig:
     """How to train the conditional diffusion generator.
 
     prediction: what the network outputs, the noise (``eps``) or the velocity (``v``); see
-    :mod:`pathgen_batch.training.parameterization`. The loss is on the noise either way.
+    :mod:`pathgen_batch.models.parameterization`. The loss is on the noise either way.
     repeats: passes over the training patients per epoch, each with fresh timesteps, noise and
     tile draws (an epoch of a few hundred patients is only a handful of optimiser steps).
     val_draws: fixed (timestep, noise) draws per validation patient; the validation loss uses

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pathgen_batch.cohort.splits import inner_split, stratified_folds
 from pathgen_batch.errors import DataError
 from pathgen_batch.evaluation import (
     average_set_size,
@@ -46,7 +47,8 @@ from pathgen_batch.evaluation import (
     survival_from_hazards,
     survival_report,
 )
-from pathgen_batch.training.bundle import save_fusion, save_generator
+from pathgen_batch.inference.bundle import save_fusion, save_generator
+from pathgen_batch.inference.trained import FusionPrediction, TrainedFusion, TrainedGenerator
 from pathgen_batch.training.config import CVConfig
 from pathgen_batch.training.cv_result import (
     COMPARED_METRICS,
@@ -57,8 +59,6 @@ from pathgen_batch.training.cv_result import (
 )
 from pathgen_batch.training.data import TrainingData, check_training_part, describe
 from pathgen_batch.training.loops import Progress
-from pathgen_batch.training.splits import inner_split, stratified_folds
-from pathgen_batch.training.trained import FusionPrediction, TrainedFusion, TrainedGenerator
 from pathgen_batch.training.trainers import (
     calibrate_fusion,
     train_calibrated_fusion,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pathgen_batch.config import to_dict
-from pathgen_batch.training.bundle import json_safe
+from pathgen_batch.inference.bundle import json_safe
 from pathgen_batch.training.config import CVConfig
 
 CONDITIONS: dict[str, str] = {

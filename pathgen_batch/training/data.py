@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pathgen_batch.cohort.splits import grade_event_strata
 from pathgen_batch.errors import DataError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.store import feature_file, read_slide_features
 from pathgen_batch.omics.panel import GenePanel
-from pathgen_batch.training.splits import grade_event_strata
 
 CLINICAL_COLUMNS = ("patient_id", "slide_id", "grade_index", "time", "event", "fold")
 

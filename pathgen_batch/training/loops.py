@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathgen_batch.errors import DataError
-from pathgen_batch.features.bags import pad_bags
+from pathgen_batch.features.bags import padded
 from pathgen_batch.models.diffusion import GaussianDiffusion
 from pathgen_batch.models.fusion import FusionOutput
 from pathgen_batch.models.generator import TranscriptomeDenoiser
+from pathgen_batch.models.parameterization import as_eps_fn
 from pathgen_batch.models.survival import survival_nll
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig, OptimConfig
-from pathgen_batch.training.parameterization import as_eps_fn
 
 EVAL_BATCH = 64
 
@@ -129,18 +129,6 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
             yield
         finally:
             torch.use_deterministic_algorithms(was_det, warn_only=was_warn)
-
-
-def padded(
-    bags: Sequence[np.ndarray],
-    idx: np.ndarray,
-    device: torch.device,
-    max_tiles: int | None = None,
-    rng: np.random.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bags at ``idx`` -> feats (B, N, D), mask (B, N) on ``device`` (tiles drawn by ``rng``)."""
-    feats, mask = pad_bags([bags[i] for i in idx], max_tiles=max_tiles, rng=rng)
-    return torch.from_numpy(feats).to(device), torch.from_numpy(mask).to(device)
 
 
 def _chunks(idx: np.ndarray, size: int) -> list[np.ndarray]:

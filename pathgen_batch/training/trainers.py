@@ -23,6 +23,8 @@ from pathgen_batch.evaluation.conformal import (
     fit_interval,
     min_calibration_size,
 )
+from pathgen_batch.inference.scaling import FeatureScaler
+from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.models import build_model
 from pathgen_batch.models.diffusion import GaussianDiffusion, NoiseSchedule
 from pathgen_batch.models.families import family_ids
@@ -32,8 +34,6 @@ from pathgen_batch.omics.scaling import ExpressionScaler
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, check_training_part
 from pathgen_batch.training.loops import Examples, Progress, fit_generator, fit_predictor, seeded
-from pathgen_batch.training.scaling import FeatureScaler
-from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
 
 
 def _indices(data: TrainingData, idx: Sequence[int] | np.ndarray, name: str) -> np.ndarray:

@@ -82,7 +82,7 @@ def parse_registry_uri(uri: str) -> tuple[str, str]:
 
 
 def _manifest(path: Path) -> dict[str, Any]:
-    from pathgen_batch.training.bundle import read_manifest
+    from pathgen_batch.inference.bundle import read_manifest
 
     return read_manifest(path)
 
@@ -208,8 +208,8 @@ def load_models(
     access: RegistryAccess | None = None,
 ) -> tuple[Any, Any]:
     """(TrainedGenerator, TrainedFusion) loaded on ``device``; kinds checked."""
-    from pathgen_batch.training.bundle import load_bundle
-    from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
+    from pathgen_batch.inference.bundle import load_bundle
+    from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 
     gen = load_bundle(local_bundle(generator, access), device=device)
     fus = load_bundle(local_bundle(fusion, access), device=device)

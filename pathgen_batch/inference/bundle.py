@@ -48,14 +48,14 @@ from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError, PathgenError
 from pathgen_batch.evaluation.conformal import ClassificationConformal, IntervalConformal
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.inference.scaling import FeatureScaler
+from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.models import build_model, model_name_of
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
 from pathgen_batch.models.generator import TranscriptomeDenoiser
 from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.omics.scaling import ExpressionScaler
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
-from pathgen_batch.training.scaling import FeatureScaler
-from pathgen_batch.training.trained import TrainedFusion, TrainedGenerator
 
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"

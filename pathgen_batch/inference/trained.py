@@ -4,7 +4,7 @@ A :class:`TrainedGenerator` turns raw tile bags into synthetic transcriptomes in
 units; a :class:`TrainedFusion` turns raw tile bags (and a transcriptome in expression units, or
 none) into grade probabilities, survival hazards, risk, attention and, when calibrated,
 conformal grade sets and risk intervals. Both carry their scalers, gene panel, feature contract
-and provenance, and are what :mod:`pathgen_batch.training.bundle` saves and loads.
+and provenance, and are what :mod:`pathgen_batch.inference.bundle` saves and loads.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from torch import nn
 
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.evaluation.conformal import ClassificationConformal, IntervalConformal
+from pathgen_batch.features.bags import padded
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.inference.scaling import FeatureScaler
 from pathgen_batch.models.diffusion import (
     DiffusionConfig,
     EpsFn,
@@ -30,13 +32,11 @@ from pathgen_batch.models.diffusion import (
     build_sampler,
 )
 from pathgen_batch.models.generator import TranscriptomeDenoiser
+from pathgen_batch.models.parameterization import as_eps_fn
 from pathgen_batch.models.survival import hazards_from_logits, risk_from_hazards
 from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.omics.scaling import ExpressionScaler, check_expression
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig, check_sampler
-from pathgen_batch.training.loops import padded
-from pathgen_batch.training.parameterization import as_eps_fn
-from pathgen_batch.training.scaling import FeatureScaler
 
 DEFAULT_BATCH = 16
 

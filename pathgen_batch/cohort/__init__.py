@@ -1,0 +1,1 @@
+"""The cohort: its format, loader, validation and patient-level splits."""
