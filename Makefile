@@ -15,7 +15,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := $(wildcard pathgen_batch tests benchmarks mlprojects jobs)
 
-.PHONY: venv test demo lint format clean bench
+.PHONY: venv test test-fast demo lint format clean bench
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ format: venv
 
 test: venv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the fast tier for the inner loop: unit tests only (no servers, no Ray, no cohort render or
+# training beyond a few tiny slides); tiers come from the fixtures a test uses (tests/conftest.py)
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow and not servers and not ray" $(PYTEST_ARGS)
 
 demo: venv
 	VENV=$(VENV) scripts/demo.sh $(WORKSPACE)

@@ -11,6 +11,28 @@ from pathgen_batch import assets
 
 pytest_plugins = ["s3_server"]
 
+# Test tiers follow from what a test needs, so that a new test lands in the right one without a
+# marker to remember: a test that uses one of these fixtures (directly or through another
+# fixture) gets the marker. `make test-fast` runs `-m "not slow and not servers and not ray"`.
+TIER_FIXTURES: dict[str, frozenset[str]] = {
+    # renders a cohort, extracts its features or trains models
+    "slow": frozenset(
+        {"cohort_dirs", "small_cohort", "semi", "trained", "training_cohort", "cv", "scored"}
+    ),
+    # starts a real server on loopback (SeaweedFS S3, MLflow)
+    "servers": frozenset({"s3_server", "server", "mlflow_server"}),
+    # starts a local Ray instance or a two-node cluster
+    "ray": frozenset({"ray_cluster", "ray_driver", "ray_local"}),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in TIER_FIXTURES.items():
+            if used & fixtures and marker not in item.keywords:
+                item.add_marker(getattr(pytest.mark, marker))
+
 
 @pytest.fixture(scope="session")
 def openslide_fixtures() -> Path:
