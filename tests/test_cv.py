@@ -15,8 +15,8 @@ from tiny_training import FUS, GEN, build_training_cohort, threads
 
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import DataError
+from pathgen_batch.inference import TrainedFusion, TrainedGenerator
 from pathgen_batch.inference.bundle import load_bundle
-from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.synth import load_cohort
 from pathgen_batch.training.config import (
     CVConfig,

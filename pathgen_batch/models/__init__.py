@@ -15,7 +15,6 @@ name               config                      model
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,14 +86,6 @@ def model_name_of(model: nn.Module) -> str:
     raise ConfigError(f"model: {type(model).__name__} is not a registered model")
 
 
-def config_of(model: nn.Module) -> Any:
-    """The frozen config a registered model was built from."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or not dataclasses.is_dataclass(cfg):
-        raise ConfigError(f"model: {type(model).__name__} carries no config")
-    return cfg
-
-
 __all__ = [
     "MODELS",
     "AttentionMIL",
@@ -109,7 +100,6 @@ __all__ = [
     "TranscriptomeDenoiser",
     "build_model",
     "config_class",
-    "config_of",
     "model_name_of",
     "model_names",
 ]

@@ -17,13 +17,8 @@ from typing import Any, Literal
 from pathgen_batch.config import from_dict
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.models import GeneratorConfig, config_class
-from pathgen_batch.models.diffusion import (
-    DiffusionConfig,
-    NoiseSchedule,
-    SamplerConfig,
-    build_sampler,
-)
-from pathgen_batch.models.parameterization import check_prediction
+from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
+from pathgen_batch.models.samplers import check_sampler
 
 FusionModelName = Literal["fusion", "attention_mil", "omics_mlp"]
 FUSION_MODELS: tuple[str, ...] = ("fusion", "attention_mil", "omics_mlp")
@@ -85,16 +80,6 @@ def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{type(cfg).__name__}.{name}: expected an integer >= 1, got {v!r}")
 
 
-def check_sampler(sampler: SamplerConfig, diffusion: DiffusionConfig, where: str) -> None:
-    """Raise ConfigError unless ``sampler`` can run on ``diffusion``'s schedule."""
-    if isinstance(sampler.n_samples, bool) or sampler.n_samples < 1:
-        raise ConfigError(f"{where}.n_samples: expected >= 1, got {sampler.n_samples!r}")
-    try:
-        build_sampler(sampler, NoiseSchedule.from_config(diffusion))
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
 def _check_split(cfg: Any) -> None:
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(
@@ -109,8 +94,8 @@ def _check_split(cfg: Any) -> None:
 class GeneratorTrainConfig:
     """How to train the conditional diffusion generator.
 
-    prediction: what the network outputs, the noise (``eps``) or the velocity (``v``); see
-    :mod:`pathgen_batch.models.parameterization`. The loss is on the noise either way.
+    diffusion: the forward process and what the network outputs (``diffusion.prediction``,
+    the noise ``eps`` or the velocity ``v``; see :mod:`pathgen_batch.models.diffusion`).
     repeats: passes over the training patients per epoch, each with fresh timesteps, noise and
     tile draws (an epoch of a few hundred patients is only a handful of optimiser steps).
     val_draws: fixed (timestep, noise) draws per validation patient; the validation loss uses
@@ -120,7 +105,6 @@ class GeneratorTrainConfig:
     """
 
     model: GeneratorArch = field(default_factory=GeneratorArch)
-    prediction: Literal["eps", "v"] = "v"
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = field(
         default_factory=lambda: SamplerConfig(name="ddim", steps=20, eta=0.0, n_samples=10)
@@ -143,10 +127,6 @@ class GeneratorTrainConfig:
         )
         _check_optim(self)
         _check_split(self)
-        try:
-            check_prediction(self.prediction)
-        except ConfigError as e:
-            raise ConfigError(f"GeneratorTrainConfig.{e}") from e
         check_sampler(self.sampler, self.diffusion, "GeneratorTrainConfig.sampler")
         a = self.model
         try:  # the architecture on placeholder data sizes: bad widths fail here, not later

@@ -48,7 +48,8 @@ from pathgen_batch.evaluation import (
     survival_report,
 )
 from pathgen_batch.inference.bundle import save_fusion, save_generator
-from pathgen_batch.inference.trained import FusionPrediction, TrainedFusion, TrainedGenerator
+from pathgen_batch.inference.fusion import FusionPrediction, TrainedFusion
+from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.training.config import CVConfig
 from pathgen_batch.training.cv_result import (
     COMPARED_METRICS,
