@@ -413,6 +413,7 @@ def test_generator_bundle_round_trip(data: TrainingData, generator, tmp_path: Pa
     np.testing.assert_array_equal(sa, sb)
     m = read_manifest(path)
     assert m["kind"] == "generator" and m["format_version"] == 2
+    assert m["diffusion"]["prediction"] == "v" and loaded.diffusion == generator.diffusion
     assert m["gene_panel_digest"] == data.panel.digest
     assert m["provenance"]["cohort_digest"] == data.digest
 
@@ -463,6 +464,10 @@ def test_tampered_bundles_are_refused(generator, fusion, tmp_path: Path) -> None
     p = copy("cfgkey")
     _edit_manifest(p, lambda m: m["model_config"].update(colour="red"))
     with pytest.raises(DataError, match="colour"):
+        load_bundle(p)
+    p = copy("format1")  # format 1 kept the network's output type in train_config
+    _edit_manifest(p, lambda m: m.update(format_version=1))
+    with pytest.raises(DataError, match=r"bundle format 1 is not readable.*reads bundle format 2"):
         load_bundle(p)
     p = copy("missing")
     (p / "feature_scaler.json").unlink()

@@ -31,6 +31,7 @@ from sksurv.util import Surv
 
 from pathgen_batch.errors import DataError
 from pathgen_batch.evaluation._checks import bool_array, float_array, same_length
+from pathgen_batch.models.survival import survival_curve
 
 DEFAULT_QUANTILES = tuple(np.round(np.linspace(0.1, 0.9, 9), 2).tolist())
 
@@ -310,7 +311,7 @@ def survival_from_hazards(hazards: Any) -> np.ndarray:
     h = float_array("hazards", hazards, 2)
     if (h < 0).any() or (h > 1).any():
         raise DataError(f"hazards: expected values in [0, 1], got {h.min():.4g} to {h.max():.4g}")
-    return np.cumprod(1.0 - h, axis=1)  # (N, K)
+    return survival_curve(h)  # (N, K)
 
 
 def bin_probabilities_from_hazards(hazards: Any) -> np.ndarray:
