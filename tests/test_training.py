@@ -196,6 +196,24 @@ def test_feature_scaler_closed_form() -> None:
         ZScoreScaler.from_dict({**s.to_dict(), "extra": 1})
 
 
+def test_expression_scaler_closed_form_and_checks() -> None:
+    x = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])  # (patients, genes)
+    s = ZScoreScaler.fit(x, "training expression")
+    assert s.mean == (3.0, 10.0) and s.std == (2.0, 1.0)  # a constant gene keeps std 1
+    z = s.transform(x, "expression")
+    np.testing.assert_allclose(z, [[-1, 0], [0, 0], [1, 0]])
+    np.testing.assert_allclose(s.inverse_transform(z), x)
+    np.testing.assert_allclose(s.inverse_scale(np.array([[1.0, 1.0]])), [[2.0, 1.0]])
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(DataError, match=r"expression: 1 missing .* first at row 2, column 1"):
+        s.transform(bad, "expression")
+    with pytest.raises(DataError, match=r"expression: expected shape \(N, 2\), got \(3, 1\)"):
+        s.transform(x[:, :1], "expression")
+    with pytest.raises(DataError, match="training expression: need at least 2 rows"):
+        ZScoreScaler.fit(x[:1], "training expression")
+
+
 def test_scalers_are_fit_on_the_training_patients_only(
     data: TrainingData, split, generator: TrainedGenerator, fusion: TrainedFusion
 ) -> None:
