@@ -30,7 +30,7 @@ from pathgen_batch.models.baselines import (
     OmicsMLPConfig,
 )
 from pathgen_batch.models.fusion import FusionConfig, FusionModel, FusionOutput
-from pathgen_batch.models.generator import GeneratorConfig, TranscriptomeDenoiser
+from pathgen_batch.models.generator import GeneratorArch, GeneratorConfig, TranscriptomeDenoiser
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ __all__ = [
     "FusionConfig",
     "FusionModel",
     "FusionOutput",
+    "GeneratorArch",
     "GeneratorConfig",
     "ModelSpec",
     "OmicsMLP",

@@ -101,6 +101,37 @@ class GeneratorConfig:
         )
 
 
+@dataclass(frozen=True)
+class GeneratorArch:
+    """The denoiser's architecture: ``GeneratorConfig`` without its data-dependent fields."""
+
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    time_dim: int = 64
+
+    def for_data(
+        self,
+        feature_dim: int,
+        family_sizes: tuple[int, ...],
+        gene_families: tuple[int, ...] = (),
+    ) -> GeneratorConfig:
+        """The full config: this architecture on the data's sizes."""
+        return GeneratorConfig(
+            feature_dim=feature_dim,
+            family_sizes=tuple(family_sizes),
+            gene_families=tuple(gene_families),
+            width=self.width,
+            depth=self.depth,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout=self.dropout,
+            time_dim=self.time_dim,
+        )
+
+
 @dataclass
 class BagMemory:
     """A batch of tile bags projected to the keys and values of every cross-attention block."""

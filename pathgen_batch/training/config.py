@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from pathgen_batch.config import from_dict
 from pathgen_batch.errors import ConfigError
-from pathgen_batch.models import GeneratorConfig, config_class
+from pathgen_batch.models import config_class
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
+from pathgen_batch.models.generator import GeneratorArch
 from pathgen_batch.models.samplers import check_sampler
 
 FusionModelName = Literal["fusion", "attention_mil", "omics_mlp"]
@@ -27,18 +28,6 @@ FUSION_MODELS: tuple[str, ...] = ("fusion", "attention_mil", "omics_mlp")
 DATA_FIELDS = frozenset(
     {"feature_dim", "family_sizes", "gene_families", "n_grades", "n_bins", "n_genes"}
 )
-
-
-@dataclass(frozen=True)
-class GeneratorArch:
-    """The denoiser's architecture: ``GeneratorConfig`` without its data-dependent fields."""
-
-    width: int = 64
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: int = 2
-    dropout: float = 0.1
-    time_dim: int = 64
 
 
 @dataclass(frozen=True)
@@ -128,18 +117,8 @@ class GeneratorTrainConfig:
         _check_optim(self)
         _check_split(self)
         check_sampler(self.sampler, self.diffusion, "GeneratorTrainConfig.sampler")
-        a = self.model
         try:  # the architecture on placeholder data sizes: bad widths fail here, not later
-            GeneratorConfig(
-                feature_dim=1,
-                family_sizes=(1,),
-                width=a.width,
-                depth=a.depth,
-                heads=a.heads,
-                mlp_ratio=a.mlp_ratio,
-                dropout=a.dropout,
-                time_dim=a.time_dim,
-            )
+            self.model.for_data(feature_dim=1, family_sizes=(1,))
         except ConfigError as e:
             raise ConfigError(f"GeneratorTrainConfig.model: {e}") from e
 

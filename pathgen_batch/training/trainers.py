@@ -81,17 +81,8 @@ def provenance(
 
 def generator_config(data: TrainingData, cfg: GeneratorTrainConfig) -> GeneratorConfig:
     """The denoiser config for this data: data-dependent sizes plus ``cfg.model``."""
-    a = cfg.model
-    return GeneratorConfig(
-        feature_dim=data.feature_dim,
-        family_sizes=data.panel.family_sizes,
-        gene_families=family_ids(data.panel.families),
-        width=a.width,
-        depth=a.depth,
-        heads=a.heads,
-        mlp_ratio=a.mlp_ratio,
-        dropout=a.dropout,
-        time_dim=a.time_dim,
+    return cfg.model.for_data(
+        data.feature_dim, data.panel.family_sizes, family_ids(data.panel.families)
     )
 
 
