@@ -35,7 +35,7 @@ import torch
 
 from pathgen_batch.cohort.splits import inner_split
 from pathgen_batch.evaluation import expression_fidelity
-from pathgen_batch.inference.trained import TrainedGenerator
+from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.models.diffusion import SamplerConfig
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, load_training_data

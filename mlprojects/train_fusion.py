@@ -12,7 +12,7 @@ import click
 from pathgen_batch.cohort.splits import inner_split
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.inference.bundle import load_bundle, save_fusion
-from pathgen_batch.inference.trained import TrainedGenerator
+from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.registry import register_bundle, tracked_run
 from pathgen_batch.training.data import load_training_data
 from pathgen_batch.training.trainers import train_calibrated_fusion, train_predictor

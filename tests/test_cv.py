@@ -15,8 +15,8 @@ from tiny_training import FUS, GEN, build_training_cohort, threads
 
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import DataError
+from pathgen_batch.inference import TrainedFusion, TrainedGenerator
 from pathgen_batch.inference.bundle import load_bundle
-from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.synth import load_cohort
 from pathgen_batch.training.config import (
     CVConfig,
@@ -27,6 +27,7 @@ from pathgen_batch.training.cv import (
     CONDITIONS,
     METRICS,
     CVResult,
+    FoldResult,
     plan_folds,
     run_cv,
     run_fold,
@@ -165,7 +166,9 @@ def test_scalers_and_bins_come_from_the_training_fold(data: TrainingData) -> Non
     assert (data.folds[plan.test] == plan.fold).all()
     assert (data.folds[np.concatenate([plan.train, plan.val])] != plan.fold).all()
     fold = run_fold(data, plan, CFG)
-    gen, fus = fold["generator"], fold["fusion"]
+    assert fold.fold == plan.fold and list(fold.metrics) == list(CONDITIONS)
+    assert set(fold.metrics["synthetic"]) == set(METRICS)
+    gen, fus = fold.generator, fold.fusion
     tiles = np.concatenate([data.bags[i] for i in plan.train]).astype(np.float64)
     np.testing.assert_allclose(gen.feature_scaler.mean, tiles.mean(0), rtol=1e-10)
     np.testing.assert_allclose(fus.feature_scaler.std, tiles.std(0, ddof=1), rtol=1e-10)
@@ -202,16 +205,16 @@ def test_the_test_fold_never_influences_training(cohort_dirs, data: TrainingData
     a = run_fold(data, plan, CFG)
     b = run_fold(altered, plan_alt, CFG)
     for key in ("generator", "fusion"):
-        sa, sb = a[key].model.state_dict(), b[key].model.state_dict()
+        sa, sb = getattr(a, key).model.state_dict(), getattr(b, key).model.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), key
 
-    def losses(fold: dict) -> list:
-        return [(h["model"], h["train_loss"], h["val_loss"]) for h in fold["histories"]]
+    def losses(fold: FoldResult) -> list:
+        return [(h["model"], h["train_loss"], h["val_loss"]) for h in fold.histories]
 
     assert losses(a) == losses(b)
-    assert a["fusion"].grade_conformal == b["fusion"].grade_conformal
-    ma = pd.DataFrame(a["metrics"]).set_index("condition")
-    mb = pd.DataFrame(b["metrics"]).set_index("condition")
+    assert a.fusion.grade_conformal == b.fusion.grade_conformal
+    ma = pd.DataFrame(a.metric_rows()).set_index("condition")
+    mb = pd.DataFrame(b.metric_rows()).set_index("condition")
     assert not np.allclose(ma["harrell_c"], mb["harrell_c"])  # the test fold is scored
 
 

@@ -12,16 +12,19 @@ import torch
 from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.models.diffusion import (
-    SAMPLERS,
-    DDIMSampler,
-    DDPMSampler,
     DiffusionConfig,
     GaussianDiffusion,
     NoiseSchedule,
     SamplerConfig,
-    build_sampler,
     cosine_betas,
     linear_betas,
+)
+from pathgen_batch.models.samplers import (
+    SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    build_sampler,
+    check_sampler,
     sample_n,
     tile_batch,
 )
@@ -100,7 +103,7 @@ def test_configs_round_trip_json() -> None:
 
 
 def test_add_noise_closed_form_and_moments() -> None:
-    diff = GaussianDiffusion(NoiseSchedule(linear_betas()))
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     abar = hand_abar()
     x0 = torch.tensor([[2.0, -1.0, 0.5]], dtype=torch.float64)  # (1, 3)
     for t in (0, 100, 999):
@@ -119,7 +122,7 @@ def test_add_noise_closed_form_and_moments() -> None:
 
 
 def test_posterior_mean_variance_match_ddpm_formulas() -> None:
-    diff = GaussianDiffusion(NoiseSchedule(linear_betas()))
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     betas = 1e-4 + (0.02 - 1e-4) * np.arange(T) / (T - 1)
     abar = np.cumprod(1 - betas)
     g = torch.Generator().manual_seed(0)
@@ -140,7 +143,7 @@ def test_posterior_mean_variance_match_ddpm_formulas() -> None:
 
 
 def test_predict_x0_inverts_add_noise() -> None:
-    diff = GaussianDiffusion(NoiseSchedule(linear_betas()))
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(5, 7, generator=g, dtype=torch.float64)
     eps = torch.randn(5, 7, generator=g, dtype=torch.float64)
@@ -150,7 +153,7 @@ def test_predict_x0_inverts_add_noise() -> None:
 
 
 def test_forward_process_rejects_bad_inputs() -> None:
-    diff = GaussianDiffusion(NoiseSchedule(linear_betas()))
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     x0 = torch.zeros(2, 3)
     with pytest.raises(DataError, match=r"t: expected timesteps in \[0, 1000\)"):
         diff.add_noise(x0, x0, torch.tensor([0, 1000]))
@@ -162,11 +165,46 @@ def test_forward_process_rejects_bad_inputs() -> None:
         diff.add_noise(x0, torch.zeros(2, 4), torch.tensor([0, 1]))
 
 
+def test_v_prediction_identity_closed_form() -> None:
+    """v = sqrt(a) eps - sqrt(1 - a) x0 at x_t = sqrt(a) x0 + sqrt(1 - a) eps, and back:
+    eps = sqrt(1 - a) x_t + sqrt(a) v; by hand with numpy's abar."""
+    abar = hand_abar()
+    rng = np.random.default_rng(4)
+    x0, eps = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
+    ts = [0, 10, 300, 700, 999]
+    a = abar[ts][:, None]  # (5, 1)
+    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+    v = np.sqrt(a) * eps - np.sqrt(1 - a) * x0
+    t = torch.tensor(ts)
+    diff_v = GaussianDiffusion(NoiseSchedule(linear_betas()), "v")
+    got_v = diff_v.velocity(torch.from_numpy(x0), torch.from_numpy(eps), t)
+    np.testing.assert_allclose(got_v.numpy(), v, rtol=1e-10, atol=1e-12)
+    got_eps = diff_v.eps(torch.from_numpy(v), torch.from_numpy(x_t), t)
+    np.testing.assert_allclose(got_eps.numpy(), eps, rtol=1e-9, atol=1e-9)
+    # an eps process reads the output as the noise itself
+    diff_eps = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
+    out = torch.from_numpy(v)
+    assert torch.equal(diff_eps.eps(out, torch.from_numpy(x_t), t), out)
+
+
+def test_prediction_is_part_of_the_process_config() -> None:
+    cfg = DiffusionConfig(num_timesteps=50, prediction="eps")
+    assert from_dict(DiffusionConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    assert GaussianDiffusion.from_config(cfg).prediction == "eps"
+    assert DiffusionConfig().prediction == "v"
+    with pytest.raises(ConfigError, match=r"prediction: expected one of \['eps', 'v'\]"):
+        from_dict(DiffusionConfig, {"prediction": "x0"})
+    with pytest.raises(ConfigError, match="prediction"):
+        DiffusionConfig(prediction="x0")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="prediction"):
+        GaussianDiffusion(NoiseSchedule(linear_betas(10)), "x0")
+
+
 # ------------------------------------------------------------------------------------ loss
 
 
 def test_training_loss_is_mean_of_l1_and_mse_per_family() -> None:
-    diff = GaussianDiffusion(NoiseSchedule(linear_betas()))
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     x0 = torch.zeros(2, 4)
     noise = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, -1.0, 2.0]])
     t = torch.tensor([3, 900])
@@ -188,7 +226,7 @@ def test_training_loss_is_mean_of_l1_and_mse_per_family() -> None:
 
 
 def test_training_loss_draws_t_and_noise_from_the_generator() -> None:
-    diff = GaussianDiffusion(NoiseSchedule(linear_betas()))
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     seen: list[torch.Tensor] = []
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -205,12 +243,26 @@ def test_training_loss_draws_t_and_noise_from_the_generator() -> None:
         diff.training_loss(lambda x, t: x[:, :2], x0)
 
 
+def test_training_loss_reads_the_output_as_the_process_prediction() -> None:
+    """A network that outputs the exact velocity has zero loss under a v process; read as a
+    noise prediction the same output is wrong."""
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    noise = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 5, 100, 400, 800, 999])
+    diff_v = GaussianDiffusion(NoiseSchedule(linear_betas()), "v")
+    v_true = diff_v.velocity(x0, noise, t)
+    assert diff_v.training_loss(lambda x, tt: v_true, x0, t=t, noise=noise).item() < 1e-12
+    diff_eps = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
+    assert diff_eps.training_loss(lambda x, tt: v_true, x0, t=t, noise=noise).item() > 0.1
+
+
 # -------------------------------------------------------------------------------- samplers
 
 
 def test_ddim_timesteps() -> None:
-    sched = NoiseSchedule(linear_betas())
-    assert DDIMSampler(sched, steps=10).timesteps == [
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
+    assert DDIMSampler(diff, steps=10).timesteps == [
         900,
         800,
         700,
@@ -222,23 +274,23 @@ def test_ddim_timesteps() -> None:
         100,
         0,
     ]
-    assert DDIMSampler(sched, steps=T).timesteps == list(range(T - 1, -1, -1))
+    assert DDIMSampler(diff, steps=T).timesteps == list(range(T - 1, -1, -1))
     with pytest.raises(ConfigError, match=r"steps: expected an integer in \[1, 1000\]"):
-        DDIMSampler(sched, steps=1001)
+        DDIMSampler(diff, steps=1001)
     with pytest.raises(ConfigError, match="eta"):
-        DDIMSampler(sched, steps=10, eta=1.5)
+        DDIMSampler(diff, steps=10, eta=1.5)
 
 
 def test_ddim_eta0_is_deterministic_given_the_start() -> None:
-    sched = NoiseSchedule(linear_betas())
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     eps_fn = gaussian_eps_fn(1.0, 0.5, hand_abar())
     x_T = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
-    s = DDIMSampler(sched, steps=25, eta=0.0)
+    s = DDIMSampler(diff, steps=25, eta=0.0)
     a = s.sample(eps_fn, (8, 3), generator=torch.Generator().manual_seed(1), x_T=x_T)
     b = s.sample(eps_fn, (8, 3), generator=torch.Generator().manual_seed(2), x_T=x_T)
     assert torch.equal(a, b)
     # with eta > 0 fresh noise enters every step, so seeds matter
-    s1 = DDIMSampler(sched, steps=25, eta=1.0)
+    s1 = DDIMSampler(diff, steps=25, eta=1.0)
     c = s1.sample(eps_fn, (8, 3), generator=torch.Generator().manual_seed(1), x_T=x_T)
     d = s1.sample(eps_fn, (8, 3), generator=torch.Generator().manual_seed(2), x_T=x_T)
     assert not torch.allclose(c, d)
@@ -247,13 +299,13 @@ def test_ddim_eta0_is_deterministic_given_the_start() -> None:
 def test_ddim_all_steps_eta1_is_ancestral_ddpm() -> None:
     """With steps = T and eta = 1, DDIM's update equals DDPM's (same mean, sigma^2 = posterior
     variance), so the same noise draws give the same path."""
-    sched = NoiseSchedule(linear_betas())
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     eps_fn = gaussian_eps_fn(1.5, 0.5, hand_abar())
     shape = (16, 2)
-    a = DDPMSampler(sched).sample(
+    a = DDPMSampler(diff).sample(
         eps_fn, shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
     )
-    b = DDIMSampler(sched, steps=T, eta=1.0).sample(
+    b = DDIMSampler(diff, steps=T, eta=1.0).sample(
         eps_fn, shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
     )
     torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
@@ -270,9 +322,9 @@ def test_ddim_all_steps_eta1_is_ancestral_ddpm() -> None:
 )
 def test_samplers_recover_a_gaussian_data_distribution(sampler) -> None:
     mu, sd = 1.5, 0.5
-    sched = NoiseSchedule(linear_betas())
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     eps_fn = gaussian_eps_fn(mu, sd, hand_abar())
-    x = sampler(sched).sample(eps_fn, (2000, 1), generator=torch.Generator().manual_seed(0))
+    x = sampler(diff).sample(eps_fn, (2000, 1), generator=torch.Generator().manual_seed(0))
     assert x.mean().item() == pytest.approx(mu, abs=0.04)
     assert x.std().item() == pytest.approx(sd, abs=0.04)
 
@@ -290,7 +342,9 @@ def test_ddim_eta0_with_exact_eps_is_the_affine_map_computed_by_hand(steps: int)
         a, ap = abar[t], (abar[ts[i + 1]] if i + 1 < len(ts) else 1.0)
         k = (math.sqrt(ap * a) * sd**2 + math.sqrt((1 - ap) * (1 - a))) / (a * sd**2 + 1 - a)
         slope, offset = k * slope, math.sqrt(ap) * mu + k * (offset - math.sqrt(a) * mu)
-    sampler = DDIMSampler(NoiseSchedule(linear_betas()), steps=steps, eta=0.0)
+    sampler = DDIMSampler(
+        GaussianDiffusion(NoiseSchedule(linear_betas()), "eps"), steps=steps, eta=0.0
+    )
     x_T = torch.tensor([[0.0], [1.0], [-2.0]], dtype=torch.float64)
     out = sampler.sample(gaussian_eps_fn(mu, sd, abar), (3, 1), x_T=x_T)
     expected = torch.tensor([[offset], [offset + slope], [offset - 2 * slope]], dtype=torch.float64)
@@ -300,10 +354,10 @@ def test_ddim_eta0_with_exact_eps_is_the_affine_map_computed_by_hand(steps: int)
 
 
 def test_seeded_full_loop_is_reproducible() -> None:
-    sched = NoiseSchedule(linear_betas())
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     eps_fn = gaussian_eps_fn(0.0, 1.0, hand_abar())
     runs = [
-        DDPMSampler(sched).sample(eps_fn, (4, 5), generator=torch.Generator().manual_seed(s))
+        DDPMSampler(diff).sample(eps_fn, (4, 5), generator=torch.Generator().manual_seed(s))
         for s in (42, 42, 43)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -312,17 +366,17 @@ def test_seeded_full_loop_is_reproducible() -> None:
 
 
 def test_sampler_rejects_wrong_eps_shape() -> None:
-    sched = NoiseSchedule(linear_betas(10))
-    with pytest.raises(DataError, match="eps_fn"):
-        DDPMSampler(sched).sample(lambda x, t: x[:, :1], (2, 3))
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas(10)), "eps")
+    with pytest.raises(DataError, match="model output"):
+        DDPMSampler(diff).sample(lambda x, t: x[:, :1], (2, 3))
 
 
 def test_sampler_registry_and_config() -> None:
-    sched = NoiseSchedule(linear_betas())
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     assert set(SAMPLERS) == {"ddpm", "ddim"}
-    s = build_sampler(SamplerConfig("ddim", steps=20, eta=0.5), sched)
+    s = build_sampler(SamplerConfig("ddim", steps=20, eta=0.5), diff)
     assert isinstance(s, DDIMSampler) and s.steps == 20 and s.eta == 0.5
-    assert isinstance(build_sampler(SamplerConfig("ddpm"), sched), DDPMSampler)
+    assert isinstance(build_sampler(SamplerConfig("ddpm"), diff), DDPMSampler)
 
 
 def test_sample_n_tiles_each_item_and_summarises_its_samples() -> None:
@@ -336,9 +390,9 @@ def test_sample_n_tiles_each_item_and_summarises_its_samples() -> None:
         a = abar[t].to(x.dtype)[:, None]
         return (1 - a).sqrt() * (x - a.sqrt() * mu_rows) / (a * sd**2 + 1 - a)
 
-    sched = NoiseSchedule(linear_betas())
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     mean, std = sample_n(
-        DDPMSampler(sched),
+        DDPMSampler(diff),
         eps_fn,
         batch_size=3,
         n_genes=2,
@@ -348,5 +402,41 @@ def test_sample_n_tiles_each_item_and_summarises_its_samples() -> None:
     assert mean.shape == (3, 2) and std.shape == (3, 2)
     torch.testing.assert_close(mean, mus[:, None].expand(3, 2), atol=0.06, rtol=0)
     torch.testing.assert_close(std, torch.full((3, 2), sd), atol=0.05, rtol=0)
-    _, one_std = sample_n(DDIMSampler(sched, steps=5), lambda x, t: torch.zeros_like(x), 3, 2, 1)
+    _, one_std = sample_n(DDIMSampler(diff, steps=5), lambda x, t: torch.zeros_like(x), 3, 2, 1)
     assert torch.equal(one_std, torch.zeros(3, 2))  # a single sample has no spread
+
+
+def test_samplers_read_a_v_network_through_their_process() -> None:
+    """The exact eps of a Gaussian turned into a velocity network: a sampler on a v process
+    follows the same DDIM path as one on an eps process given the eps network."""
+    mu, sd = 1.5, 0.5
+    abar = hand_abar()
+    a_all = torch.tensor(abar)
+    eps_fn = gaussian_eps_fn(mu, sd, abar)
+
+    def v_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = a_all[t].to(x.dtype)[:, None]  # (B, 1)
+        e = eps_fn(x, t)
+        x0_hat = (x - (1 - a).sqrt() * e) / a.sqrt()
+        return a.sqrt() * e - (1 - a).sqrt() * x0_hat
+
+    schedule = NoiseSchedule(linear_betas())
+    x_T = torch.tensor([[0.0], [1.0], [-2.0]], dtype=torch.float64)
+    via_eps = DDIMSampler(GaussianDiffusion(schedule, "eps"), steps=10).sample(
+        eps_fn, (3, 1), x_T=x_T
+    )
+    via_v = DDIMSampler(GaussianDiffusion(schedule, "v"), steps=10).sample(v_fn, (3, 1), x_T=x_T)
+    torch.testing.assert_close(via_v, via_eps, rtol=1e-9, atol=1e-9)
+    misread = DDIMSampler(GaussianDiffusion(schedule, "eps"), steps=10).sample(
+        v_fn, (3, 1), x_T=x_T
+    )
+    assert not torch.allclose(misread, via_eps, atol=1e-3)
+
+
+def test_check_sampler_names_where_it_failed() -> None:
+    cfg = DiffusionConfig(num_timesteps=10)
+    check_sampler(SamplerConfig("ddim", steps=10), cfg, "gen.sampler")
+    with pytest.raises(ConfigError, match=r"gen\.sampler: steps: expected an integer in \[1, 10\]"):
+        check_sampler(SamplerConfig("ddim", steps=11), cfg, "gen.sampler")
+    with pytest.raises(ConfigError, match=r"gen\.sampler\.n_samples"):
+        check_sampler(SamplerConfig("ddim", steps=5, n_samples=0), cfg, "gen.sampler")

@@ -11,14 +11,9 @@ import torch
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.models import GeneratorConfig, TranscriptomeDenoiser, build_model
-from pathgen_batch.models.diffusion import (
-    DDIMSampler,
-    GaussianDiffusion,
-    NoiseSchedule,
-    sample_n,
-    tile_batch,
-)
+from pathgen_batch.models.diffusion import GaussianDiffusion, NoiseSchedule
 from pathgen_batch.models.families import FamilyLayout, family_ids
+from pathgen_batch.models.samplers import DDIMSampler, sample_n, tile_batch
 
 D = 8
 CFG = GeneratorConfig(feature_dim=D, family_sizes=(2, 3, 1), width=16, depth=2, heads=2, time_dim=8)
@@ -115,11 +110,12 @@ def test_sampling_many_samples_per_bag_equals_tiling_the_bag() -> None:
     g = torch.Generator().manual_seed(9)
     x = torch.randn(2 * n, CFG.n_genes, generator=g)  # (B*n, G)
     t = torch.randint(0, 1000, (2 * n,), generator=g)
-    folded = model.eps_fn(feats, mask)(x, t)
+    memory = model.encode_bag(feats, mask)  # keys and values of the 2 bags, once
+    folded = model.denoise(x, t, memory)
     tiled = model(x, t, tile_batch(feats, n), tile_batch(mask, n))
     torch.testing.assert_close(folded, tiled, rtol=1e-5, atol=1e-6)
     with pytest.raises(DataError, match="multiple of the 2 bag"):
-        model.eps_fn(feats, mask)(x[:5], t[:5])
+        model.denoise(x[:5], t[:5], memory)
 
 
 def test_family_layout_scatters_back_into_gene_order() -> None:
@@ -224,7 +220,7 @@ def test_toy_problem_target_is_recovered_by_training_then_ddim() -> None:
     )
     model = TranscriptomeDenoiser(cfg)
     schedule = NoiseSchedule.named("cosine", 1000)
-    diffusion = GaussianDiffusion(schedule)
+    diffusion = GaussianDiffusion(schedule, "eps")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(300):
         feats, mask, x0 = bags(128)
@@ -239,8 +235,15 @@ def test_toy_problem_target_is_recovered_by_training_then_ddim() -> None:
         opt.step()
     model.eval()
     feats, mask, x0 = bags(200)
+    with torch.no_grad():
+        memory = model.encode_bag(feats, mask)
     mean, std = sample_n(
-        DDIMSampler(schedule, steps=20), model.eps_fn(feats, mask), 200, G, 4, generator=g
+        DDIMSampler(diffusion, steps=20),
+        lambda x, t: model.denoise(x, t, memory),
+        200,
+        G,
+        4,
+        generator=g,
     )
     per_gene = [torch.corrcoef(torch.stack([mean[:, j], x0[:, j]]))[0, 1].item() for j in range(G)]
     assert min(per_gene) > 0.9, per_gene

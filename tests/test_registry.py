@@ -23,15 +23,14 @@ from click.testing import CliRunner
 
 from pathgen_batch.cli import _Group, main
 from pathgen_batch.cli.models import models
+from pathgen_batch.config import to_dict
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.inference import TrainedFusion, TrainedGenerator, ZScoreScaler
 from pathgen_batch.inference.bundle import save_fusion, save_generator
-from pathgen_batch.inference.scaling import FeatureScaler
-from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.models import FusionConfig, GeneratorConfig, build_model
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
 from pathgen_batch.omics.panel import GenePanel
-from pathgen_batch.omics.scaling import ExpressionScaler
 from pathgen_batch.registry import (
     GateConfig,
     GateRefusedError,
@@ -90,12 +89,12 @@ def make_generator(out: Path, dim: int = 8, panel: GenePanel | None = None, seed
         model=build_model("generator", cfg),
         diffusion=diffusion,
         sampler=sampler,
-        expression_scaler=ExpressionScaler((5.0,) * panel.n_genes, (2.0,) * panel.n_genes),
-        feature_scaler=FeatureScaler((0.0,) * dim, (1.0,) * dim),
+        expression_scaler=ZScoreScaler((5.0,) * panel.n_genes, (2.0,) * panel.n_genes),
+        feature_scaler=ZScoreScaler((0.0,) * dim, (1.0,) * dim),
         panel=panel,
         contract=FeatureContract("stain-texture", "v1", dim, 256, 0.5),
         grade_classes=CLASSES,
-        train_config=GeneratorTrainConfig(diffusion=diffusion, sampler=sampler),
+        train_config=to_dict(GeneratorTrainConfig(diffusion=diffusion, sampler=sampler)),
         provenance={"cohort_digest": "sha256:" + "d" * 64},
     )
     return save_generator(gen, out)
@@ -111,13 +110,13 @@ def make_fusion(out: Path, dim: int = 8, panel: GenePanel | None = None, seed: i
     fus = TrainedFusion(
         model=build_model("fusion", cfg),
         model_name="fusion",
-        expression_scaler=ExpressionScaler((0.0,) * panel.n_genes, (1.0,) * panel.n_genes),
-        feature_scaler=FeatureScaler((0.0,) * dim, (1.0,) * dim),
+        expression_scaler=ZScoreScaler((0.0,) * panel.n_genes, (1.0,) * panel.n_genes),
+        feature_scaler=ZScoreScaler((0.0,) * dim, (1.0,) * dim),
         panel=panel,
         contract=FeatureContract("stain-texture", "v1", dim, 256, 0.5),
         grade_classes=CLASSES,
         bin_edges=np.array([0.0, 5.0, np.inf]),
-        train_config=FusionTrainConfig(),
+        train_config=to_dict(FusionTrainConfig()),
         provenance={"cohort_digest": "sha256:" + "d" * 64},
     )
     return save_fusion(fus, out)

@@ -24,9 +24,8 @@ from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features import SlideFeatures, feature_file
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.store import write_slide_features
+from pathgen_batch.inference import TrainedFusion, TrainedGenerator, ZScoreScaler
 from pathgen_batch.inference.bundle import load_bundle, read_manifest, save_fusion, save_generator
-from pathgen_batch.inference.scaling import FeatureScaler
-from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
 from pathgen_batch.models.diffusion import SamplerConfig
 from pathgen_batch.models.fusion import FusionOutput
 from pathgen_batch.synth import load_cohort
@@ -185,16 +184,34 @@ def test_slide_without_features_is_named(cohort_dirs, data: TrainingData, tmp_pa
 # -- scalers, bins and losses -------------------------------------------------------------------
 def test_feature_scaler_closed_form() -> None:
     bags = [np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), np.array([[5.0, 6.0]], np.float32)]
-    s = FeatureScaler.fit(bags)
+    s = ZScoreScaler.fit_bags(bags)
     assert s.mean == (3.0, 4.0) and s.std == (2.0, 2.0)  # ddof 1 over the 3 tiles
     np.testing.assert_allclose(s.transform(np.array([[3.0, 4.0], [5.0, 8.0]])), [[0, 0], [1, 2]])
-    assert FeatureScaler.from_dict(json.loads(json.dumps(s.to_dict()))) == s
-    const = FeatureScaler.fit([np.array([[1.0, 7.0], [2.0, 7.0]])])
+    assert ZScoreScaler.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    const = ZScoreScaler.fit_bags([np.array([[1.0, 7.0], [2.0, 7.0]])])
     assert const.std[1] == 1.0
     with pytest.raises(DataError, match=r"shape \(N, 2\)"):
         s.transform(np.zeros((3, 5)))
     with pytest.raises(DataError, match="expected keys"):
-        FeatureScaler.from_dict({**s.to_dict(), "extra": 1})
+        ZScoreScaler.from_dict({**s.to_dict(), "extra": 1})
+
+
+def test_expression_scaler_closed_form_and_checks() -> None:
+    x = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])  # (patients, genes)
+    s = ZScoreScaler.fit(x, "training expression")
+    assert s.mean == (3.0, 10.0) and s.std == (2.0, 1.0)  # a constant gene keeps std 1
+    z = s.transform(x, "expression")
+    np.testing.assert_allclose(z, [[-1, 0], [0, 0], [1, 0]])
+    np.testing.assert_allclose(s.inverse_transform(z), x)
+    np.testing.assert_allclose(s.inverse_scale(np.array([[1.0, 1.0]])), [[2.0, 1.0]])
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(DataError, match=r"expression: 1 missing .* first at row 2, column 1"):
+        s.transform(bad, "expression")
+    with pytest.raises(DataError, match=r"expression: expected shape \(N, 2\), got \(3, 1\)"):
+        s.transform(x[:, :1], "expression")
+    with pytest.raises(DataError, match="training expression: need at least 2 rows"):
+        ZScoreScaler.fit(x[:1], "training expression")
 
 
 def test_scalers_are_fit_on_the_training_patients_only(
@@ -413,7 +430,8 @@ def test_generator_bundle_round_trip(data: TrainingData, generator, tmp_path: Pa
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(sa, sb)
     m = read_manifest(path)
-    assert m["kind"] == "generator" and m["format_version"] == 1
+    assert m["kind"] == "generator" and m["format_version"] == 2
+    assert m["diffusion"]["prediction"] == "v" and loaded.diffusion == generator.diffusion
     assert m["gene_panel_digest"] == data.panel.digest
     assert m["provenance"]["cohort_digest"] == data.digest
 
@@ -465,6 +483,10 @@ def test_tampered_bundles_are_refused(generator, fusion, tmp_path: Path) -> None
     _edit_manifest(p, lambda m: m["model_config"].update(colour="red"))
     with pytest.raises(DataError, match="colour"):
         load_bundle(p)
+    p = copy("format1")  # format 1 kept the network's output type in train_config
+    _edit_manifest(p, lambda m: m.update(format_version=1))
+    with pytest.raises(DataError, match=r"bundle format 1 is not readable.*reads bundle format 2"):
+        load_bundle(p)
     p = copy("missing")
     (p / "feature_scaler.json").unlink()
     with pytest.raises(DataError, match=r"feature_scaler\.json is missing"):
@@ -510,7 +532,7 @@ def test_cli_trains_generator_then_fusion(cohort_dirs, data, tmp_path: Path) -> 
     assert r.exit_code == 0, r.output
     assert "generator bundle" in r.stdout and "generator epoch 2/2" in r.stderr
     gen = load_bundle(tmp_path / "g")
-    assert isinstance(gen, TrainedGenerator) and gen.train_config.epochs == 2
+    assert isinstance(gen, TrainedGenerator) and gen.train_config["epochs"] == 2
     r = runner.invoke(
         train,
         [

@@ -12,7 +12,6 @@ weights. Bundles are loaded with ``torch.load(weights_only=True)`` (no unpicklin
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -116,13 +115,7 @@ def _from_registry(uri: str, kind: Kind, access: RegistryAccess) -> ModelRef:
     if root is not None:
         path = root.joinpath(*_BUNDLE_IN_ARTIFACTS)
     else:
-        fetch = getattr(registry, "fetch_bundle", None)
-        if fetch is None:
-            raise ConfigError(
-                f"{uri}: version {version} is stored in a remote artifact store and this "
-                "registry package cannot download bundles; pass bundle folders instead"
-            )
-        path = Path(fetch(store, name, version))
+        path = registry.fetch_bundle(store, name, version)
     return ModelRef(
         uri=uri,
         kind=kind,
@@ -208,8 +201,7 @@ def load_models(
     access: RegistryAccess | None = None,
 ) -> tuple[Any, Any]:
     """(TrainedGenerator, TrainedFusion) loaded on ``device``; kinds checked."""
-    from pathgen_batch.inference.bundle import load_bundle
-    from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
+    from pathgen_batch.inference import TrainedFusion, TrainedGenerator, load_bundle
 
     gen = load_bundle(local_bundle(generator, access), device=device)
     fus = load_bundle(local_bundle(fusion, access), device=device)
@@ -218,14 +210,3 @@ def load_models(
     if not isinstance(fus, TrainedFusion):
         raise ConfigError(f"fusion: {fusion.uri} does not hold a fusion model")
     return gen, fus
-
-
-def lineage_json(generator: ModelRef, fusion: ModelRef, contract: FeatureContract) -> str:
-    return json.dumps(
-        {
-            "generator": generator.to_dict(),
-            "fusion": fusion.to_dict(),
-            "contract": contract.to_dict(),
-        },
-        sort_keys=True,
-    )

@@ -170,7 +170,7 @@ def fusion_cmd(
     Early stopping and conformal calibration use the patients the generator held out.
     """
     from pathgen_batch.inference.bundle import load_bundle, save_fusion
-    from pathgen_batch.inference.trained import TrainedGenerator
+    from pathgen_batch.inference.generator import TrainedGenerator
     from pathgen_batch.training.data import load_training_data
     from pathgen_batch.training.trainers import train_calibrated_fusion
 

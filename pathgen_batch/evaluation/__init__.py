@@ -1,6 +1,7 @@
 """Evaluation: survival and grade metrics, transcriptome fidelity, paired tests, conformal.
 
-Only numpy, scipy, scikit-learn and scikit-survival; no model code. Every public function
+numpy, scipy, scikit-learn and scikit-survival; no model code (the discrete survival curve is
+the models' own, :func:`pathgen_batch.models.survival.survival_curve`). Every public function
 checks its inputs and raises :class:`~pathgen_batch.errors.DataError` naming the bad input.
 """
 
@@ -41,16 +42,18 @@ from pathgen_batch.evaluation.survival import (
     SurvivalReport,
     TimeDependentAUC,
     UnoConcordance,
-    bin_probabilities_from_hazards,
     evaluation_times,
     harrell_c_index,
     harrell_concordance,
     integrated_brier,
-    survival_at_times,
-    survival_from_hazards,
     survival_report,
     time_dependent_auc,
     uno_c_index,
+)
+from pathgen_batch.evaluation.survival_curves import (
+    bin_probabilities_from_hazards,
+    survival_at_times,
+    survival_from_hazards,
 )
 
 __all__ = [

@@ -20,7 +20,6 @@ from pathgen_batch.features.encoders import (
     encoder_entries,
     encoder_for_contract,
     encoder_names,
-    option_names,
     register_encoder,
 )
 from pathgen_batch.features.extract import (
@@ -58,7 +57,6 @@ __all__ = [
     "extract_slides",
     "feature_file",
     "load_bags",
-    "option_names",
     "pad_bags",
     "read_contract",
     "read_slide_features",

@@ -8,7 +8,6 @@ a misspelt option is an error, never a silent default.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,11 +59,6 @@ def get_entry(name: str) -> EncoderEntry:
         raise ConfigError(
             f"encoder: unknown name {name!r}; registered encoders are {list(_REGISTRY)}"
         ) from None
-
-
-def option_names(name: str) -> tuple[str, ...]:
-    """The options an encoder's config accepts (``weights`` included when it has one)."""
-    return tuple(f.name for f in dataclasses.fields(get_entry(name).config_cls))
 
 
 def encoder_config(

@@ -1,4 +1,4 @@
-"""The trained generator and fusion model as used at scoring time, and their bundles.
+"""The trained generator and fusion model as used at scoring time, their bundles, the z-scaler.
 
 ::
 
@@ -14,14 +14,15 @@ the registry and the report consume them. Nothing here imports ``training``.
 """
 
 from pathgen_batch.inference.bundle import load_bundle, read_manifest, save_fusion, save_generator
-from pathgen_batch.inference.scaling import FeatureScaler
-from pathgen_batch.inference.trained import FusionPrediction, TrainedFusion, TrainedGenerator
+from pathgen_batch.inference.fusion import FusionPrediction, TrainedFusion
+from pathgen_batch.inference.generator import TrainedGenerator
+from pathgen_batch.inference.scaling import ZScoreScaler
 
 __all__ = [
-    "FeatureScaler",
     "FusionPrediction",
     "TrainedFusion",
     "TrainedGenerator",
+    "ZScoreScaler",
     "load_bundle",
     "read_manifest",
     "save_fusion",

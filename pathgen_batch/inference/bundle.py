@@ -11,17 +11,18 @@ A bundle is a folder::
 ``bundle.json`` holds exactly these keys (unknown or missing keys are refused):
 
 =====================  ==========================================================================
-format_version         1
+format_version         2 (format 1 kept the output type in train_config; it is refused)
 kind                   "generator" | "fusion"
 name                   registry model name (e.g. "pathgen-generator")
 model_name             "generator" | "fusion" | "attention_mil" | "omics_mlp"
 model_config           the model's config (``pathgen_batch.models.build_model``)
-train_config           the GeneratorTrainConfig / FusionTrainConfig it was trained with
+train_config           the training configuration, as plain data (provenance only)
 feature_contract       the encoder contract of the features it was trained on
 gene_panel_digest      digest of gene_panel.csv
 grade_classes          grade class names, in output order
 bin_edges              time-bin edges (K + 1), last one the string "inf"; null for a generator
-diffusion, sampler     DiffusionConfig and default SamplerConfig; null for a fusion model
+diffusion, sampler     DiffusionConfig (schedule and the network's output type, ``prediction``)
+                       and default SamplerConfig; null for a fusion model
 conformal              {"grade": ClassificationConformal | null, "risk": IntervalConformal | null}
 provenance             cohort digest, folds, seed, metrics, history, created_at, ...
 files                  sha256 of every other file of the bundle
@@ -48,16 +49,15 @@ from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError, PathgenError
 from pathgen_batch.evaluation.conformal import ClassificationConformal, IntervalConformal
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.inference.scaling import FeatureScaler
-from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
+from pathgen_batch.inference.fusion import TrainedFusion
+from pathgen_batch.inference.generator import TrainedGenerator
+from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models import build_model, model_name_of
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
 from pathgen_batch.models.generator import TranscriptomeDenoiser
 from pathgen_batch.omics.panel import GenePanel
-from pathgen_batch.omics.scaling import ExpressionScaler
-from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "bundle.json"
 WEIGHTS = "weights.pt"
 PANEL = "gene_panel.csv"
@@ -148,8 +148,8 @@ def _write(
     path: str | Path,
     model: torch.nn.Module,
     common: dict[str, Any],
-    escaler: ExpressionScaler,
-    fscaler: FeatureScaler,
+    escaler: ZScoreScaler,
+    fscaler: ZScoreScaler,
     panel: GenePanel,
     overwrite: bool,
 ) -> Path:
@@ -184,7 +184,7 @@ def save_generator(gen: TrainedGenerator, path: str | Path, overwrite: bool = Fa
     common = {
         "kind": "generator",
         "name": gen.name,
-        "train_config": to_dict(gen.train_config),
+        "train_config": gen.train_config,
         "feature_contract": gen.contract.to_dict(),
         "grade_classes": list(gen.grade_classes),
         "bin_edges": None,
@@ -209,7 +209,7 @@ def save_fusion(fus: TrainedFusion, path: str | Path, overwrite: bool = False) -
     common = {
         "kind": "fusion",
         "name": fus.name,
-        "train_config": to_dict(fus.train_config),
+        "train_config": fus.train_config,
         "feature_contract": fus.contract.to_dict(),
         "grade_classes": list(fus.grade_classes),
         "bin_edges": encode_edges(fus.bin_edges),
@@ -238,14 +238,17 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{mf}: not valid JSON ({e})") from e
     if not isinstance(manifest, dict):
         raise DataError(f"{mf}: expected a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"{mf}: bundle format {version!r} is not readable by this version, which reads "
+            f"bundle format {FORMAT_VERSION} (where diffusion.prediction records the network's "
+            "output type); retrain the model to write a new bundle"
+        )
     unknown = sorted(set(manifest) - set(KEYS))
     missing = [k for k in KEYS if k not in manifest]
     if unknown or missing:
         raise DataError(f"{mf}: unknown key(s) {unknown}, missing key(s) {missing}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise DataError(
-            f"{mf}: format_version {manifest['format_version']!r}, expected {FORMAT_VERSION}"
-        )
     if manifest["kind"] not in ("generator", "fusion"):
         raise DataError(f"{mf}: kind must be 'generator' or 'fusion', got {manifest['kind']!r}")
     files = manifest["files"]
@@ -294,8 +297,8 @@ def load_bundle(
         if panel.digest != m["gene_panel_digest"]:
             raise DataError(f"{PANEL} digest differs from gene_panel_digest")
         contract = FeatureContract.from_dict(m["feature_contract"])
-        escaler = ExpressionScaler.from_dict(_json_file(root / EXPRESSION_SCALER))
-        fscaler = FeatureScaler.from_dict(_json_file(root / FEATURE_SCALER))
+        escaler = ZScoreScaler.from_dict(_json_file(root / EXPRESSION_SCALER))
+        fscaler = ZScoreScaler.from_dict(_json_file(root / FEATURE_SCALER))
         model = build_model(m["model_name"], m["model_config"])
         classes = m["grade_classes"]
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -303,6 +306,9 @@ def load_bundle(
         provenance = m["provenance"]
         if not isinstance(provenance, dict):
             raise DataError("provenance: expected a mapping")
+        train_config = m["train_config"]
+        if not isinstance(train_config, dict):
+            raise DataError("train_config: expected a mapping")
         conformal = m["conformal"]
         if not isinstance(conformal, dict) or sorted(conformal) != ["grade", "risk"]:
             raise DataError("conformal: expected exactly the keys 'grade' and 'risk'")
@@ -321,9 +327,7 @@ def load_bundle(
                 panel=panel,
                 contract=contract,
                 grade_classes=tuple(classes),
-                train_config=from_dict(
-                    GeneratorTrainConfig, m["train_config"], _where="train_config"
-                ),
+                train_config=train_config,
                 provenance=provenance,
                 name=str(m["name"]),
             ).to(dev)
@@ -343,7 +347,7 @@ def load_bundle(
             contract=contract,
             grade_classes=tuple(classes),
             bin_edges=decode_edges(m["bin_edges"], "bin_edges"),
-            train_config=from_dict(FusionTrainConfig, m["train_config"], _where="train_config"),
+            train_config=train_config,
             grade_conformal=None if grade is None else ClassificationConformal.from_dict(grade),
             risk_conformal=None if risk is None else IntervalConformal.from_dict(risk),
             provenance=provenance,

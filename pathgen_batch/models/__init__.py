@@ -15,7 +15,6 @@ name               config                      model
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from pathgen_batch.models.baselines import (
     OmicsMLPConfig,
 )
 from pathgen_batch.models.fusion import FusionConfig, FusionModel, FusionOutput
-from pathgen_batch.models.generator import GeneratorConfig, TranscriptomeDenoiser
+from pathgen_batch.models.generator import GeneratorArch, GeneratorConfig, TranscriptomeDenoiser
 
 
 @dataclass(frozen=True)
@@ -87,14 +86,6 @@ def model_name_of(model: nn.Module) -> str:
     raise ConfigError(f"model: {type(model).__name__} is not a registered model")
 
 
-def config_of(model: nn.Module) -> Any:
-    """The frozen config a registered model was built from."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or not dataclasses.is_dataclass(cfg):
-        raise ConfigError(f"model: {type(model).__name__} carries no config")
-    return cfg
-
-
 __all__ = [
     "MODELS",
     "AttentionMIL",
@@ -102,6 +93,7 @@ __all__ = [
     "FusionConfig",
     "FusionModel",
     "FusionOutput",
+    "GeneratorArch",
     "GeneratorConfig",
     "ModelSpec",
     "OmicsMLP",
@@ -109,7 +101,6 @@ __all__ = [
     "TranscriptomeDenoiser",
     "build_model",
     "config_class",
-    "config_of",
     "model_name_of",
     "model_names",
 ]

@@ -1,13 +1,26 @@
 """Gaussian diffusion: noise schedules, the forward process, the training loss and samplers.
 
 The network never sees the schedule. :class:`GaussianDiffusion` and the samplers take the model
-as a callable ``eps_fn(x_t (B, G), t (B,) int64) -> eps (B, G)`` that predicts the noise, where
-``t`` is the index 0..T-1 of the forward step (t = 0 is the least noisy).
+as a callable ``model_fn(x_t (B, G), t (B,) int64) -> output (B, G)``, where ``t`` is the index
+0..T-1 of the forward step (t = 0 is the least noisy). What that output means is a property of
+the diffusion process, its ``prediction`` (as ``prediction_type`` in diffusers' schedulers):
+
+- ``"eps"``: the noise itself (DDPM);
+- ``"v"``: the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022),
+  from which ``eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v`` (substitute
+  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps to check).
+
+The diffusion object turns the output into a noise prediction (:meth:`GaussianDiffusion.eps`)
+for its loss and for the samplers built on it, so a network is never sampled or trained with
+the wrong output type. At high noise (abar_t -> 0) the eps target is almost x_t itself, which a
+network without an input-to-output skip reproduces only roughly; DDIM then divides that error by
+sqrt(abar_t) in its x0 estimate and the samples blow up. With ``"v"`` the identity part is exact.
 
 Notation (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"):
   alpha_t = 1 - beta_t,  abar_t = prod_{s<=t} alpha_s,  abar_{-1} = 1.
   q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
-Schedules are held in float64 and cast to the tensor's dtype at use.
+Schedules are held in float64 and cast to the tensor's dtype at use. The samplers are in
+:mod:`pathgen_batch.models.samplers`.
 """
 
 from __future__ import annotations
@@ -15,14 +28,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.models.validation import check_floating, check_integer, check_shape
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> output, (B, G)
+
+Prediction = Literal["eps", "v"]
+PREDICTIONS: tuple[str, ...] = ("eps", "v")
+
+
+def check_prediction(prediction: str) -> str:
+    """``prediction`` if it names an output type in PREDICTIONS, else a ConfigError."""
+    if prediction not in PREDICTIONS:
+        raise ConfigError(f"prediction: expected one of {list(PREDICTIONS)}, got {prediction!r}")
+    return prediction
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,13 +86,25 @@ SCHEDULES: dict[str, Callable[..., torch.Tensor]] = {"linear": linear_betas, "co
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The forward process; saved with a generator so that sampling uses its training schedule."""
+    """The forward process and what the network outputs; saved with a generator so that
+    sampling uses its training schedule and output type.
+
+    prediction: ``eps`` (the noise) or ``v`` (the velocity, the default: see the module
+    docstring). The loss is on the noise either way.
+    """
 
     schedule: Literal["linear", "cosine"] = "linear"
     num_timesteps: int = 1000
     beta_start: float = 1e-4  # linear only
     beta_end: float = 0.02  # linear only
     cosine_s: float = 0.008  # cosine only
+    prediction: Prediction = "v"
+
+    def __post_init__(self) -> None:
+        try:
+            check_prediction(self.prediction)
+        except ConfigError as e:
+            raise ConfigError(f"DiffusionConfig.{e}") from e
 
 
 class NoiseSchedule:
@@ -123,14 +158,45 @@ def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tens
 
 
 class GaussianDiffusion:
-    """The forward process q and the training loss for a noise-predicting model."""
+    """The forward process q, the training loss, and the meaning of the network's output.
 
-    def __init__(self, schedule: NoiseSchedule) -> None:
+    ``prediction`` (``eps`` | ``v``) says what ``model_fn`` returns; it has no default, so a
+    diffusion object always states it.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, prediction: str) -> None:
         self.schedule = schedule
+        self.prediction = check_prediction(prediction)
+
+    @classmethod
+    def from_config(cls, cfg: DiffusionConfig) -> GaussianDiffusion:
+        return cls(NoiseSchedule.from_config(cfg), cfg.prediction)
 
     @property
     def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
+
+    def eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise prediction from the network's ``output`` at (x_t, t); all (B, G).
+
+        eps: the output itself; v: eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v.
+        """
+        if output.shape != x_t.shape:
+            raise DataError(
+                f"model output: expected shape {tuple(x_t.shape)} (B, G), got {tuple(output.shape)}"
+            )
+        if self.prediction == "eps":
+            return output
+        abar = self.schedule.alphas_cumprod
+        return _at((1.0 - abar).sqrt(), t, x_t) * x_t + _at(abar.sqrt(), t, x_t) * output
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0; (B, G) -> (B, G)."""
+        check_floating("x0", x0)
+        check_shape("noise", noise, tuple(x0.shape), "like x0")
+        t = self._check_t(t, x0.shape[0])
+        abar = self.schedule.alphas_cumprod
+        return _at(abar.sqrt(), t, x0) * noise - _at((1.0 - abar).sqrt(), t, x0) * x0
 
     def _check_t(self, t: object, batch: int) -> torch.Tensor:
         tt = check_integer("t", check_shape("t", t, (batch,), "(B,)"))
@@ -179,7 +245,7 @@ class GaussianDiffusion:
 
     def training_loss(
         self,
-        model_fn: EpsFn,
+        model_fn: ModelFn,
         x0: torch.Tensor,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
@@ -188,20 +254,20 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """Noise-prediction loss: 0.5 * (L1 + MSE) between predicted and true noise; scalar.
 
+        The prediction is :meth:`eps` of ``model_fn``'s output, whatever ``prediction`` is.
         x0: (B, G). t: (B,) int64, drawn uniformly from [0, T) when None. noise: (B, G), standard
         normal when None. families: optional list of (g_f,) gene-index tensors; then the loss is
         computed per family (mean over its genes and the batch) and averaged over families, so
         every family weighs the same whatever its size.
         """
         check_floating("x0", check_shape("x0", x0, (None, None), "(B, G)"))
-        B, G = x0.shape
+        B = x0.shape[0]
         if t is None:
             t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.add_noise(x0, noise, t)  # (B, G)
-        eps = model_fn(x_t, t)  # (B, G)
-        check_shape("model output", eps, (B, G), "(B, G)")
+        eps = self.eps(model_fn(x_t, t), x_t, t)  # (B, G)
         err = eps - noise  # (B, G)
         if not families:
             return 0.5 * (err.abs().mean() + err.pow(2).mean())
@@ -215,185 +281,12 @@ class GaussianDiffusion:
         return torch.stack(losses).mean()
 
 
-# ---------------------------------------------------------------------------------------------
-# samplers
-
-
-class Sampler(Protocol):
-    """``sample(eps_fn, shape)`` -> x0 of ``shape``. ``generator`` (on the device sampled on)
-    seeds x_T and any step noise; ``x_T`` fixes the start instead of drawing it."""
-
-    def sample(
-        self,
-        eps_fn: EpsFn,
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        x_T: torch.Tensor | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor: ...
-
-
-def _start(
-    shape: tuple[int, ...],
-    generator: torch.Generator | None,
-    x_T: torch.Tensor | None,
-    device: torch.device | str | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    if x_T is not None:
-        return check_floating("x_T", check_shape("x_T", x_T, shape, str(shape))).clone()
-    dev = device if device is not None else (generator.device if generator is not None else "cpu")
-    return torch.randn(shape, generator=generator, device=dev, dtype=dtype)  # x_T ~ N(0, I)
-
-
-def _eps(eps_fn: EpsFn, x: torch.Tensor, t: int) -> torch.Tensor:
-    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B,)
-    eps = eps_fn(x, tt)  # (B, G)
-    if eps.shape != x.shape:
-        raise DataError(f"eps_fn: expected output shape {tuple(x.shape)}, got {tuple(eps.shape)}")
-    return eps
-
-
-class DDPMSampler:
-    """Ancestral sampling, all T steps (DDPM Algorithm 2), no clamping.
-
-    x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps) + sqrt(var_t) z,
-    var_t = beta_t (1 - abar_{t-1}) / (1 - abar_t) (the posterior variance), z = 0 at t = 0.
-    """
-
-    def __init__(self, schedule: NoiseSchedule) -> None:
-        self.schedule = schedule
-
-    @torch.no_grad()
-    def sample(
-        self,
-        eps_fn: EpsFn,
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        x_T: torch.Tensor | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        """Draw x0 of ``shape`` (B, G); ``x_T`` fixes the starting noise."""
-        s = self.schedule
-        x = _start(shape, generator, x_T, device, dtype)  # (B, G)
-        for t in range(s.num_timesteps - 1, -1, -1):
-            eps = _eps(eps_fn, x, t)  # (B, G)
-            c_x = 1.0 / math.sqrt(float(s.alphas[t]))
-            c_eps = float(s.betas[t]) / math.sqrt(1.0 - float(s.alphas_cumprod[t]))
-            x = c_x * (x - c_eps * eps)  # posterior mean, (B, G)
-            if t > 0:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = x + math.sqrt(float(s.posterior_variance[t])) * z  # (B, G)
-        return x
-
-
-class DDIMSampler:
-    """DDIM (Song et al. 2021, eq. 12) on ``steps`` timesteps 0, k, 2k, ... with k = T // steps.
-
-    x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z, with
-    x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) and
-    sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
-    eta = 0 is deterministic given x_T; eta = 1 with steps = T is ancestral DDPM.
-    """
-
-    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0) -> None:
-        T = schedule.num_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-            raise ConfigError(f"steps: expected an integer in [1, {T}], got {steps!r}")
-        if not 0.0 <= eta <= 1.0:
-            raise ConfigError(f"eta: expected a number in [0, 1], got {eta!r}")
-        self.schedule = schedule
-        self.steps = steps
-        self.eta = float(eta)
-        # every (T // steps)-th timestep from 0 (Song et al.'s uniform skip): steps = T is every
-        # timestep; fewer steps start a little below T-1, which keeps schedules whose last abar
-        # is ~0 (cosine) from dividing by sqrt(abar) ~ 0 at the first step
-        grid = torch.arange(steps, dtype=torch.long) * (T // steps)  # (steps,)
-        self.timesteps = grid.flip(0).tolist()  # descending
-
-    @torch.no_grad()
-    def sample(
-        self,
-        eps_fn: EpsFn,
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        x_T: torch.Tensor | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        """Draw x0 of ``shape`` (B, G); ``x_T`` fixes the starting noise."""
-        abar = self.schedule.alphas_cumprod
-        x = _start(shape, generator, x_T, device, dtype)  # (B, G)
-        ts = self.timesteps
-        for i, t in enumerate(ts):
-            a_t = float(abar[t])
-            a_prev = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-            eps = _eps(eps_fn, x, t)  # (B, G)
-            x0_hat = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)  # (B, G)
-            sigma = self.eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
-            c_dir = math.sqrt(max(1.0 - a_prev - sigma**2, 0.0))
-            x = math.sqrt(a_prev) * x0_hat + c_dir * eps  # (B, G)
-            if sigma > 0.0:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = x + sigma * z  # (B, G)
-        return x
-
-
-SAMPLERS: dict[str, Callable[..., Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
-
-
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How to sample at scoring time: ``name`` in SAMPLERS; steps and eta apply to DDIM."""
+    """How to sample at scoring time: ``name`` in ``samplers.SAMPLERS``; steps and eta apply
+    to DDIM (built by :func:`pathgen_batch.models.samplers.build_sampler`)."""
 
     name: Literal["ddpm", "ddim"] = "ddim"
     steps: int = 50
     eta: float = 0.0
     n_samples: int = 3
-
-
-def build_sampler(cfg: SamplerConfig, schedule: NoiseSchedule) -> Sampler:
-    """The sampler named by ``cfg`` on ``schedule``."""
-    if cfg.name == "ddpm":
-        return DDPMSampler(schedule)
-    if cfg.name == "ddim":
-        return DDIMSampler(schedule, steps=cfg.steps, eta=cfg.eta)
-    raise ConfigError(f"sampler: expected one of {sorted(SAMPLERS)}, got {cfg.name!r}")
-
-
-def tile_batch(x: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, ...) -> (B*n, ...) with row b*n + s holding item b (the layout of :func:`sample_n`)."""
-    return x.repeat_interleave(n, dim=0)
-
-
-@torch.no_grad()
-def sample_n(
-    sampler: Sampler,
-    eps_fn: EpsFn,
-    batch_size: int,
-    n_genes: int,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n_samples`` per item in one sampling run; return mean and per-gene std, (B, G) each.
-
-    The batch is tiled: ``eps_fn`` receives x_t of shape (B*n, G) where row b*n + s is sample s
-    of item b (item-major, as :func:`tile_batch` lays out conditioning tensors), so one forward
-    pass per step serves every sample. The std is the unbiased one over samples (0 when n = 1).
-    """
-    if batch_size < 1 or n_genes < 1 or n_samples < 1:
-        raise ConfigError(
-            f"sample_n: expected batch_size, n_genes, n_samples >= 1, "
-            f"got {batch_size}, {n_genes}, {n_samples}"
-        )
-    x = sampler.sample(
-        eps_fn, (batch_size * n_samples, n_genes), generator=generator, device=device, dtype=dtype
-    )  # (B*n, G)
-    x = x.view(batch_size, n_samples, n_genes)  # (B, n, G)
-    mean = x.mean(dim=1)  # (B, G)
-    std = x.std(dim=1, correction=1) if n_samples > 1 else torch.zeros_like(mean)  # (B, G)
-    return mean, std

@@ -1,12 +1,13 @@
-"""The conditional denoiser: predicts the noise in a transcriptome given a slide's tile bag.
+"""The conditional denoiser of a transcriptome given a slide's tile bag.
 
 Per METHOD.md: each noisy family vector -> its own MLP encoder -> one token per family (width d);
 a sinusoidal timestep embedding -> MLP, added to every family token; ``depth`` blocks of
 cross-attention from the family tokens (queries) to the masked tile bag (keys/values), each
 followed by a pre-norm transformer layer over the family tokens; per-family MLP decoders output
-the predicted noise of that family, scattered back into gene order.
+that family's output, scattered back into gene order.
 
-The denoiser knows nothing of the noise schedule (see :mod:`pathgen_batch.models.diffusion`).
+The denoiser knows nothing of the noise schedule nor of what its output means (the noise or the
+velocity): both belong to the diffusion process (:mod:`pathgen_batch.models.diffusion`).
 Tiles carry no positional encoding and padding is masked out of every attention, so outputs do
 not depend on tile order or on how much padding a bag has.
 
@@ -24,7 +25,6 @@ import torch
 from torch import nn
 
 from pathgen_batch.errors import ConfigError, DataError
-from pathgen_batch.models.diffusion import EpsFn
 from pathgen_batch.models.families import FamilyLayout, validate_families
 from pathgen_batch.models.layers import MultiHeadAttention, TransformerLayer, timestep_embedding
 from pathgen_batch.models.validation import (
@@ -101,6 +101,37 @@ class GeneratorConfig:
         )
 
 
+@dataclass(frozen=True)
+class GeneratorArch:
+    """The denoiser's architecture: ``GeneratorConfig`` without its data-dependent fields."""
+
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    time_dim: int = 64
+
+    def for_data(
+        self,
+        feature_dim: int,
+        family_sizes: tuple[int, ...],
+        gene_families: tuple[int, ...] = (),
+    ) -> GeneratorConfig:
+        """The full config: this architecture on the data's sizes."""
+        return GeneratorConfig(
+            feature_dim=feature_dim,
+            family_sizes=tuple(family_sizes),
+            gene_families=tuple(gene_families),
+            width=self.width,
+            depth=self.depth,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout=self.dropout,
+            time_dim=self.time_dim,
+        )
+
+
 @dataclass
 class BagMemory:
     """A batch of tile bags projected to the keys and values of every cross-attention block."""
@@ -150,7 +181,7 @@ class _CrossBlock(nn.Module):
 
 
 class TranscriptomeDenoiser(nn.Module):
-    """eps = denoiser(x_t (B, G), t (B,), feats (B, N, D), mask (B, N)) -> (B, G)."""
+    """output = denoiser(x_t (B, G), t (B,), feats (B, N, D), mask (B, N)) -> (B, G)."""
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
@@ -176,7 +207,7 @@ class TranscriptomeDenoiser(nn.Module):
         return BagMemory([k for k, _ in kv], [v for _, v in kv], mask)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, memory: BagMemory) -> torch.Tensor:
-        """Predict the noise of x_t (B*n, G) at t (B*n,) given a memory of B bags -> (B*n, G).
+        """The output for x_t (B*n, G) at t (B*n,) given a memory of B bags -> (B*n, G).
 
         Row b*n + s of x_t is sample s of bag b (``diffusion.tile_batch`` layout); n = 1 is the
         plain case.
@@ -203,19 +234,7 @@ class TranscriptomeDenoiser(nn.Module):
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """x_t (B, G), t (B,) int64, feats (B, N, D), mask (B, N) bool -> eps (B, G)."""
+        """x_t (B, G), t (B,) int64, feats (B, N, D), mask (B, N) bool -> (B, G)."""
         check_shape("x_t", x_t, (None, self.config.n_genes), "(B, G)")
         check_shape("feats", feats, (x_t.shape[0], None, self.config.feature_dim), "(B, N, D)")
         return self.denoise(x_t, t, self.encode_bag(feats, mask))
-
-    def eps_fn(self, feats: torch.Tensor, mask: torch.Tensor) -> EpsFn:
-        """A sampler callable for these B bags; the bags are projected once, here, without
-        gradients. The callable accepts x_t (B*n, G), t (B*n,) for any n (``sample_n`` layout).
-        """
-        with torch.no_grad():
-            memory = self.encode_bag(feats, mask)
-
-        def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.denoise(x_t, t, memory)
-
-        return fn

@@ -15,6 +15,8 @@ clamped to at least ``eps``.
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 import torch
 
@@ -27,9 +29,18 @@ def hazards_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits)
 
 
-def survival_curve(hazards: torch.Tensor) -> torch.Tensor:
-    """(B, K) hazards -> (B, K) S_k = prod_{j<=k} (1 - h_j)."""
-    return torch.cumprod(1.0 - hazards, dim=-1)
+@overload
+def survival_curve(hazards: torch.Tensor) -> torch.Tensor: ...
+@overload
+def survival_curve(hazards: np.ndarray) -> np.ndarray: ...
+def survival_curve(hazards: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """(..., K) hazards -> (..., K) S_k = prod_{j<=k} (1 - h_j) over the last axis.
+
+    A torch tensor stays a tensor (differentiable, as the loss needs); anything else is read
+    as a float64 numpy array (as the evaluation and the output tables need).
+    """
+    h = hazards if isinstance(hazards, torch.Tensor) else np.asarray(hazards, dtype=np.float64)
+    return (1.0 - h).cumprod(-1)  # torch: dim=-1, numpy: axis=-1
 
 
 def risk_from_hazards(hazards: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Transcriptome side: the gene panel and expression scaling."""
+"""Transcriptome side: the gene panel."""
 
 from pathgen_batch.omics.panel import GenePanel
 

@@ -151,10 +151,6 @@ class Slide:
         """Where :attr:`mpp` came from ("override", "aperio.MPP", ...; "none" when unknown)."""
         return self._mpp.source
 
-    @property
-    def mpp_notes(self) -> tuple[str, ...]:
-        return self._mpp.notes
-
     def level_mpp(self, level: int) -> float:
         """Microns per pixel of pyramid ``level``."""
         self._check_level(level)

@@ -34,11 +34,6 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     return OD_LUT[rgb]
 
 
-def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 -> (..., 3) float32 stain concentrations (H, E, D)."""
-    return (optical_density(rgb) @ HED_FROM_RGB.astype(np.float32)).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class StainShift:
     """Per-stain scale ``alpha`` and shift ``beta`` of the concentrations (H, E, D)."""

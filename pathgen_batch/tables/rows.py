@@ -65,7 +65,9 @@ def utc_now() -> dt.datetime:
 
 def survival_curve(hazards: np.ndarray) -> np.ndarray:
     """(K,) hazards -> (K,) S_k = prod_{j<=k} (1 - h_j)."""
-    return np.cumprod(1.0 - np.asarray(hazards, dtype=np.float64))
+    from pathgen_batch.models.survival import survival_curve as curve  # torch: on first use
+
+    return curve(np.asarray(hazards, dtype=np.float64))
 
 
 def median_survival_bin(survival: np.ndarray) -> int:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         GeneratorTrainConfig,
     )
     from pathgen_batch.training.cv import plan_folds, run_cv, train_final
-    from pathgen_batch.training.cv_result import CVResult
+    from pathgen_batch.training.cv_result import CVResult, FoldResult
     from pathgen_batch.training.data import TrainingData, assemble, load_training_data
     from pathgen_batch.training.loops import EpochLog, FitHistory
     from pathgen_batch.training.trainers import (
@@ -47,6 +47,7 @@ _WHERE = {
     "GeneratorArch": "config",
     "GeneratorTrainConfig": "config",
     "CVResult": "cv_result",
+    "FoldResult": "cv_result",
     "plan_folds": "cv",
     "run_cv": "cv",
     "train_final": "cv",
@@ -72,6 +73,7 @@ __all__ = [
     "CVResult",
     "EpochLog",
     "FitHistory",
+    "FoldResult",
     "FusionTrainConfig",
     "GeneratorArch",
     "GeneratorTrainConfig",

@@ -16,14 +16,10 @@ from typing import Any, Literal
 
 from pathgen_batch.config import from_dict
 from pathgen_batch.errors import ConfigError
-from pathgen_batch.models import GeneratorConfig, config_class
-from pathgen_batch.models.diffusion import (
-    DiffusionConfig,
-    NoiseSchedule,
-    SamplerConfig,
-    build_sampler,
-)
-from pathgen_batch.models.parameterization import check_prediction
+from pathgen_batch.models import config_class
+from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
+from pathgen_batch.models.generator import GeneratorArch
+from pathgen_batch.models.samplers import check_sampler
 
 FusionModelName = Literal["fusion", "attention_mil", "omics_mlp"]
 FUSION_MODELS: tuple[str, ...] = ("fusion", "attention_mil", "omics_mlp")
@@ -32,18 +28,6 @@ FUSION_MODELS: tuple[str, ...] = ("fusion", "attention_mil", "omics_mlp")
 DATA_FIELDS = frozenset(
     {"feature_dim", "family_sizes", "gene_families", "n_grades", "n_bins", "n_genes"}
 )
-
-
-@dataclass(frozen=True)
-class GeneratorArch:
-    """The denoiser's architecture: ``GeneratorConfig`` without its data-dependent fields."""
-
-    width: int = 64
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: int = 2
-    dropout: float = 0.1
-    time_dim: int = 64
 
 
 @dataclass(frozen=True)
@@ -85,16 +69,6 @@ def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{type(cfg).__name__}.{name}: expected an integer >= 1, got {v!r}")
 
 
-def check_sampler(sampler: SamplerConfig, diffusion: DiffusionConfig, where: str) -> None:
-    """Raise ConfigError unless ``sampler`` can run on ``diffusion``'s schedule."""
-    if isinstance(sampler.n_samples, bool) or sampler.n_samples < 1:
-        raise ConfigError(f"{where}.n_samples: expected >= 1, got {sampler.n_samples!r}")
-    try:
-        build_sampler(sampler, NoiseSchedule.from_config(diffusion))
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
 def _check_split(cfg: Any) -> None:
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(
@@ -109,8 +83,8 @@ def _check_split(cfg: Any) -> None:
 class GeneratorTrainConfig:
     """How to train the conditional diffusion generator.
 
-    prediction: what the network outputs, the noise (``eps``) or the velocity (``v``); see
-    :mod:`pathgen_batch.models.parameterization`. The loss is on the noise either way.
+    diffusion: the forward process and what the network outputs (``diffusion.prediction``,
+    the noise ``eps`` or the velocity ``v``; see :mod:`pathgen_batch.models.diffusion`).
     repeats: passes over the training patients per epoch, each with fresh timesteps, noise and
     tile draws (an epoch of a few hundred patients is only a handful of optimiser steps).
     val_draws: fixed (timestep, noise) draws per validation patient; the validation loss uses
@@ -120,7 +94,6 @@ class GeneratorTrainConfig:
     """
 
     model: GeneratorArch = field(default_factory=GeneratorArch)
-    prediction: Literal["eps", "v"] = "v"
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = field(
         default_factory=lambda: SamplerConfig(name="ddim", steps=20, eta=0.0, n_samples=10)
@@ -143,23 +116,9 @@ class GeneratorTrainConfig:
         )
         _check_optim(self)
         _check_split(self)
-        try:
-            check_prediction(self.prediction)
-        except ConfigError as e:
-            raise ConfigError(f"GeneratorTrainConfig.{e}") from e
         check_sampler(self.sampler, self.diffusion, "GeneratorTrainConfig.sampler")
-        a = self.model
         try:  # the architecture on placeholder data sizes: bad widths fail here, not later
-            GeneratorConfig(
-                feature_dim=1,
-                family_sizes=(1,),
-                width=a.width,
-                depth=a.depth,
-                heads=a.heads,
-                mlp_ratio=a.mlp_ratio,
-                dropout=a.dropout,
-                time_dim=a.time_dim,
-            )
+            self.model.for_data(feature_dim=1, family_sizes=(1,))
         except ConfigError as e:
             raise ConfigError(f"GeneratorTrainConfig.model: {e}") from e
 

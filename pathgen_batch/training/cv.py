@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,27 +36,16 @@ import pandas as pd
 from pathgen_batch.cohort.splits import inner_split, stratified_folds
 from pathgen_batch.errors import DataError
 from pathgen_batch.evaluation import (
-    average_set_size,
-    average_width,
-    coverage,
     expression_fidelity,
-    grade_metrics,
     min_calibration_size,
-    paired_comparison,
-    survival_from_hazards,
-    survival_report,
 )
 from pathgen_batch.inference.bundle import save_fusion, save_generator
-from pathgen_batch.inference.trained import FusionPrediction, TrainedFusion, TrainedGenerator
+from pathgen_batch.inference.fusion import TrainedFusion
+from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.training.config import CVConfig
-from pathgen_batch.training.cv_result import (
-    COMPARED_METRICS,
-    COMPARISONS,
-    CONDITIONS,
-    METRICS,
-    CVResult,
-)
-from pathgen_batch.training.data import TrainingData, check_training_part, describe
+from pathgen_batch.training.cv_result import COMPARISONS, CONDITIONS, METRICS, CVResult, FoldResult
+from pathgen_batch.training.data import TrainingData, check_training_part
+from pathgen_batch.training.fold_scoring import condition_metrics, conformal_row, oof_rows
 from pathgen_batch.training.loops import Progress
 from pathgen_batch.training.trainers import (
     calibrate_fusion,
@@ -113,98 +101,6 @@ def plan_folds(data: TrainingData, cfg: CVConfig) -> list[FoldPlan]:
     return plans
 
 
-def _evaluate(
-    data: TrainingData,
-    plan: FoldPlan,
-    pred: FusionPrediction,
-    edges: np.ndarray,
-    notes: list[str],
-    where: str,
-) -> dict[str, float]:
-    trn = np.concatenate([plan.train, plan.val])
-    te = plan.test
-    out: dict[str, float] = {}
-    try:
-        rep = survival_report(
-            data.event[trn],
-            data.time[trn],
-            data.event[te],
-            data.time[te],
-            pred.risk,
-            bin_survival=survival_from_hazards(pred.hazards),
-            bin_edges=edges,
-        )
-        out.update(
-            harrell_c=rep.harrell_c,
-            uno_c=rep.uno_c,
-            td_auc=rep.mean_auc,
-            ibs=float("nan") if rep.ibs is None else rep.ibs,
-        )
-    except DataError as e:
-        notes.append(f"{where}: survival metrics not computed ({e})")
-        out.update(harrell_c=np.nan, uno_c=np.nan, td_auc=np.nan, ibs=np.nan)
-    known = data.grade[te] >= 0
-    if known.sum() >= 2:
-        labels = [data.grade_classes[g] for g in data.grade[te][known]]
-        gm = grade_metrics(labels, pred.grade_probs[known], data.grade_classes)
-        out.update({m: float(gm[m]) for m in METRICS if m in gm})
-        notes.extend(f"{where}: {n}" for n in gm["notes"])
-    else:
-        notes.append(f"{where}: fewer than 2 test patients with a known grade")
-        out.update({m: np.nan for m in ("accuracy", "balanced_accuracy", "macro_auc")})
-        out.update({m: np.nan for m in ("macro_f1", "qwk")})
-    return out
-
-
-def _oof_rows(
-    data: TrainingData, plan: FoldPlan, cond: str, pred: FusionPrediction
-) -> pd.DataFrame:
-    te = plan.test
-    cols: dict[str, Any] = {
-        "patient_id": [data.patient_ids[i] for i in te],
-        "slide_id": [data.slide_ids[i] for i in te],
-        "fold": plan.fold,
-        "condition": cond,
-        "time": data.time[te],
-        "event": data.event[te],
-        "grade_true": [data.grade_classes[g] if g >= 0 else None for g in data.grade[te]],
-        "grade_pred": [data.grade_classes[g] for g in pred.grade_index],
-        "risk": pred.risk,
-        "risk_lo": np.nan if pred.risk_lo is None else pred.risk_lo,
-        "risk_hi": np.nan if pred.risk_hi is None else pred.risk_hi,
-    }
-    for j, c in enumerate(data.grade_classes):
-        cols[f"p_{c}"] = pred.grade_probs[:, j]
-    for j in range(pred.hazards.shape[1]):
-        cols[f"hazard_{j}"] = pred.hazards[:, j]
-    if pred.grade_sets is not None:
-        cols["grade_set"] = [
-            [c for c, inside in zip(data.grade_classes, row, strict=True) if inside]
-            for row in pred.grade_sets
-        ]
-    else:
-        cols["grade_set"] = None
-    return pd.DataFrame(cols)
-
-
-def _conformal_row(
-    data: TrainingData, plan: FoldPlan, syn: FusionPrediction, real_risk: Any
-) -> dict[str, float]:
-    te = plan.test
-    known = data.grade[te] >= 0
-    assert syn.grade_sets is not None and syn.risk_lo is not None and syn.risk_hi is not None
-    row: dict[str, float] = {"fold": plan.fold, "n_test": len(te), "n_cal": len(plan.val)}
-    if known.any():
-        sets = syn.grade_sets[known]
-        row["grade_coverage"] = coverage(sets, data.grade[te][known])
-        row["grade_set_size"] = average_set_size(sets)
-    else:
-        row["grade_coverage"] = row["grade_set_size"] = np.nan
-    row["risk_coverage"] = coverage((syn.risk_lo, syn.risk_hi), real_risk)
-    row["risk_width"] = average_width((syn.risk_lo, syn.risk_hi))
-    return row
-
-
 def _relabel(progress: Progress | None, prefix: str) -> Progress | None:
     if progress is None:
         return None
@@ -220,8 +116,8 @@ def run_fold(
     progress: Progress | None = None,
     echo: Echo | None = None,
     notes: list[str] | None = None,
-) -> dict[str, Any]:
-    """Train and score everything for one outer fold; returns rows and states."""
+) -> FoldResult:
+    """Train and score everything for one outer fold."""
     notes = notes if notes is not None else []
     say = echo or (lambda s: log.info("%s", s))
     tag = f"fold {plan.fold}"
@@ -286,19 +182,21 @@ def run_fold(
     edges = {c: models["fusion"].bin_edges for c in ("real", "synthetic", "wsi_only")}
     edges["attention_mil"] = models["attention_mil"].bin_edges
     edges["omics_mlp"] = models["omics_mlp"].bin_edges
-    metric_rows = []
-    for cond, pred in preds.items():
-        m = _evaluate(data, plan, pred, edges[cond], notes, f"{tag} {cond}")
-        metric_rows.append({"fold": plan.fold, "condition": cond, **m})
-    oof = [_oof_rows(data, plan, cond, pred) for cond, pred in preds.items()]
+    trn = np.concatenate([plan.train, plan.val])
+    metrics = {
+        cond: condition_metrics(data, trn, plan.test, pred, edges[cond], notes, f"{tag} {cond}")
+        for cond, pred in preds.items()
+    }
+    oof = {cond: oof_rows(data, plan.fold, plan.test, cond, pred) for cond, pred in preds.items()}
     for cond in ("real", "wsi_only"):  # sets are calibrated for synthetic inputs only
-        frame = next(f for f in oof if f["condition"].iloc[0] == cond)
-        frame["grade_set"] = None
-        frame["risk_lo"] = np.nan
-        frame["risk_hi"] = np.nan
+        oof[cond]["grade_set"] = None
+        oof[cond]["risk_lo"] = np.nan
+        oof[cond]["risk_hi"] = np.nan
     fid = expression_fidelity(real_test, syn_test, data.panel.genes)
     fid_row = {"fold": plan.fold, **{k: float(fid.summary[k]) for k in fid.summary}}
-    conf_row = _conformal_row(data, plan, preds["synthetic"], preds["real"].risk)
+    conf_row = conformal_row(
+        data, plan.fold, plan.test, len(plan.val), preds["synthetic"], preds["real"].risk
+    )
     synth = pd.DataFrame(syn_test, columns=list(data.panel.genes))
     synth.insert(0, "patient_id", [data.patient_ids[i] for i in plan.test])
     synth.insert(1, "fold", plan.fold)
@@ -312,21 +210,22 @@ def run_fold(
     ]
     seconds = time.perf_counter() - t0
     say(
-        f"{tag}: done in {seconds:.1f}s; synthetic C {metric_rows[1]['harrell_c']:.3f}, "
-        f"real C {metric_rows[0]['harrell_c']:.3f}, mean per-gene Pearson "
+        f"{tag}: done in {seconds:.1f}s; synthetic C {metrics['synthetic']['harrell_c']:.3f}, "
+        f"real C {metrics['real']['harrell_c']:.3f}, mean per-gene Pearson "
         f"{fid.summary['mean_pearson']:.3f}"
     )
-    return {
-        "metrics": metric_rows,
-        "oof": pd.concat(oof, ignore_index=True),
-        "fidelity": fid_row,
-        "conformal": conf_row,
-        "synthetic": synth,
-        "histories": histories,
-        "seconds": seconds,
-        "generator": gen,
-        "fusion": fusion,
-    }
+    return FoldResult(
+        fold=plan.fold,
+        metrics=metrics,
+        oof=pd.concat(list(oof.values()), ignore_index=True),
+        fidelity=fid_row,
+        conformal=conf_row,
+        synthetic=synth,
+        histories=histories,
+        seconds=seconds,
+        generator=gen,
+        fusion=fusion,
+    )
 
 
 def run_cv(
@@ -351,43 +250,7 @@ def run_cv(
         run_fold(data, p, cfg, device=device, progress=progress, echo=echo, notes=notes)
         for p in plans
     ]
-    metrics = pd.DataFrame([r for f in folds for r in f["metrics"]])
-    fidelity = pd.DataFrame([f["fidelity"] for f in folds])
-    fidelity = fidelity[["fold", *[c for c in fidelity.columns if c != "fold"]]]
-    conformal = pd.DataFrame([f["conformal"] for f in folds])
-    synthetic = pd.concat([f["synthetic"] for f in folds], ignore_index=True)
-    order = {p: i for i, p in enumerate(data.patient_ids)}
-    synthetic = synthetic.sort_values("patient_id", key=lambda s: s.map(order)).reset_index(
-        drop=True
-    )
-    idx = np.asarray([order[p] for p in synthetic["patient_id"]])
-    pooled = expression_fidelity(
-        data.expression[idx], synthetic[list(data.panel.genes)].to_numpy(), data.panel.genes
-    ).summary
-    paired: dict[str, dict[str, dict[str, Any]]] = {}
-    for a, b in COMPARISONS:
-        key = f"{a} vs {b}"
-        paired[key] = {}
-        for m in COMPARED_METRICS:
-            xa = metrics[metrics["condition"] == a].sort_values("fold")[m].to_numpy()
-            xb = metrics[metrics["condition"] == b].sort_values("fold")[m].to_numpy()
-            paired[key][m] = paired_comparison(xa, xb).to_dict()
-    result = CVResult(
-        config=cfg,
-        data_summary=describe(data),
-        cohort_digest=data.digest,
-        metrics=metrics,
-        fidelity=fidelity,
-        pooled_fidelity={k: float(v) for k, v in pooled.items()},
-        conformal=conformal,
-        paired=paired,
-        oof=pd.concat([f["oof"] for f in folds], ignore_index=True),
-        synthetic=synthetic,
-        histories=[h for f in folds for h in f["histories"]],
-        fold_seconds=[float(f["seconds"]) for f in folds],
-        seconds=time.perf_counter() - t0,
-        notes=notes,
-    )
+    result = CVResult.from_folds(folds, data, cfg, seconds=time.perf_counter() - t0, notes=notes)
     if out_dir is not None:
         result.write(out_dir)
     return result
@@ -446,6 +309,7 @@ __all__ = [
     "METRICS",
     "CVResult",
     "FoldPlan",
+    "FoldResult",
     "plan_folds",
     "run_cv",
     "run_fold",

@@ -1,4 +1,5 @@
-"""The results of a cross-validation run: per-fold tables, summary, printed table, files."""
+"""The results of a cross-validation run: one :class:`FoldResult` per outer fold, and the
+:class:`CVResult` across folds (per-fold tables, summary, paired tests, printed table, files)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import numpy as np
 import pandas as pd
 
 from pathgen_batch.config import to_dict
+from pathgen_batch.evaluation import expression_fidelity, paired_comparison
 from pathgen_batch.inference.bundle import json_safe
+from pathgen_batch.inference.fusion import TrainedFusion
+from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.training.config import CVConfig
+from pathgen_batch.training.data import TrainingData, describe
 
 CONDITIONS: dict[str, str] = {
     "real": "fusion + real transcriptome",
@@ -34,6 +39,34 @@ METRICS: dict[str, str] = {
 }
 COMPARISONS = (("synthetic", "wsi_only"), ("synthetic", "real"), ("synthetic", "attention_mil"))
 COMPARED_METRICS = ("harrell_c", "macro_auc", "balanced_accuracy")
+
+
+@dataclass(frozen=True, eq=False)
+class FoldResult:
+    """Everything one outer fold produced.
+
+    metrics: condition (``CONDITIONS``) -> metric (``METRICS``) -> value, NaN where it could
+    not be computed; oof: one row per (test patient, condition); fidelity, conformal: the
+    fold's synthetic-vs-real fidelity summary and conformal coverage (each with ``fold``);
+    synthetic: the test patients' synthetic expression (mean over samples) and mean spread;
+    histories: one fit history per model; generator, fusion: the fold's trained models (the
+    fusion model calibrated on the validation patients).
+    """
+
+    fold: int
+    metrics: dict[str, dict[str, float]]
+    oof: pd.DataFrame
+    fidelity: dict[str, float]
+    conformal: dict[str, float]
+    synthetic: pd.DataFrame
+    histories: list[dict[str, Any]]
+    seconds: float
+    generator: TrainedGenerator
+    fusion: TrainedFusion
+
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """One row per condition: fold, condition and the metrics."""
+        return [{"fold": self.fold, "condition": c, **m} for c, m in self.metrics.items()]
 
 
 @dataclass(eq=False)
@@ -60,6 +93,57 @@ class CVResult:
     fold_seconds: list[float]
     seconds: float
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_folds(
+        cls,
+        folds: list[FoldResult],
+        data: TrainingData,
+        cfg: CVConfig,
+        *,
+        seconds: float,
+        notes: list[str],
+    ) -> CVResult:
+        """The cross-fold result: fold tables stacked, out-of-fold synthetic expression in the
+        cohort's patient order with its pooled fidelity, paired tests of ``COMPARISONS``."""
+        metrics = pd.DataFrame([r for f in folds for r in f.metric_rows()])
+        fidelity = pd.DataFrame([f.fidelity for f in folds])
+        fidelity = fidelity[["fold", *[c for c in fidelity.columns if c != "fold"]]]
+        order = {p: i for i, p in enumerate(data.patient_ids)}
+        synthetic = pd.concat([f.synthetic for f in folds], ignore_index=True)
+        synthetic = synthetic.sort_values("patient_id", key=lambda s: s.map(order)).reset_index(
+            drop=True
+        )
+        idx = np.asarray([order[p] for p in synthetic["patient_id"]])
+        genes = list(data.panel.genes)
+        pooled = expression_fidelity(
+            data.expression[idx], synthetic[genes].to_numpy(), data.panel.genes
+        ).summary
+        paired: dict[str, dict[str, dict[str, Any]]] = {}
+        for a, b in COMPARISONS:
+            paired[f"{a} vs {b}"] = {
+                m: paired_comparison(
+                    metrics[metrics["condition"] == a].sort_values("fold")[m].to_numpy(),
+                    metrics[metrics["condition"] == b].sort_values("fold")[m].to_numpy(),
+                ).to_dict()
+                for m in COMPARED_METRICS
+            }
+        return cls(
+            config=cfg,
+            data_summary=describe(data),
+            cohort_digest=data.digest,
+            metrics=metrics,
+            fidelity=fidelity,
+            pooled_fidelity={k: float(v) for k, v in pooled.items()},
+            conformal=pd.DataFrame([f.conformal for f in folds]),
+            paired=paired,
+            oof=pd.concat([f.oof for f in folds], ignore_index=True),
+            synthetic=synthetic,
+            histories=[h for f in folds for h in f.histories],
+            fold_seconds=[float(f.seconds) for f in folds],
+            seconds=seconds,
+            notes=notes,
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """Per-fold metrics: columns fold, condition, and one per metric."""

@@ -31,7 +31,6 @@ from pathgen_batch.features.bags import padded
 from pathgen_batch.models.diffusion import GaussianDiffusion
 from pathgen_batch.models.fusion import FusionOutput
 from pathgen_batch.models.generator import TranscriptomeDenoiser
-from pathgen_batch.models.parameterization import as_eps_fn
 from pathgen_batch.models.survival import survival_nll
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig, OptimConfig
 
@@ -268,11 +267,7 @@ def fit_generator(
                     t = torch.randint(0, T, (len(idx),), generator=g).to(dev)  # (B,)
                     noise = torch.randn(len(idx), G, generator=g).to(dev)  # (B, G)
                     loss = diffusion.training_loss(
-                        as_eps_fn(
-                            lambda x, tt: model(x, tt, feats, mask),  # noqa: B023
-                            diffusion.schedule,
-                            cfg.prediction,
-                        ),
+                        lambda x, tt: model(x, tt, feats, mask),  # noqa: B023
                         x0,
                         t=t,
                         noise=noise,
@@ -291,11 +286,7 @@ def fit_generator(
                 x0 = x_val[idx]  # (B, G)
                 for v in range(cfg.val_draws):
                     loss = diffusion.training_loss(
-                        as_eps_fn(
-                            lambda x, tt: model.denoise(x, tt, memory),  # noqa: B023
-                            diffusion.schedule,
-                            cfg.prediction,
-                        ),
+                        lambda x, tt: model.denoise(x, tt, memory),  # noqa: B023
                         x0,
                         t=val_t[v, idx].to(dev),
                         noise=val_noise[v, idx].to(dev),

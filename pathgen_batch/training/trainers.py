@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pathgen_batch import __version__
+from pathgen_batch.config import to_dict
 from pathgen_batch.errors import DataError
 from pathgen_batch.evaluation.conformal import (
     SetMethod,
@@ -23,14 +24,14 @@ from pathgen_batch.evaluation.conformal import (
     fit_interval,
     min_calibration_size,
 )
-from pathgen_batch.inference.scaling import FeatureScaler
-from pathgen_batch.inference.trained import TrainedFusion, TrainedGenerator
+from pathgen_batch.inference.fusion import TrainedFusion
+from pathgen_batch.inference.generator import TrainedGenerator
+from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models import build_model
-from pathgen_batch.models.diffusion import GaussianDiffusion, NoiseSchedule
+from pathgen_batch.models.diffusion import GaussianDiffusion
 from pathgen_batch.models.families import family_ids
 from pathgen_batch.models.generator import GeneratorConfig, TranscriptomeDenoiser
 from pathgen_batch.models.survival import fit_bin_edges, to_bins
-from pathgen_batch.omics.scaling import ExpressionScaler
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, check_training_part
 from pathgen_batch.training.loops import Examples, Progress, fit_generator, fit_predictor, seeded
@@ -80,17 +81,8 @@ def provenance(
 
 def generator_config(data: TrainingData, cfg: GeneratorTrainConfig) -> GeneratorConfig:
     """The denoiser config for this data: data-dependent sizes plus ``cfg.model``."""
-    a = cfg.model
-    return GeneratorConfig(
-        feature_dim=data.feature_dim,
-        family_sizes=data.panel.family_sizes,
-        gene_families=family_ids(data.panel.families),
-        width=a.width,
-        depth=a.depth,
-        heads=a.heads,
-        mlp_ratio=a.mlp_ratio,
-        dropout=a.dropout,
-        time_dim=a.time_dim,
+    return cfg.model.for_data(
+        data.feature_dim, data.panel.family_sizes, family_ids(data.panel.families)
     )
 
 
@@ -108,8 +100,8 @@ def train_generator(
     ``val_idx``, and return it with the best epoch's weights."""
     cfg = cfg or GeneratorTrainConfig()
     tr, va = _split(data, train_idx, val_idx)
-    escaler = ExpressionScaler.fit(data.expression[tr])
-    fscaler = FeatureScaler.fit([data.bags[i] for i in tr])
+    escaler = ZScoreScaler.fit(data.expression[tr], "training expression")
+    fscaler = ZScoreScaler.fit_bags([data.bags[i] for i in tr])
 
     def examples(ix: np.ndarray) -> Examples:
         return Examples(
@@ -120,7 +112,7 @@ def train_generator(
     dev = torch.device(device)
     with seeded(cfg.seed, dev):
         model = TranscriptomeDenoiser(generator_config(data, cfg))
-    diffusion = GaussianDiffusion(NoiseSchedule.from_config(cfg.diffusion))
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     hist = fit_generator(
         model, diffusion, examples(tr), examples(va), cfg, device=dev, progress=progress
     )
@@ -133,7 +125,7 @@ def train_generator(
         panel=data.panel,
         contract=data.contract,
         grade_classes=data.grade_classes,
-        train_config=cfg,
+        train_config=to_dict(cfg),
         provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
         name=name,
     )
@@ -170,8 +162,8 @@ def train_predictor(
     cfg = cfg or FusionTrainConfig()
     tr, va = _split(data, train_idx, val_idx)
     check_training_part(data, tr, "training patients", cfg.n_bins)
-    escaler = ExpressionScaler.fit(data.expression[tr])
-    fscaler = FeatureScaler.fit([data.bags[i] for i in tr])
+    escaler = ZScoreScaler.fit(data.expression[tr], "training expression")
+    fscaler = ZScoreScaler.fit_bags([data.bags[i] for i in tr])
     edges = fit_bin_edges(data.time[tr], data.event[tr].astype(np.int64), cfg.n_bins)
 
     def examples(ix: np.ndarray) -> Examples:
@@ -198,7 +190,7 @@ def train_predictor(
         contract=data.contract,
         grade_classes=data.grade_classes,
         bin_edges=edges,
-        train_config=cfg,
+        train_config=to_dict(cfg),
         provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
         name=name,
     )

@@ -1,0 +1,128 @@
+"""Scoring the finished models of one outer fold on its test patients.
+
+Per condition (``CONDITIONS``): the survival and grade ``METRICS`` and one out-of-fold row per
+test patient; for the synthetic condition, the coverage and size of its conformal grade sets
+and risk intervals. The models are trained elsewhere (:mod:`pathgen_batch.training.cv`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pathgen_batch.errors import DataError
+from pathgen_batch.evaluation import (
+    average_set_size,
+    average_width,
+    coverage,
+    grade_metrics,
+    survival_from_hazards,
+    survival_report,
+)
+from pathgen_batch.inference.fusion import FusionPrediction
+from pathgen_batch.training.cv_result import METRICS
+from pathgen_batch.training.data import TrainingData
+
+
+def condition_metrics(
+    data: TrainingData,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    pred: FusionPrediction,
+    edges: np.ndarray,
+    notes: list[str],
+    where: str,
+) -> dict[str, float]:
+    """``METRICS`` of one condition's predictions ``pred`` of the test patients, NaN where a
+    metric cannot be computed (with a note saying why). ``train_idx``: the training part
+    (train and validation), whose censoring distribution the IPCW metrics use."""
+    trn, te = train_idx, test_idx
+    out: dict[str, float] = {}
+    try:
+        rep = survival_report(
+            data.event[trn],
+            data.time[trn],
+            data.event[te],
+            data.time[te],
+            pred.risk,
+            bin_survival=survival_from_hazards(pred.hazards),
+            bin_edges=edges,
+        )
+        out.update(
+            harrell_c=rep.harrell_c,
+            uno_c=rep.uno_c,
+            td_auc=rep.mean_auc,
+            ibs=float("nan") if rep.ibs is None else rep.ibs,
+        )
+    except DataError as e:
+        notes.append(f"{where}: survival metrics not computed ({e})")
+        out.update(harrell_c=np.nan, uno_c=np.nan, td_auc=np.nan, ibs=np.nan)
+    known = data.grade[te] >= 0
+    if known.sum() >= 2:
+        labels = [data.grade_classes[g] for g in data.grade[te][known]]
+        gm = grade_metrics(labels, pred.grade_probs[known], data.grade_classes)
+        out.update({m: float(gm[m]) for m in METRICS if m in gm})
+        notes.extend(f"{where}: {n}" for n in gm["notes"])
+    else:
+        notes.append(f"{where}: fewer than 2 test patients with a known grade")
+        out.update({m: np.nan for m in ("accuracy", "balanced_accuracy", "macro_auc")})
+        out.update({m: np.nan for m in ("macro_f1", "qwk")})
+    return out
+
+
+def oof_rows(
+    data: TrainingData, fold: int, test_idx: np.ndarray, cond: str, pred: FusionPrediction
+) -> pd.DataFrame:
+    """One row per test patient of one condition: truth, prediction, hazards, sets."""
+    te = test_idx
+    cols: dict[str, Any] = {
+        "patient_id": [data.patient_ids[i] for i in te],
+        "slide_id": [data.slide_ids[i] for i in te],
+        "fold": fold,
+        "condition": cond,
+        "time": data.time[te],
+        "event": data.event[te],
+        "grade_true": [data.grade_classes[g] if g >= 0 else None for g in data.grade[te]],
+        "grade_pred": [data.grade_classes[g] for g in pred.grade_index],
+        "risk": pred.risk,
+        "risk_lo": np.nan if pred.risk_lo is None else pred.risk_lo,
+        "risk_hi": np.nan if pred.risk_hi is None else pred.risk_hi,
+    }
+    for j, c in enumerate(data.grade_classes):
+        cols[f"p_{c}"] = pred.grade_probs[:, j]
+    for j in range(pred.hazards.shape[1]):
+        cols[f"hazard_{j}"] = pred.hazards[:, j]
+    if pred.grade_sets is not None:
+        cols["grade_set"] = [
+            [c for c, inside in zip(data.grade_classes, row, strict=True) if inside]
+            for row in pred.grade_sets
+        ]
+    else:
+        cols["grade_set"] = None
+    return pd.DataFrame(cols)
+
+
+def conformal_row(
+    data: TrainingData,
+    fold: int,
+    test_idx: np.ndarray,
+    n_cal: int,
+    syn: FusionPrediction,
+    real_risk: Any,
+) -> dict[str, float]:
+    """Coverage and size of the grade sets and risk intervals of the synthetic condition."""
+    te = test_idx
+    known = data.grade[te] >= 0
+    assert syn.grade_sets is not None and syn.risk_lo is not None and syn.risk_hi is not None
+    row: dict[str, float] = {"fold": fold, "n_test": len(te), "n_cal": n_cal}
+    if known.any():
+        sets = syn.grade_sets[known]
+        row["grade_coverage"] = coverage(sets, data.grade[te][known])
+        row["grade_set_size"] = average_set_size(sets)
+    else:
+        row["grade_coverage"] = row["grade_set_size"] = np.nan
+    row["risk_coverage"] = coverage((syn.risk_lo, syn.risk_hi), real_risk)
+    row["risk_width"] = average_width((syn.risk_lo, syn.risk_hi))
+    return row
