@@ -15,6 +15,7 @@ import pytest
 from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.storage import RetryPolicy, SlideSource, StorageError
+from pathgen_batch.storage import s3 as s3_store
 
 SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 FAST = RetryPolicy(attempts=2, backoff_s=0.05)
@@ -307,7 +308,7 @@ def test_outage_is_retried_and_credentials_stay_out_of_errors(
     s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setattr(storage, "_CLIENTS", {})
+    monkeypatch.setattr(s3_store, "_CLIENTS", {})
     uri = f"s3://{s3_bucket}/k.bin"
     storage.write_bytes(uri, b"payload")
     s3_server.stop()
@@ -335,7 +336,7 @@ def test_outage_is_retried_and_credentials_stay_out_of_errors(
     env = s3_server.env
     assert env["AWS_SECRET_ACCESS_KEY"] not in str(info.value)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-0123456789")
-    monkeypatch.setattr(storage, "_CLIENTS", {})
+    monkeypatch.setattr(s3_store, "_CLIENTS", {})
     with pytest.raises(StorageError) as bad:
         storage.read_bytes(uri, FAST)
     text = str(bad.value)
