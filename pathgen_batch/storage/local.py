@@ -41,7 +41,7 @@ class LocalStore(Store):
     """Files on the local file system (paths, or ``file://`` URIs)."""
 
     def _written(
-        self, uri: str, fill: Callable[[Path], None], publish: Callable[[Path, Path], None]
+        self, uri: str, fill: Callable[[Path], object], publish: Callable[[Path, Path], None]
     ) -> None:
         p = local_path(uri)
         p.parent.mkdir(parents=True, exist_ok=True)
