@@ -439,7 +439,7 @@ def test_extract_slides_writes_resumes_and_guards_the_contract(
         extract_slides(slides, out, other)
     with pytest.raises(DataError, match="version"):
         load_bags(out, ["A"], other.contract)
-    with pytest.raises(DataError, match=r"no features for 1 of 2 slide\(s\), e.g. \['C'\]"):
+    with pytest.raises(DataError, match=r"1 of 2 slide\(s\) have no features, e.g. \['C'\]"):
         load_bags(out, ["A", "C"])
     with pytest.raises(DataError, match=r"min_tissue 0\.5 vs 0\.3"):
         extract_slides(slides, out, stain_enc, min_tissue=0.3)

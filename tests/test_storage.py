@@ -1,4 +1,5 @@
-"""Object storage: listing, staging, whole-file writes, retries; local and on a real S3 server."""
+"""Object storage: listing, staging, whole-file writes, retries; local and on a real S3 server;
+feature folders and model bundles stored on S3."""
 
 from __future__ import annotations
 
@@ -8,13 +9,27 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError, DataError
+from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.features.store import (
+    SlideFeatures,
+    feature_uri,
+    load_bags,
+    read_contract,
+    read_slide_features,
+    stored_slide_ids,
+    write_slide_features,
+)
+from pathgen_batch.inference.bundle import load_bundle, read_manifest, save_fusion, save_generator
 from pathgen_batch.storage import RetryPolicy, SlideSource, StorageError
+from pathgen_batch.storage import s3 as s3_store
 
 SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 FAST = RetryPolicy(attempts=2, backoff_s=0.05)
@@ -307,7 +322,7 @@ def test_outage_is_retried_and_credentials_stay_out_of_errors(
     s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setattr(storage, "_CLIENTS", {})
+    monkeypatch.setattr(s3_store, "_CLIENTS", {})
     uri = f"s3://{s3_bucket}/k.bin"
     storage.write_bytes(uri, b"payload")
     s3_server.stop()
@@ -335,7 +350,7 @@ def test_outage_is_retried_and_credentials_stay_out_of_errors(
     env = s3_server.env
     assert env["AWS_SECRET_ACCESS_KEY"] not in str(info.value)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-0123456789")
-    monkeypatch.setattr(storage, "_CLIENTS", {})
+    monkeypatch.setattr(s3_store, "_CLIENTS", {})
     with pytest.raises(StorageError) as bad:
         storage.read_bytes(uri, FAST)
     text = str(bad.value)
@@ -350,3 +365,75 @@ def test_outage_is_retried_and_credentials_stay_out_of_errors(
         "wrong-secret-0123456789",
     ):
         assert secret not in logged
+
+
+# -- artefacts on S3: features and model bundles ---------------------------------------------------
+def _slide_features(slide_id: str, contract: FeatureContract, n: int = 5) -> SlideFeatures:
+    rng = np.random.default_rng(len(slide_id))
+    x = np.arange(n, dtype=np.int64) * 256
+    return SlideFeatures(
+        slide_id,
+        contract,
+        x,
+        x[::-1].copy(),
+        rng.standard_normal((n, contract.dim)).astype(np.float32),
+        np.full(n, 0.75, np.float32),
+        512,
+        {"slide_id": slide_id, "min_tissue": 0.5},
+    )
+
+
+@pytest.mark.servers
+def test_features_folder_on_s3(s3_server, s3_bucket: str) -> None:
+    contract = FeatureContract("stain-texture", "v1", 6, 256, 0.5)
+    folder = f"s3://{s3_bucket}/cohort/features"
+    written = {s: _slide_features(s, contract, n) for s, n in (("A", 4), ("B-2", 7))}
+    for sf in written.values():
+        assert write_slide_features(sf, folder) == f"{folder}/{sf.slide_id}.parquet"
+    storage.write_bytes(f"{folder}/nested/C.parquet", b"not a direct member")
+    assert stored_slide_ids(folder) == ("A", "B-2")
+    assert read_contract(feature_uri(folder, "A")) == contract
+    back = read_slide_features(feature_uri(folder, "B-2"), contract)
+    np.testing.assert_array_equal(back.feats, written["B-2"].feats)
+    assert back.extraction == {"slide_id": "B-2", "min_tissue": 0.5} and back.size_l0 == 512
+    bags = load_bags(folder, ["A", "B-2"], contract)
+    np.testing.assert_array_equal(bags["A"][0], written["A"].coords)
+    with pytest.raises(DataError, match=r"1 of 2 slide\(s\) have no features, e.g. \['Z'\]"):
+        load_bags(folder, ["A", "Z"])
+    other = FeatureContract("stain-texture", "v2", 6, 256, 0.5)
+    with pytest.raises(DataError, match=r"slide A mismatch: version 'v2' vs 'v1'"):
+        load_bags(folder, ["A"], other)
+    with pytest.raises(DataError, match="feature file not found"):
+        read_contract(feature_uri(folder, "Z"))
+
+
+@pytest.mark.servers
+def test_model_bundles_on_s3(s3_server, s3_bucket: str, tmp_path: Path) -> None:
+    from test_registry import make_fusion, make_generator
+
+    local = {"gen": make_generator(tmp_path / "gen"), "fus": make_fusion(tmp_path / "fus")}
+    for name, path in local.items():
+        model = load_bundle(path)
+        uri = f"s3://{s3_bucket}/models/{name}"
+        save = save_generator if name == "gen" else save_fusion
+        assert save(model, uri) == uri
+        assert [u.rsplit("/", 1)[-1] for u, _ in storage.list_files(uri)] == sorted(
+            p.name for p in path.iterdir()
+        )
+        assert read_manifest(uri) == read_manifest(path)  # same files, same digests
+        back = load_bundle(uri)
+        assert type(back) is type(model) and back.contract == model.contract
+        for (k, a), (_, b) in zip(
+            model.model.state_dict().items(), back.model.state_dict().items(), strict=True
+        ):
+            assert torch.equal(a, b), k
+        with pytest.raises(ConfigError, match="not empty"):
+            save(model, uri)
+        save(model, uri, overwrite=True)
+        assert read_manifest(uri) == read_manifest(path)
+    weights = f"s3://{s3_bucket}/models/gen/weights.pt"
+    storage.write_bytes(weights, storage.read_bytes(f"s3://{s3_bucket}/models/fus/weights.pt"))
+    with pytest.raises(DataError, match=r"weights\.pt does not match the digest"):
+        load_bundle(f"s3://{s3_bucket}/models/gen")
+    with pytest.raises(DataError, match="not a model bundle"):
+        load_bundle(f"s3://{s3_bucket}/models/none")

@@ -62,7 +62,7 @@ class RunLayout:
     run_id: str
 
     def __post_init__(self) -> None:
-        tio.check_run_id(self.run_id)
+        storage.check_run_id(self.run_id)
 
     @property
     def root(self) -> str:
@@ -184,8 +184,7 @@ class RunState:
     def committed(self) -> set[str]:
         """Slide ids with a commit."""
         names = [
-            u.replace("\\", "/").rsplit("/", 1)[-1]
-            for u, _ in storage.list_files(self.layout.commits, self.retry)
+            storage.basename(u) for u, _ in storage.list_files(self.layout.commits, self.retry)
         ]
         return {n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith(".")}
 

@@ -33,6 +33,7 @@ from pathgen_batch.features.extract import (
 from pathgen_batch.features.store import (
     SlideFeatures,
     feature_file,
+    feature_uri,
     load_bags,
     read_contract,
     read_slide_features,
@@ -56,6 +57,7 @@ __all__ = [
     "extract_slide",
     "extract_slides",
     "feature_file",
+    "feature_uri",
     "load_bags",
     "pad_bags",
     "read_contract",

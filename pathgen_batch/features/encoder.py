@@ -8,13 +8,13 @@ array on the CPU. Subclasses implement only ``forward`` on a uint8 tensor alread
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
 
@@ -56,11 +56,7 @@ def file_sha256(path: str | Path, what: str = "weights file") -> str:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} not found: {p}")
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + storage.sha256(p)
 
 
 def normalise(

@@ -4,15 +4,14 @@ Columns: ``slide_id`` (string), ``x``, ``y`` (int64, level-0 px of the tile's to
 ``tile_px`` (int32), ``mpp`` (float64), ``size_l0`` (int32, tile side in level-0 px),
 ``tissue`` (float32, tissue fraction) and ``feature`` (fixed-size list<float32>[D]). The schema
 metadata holds the feature contract (key ``pathgen.feature_contract``, canonical JSON) and the
-extraction settings (key ``pathgen.extraction``). Files are written to a temporary name and
-renamed, so a file that exists is complete.
+extraction settings (key ``pathgen.extraction``). The folder is a local path or an S3 prefix:
+files are read and written whole through :mod:`pathgen_batch.storage`, so a file that exists is
+complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,23 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pathgen_batch import storage
 from pathgen_batch.errors import DataError
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.storage import check_slide_id
 
 CONTRACT_KEY = b"pathgen.feature_contract"
 EXTRACTION_KEY = b"pathgen.extraction"
 SUFFIX = ".parquet"
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def check_slide_id(slide_id: object) -> str:
-    """A slide id must be usable as a file name: letters, digits, '.', '_', '-'."""
-    if not isinstance(slide_id, str) or not _SAFE_ID.fullmatch(slide_id) or ".." in slide_id:
-        raise DataError(
-            f"slide_id: expected letters, digits, '.', '_' or '-' (not starting with a "
-            f"separator, no '..'), got {slide_id!r}"
-        )
-    return slide_id
 
 
 @dataclass(frozen=True)
@@ -83,9 +73,14 @@ class SlideFeatures:
         return np.stack([self.x, self.y], axis=1).astype(np.int64)
 
 
+def feature_uri(features_dir: str | Path, slide_id: str) -> str:
+    """Location of a slide's feature file inside ``features_dir`` (a folder or an S3 prefix)."""
+    return storage.join(features_dir, f"{check_slide_id(slide_id)}{SUFFIX}")
+
+
 def feature_file(features_dir: str | Path, slide_id: str) -> Path:
-    """Path of a slide's feature file inside ``features_dir``."""
-    return Path(features_dir) / f"{check_slide_id(slide_id)}{SUFFIX}"
+    """Local path of a slide's feature file inside the local folder ``features_dir``."""
+    return storage.local_path(feature_uri(features_dir, slide_id))
 
 
 def to_table(sf: SlideFeatures) -> pa.Table:
@@ -109,52 +104,60 @@ def to_table(sf: SlideFeatures) -> pa.Table:
     return pa.table(columns).replace_schema_metadata(meta)
 
 
-def write_slide_features(sf: SlideFeatures, features_dir: str | Path) -> Path:
-    """Write ``sf`` to ``<features_dir>/<slide_id>.parquet`` atomically; return the path."""
-    out = feature_file(features_dir, sf.slide_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(to_table(sf), tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+def write_slide_features(sf: SlideFeatures, features_dir: str | Path) -> str:
+    """Write ``sf`` to ``<features_dir>/<slide_id>.parquet`` whole; return its location."""
+    out = feature_uri(features_dir, sf.slide_id)
+    sink = pa.BufferOutputStream()
+    pq.write_table(to_table(sf), sink)
+    storage.write_bytes(out, sink.getvalue().to_pybytes())
     return out
 
 
-def _metadata(path: Path) -> dict[bytes, bytes]:
-    if not path.is_file():
-        raise DataError(f"{path}: feature file not found")
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+def _metadata(schema: pa.Schema, where: str) -> dict[bytes, bytes]:
     meta = dict(schema.metadata or {})
     if CONTRACT_KEY not in meta:
-        raise DataError(f"{path}: not a feature file (no {CONTRACT_KEY.decode()} in its metadata)")
+        raise DataError(f"{where}: not a feature file (no {CONTRACT_KEY.decode()} in its metadata)")
     return meta
+
+
+def _stored_metadata(uri: str) -> dict[bytes, bytes]:
+    """The schema metadata of a feature file (reads only its footer)."""
+    if not storage.exists(uri):
+        raise DataError(f"{uri}: feature file not found")
+    fs, path = storage.arrow_filesystem(uri)
+    try:
+        schema = pq.read_schema(path, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{uri}: not a readable Parquet file ({e})") from e
+    return _metadata(schema, uri)
+
+
+def _contract(meta: dict[bytes, bytes], where: str) -> FeatureContract:
+    return FeatureContract.from_json(meta[CONTRACT_KEY].decode(), source=where)
+
+
+def _extraction(meta: dict[bytes, bytes], where: str) -> dict[str, Any]:
+    raw = meta.get(EXTRACTION_KEY, b"{}")
+    try:
+        out = json.loads(raw.decode())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: extraction metadata is not valid JSON ({e})") from e
+    if not isinstance(out, dict):
+        raise DataError(f"{where}: extraction metadata is not a mapping")
+    return out
 
 
 def read_contract(path: str | Path) -> FeatureContract:
     """The feature contract of a feature file (reads only the schema)."""
-    p = Path(path)
-    return FeatureContract.from_json(_metadata(p)[CONTRACT_KEY].decode(), source=str(p))
+    return _contract(_stored_metadata(str(path)), str(path))
 
 
 def read_extraction(path: str | Path) -> dict[str, Any]:
     """The extraction settings recorded in a feature file (reads only the schema)."""
-    p = Path(path)
-    raw = _metadata(p).get(EXTRACTION_KEY, b"{}")
-    try:
-        out = json.loads(raw.decode())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: extraction metadata is not valid JSON ({e})") from e
-    if not isinstance(out, dict):
-        raise DataError(f"{p}: extraction metadata is not a mapping")
-    return out
+    return _extraction(_stored_metadata(str(path)), str(path))
 
 
-def _feature_matrix(col: pa.ChunkedArray, d: int, path: Path) -> np.ndarray:
+def _feature_matrix(col: pa.ChunkedArray, d: int, path: str) -> np.ndarray:
     """fixed_size_list<float32>[d] column -> (N, d) float32."""
     if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != d:
         raise DataError(
@@ -170,15 +173,20 @@ def _feature_matrix(col: pa.ChunkedArray, d: int, path: Path) -> np.ndarray:
 
 def read_slide_features(path: str | Path, contract: FeatureContract | None = None) -> SlideFeatures:
     """Read one feature file; with ``contract``, a different stored contract is a DataError."""
-    p = Path(path)
-    stored = read_contract(p)
-    if contract is not None:
-        contract.check_matches(stored, what=f"requested encoder vs features in {p}")
-    extraction = read_extraction(p)
+    p = str(path)
     try:
-        t = pq.read_table(p)
+        data = storage.read_bytes(p)
+    except storage.StorageError as e:
+        raise DataError(f"{p}: feature file not found ({e})") from e
+    try:
+        t = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{p}: not a readable Parquet file ({e})") from e
+    meta = _metadata(t.schema, p)
+    stored = _contract(meta, p)
+    if contract is not None:
+        contract.check_matches(stored, what=f"requested encoder vs features in {p}")
+    extraction = _extraction(meta, p)
     need = ("slide_id", "x", "y", "size_l0", "tissue", "feature")
     missing = [c for c in need if c not in t.column_names]
     if missing:
@@ -186,7 +194,7 @@ def read_slide_features(path: str | Path, contract: FeatureContract | None = Non
     ids = t.column("slide_id").unique().to_pylist()
     if len(ids) > 1:
         raise DataError(f"{p}: feature file holds more than one slide_id ({ids[:3]})")
-    slide_id = ids[0] if ids else extraction.get("slide_id", p.stem)
+    slide_id = ids[0] if ids else extraction.get("slide_id", storage.basename(p)[: -len(SUFFIX)])
     sizes = np.unique(t.column("size_l0").to_numpy())
     return SlideFeatures(
         slide_id=str(slide_id),
@@ -201,11 +209,13 @@ def read_slide_features(path: str | Path, contract: FeatureContract | None = Non
 
 
 def stored_slide_ids(features_dir: str | Path) -> tuple[str, ...]:
-    """Slide ids with a complete feature file in ``features_dir``, sorted."""
-    d = Path(features_dir)
-    if not d.is_dir():
-        return ()
-    return tuple(sorted(p.name[: -len(SUFFIX)] for p in d.glob(f"[!.]*{SUFFIX}")))
+    """Slide ids with a complete feature file directly in ``features_dir``, sorted."""
+    names = [
+        storage.basename(uri)
+        for uri, _ in storage.list_files(features_dir)
+        if uri == storage.join(features_dir, storage.basename(uri))
+    ]
+    return tuple(sorted(n[: -len(SUFFIX)] for n in names if n.endswith(SUFFIX)))
 
 
 def load_bags(
@@ -215,22 +225,25 @@ def load_bags(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """slide_id -> (coords (N, 2) int64, feats (N, D) float32) for each requested slide.
 
-    Every file must carry the same contract (``contract`` when given, else the first file's);
-    a missing slide or a different contract is a DataError naming it.
+    Every file must exist and carry the same contract (``contract`` when given, else the first
+    file's); a missing slide or a different contract is a DataError naming the slide and the
+    field that differs.
     """
     ids = list(slide_ids)
-    missing = [s for s in ids if not feature_file(features_dir, s).is_file()]
-    if missing:
+    if not ids:
+        raise DataError(f"{features_dir}: no slides requested")
+    absent = [s for s in ids if not storage.exists(feature_uri(features_dir, s))]
+    if absent:
         raise DataError(
-            f"{features_dir}: no features for {len(missing)} of {len(ids)} slide(s), "
-            f"e.g. {missing[:5]}; run `pathgen-batch features extract` first"
+            f"{features_dir}: {len(absent)} of {len(ids)} slide(s) have no features, e.g. "
+            f"{absent[:5]}; run `pathgen-batch features extract` first"
         )
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    expected = contract
+    expected, first = contract, "the requested contract"
     for s in ids:
-        path = feature_file(features_dir, s)
+        sf = read_slide_features(feature_uri(features_dir, s))
         if expected is None:
-            expected = read_contract(path)
-        sf = read_slide_features(path, contract=expected)
+            expected, first = sf.contract, f"slide {s}"
+        expected.check_matches(sf.contract, what=f"features of {first} vs slide {s}")
         out[s] = (sf.coords, sf.feats)
     return out

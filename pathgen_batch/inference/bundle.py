@@ -28,23 +28,26 @@ provenance             cohort digest, folds, seed, metrics, history, created_at,
 files                  sha256 of every other file of the bundle
 =====================  ==========================================================================
 
-Weights are read with ``torch.load(weights_only=True)``; a state dict that does not match the
-config, a file whose digest differs, or a panel that is not the recorded one is an error.
+The folder is a local path or an S3 prefix; every file goes through :mod:`pathgen_batch.storage`.
+A save writes each file whole and ``bundle.json`` last (an overwrite removes it first), so a
+bundle whose manifest exists is complete. Weights are read with
+``torch.load(weights_only=True)`` from a local file (a bundle on S3 stages ``weights.pt`` to local
+scratch first); a state dict that does not match the config, a file whose digest differs, or a
+panel that is not the recorded one is an error.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pathgen_batch import storage
 from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError, PathgenError
 from pathgen_batch.evaluation.conformal import ClassificationConformal, IntervalConformal
@@ -83,12 +86,8 @@ KEYS = (
 )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+def _digest(uri: str | Path) -> str:
+    return "sha256:" + storage.sha256(uri)
 
 
 def json_safe(value: Any) -> Any:
@@ -127,21 +126,23 @@ def decode_edges(raw: Any, where: str) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def _prepare(path: str | Path, overwrite: bool) -> tuple[Path, Path]:
-    out = Path(path)
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()):
-            if not overwrite:
-                raise ConfigError(f"{out}: folder is not empty; pass overwrite to replace it")
-            if not (out / MANIFEST).is_file():
-                raise ConfigError(f"{out}: not a model bundle (no {MANIFEST}); refusing to replace")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return out, tmp
+def _check_target(out: str, overwrite: bool) -> None:
+    if storage.exists(out):
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if storage.list_files(out):
+        if not overwrite:
+            raise ConfigError(f"{out}: folder is not empty; pass overwrite to replace it")
+        if not storage.exists(storage.join(out, MANIFEST)):
+            raise ConfigError(f"{out}: not a model bundle (no {MANIFEST}); refusing to replace")
+
+
+def _publish(local: Path, out: str) -> None:
+    """Copy the bundle files of folder ``local`` to ``out``, ``bundle.json`` last."""
+    manifest = storage.join(out, MANIFEST)
+    storage.delete(manifest)  # an overwritten bundle is incomplete until its manifest is back
+    for f in FILES:
+        storage.upload_file(local / f, storage.join(out, f))
+    storage.upload_file(local / MANIFEST, manifest)
 
 
 def _write(
@@ -152,9 +153,11 @@ def _write(
     fscaler: ZScoreScaler,
     panel: GenePanel,
     overwrite: bool,
-) -> Path:
-    out, tmp = _prepare(path, overwrite)
-    try:
+) -> Path | str:
+    out = str(path)
+    _check_target(out, overwrite)
+    with tempfile.TemporaryDirectory(prefix="pgb-bundle-") as scratch:
+        tmp = Path(scratch)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS)
         panel.write(tmp / PANEL)
@@ -166,21 +169,16 @@ def _write(
             "model_name": model_name_of(model),
             "model_config": to_dict(model.config),
             "gene_panel_digest": panel.digest,
-            "files": {f: _sha256(tmp / f) for f in FILES},
+            "files": {f: _digest(tmp / f) for f in FILES},
         }
         manifest = json_safe({k: manifest[k] for k in KEYS})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+        _publish(tmp, out)
+    return out if storage.is_s3(out) else storage.local_path(out)
 
 
-def save_generator(gen: TrainedGenerator, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``gen`` as a bundle folder at ``path`` (atomically); return the path."""
+def save_generator(gen: TrainedGenerator, path: str | Path, overwrite: bool = False) -> Path | str:
+    """Write ``gen`` as a bundle folder at ``path``; return it (a Path when local)."""
     common = {
         "kind": "generator",
         "name": gen.name,
@@ -204,8 +202,9 @@ def save_generator(gen: TrainedGenerator, path: str | Path, overwrite: bool = Fa
     )
 
 
-def save_fusion(fus: TrainedFusion, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``fus`` (fusion model or baseline) as a bundle folder at ``path``; return it."""
+def save_fusion(fus: TrainedFusion, path: str | Path, overwrite: bool = False) -> Path | str:
+    """Write ``fus`` (fusion model or baseline) as a bundle folder at ``path``; return it (a
+    Path when local)."""
     common = {
         "kind": "fusion",
         "name": fus.name,
@@ -226,14 +225,12 @@ def save_fusion(fus: TrainedFusion, path: str | Path, overwrite: bool = False) -
     )
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The checked ``bundle.json`` of a bundle folder (no weights are read)."""
-    root = Path(path)
-    mf = root / MANIFEST
-    if not mf.is_file():
+def _read_manifest(root: str, verify: tuple[str, ...]) -> dict[str, Any]:
+    mf = storage.join(root, MANIFEST)
+    if not storage.exists(mf):
         raise DataError(f"{root}: not a model bundle (no {MANIFEST})")
     try:
-        manifest = json.loads(mf.read_text())
+        manifest = json.loads(storage.read_bytes(mf))
     except json.JSONDecodeError as e:
         raise DataError(f"{mf}: not valid JSON ({e})") from e
     if not isinstance(manifest, dict):
@@ -255,28 +252,45 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not isinstance(files, dict) or sorted(files) != sorted(FILES):
         raise DataError(f"{mf}: files must list exactly {list(FILES)}")
     for f in FILES:
-        p = root / f
-        if not p.is_file():
+        if not storage.exists(storage.join(root, f)):
             raise DataError(f"{root}: bundle file {f} is missing")
-        if _sha256(p) != files[f]:
-            raise DataError(f"{root}: {f} does not match the digest recorded in {MANIFEST}")
+    for f in verify:
+        _check_digest(root, f, storage.join(root, f), files[f])
     return manifest
 
 
-def _json_file(path: Path) -> Any:
+def _check_digest(root: str, name: str, uri: str | Path, recorded: str) -> None:
+    if _digest(uri) != recorded:
+        raise DataError(f"{root}: {name} does not match the digest recorded in {MANIFEST}")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The checked ``bundle.json`` of a bundle folder (every file's digest checked; no weights
+    are loaded)."""
+    return _read_manifest(str(path), FILES)
+
+
+def _json_file(uri: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_bytes(uri))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
+        raise DataError(f"{uri}: not valid JSON ({e})") from e
 
 
-def _load_weights(model: torch.nn.Module, root: Path, device: torch.device) -> None:
-    try:
-        state = torch.load(root / WEIGHTS, weights_only=True, map_location=device)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise DataError(f"{root / WEIGHTS}: not a readable state dict ({e})") from e
+def _load_weights(model: torch.nn.Module, root: str, device: torch.device, digest: str) -> None:
+    """Stage ``weights.pt`` locally (in place for a local bundle), check its digest, load it."""
+    uri = storage.join(root, WEIGHTS)
+    with (
+        tempfile.TemporaryDirectory(prefix="pgb-weights-") as scratch,
+        storage.stage_file(uri, scratch) as staged,
+    ):
+        _check_digest(root, WEIGHTS, staged.path, digest)
+        try:
+            state = torch.load(staged.path, weights_only=True, map_location=device)
+        except (RuntimeError, OSError, EOFError, ValueError) as e:
+            raise DataError(f"{uri}: not a readable state dict ({e})") from e
     if not isinstance(state, dict):
-        raise DataError(f"{root / WEIGHTS}: expected a state dict, got {type(state).__name__}")
+        raise DataError(f"{uri}: expected a state dict, got {type(state).__name__}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -289,16 +303,18 @@ def load_bundle(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> TrainedGenerator | TrainedFusion:
     """Load a bundle folder; every file, key and tensor shape is checked."""
-    root = Path(path)
-    m = read_manifest(root)
+    root = str(path)
+    m = _read_manifest(root, tuple(f for f in FILES if f != WEIGHTS))
+    weights_digest = m["files"][WEIGHTS]
     dev = torch.device(device)
     try:
-        panel = GenePanel.read(root / PANEL)
+        panel_uri = storage.join(root, PANEL)
+        panel = GenePanel.parse(storage.read_bytes(panel_uri).decode(), source=panel_uri)
         if panel.digest != m["gene_panel_digest"]:
             raise DataError(f"{PANEL} digest differs from gene_panel_digest")
         contract = FeatureContract.from_dict(m["feature_contract"])
-        escaler = ZScoreScaler.from_dict(_json_file(root / EXPRESSION_SCALER))
-        fscaler = ZScoreScaler.from_dict(_json_file(root / FEATURE_SCALER))
+        escaler = ZScoreScaler.from_dict(_json_file(storage.join(root, EXPRESSION_SCALER)))
+        fscaler = ZScoreScaler.from_dict(_json_file(storage.join(root, FEATURE_SCALER)))
         model = build_model(m["model_name"], m["model_config"])
         classes = m["grade_classes"]
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -317,7 +333,7 @@ def load_bundle(
                 raise DataError(f"kind 'generator' but model_name {m['model_name']!r}")
             if m["bin_edges"] is not None or any(v is not None for v in conformal.values()):
                 raise DataError("a generator bundle has no bin_edges and no conformal states")
-            _load_weights(model, root, dev)
+            _load_weights(model, root, dev, weights_digest)
             return TrainedGenerator(
                 model=model,
                 diffusion=from_dict(DiffusionConfig, m["diffusion"], _where="diffusion"),
@@ -335,7 +351,7 @@ def load_bundle(
             raise DataError("kind 'fusion' but model_name 'generator'")
         if m["diffusion"] is not None or m["sampler"] is not None:
             raise DataError("a fusion bundle has no diffusion or sampler config")
-        _load_weights(model, root, dev)
+        _load_weights(model, root, dev, weights_digest)
         grade = conformal["grade"]
         risk = conformal["risk"]
         return TrainedFusion(
@@ -354,6 +370,6 @@ def load_bundle(
             name=str(m["name"]),
         ).to(dev)
     except PathgenError as e:
-        if str(e).startswith(str(root)):
+        if str(e).startswith(root):
             raise
         raise DataError(f"{root}: {e}") from e

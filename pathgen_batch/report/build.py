@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.compute as pc
 from PIL import Image
 
+from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.evaluation.fidelity import expression_fidelity
 from pathgen_batch.report import plots
@@ -110,9 +111,7 @@ class _Page:
             "</body></html>\n"
         )
         path = self.out / "index.html"
-        tmp = path.with_name(".index.html.tmp")
-        tmp.write_text(doc, encoding="utf-8")
-        tmp.replace(path)
+        storage.write_bytes(path, doc.encode("utf-8"))
         return path
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pathgen_batch import __version__, assets
+from pathgen_batch import __version__, assets, storage
 from pathgen_batch.cohort.splits import stratified_folds
 from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError
@@ -171,14 +170,6 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: missing from the cohort folder") from e
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_cohort(root: str | Path) -> Cohort:
     """Load a complete cohort folder (one whose cohort.json exists)."""
     r = Path(root)
@@ -246,7 +237,7 @@ def _render_one(job: _SlideJob) -> dict[str, Any]:
         "stain_alpha": list(r.stain.alpha),
         "stain_beta": list(r.stain.beta),
         "level_dimensions": [list(d) for d in dims],
-        "sha256": _sha256(Path(job.path)),
+        "sha256": storage.sha256(job.path),
         "bytes": Path(job.path).stat().st_size,
     }
 
@@ -345,12 +336,6 @@ def _files_intact(root: Path, meta: dict[str, Any]) -> bool:
     )
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
 def build_cohort(
     out_dir: str | Path,
     config: CohortConfig | None = None,
@@ -441,12 +426,12 @@ def build_cohort(
     files: dict[str, dict[str, Any]] = {}
     for name in TABLES:
         p = root / name
-        files[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        files[name] = {"sha256": storage.sha256(p), "bytes": p.stat().st_size}
     for sid, rel in zip(clinical["slide_id"], clinical["slide_file"], strict=True):
         res = results[sid]
         files[str(rel)] = {"sha256": res["sha256"], "bytes": res["bytes"]}
     meta = _meta(cfg, data, clinical, library, results, files)
-    _write_json_atomic(meta_path, meta)
+    storage.write_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     log.info(
         "%s: %d slides built in %.1f s (setup %.1f s, render+write %.1f s, %d workers)",
         root,

@@ -22,21 +22,11 @@ import pyarrow.parquet as pq
 
 from pathgen_batch import storage
 from pathgen_batch.errors import DataError
+from pathgen_batch.storage import check_run_id
 from pathgen_batch.tables.schemas import PARTITION, TABLES, conform, with_run
 
 PART = re.compile(r"part-(\d{5})\.parquet")
 RUNS_FILE = "run.parquet"
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def check_run_id(run_id: object) -> str:
-    """Run ids name folders: letters, digits, '.', '_', '-' (at most 128, no '..')."""
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
-        raise DataError(
-            f"run id: expected 1-128 letters, digits, '.', '_' or '-' (starting with a letter or "
-            f"digit, no '..'), got {run_id!r}"
-        )
-    return run_id
 
 
 def table_uri(output: str, table: str) -> str:
@@ -136,7 +126,7 @@ class PartWriter:
         self._close_part()
         keep = {u.rsplit("/", 1)[-1] for u in self.parts}
         for uri, _ in storage.list_files(self.folder, self.retry):
-            name = uri.replace(os.sep, "/").rsplit("/", 1)[-1]
+            name = storage.basename(uri)
             if PART.fullmatch(name) and name not in keep:
                 storage.delete(uri, self.retry)
         for p in self._tmp.glob("*"):
@@ -207,7 +197,7 @@ def _files(output: str, table: str, run_ids: Sequence[str]) -> list[str]:
     out = []
     for run in run_ids:
         for uri, _ in storage.list_files(partition_uri(output, table, run)):
-            name = uri.replace(os.sep, "/").rsplit("/", 1)[-1]
+            name = storage.basename(uri)
             if PART.fullmatch(name) or (table == "runs" and name == RUNS_FILE):
                 out.append(uri)
     return out

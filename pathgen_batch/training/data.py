@@ -20,7 +20,7 @@ import pandas as pd
 from pathgen_batch.cohort.splits import grade_event_strata
 from pathgen_batch.errors import DataError
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.features.store import feature_file, read_slide_features
+from pathgen_batch.features.store import feature_uri, load_bags, read_contract
 from pathgen_batch.omics.panel import GenePanel
 
 CLINICAL_COLUMNS = ("patient_id", "slide_id", "grade_index", "time", "event", "fold")
@@ -257,36 +257,6 @@ def assemble(
     )
 
 
-def read_feature_bags(
-    features_dir: str | Path,
-    slide_ids: Sequence[str],
-    contract: FeatureContract | None = None,
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], FeatureContract]:
-    """slide_id -> (coords (N, 2), feats (N, D)) and the shared contract.
-
-    Every file must exist and carry the same contract (``contract`` when given, else the first
-    file's); the error names the slide and the field that differs.
-    """
-    root = Path(features_dir)
-    absent = [s for s in slide_ids if not feature_file(root, s).is_file()]
-    if absent:
-        raise DataError(
-            f"{root}: {len(absent)} of {len(slide_ids)} slide(s) have no features, e.g. "
-            f"{absent[:5]}; run `pathgen-batch features extract` first"
-        )
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    expected, first = contract, "the requested contract"
-    for s in slide_ids:
-        sf = read_slide_features(feature_file(root, s))
-        if expected is None:
-            expected, first = sf.contract, f"slide {s}"
-        expected.check_matches(sf.contract, what=f"features of {first} vs slide {s}")
-        out[s] = (sf.coords, sf.feats)
-    if expected is None:
-        raise DataError(f"{root}: no slides requested")
-    return out, expected
-
-
 def load_training_data(
     cohort_dir: str | Path,
     features_dir: str | Path,
@@ -300,7 +270,8 @@ def load_training_data(
     if not isinstance(classes, list) or not classes:
         raise DataError(f"{cohort_dir}: cohort.json lists no grade_classes")
     sids = cohort.clinical["slide_id"].astype(str).tolist()
-    bags, found = read_feature_bags(features_dir, sids, contract)
+    bags = load_bags(features_dir, sids, contract)
+    found = contract if contract is not None else read_contract(feature_uri(features_dir, sids[0]))
     return assemble(
         cohort.clinical,
         cohort.expression,

@@ -1,0 +1,321 @@
+"""The S3 implementation of :class:`~pathgen_batch.storage.base.Store` (boto3 lives only here).
+
+Whole writes are one PUT (or a completed multipart upload for large local files); exclusive
+creation is a conditional PUT (``If-None-Match: *``). Transient failures (connection refused
+or reset, timeouts, throttling, 5xx) are retried with exponential backoff
+(:class:`~pathgen_batch.storage.base.RetryPolicy`); what still fails becomes a StorageError
+naming the location. Credentials come from boto3's standard chain (environment, shared files,
+instance roles) and ``AWS_ENDPOINT_URL`` selects an S3-compatible server; this module never
+reads, logs or stores a credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow.fs as pafs
+
+from pathgen_batch.storage.base import DEFAULT_RETRY, RetryPolicy, Staged, StorageError, Store
+from pathgen_batch.storage.locations import join, scratch_name, split_s3
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_RETRYABLE_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "Throttling",
+        "ThrottlingException",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+_MISSING_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+_PRECONDITION_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+_CLIENTS: dict[tuple[int, str | None], Any] = {}
+_CLIENT_LOCK = threading.Lock()
+# at DEBUG these libraries log signed request headers (which name the access key id)
+_QUIET = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def _quiet_transport_logs() -> None:
+    for name in _QUIET:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client for this process (standard credential chain; ``AWS_ENDPOINT_URL``)."""
+    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"))
+    with _CLIENT_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            _quiet_transport_logs()
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(
+                retries={"mode": "standard", "max_attempts": 2},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+            )
+            session = boto3.session.Session()
+            client = session.client("s3", config=cfg)
+            _CLIENTS[key] = client
+        return client
+
+
+def _error_code(e: BaseException) -> str:
+    resp = getattr(e, "response", None)
+    if isinstance(resp, dict):
+        err = resp.get("Error", {})
+        code = str(err.get("Code", ""))
+        if code:
+            return code
+        status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(status) if status else ""
+    return ""
+
+
+def _is_transient(e: BaseException) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(e, ClientError):
+        return _error_code(e) in _RETRYABLE_CODES
+    if isinstance(e, BotoCoreError):
+        return True  # connection refused/reset, timeouts, incomplete reads
+    return isinstance(e, ConnectionError | TimeoutError)
+
+
+def _is_missing(e: BaseException) -> bool:
+    return _error_code(e) in _MISSING_CODES
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def with_retries(what: str, fn: Callable[[], T], retry: RetryPolicy = DEFAULT_RETRY) -> T:
+    """``fn()`` retried on transient storage errors; the last failure becomes a StorageError."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    last: BaseException | None = None
+    for k in range(retry.attempts):
+        try:
+            return fn()
+        except (BotoCoreError, ClientError, OSError) as e:
+            if isinstance(e, OSError) and not isinstance(e, ConnectionError | TimeoutError):
+                raise
+            last = e
+            if not _is_transient(e):
+                break
+            if k + 1 < retry.attempts:
+                wait = retry.delay(k)
+                log.info("%s: %s; retrying in %.1f s", what, _reason(e), wait)
+                time.sleep(wait)
+    assert last is not None
+    tries = "" if not _is_transient(last) else f" after {retry.attempts} tries"
+    raise StorageError(f"{what}: {_reason(last)}{tries}") from last
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+class S3Store(Store):
+    """Objects in S3 buckets (``s3://bucket/key``), or any S3-compatible server."""
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return with_retries(what, fn, self.retry)
+
+    def list_objects(self, uri: str, page_size: int = 1000) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under an s3:// prefix, in key order (``page_size``
+        keys per request of the paginator)."""
+        bucket, prefix = split_s3(uri.rstrip("/"))
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        client = s3_client()
+
+        def pages() -> list[dict[str, Any]]:
+            pager = client.get_paginator("list_objects_v2")
+            config = {"PageSize": page_size}
+            return list(pager.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig=config))
+
+        for page in self._call(f"listing {uri}", pages):
+            for obj in page.get("Contents", []) or []:
+                yield str(obj["Key"]), int(obj["Size"])
+
+    def exists(self, uri: str) -> bool:
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        from botocore.exceptions import ClientError
+
+        def head() -> bool:
+            try:
+                client.head_object(Bucket=bucket, Key=key)
+            except ClientError as e:
+                if _is_missing(e):
+                    return False
+                raise
+            return True
+
+        return self._call(f"checking {uri}", head)
+
+    def read_bytes(self, uri: str) -> bytes:
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        return self._call(
+            f"reading {uri}", lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        )
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        self._call(f"writing {uri}", lambda: client.put_object(Bucket=bucket, Key=key, Body=data))
+
+    def upload_file(self, src: Path, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        self._call(f"writing {uri}", lambda: client.upload_file(str(src), bucket, key))
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        if self.exists(uri):
+            return False
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            except ClientError as e:
+                if _error_code(e) in _PRECONDITION_CODES:
+                    return False
+                raise
+            return True
+
+        return self._call(f"writing {uri}", put)
+
+    def list_files(self, prefix: str) -> list[tuple[str, int]]:
+        bucket, _ = split_s3(prefix)
+        return [(f"s3://{bucket}/{k}", n) for k, n in self.list_objects(prefix)]
+
+    def delete(self, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        self._call(f"deleting {uri}", lambda: client.delete_object(Bucket=bucket, Key=key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        bucket, _ = split_s3(prefix)
+        client = s3_client()
+        keys = [k for k, _ in self.list_objects(prefix)]
+        for i in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[i : i + 1000]]
+            self._call(
+                f"deleting under {prefix}",
+                functools.partial(client.delete_objects, Bucket=bucket, Delete={"Objects": chunk}),
+            )
+        return len(keys)
+
+    def check_access(self, uri: str, write: bool) -> None:
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        self._call(
+            f"reaching {uri}",
+            lambda: client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1),
+        )
+        if write:
+            probe = join(uri, f"_access-check-{uuid.uuid4().hex[:12]}")
+            self.write_bytes(probe, b"")
+            self.delete(probe)
+
+    def _download(self, uri: str, dest: Path, expected: int | None) -> int:
+        """Download ``uri`` to ``dest`` (whole: a hidden part file renamed), its size checked
+        against ``expected`` or the object's; the whole transfer is retried."""
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        retry = self.retry
+        last: StorageError | None = None
+        for k in range(retry.attempts):
+            part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+            try:
+                if expected is None:
+                    head = self._call(
+                        f"reading the size of {uri}",
+                        lambda: client.head_object(Bucket=bucket, Key=key),
+                    )
+                    expected = int(head["ContentLength"])
+                with_retries(
+                    f"downloading {uri}",
+                    functools.partial(client.download_file, bucket, key, str(part)),
+                    RetryPolicy(1),
+                )
+                got = part.stat().st_size
+                if got != expected:
+                    raise StorageError(
+                        f"downloading {uri}: got {got:,} bytes, the object has {expected:,}"
+                    )
+                os.replace(part, dest)
+                return got
+            except StorageError as e:
+                last = e
+                if _is_missing(e.__cause__ or e) or (
+                    e.__cause__ is not None and not _is_transient(e.__cause__)
+                ):
+                    break
+                if k + 1 < retry.attempts:
+                    time.sleep(retry.delay(k))
+            finally:
+                part.unlink(missing_ok=True)
+        assert last is not None
+        raise StorageError(f"{last} (gave up after {k + 1} tries)") from last.__cause__
+
+    @contextlib.contextmanager
+    def stage(self, uri: str, scratch_dir: str | Path, size: int | None = None) -> Iterator[Staged]:
+        t0 = time.perf_counter()
+        scratch = Path(scratch_dir)
+        scratch.mkdir(parents=True, exist_ok=True)
+        dest = scratch / scratch_name(uri)
+        if not _inside(dest, scratch):  # cannot happen with hashed names; kept as a guard
+            raise StorageError(f"{uri}: refusing to stage outside {scratch}")
+        try:
+            got = self._download(uri, dest, size)
+            yield Staged(dest, got, owned=True, seconds=time.perf_counter() - t0)
+        finally:
+            dest.unlink(missing_ok=True)
+
+    def arrow_filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """pyarrow's S3 file system, with the standard credential chain and
+        ``AWS_ENDPOINT_URL`` like boto3."""
+        bucket, key = split_s3(uri)
+        kwargs: dict[str, Any] = {}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            scheme, _, rest = endpoint.partition("://")
+            kwargs.update(endpoint_override=rest or scheme, scheme=scheme if rest else "https")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
