@@ -169,7 +169,7 @@ def score_archive(
 def _complete_summary(p: Prepared, tables: dict[str, str], seconds: float) -> RunSummary:
     row = tio.read_table(p.cfg.output, "runs", [p.run_id]).to_pylist()[0]
     timings = json.loads(row["timings_json"])
-    stage_times = StageTimes.from_dict(timings) if "download_s" in timings else None
+    stage_times = StageTimes.from_dict(timings) if StageTimes.keys() & timings.keys() else None
     if not row["features_written"]:
         tables.pop("features", None)
     return RunSummary(

@@ -60,6 +60,11 @@ class StageTimes:
         """From :meth:`to_dict`'s form; other keys are ignored, missing stages are 0."""
         return cls(**{n: float(data.get(f"{n}_s", 0.0)) for n in TIMED_STAGES})
 
+    @staticmethod
+    def keys() -> set[str]:
+        """The keys of :meth:`to_dict`."""
+        return {f"{n}_s" for n in TIMED_STAGES}
+
     def by_stage(self) -> dict[str, float]:
         """``{"download": ..., ...}`` in stage order."""
         return {n: float(getattr(self, n)) for n in TIMED_STAGES}
