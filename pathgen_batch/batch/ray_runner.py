@@ -111,25 +111,17 @@ def build_pipeline(
     res: Resources,
 ) -> Any:
     """The Ray Data pipeline of one pass over ``pending`` (lazy: nothing runs until consumed)."""
-    items = input_rows(pending, p.feature_index if p.cfg.reuse_features else None)
+    reuse = p.cfg.reuse_features  # the bag from stored features: no slide read, no GPU
+    items = input_rows(pending, p.feature_index if reuse else None)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    if p.cfg.reuse_features:
-        ds = ds.map_batches(
-            FeatureReader,
-            fn_constructor_kwargs={"ctx": wctx},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=res.encoder_actors),
-            num_cpus=res.encoder_cpus,
-        )
-    else:
-        ds = ds.map_batches(
-            TileEncoder,
-            fn_constructor_kwargs={"ctx": wctx},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=res.encoder_actors),
-            num_cpus=res.encoder_cpus,
-            num_gpus=res.encoder_gpus,
-        )
+    ds = ds.map_batches(
+        FeatureReader if reuse else TileEncoder,
+        fn_constructor_kwargs={"ctx": wctx},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=res.encoder_actors),
+        num_cpus=res.encoder_cpus,
+        num_gpus=0.0 if reuse else res.encoder_gpus,
+    )
     return ds.map_batches(
         SlideScorer,
         fn_constructor_kwargs={"ctx": wctx},
