@@ -4,7 +4,7 @@ Tiny generator/fusion bundles are trained on a small synthetic cohort; the archi
 second synthetic cohort of larger slides (pyramidal TIFFs textured from real H&E). In one run:
 
 1. throughput: the Ray job (a fresh local Ray with ``--cpus`` CPUs, start-up included) against
-   the very same stages (``TileEncoder`` then ``SlideScorer`` of ``pathgen_batch.batch.stages``)
+   the very same stages (``TileEncoder`` then ``SlideScorer``, ``pathgen_batch.batch.run_serial``)
    called one slide after the other in this process (models loaded before the clock starts;
    torch free to use every core), over the same 4N slides;
 2. memory: peak resident memory of the whole job (driver, Ray's processes and workers, summed,
@@ -171,23 +171,20 @@ def serial_loop(cfg: Any) -> tuple[list[float], float, int]:
     """The same stages in one process; (finish times, wall seconds, tiles)."""
     from pathgen_batch import storage
     from pathgen_batch.batch import commit as cm
-    from pathgen_batch.batch.pipeline import prepare, worker_context
-    from pathgen_batch.batch.stages import SlideScorer, TileEncoder, jobs_batch
+    from pathgen_batch.batch import run_serial
+    from pathgen_batch.batch.encode_stage import TileEncoder
+    from pathgen_batch.batch.prepare import prepare, worker_context
+    from pathgen_batch.batch.score_stage import SlideScorer
 
     p = prepare(cfg)
     sources = storage.list_archive(cfg.archive)
     cm.RunState.begin(p.layout, p.identity(), lambda: sources, cfg.retry)
-    ctx = worker_context(p).to_dict()
+    ctx = worker_context(p)
     enc, scorer = TileEncoder(ctx), SlideScorer(ctx)  # loaded before the clock starts
-    stamps, tiles = [], 0
+    stamps: list[float] = []
     t0 = time.perf_counter()
-    for src in sources:
-        row = jobs_batch([src])[0]
-        batch = {k: np.asarray([v]) for k, v in row.items()}
-        out = scorer(enc(batch))
-        tiles += int(out["n_tiles"][0])
-        stamps.append(time.perf_counter())
-    return stamps, time.perf_counter() - t0, tiles
+    rows = run_serial(enc, scorer, sources, on_row=lambda _: stamps.append(time.perf_counter()))
+    return stamps, time.perf_counter() - t0, sum(r.n_tiles for r in rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -260,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{wall:.1f} s: {summary.n_scored / wall * 3600:.0f} slides/h, "
         f"{tiles / wall / args.cpus:.1f} tiles/s per core; peak {peaks['4N']:.0f} MiB"
     )
-    print(f"  time per stage, summed over slides: {summary.stage_seconds}")
+    times = summary.stage_times.by_stage() if summary.stage_times is not None else {}
+    print(f"  time per stage, summed over slides: {times}")
     print(f"re-scoring {rescored.n_scored} slides from stored features: {rescore_wall:.1f} s")
     shutil.rmtree(root / "scratch", ignore_errors=True)
 

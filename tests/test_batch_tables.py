@@ -13,6 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch.stage_rows import (
+    SlideRow,
+    SlideStatus,
+    StageTimes,
+    TileBag,
+    from_batch,
+    input_rows,
+    to_batch,
+)
+from pathgen_batch.batch.summary import Progress, RunSummary
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import RetryPolicy, SlideSource
@@ -48,6 +58,68 @@ RETRY = RetryPolicy(attempts=1)
 CONTRACT = FeatureContract("stain-texture", "v1", 4, 64, 0.5)
 LIN = Lineage("gen", "3", "fus", "7", CONTRACT.to_json(), CONTRACT.digest)
 GENES, FAMILIES = ["G1", "G2", "G3"], ["fa", "fa", "fb"]
+
+
+# -- rows between the stages ---------------------------------------------------------------
+def test_stage_rows_cross_the_batch_form_with_none_and_bags_intact() -> None:
+    bare = SlideRow(SlideSource("s3://b/a.svs", "a"))  # nothing known: every optional is None
+    full = SlideRow(
+        SlideSource("s3://b/c.svs", "c", size=12, patient_id="P1", mpp=0.25),
+        status=SlideStatus.ENCODED,
+        attempt=2,
+        attempt_id="0002-abc",
+        n_tiles=3,
+        size_l0=128,
+        slide_mpp=0.25,
+        mpp_source="manifest",
+        bag=TileBag(
+            x=np.array([0, 128, 256]),
+            y=np.zeros(3, dtype=np.int64),
+            tissue=np.array([1.0, 0.5, 0.75], dtype=np.float32),
+            feats=np.arange(12, dtype=np.float32).reshape(3, 4),
+        ),
+        times=StageTimes(download=1.5, encode=0.25),
+    )
+    back = from_batch(to_batch([bare, full]))
+    assert back[0] == bare and back[0].source.mpp is None and back[0].slide_mpp is None
+    assert back[0].bag is None and back[0].attempt_id is None
+    got = back[1]
+    assert got.but(bag=None) == full.but(bag=None)
+    assert got.bag is not None and full.bag is not None
+    np.testing.assert_array_equal(got.bag.feats, full.bag.feats)
+    np.testing.assert_array_equal(got.bag.x, [0, 128, 256])
+    np.testing.assert_array_equal(got.bag.tissue, full.bag.tissue)
+    # the pipeline's input items say where each stored bag is, or None
+    items = input_rows([bare.source, full.source], {"c": ("part-0.parquet", 4)})
+    rows = from_batch({k: np.asarray([i[k] for i in items], dtype=object) for k in items[0]})
+    assert [(r.feature_uri, r.feature_group) for r in rows] == [
+        (None, None),
+        ("part-0.parquet", 4),
+    ]
+
+
+def test_stage_times_one_record_for_rows_runs_row_and_summary() -> None:
+    a, b = StageTimes(download=1.0, tiles=2.0), StageTimes(encode=0.5, score=0.25, write=4.0)
+    total = a + b
+    assert total.to_dict() == {
+        "download_s": 1.0,
+        "tiles_s": 2.0,
+        "encode_s": 0.5,
+        "score_s": 0.25,
+        "write_s": 4.0,
+    }
+    assert StageTimes.from_dict({**total.to_dict(), "passes": 2, "wall_s": 9.0}) == total
+    prog = Progress(total=2)
+    prog.count(SlideRow(SlideSource("u", "a"), status=SlideStatus.SCORED, n_tiles=5, times=a))
+    prog.count(SlideRow(SlideSource("u", "b"), status=SlideStatus.FAILED, times=b))
+    assert (prog.scored, prog.failed, prog.tiles, prog.times) == (1, 1, 5, total)
+    with pytest.raises(DataError, match="unscored"):
+        prog.count(SlideRow(SlideSource("u", "c"), status=SlideStatus.ENCODED))
+    summary = RunSummary("r", "out", 2, 1, 1, 5, 10.0, total, {})
+    assert (
+        "  time per stage (summed over slides): download 1.0 s, tiles 2.0 s, encode 0.5 s, "
+        "score 0.2 s, write 4.0 s" in summary.lines()
+    )
 
 
 # -- schemas --------------------------------------------------------------------------------

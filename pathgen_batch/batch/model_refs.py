@@ -46,10 +46,6 @@ class ModelRef:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelRef:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
 class RegistryAccess:

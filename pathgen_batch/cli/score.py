@@ -82,7 +82,7 @@ def score(**kw: object) -> None:
     run could not start or complete (bad arguments, models missing or mismatched, storage or Ray
     unreachable) - rerun with the same --run-id to resume.
     """
-    from pathgen_batch.batch.pipeline import Progress, score_archive
+    from pathgen_batch.batch import Progress, score_archive
 
     exts = kw.pop("extensions")
     encoder_gpus = kw.pop("encoder_gpus")

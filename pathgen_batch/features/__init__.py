@@ -12,6 +12,7 @@
 
 from pathgen_batch.features.bags import pad_bags, subsample_indices
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.features.encode_slide import EncodedSlide, encode_slide, spec_for
 from pathgen_batch.features.encoder import Encoder, resolve_device
 from pathgen_batch.features.encoders import (
     DEFAULT_ENCODER,
@@ -28,7 +29,6 @@ from pathgen_batch.features.extract import (
     extract_cohort,
     extract_slide,
     extract_slides,
-    spec_for,
 )
 from pathgen_batch.features.store import (
     SlideFeatures,
@@ -43,6 +43,7 @@ from pathgen_batch.features.store import (
 
 __all__ = [
     "DEFAULT_ENCODER",
+    "EncodedSlide",
     "Encoder",
     "EncoderEntry",
     "FeatureContract",
@@ -50,6 +51,7 @@ __all__ = [
     "SlideResult",
     "build_encoder",
     "cohort_slides",
+    "encode_slide",
     "encoder_entries",
     "encoder_for_contract",
     "encoder_names",

@@ -1,8 +1,7 @@
 """Feature extraction: slide -> tiles -> encoder -> per-slide feature file.
 
-``extract_slide`` tiles one slide at the encoder's resolution and encodes every kept tile.
-Tile reading runs in a background thread ``prefetch`` batches ahead, so that decoding the next
-batch overlaps with encoding this one (OpenSlide and torch both release the GIL).
+``extract_slide`` encodes one slide with :func:`pathgen_batch.features.encode_slide.encode_slide`
+(the loop the batch scorer uses too) and returns its :class:`SlideFeatures`.
 ``extract_slides`` / ``extract_cohort`` write one Parquet file per slide (see
 :mod:`pathgen_batch.features.store`) and are resumable: a slide whose file already exists with
 the same contract and tiling settings is skipped; one with a different contract is an error
@@ -12,18 +11,16 @@ the same contract and tiling settings is skipped; one with a different contract 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
 from pathgen_batch.errors import ConfigError, DataError, SlideError
+from pathgen_batch.features.encode_slide import encode_slide, spec_for
 from pathgen_batch.features.encoder import Encoder
 from pathgen_batch.features.store import (
     SlideFeatures,
@@ -33,71 +30,9 @@ from pathgen_batch.features.store import (
     read_extraction,
     write_slide_features,
 )
-from pathgen_batch.slides import TileSpec, open_slide, read_tiles, tile_grid, tissue_mask
+from pathgen_batch.slides import TileSpec
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-def spec_for(encoder: Encoder, min_tissue: float = 0.5) -> TileSpec:
-    """The tile spec matching ``encoder``'s contract."""
-    return TileSpec(tile_px=encoder.tile_px, mpp=encoder.mpp, min_tissue=min_tissue)
-
-
-def _check_spec(spec: TileSpec, encoder: Encoder) -> None:
-    if spec.tile_px != encoder.tile_px or abs(spec.mpp - encoder.mpp) > 1e-9 * encoder.mpp:
-        raise ConfigError(
-            f"tile spec ({spec.tile_px} px at {spec.mpp} um/px) does not match the encoder's "
-            f"contract ({encoder.tile_px} px at {encoder.mpp} um/px)"
-        )
-
-
-_DONE = object()
-
-
-def prefetch_batches(it: Iterator[T], depth: int) -> Generator[T, None, None]:
-    """Run ``it`` in a thread, ``depth`` items ahead; errors re-raised in the consumer.
-
-    The thread is always joined before this generator finishes, also when the consumer stops
-    early or fails, so the resource ``it`` reads from can be closed right after.
-    """
-    if depth < 1:
-        yield from it
-        return
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in it:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as e:  # re-raised in the consumer thread
-            put(e)
-
-    th = threading.Thread(target=work, name="tile-prefetch", daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        th.join()
 
 
 def extract_slide(
@@ -117,42 +52,33 @@ def extract_slide(
     slide errors of :mod:`pathgen_batch.slides` (unreadable file, no MPP, no tissue).
     Returns features in tile-grid order: x, y (N,), feats (N, D), tissue (N,).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
     spec = spec or spec_for(encoder)
-    _check_spec(spec, encoder)
     p = Path(path)
     sid = check_slide_id(slide_id if slide_id is not None else p.stem)
-    t0 = time.perf_counter()
-    feats: list[np.ndarray] = []
-    encode_s = 0.0
-    with open_slide(p, mpp_override=mpp_override) as slide:
-        grid = tile_grid(slide, spec, tissue_mask(slide))
-        tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
-        with closing(tiles):  # joins the reader thread before the slide closes
-            for batch in tiles:
-                te = time.perf_counter()
-                feats.append(encoder.encode(batch.images))  # (B, D)
-                encode_s += time.perf_counter() - te
-        info: dict[str, Any] = {
-            "slide_id": sid,
-            "source": str(p),
-            "slide_mpp": slide.mpp,
-            "mpp_source": slide.mpp_source,
-            "mpp_override": mpp_override,
-            "min_tissue": spec.min_tissue,
-            "level": grid.level,
-            "read_px": grid.read_px,
-            "n_candidates": grid.n_candidates,
-        }
-    seconds = time.perf_counter() - t0
-    info.update(n_tiles=len(grid), seconds=round(seconds, 4), encode_seconds=round(encode_s, 4))
+    enc = encode_slide(
+        p, encoder, spec, mpp_override=mpp_override, batch_size=batch_size, prefetch=prefetch
+    )
+    grid = enc.grid
+    info: dict[str, Any] = {
+        "slide_id": sid,
+        "source": str(p),
+        "slide_mpp": enc.slide_mpp,
+        "mpp_source": enc.mpp_source,
+        "mpp_override": mpp_override,
+        "min_tissue": spec.min_tissue,
+        "level": grid.level,
+        "read_px": grid.read_px,
+        "n_candidates": grid.n_candidates,
+        "n_tiles": len(grid),
+        "seconds": round(enc.seconds, 4),
+        "encode_seconds": round(enc.encode_s, 4),
+    }
     return SlideFeatures(
         slide_id=sid,
         contract=encoder.contract,
         x=grid.x.astype(np.int64),
         y=grid.y.astype(np.int64),
-        feats=np.concatenate(feats) if feats else np.zeros((0, encoder.dim), np.float32),
+        feats=enc.feats,
         tissue=grid.tissue.astype(np.float32),
         size_l0=grid.size_l0,
         extraction=info,

@@ -47,13 +47,6 @@ class Lineage:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Lineage:
-        try:
-            return cls(**{k: data[k] for k in LINEAGE_COLUMNS})
-        except KeyError as e:
-            raise DataError(f"lineage: missing key {e}") from None
-
     def columns(self, n: int) -> dict[str, pa.Array]:
         """The lineage columns for ``n`` rows."""
         return {k: pa.array([v] * n, pa.string()) for k, v in self.to_dict().items()}

@@ -40,7 +40,9 @@ Tables (columns besides lineage):
 - ``features`` (optional): one row per tile: x, y, size_l0, tissue, feature (float32 x D);
   one Parquet row group per slide, for re-scoring with new model versions without the slides.
 - ``runs``: one row per run, written last: status, timestamps, archive, output, counts,
-  timings per stage (JSON), configuration (JSON), code version, features source.
+  timings (JSON: seconds per stage summed over slides, ``download_s``, ``tiles_s``,
+  ``encode_s``, ``score_s``, ``write_s``, when any slide went through the pipeline; ``passes``;
+  ``wall_s``), configuration (JSON), code version, features source.
 """
 
 from __future__ import annotations

@@ -1,0 +1,129 @@
+"""The first stage of a scoring run: each slide's bag of tile features.
+
+:class:`TileEncoder` stages the slide to local scratch and runs the one slide -> tiles ->
+encoder loop of :mod:`pathgen_batch.features.encode_slide` on it (the loop feature extraction
+uses, so a bag scored here equals the one ``extract`` writes); :class:`FeatureReader` instead
+reads the bag from the ``features`` table of an earlier run. Both begin an attempt at a slide
+that has no commit yet, and commit a failure when the slide cannot give a bag.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pathgen_batch.batch.stage_rows import (
+    SlideRow,
+    SlideStatus,
+    StageTimes,
+    TileBag,
+    from_batch,
+    to_batch,
+)
+from pathgen_batch.batch.stages import SLIDE_FAILURES, SlideStage, WorkerContext
+from pathgen_batch.errors import PathgenError, SlideError
+from pathgen_batch.features.encode_slide import Phase, encode_slide, spec_for
+from pathgen_batch.features.encoder import resolve_device
+from pathgen_batch.features.encoders import encoder_for_contract
+from pathgen_batch.storage import StorageError, stage
+from pathgen_batch.tables.io import read_row_group
+from pathgen_batch.tables.rows import bag_from_features
+
+PREFETCH = 2  # tile batches read ahead of the encoder
+
+
+class TileEncoder(SlideStage):
+    """Stage + tile + encode, one slide at a time (see the module docstring)."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        super().__init__(ctx)
+        self.encoder = encoder_for_contract(ctx.contract, device=resolve_device(ctx.device))
+        self.spec = spec_for(self.encoder, ctx.min_tissue)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return to_batch([self.encode(r) for r in from_batch(batch)])
+
+    def encode(self, row: SlideRow) -> SlideRow:
+        started = self.begin(row)
+        if started is None:
+            return row.but(status=SlideStatus.SKIPPED)
+        src = started.source
+        times = StageTimes()
+        phase: str = "download"
+
+        def now_in(p: Phase) -> None:
+            nonlocal phase
+            phase = p
+
+        try:
+            with stage(src, self.ctx.scratch_dir, self.retry) as staged:
+                times.download = staged.seconds
+                enc = encode_slide(
+                    staged.path,
+                    self.encoder,
+                    self.spec,
+                    mpp_override=src.mpp,
+                    batch_size=self.ctx.encoder_batch_size,
+                    prefetch=PREFETCH,
+                    on_phase=now_in,
+                )
+        except SLIDE_FAILURES as e:
+            if isinstance(e, StorageError):
+                phase = "download"
+            elif isinstance(e, SlideError) and phase == "encode":
+                phase = "tiles"
+            return self.fail(started, phase, e, times)
+        times.tiles, times.encode = enc.tiles_s, enc.encode_s
+        grid = enc.grid
+        return started.but(
+            status=SlideStatus.ENCODED,
+            n_tiles=len(grid),
+            size_l0=int(grid.size_l0),
+            slide_mpp=enc.slide_mpp,
+            mpp_source=enc.mpp_source,
+            bag=TileBag(
+                x=grid.x.astype(np.int64),
+                y=grid.y.astype(np.int64),
+                tissue=grid.tissue.astype(np.float32),
+                feats=enc.feats,
+            ),
+            times=times,
+        )
+
+
+class MissingFeaturesError(PathgenError):
+    """A slide has no stored features in the run it is re-scored from."""
+
+
+class FeatureReader(SlideStage):
+    """The bag of each slide from a stored ``features`` table (``reuse_features``).
+
+    Rows carry ``feature_uri`` and ``feature_group`` (None when the slide has none).
+    """
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return to_batch([self.read(r) for r in from_batch(batch)])
+
+    def read(self, row: SlideRow) -> SlideRow:
+        started = self.begin(row)
+        if started is None:
+            return row.but(status=SlideStatus.SKIPPED)
+        t0 = time.perf_counter()
+        try:
+            if row.feature_uri is None or row.feature_group is None:
+                raise MissingFeaturesError(
+                    f"slide {row.source.slide_id}: no stored features in the features run"
+                )
+            x, y, feats, size_l0 = bag_from_features(
+                read_row_group(row.feature_uri, row.feature_group)
+            )
+        except SLIDE_FAILURES as e:
+            return self.fail(started, "features", e, StageTimes())
+        return started.but(
+            status=SlideStatus.ENCODED,
+            n_tiles=int(x.size),
+            size_l0=size_l0,
+            bag=TileBag(x=x, y=y, tissue=np.ones(x.size, dtype=np.float32), feats=feats),
+            times=StageTimes(download=time.perf_counter() - t0),
+        )

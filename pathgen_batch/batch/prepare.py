@@ -1,0 +1,160 @@
+"""Everything a scoring run settles before any slide is read.
+
+:func:`prepare` resolves the models (registry URIs pinned to version numbers), compares their
+feature contract and gene panel, checks the archive and the output for access, names the run
+and, with ``reuse_features``, finds the run whose stored features to score;
+:func:`worker_context` is what each stage is given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pathgen_batch import storage
+from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch.config import ScoreConfig
+from pathgen_batch.batch.model_refs import (
+    ModelRef,
+    PairInfo,
+    RegistryAccess,
+    check_pair,
+    resolve_model,
+)
+from pathgen_batch.batch.stages import WorkerContext
+from pathgen_batch.errors import ConfigError
+from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.storage import SlideSource
+from pathgen_batch.tables import io as tio
+from pathgen_batch.tables.rows import Lineage
+
+
+def new_run_id() -> str:
+    """``YYYYmmddTHHMMSSZ-<6 hex>``: sortable by start time, unique."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run ready to start: its settings, id, resolved models and their fit, its lineage and
+    (``reuse_features``) where each slide's stored bag is."""
+
+    cfg: ScoreConfig
+    run_id: str
+    generator: ModelRef
+    fusion: ModelRef
+    pair: PairInfo
+    lineage: Lineage
+    features_run: str | None
+    feature_index: dict[str, tuple[str, int]]
+
+    @property
+    def layout(self) -> cm.RunLayout:
+        return cm.RunLayout(self.cfg.output, self.run_id)
+
+    def identity(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "generator": [self.generator.name, self.generator.version],
+            "fusion": [self.fusion.name, self.fusion.version],
+            "contract_digest": self.pair.contract.digest,
+            "gene_panel_digest": self.pair.panel.digest,
+            "min_tissue": c.min_tissue,
+            "n_samples": c.n_samples,
+            "seed": c.seed,
+            "write_features": c.write_features,
+            "features_run": self.features_run,
+        }
+
+
+def _latest_features_run(output: str, contract: FeatureContract) -> str:
+    runs = tio.complete_runs(output)
+    if not runs:
+        raise ConfigError(f"reuse_features: {output} holds no complete run to take features from")
+    table = tio.read_runs(output)
+    rows = [
+        r
+        for r in table.to_pylist()
+        if r["features_written"] and r["contract_digest"] == contract.digest
+    ]
+    if not rows:
+        raise ConfigError(
+            f"reuse_features: no complete run in {output} stored features with the models' "
+            f"contract ({contract.describe()}); score once with write_features"
+        )
+    return str(max(rows, key=lambda r: r["finished_at"])[tio.PARTITION])
+
+
+def _features_source(output: str, run: str | None, contract: FeatureContract) -> str:
+    if run is None:
+        return _latest_features_run(output, contract)
+    if run not in tio.complete_runs(output):
+        raise ConfigError(f"features_run: run {run!r} is not a complete run in {output}")
+    row = tio.read_table(output, "runs", [run]).to_pylist()[0]
+    if not row["features_written"]:
+        raise ConfigError(f"features_run: run {run!r} did not store features")
+    if row["contract_digest"] != contract.digest:
+        stored = FeatureContract.from_json(row["encoder_contract"], f"run {run}")
+        contract.check_matches(stored, what=f"models vs features of run {run}")
+    return run
+
+
+def prepare(cfg: ScoreConfig) -> Prepared:
+    """Everything that can fail before a slide is read: models, their fit, storage access."""
+    run_id = tio.check_run_id(cfg.run_id) if cfg.run_id is not None else new_run_id()
+    access = RegistryAccess(cfg.workspace, cfg.tracking_uri)
+    gen = resolve_model(cfg.generator, "generator", access)
+    fus = resolve_model(cfg.fusion, "fusion", access)
+    pair = check_pair(gen, fus)
+    lineage = Lineage(
+        generator_model=gen.name,
+        generator_version=gen.version,
+        fusion_model=fus.name,
+        fusion_version=fus.version,
+        encoder_contract=pair.contract.to_json(),
+        contract_digest=pair.contract.digest,
+    )
+    storage.check_access(cfg.output, write=True, retry=cfg.retry)
+    storage.check_access(cfg.archive, write=False, retry=cfg.retry)
+    features_run = None
+    index: dict[str, tuple[str, int]] = {}
+    if cfg.reuse_features:
+        features_run = _features_source(cfg.output, cfg.features_run, pair.contract)
+        index = tio.feature_index(cfg.output, features_run)
+    return Prepared(cfg, run_id, gen, fus, pair, lineage, features_run, index)
+
+
+def list_inputs(p: Prepared) -> Callable[[], Sequence[SlideSource]]:
+    """The archive's listing, deferred (a resumed run keeps the inputs it froze)."""
+    cfg = p.cfg
+    return lambda: storage.list_archive(cfg.archive, cfg.extensions, cfg.retry)
+
+
+def worker_context(p: Prepared, device: str = "auto") -> WorkerContext:
+    """What every stage of run ``p`` needs (sent to each Ray actor once)."""
+    cfg = p.cfg
+    scratch = cfg.scratch_dir or os.path.join(tempfile.gettempdir(), "pathgen-scratch")
+    return WorkerContext(
+        output=storage.normalise(cfg.output),
+        run_id=p.run_id,
+        lineage=p.lineage,
+        contract=p.pair.contract,
+        generator=p.generator,
+        fusion=p.fusion,
+        workspace=cfg.workspace,
+        tracking_uri=cfg.tracking_uri,
+        scratch_dir=os.path.join(scratch, p.run_id),
+        retry=cfg.retry,
+        min_tissue=cfg.min_tissue,
+        encoder_batch_size=cfg.encoder_batch_size,
+        n_samples=cfg.n_samples,
+        seed=cfg.seed,
+        write_features=cfg.write_features,
+        device=device,
+    )

@@ -1,0 +1,148 @@
+"""Ray: connecting, sizing the actor pools, and one pass of the Ray Data pipeline.
+
+::
+
+    from_items(slide URIs)                        driver: locations only, one block per slide
+      -> map_batches(TileEncoder | FeatureReader)  actor pool: stage, tile, encode (GPU if any)
+      -> map_batches(SlideScorer)                  actor pool: generator, fusion, conformal,
+                                                   attention; per-slide files and the commit
+      -> iter_rows()                               driver: one small status row per slide
+
+Ray is imported only here (lazily, when a run has slides to score).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pathgen_batch import storage
+from pathgen_batch.batch.config import ScoreConfig
+from pathgen_batch.batch.encode_stage import FeatureReader, TileEncoder
+from pathgen_batch.batch.prepare import Prepared
+from pathgen_batch.batch.score_stage import SlideScorer
+from pathgen_batch.batch.stage_rows import from_ray_row, input_rows
+from pathgen_batch.batch.stages import WorkerContext
+from pathgen_batch.batch.summary import Progress
+from pathgen_batch.errors import ConfigError
+from pathgen_batch.storage import SlideSource, StorageError
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Actor pools and the resources each actor asks Ray for."""
+
+    encoder_actors: int
+    encoder_cpus: float
+    encoder_gpus: float
+    scorer_actors: int
+    scorer_cpus: float
+    scorer_gpus: float
+
+
+def plan_resources(cfg: ScoreConfig, cluster: dict[str, float]) -> Resources:
+    """Actor pool sizes from the config, filling what it leaves open from the cluster's
+    resources: with GPUs, one encoder per GPU sharing it with the scorer (0.5 GPU each);
+    without, one encoder per CPU (0.75 CPU each) beside a light scorer (0.25 CPU)."""
+    cpus = max(1.0, float(cluster.get("CPU", 1.0)))
+    gpus = float(cluster.get("GPU", 0.0))
+    if gpus >= 1:
+        enc_gpus = 0.5 if cfg.encoder_num_gpus is None else cfg.encoder_num_gpus
+        sc_gpus = 0.5 if cfg.scorer_num_gpus is None else cfg.scorer_num_gpus
+        n_enc = cfg.encoder_actors or max(1, int(gpus))
+        sc_cpus = 1.0 if cfg.scorer_num_cpus is None else cfg.scorer_num_cpus
+        spare = max(1.0, (cpus - sc_cpus * cfg.scorer_actors) / n_enc)
+        enc_cpus = min(4.0, spare) if cfg.encoder_num_cpus is None else cfg.encoder_num_cpus
+    else:
+        enc_gpus = cfg.encoder_num_gpus or 0.0
+        sc_gpus = cfg.scorer_num_gpus or 0.0
+        n_enc = cfg.encoder_actors or max(1, math.floor(cpus))
+        sc_cpus = 0.25 if cfg.scorer_num_cpus is None else cfg.scorer_num_cpus
+        enc_cpus = 0.75 if cfg.encoder_num_cpus is None else cfg.encoder_num_cpus
+    return Resources(n_enc, enc_cpus, enc_gpus, cfg.scorer_actors, sc_cpus, sc_gpus)
+
+
+def connect(cfg: ScoreConfig) -> tuple[Any, bool]:
+    """(the ray module, whether this call started Ray and must shut it down)."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    forward = {
+        k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION") if k in os.environ
+    }
+    runtime_env = {"env_vars": forward} if forward else None
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:  # an existing cluster (also inside `ray job submit`, which sets RAY_ADDRESS)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=cfg.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env=runtime_env,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or "a local instance"
+        raise ConfigError(f"Ray: cannot connect to {storage.redact(where)} ({e})") from e
+    return ray, True
+
+
+def configure_data(ray: Any) -> None:
+    """Quiet Ray Data, and let actors retry a batch on a storage error."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    ctx.actor_task_retry_on_errors = [StorageError]
+
+
+def build_pipeline(
+    ray: Any,
+    p: Prepared,
+    wctx: WorkerContext,
+    pending: Sequence[SlideSource],
+    res: Resources,
+) -> Any:
+    """The Ray Data pipeline of one pass over ``pending`` (lazy: nothing runs until consumed)."""
+    reuse = p.cfg.reuse_features  # the bag from stored features: no slide read, no GPU
+    items = input_rows(pending, p.feature_index if reuse else None)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(
+        FeatureReader if reuse else TileEncoder,
+        fn_constructor_kwargs={"ctx": wctx},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=res.encoder_actors),
+        num_cpus=res.encoder_cpus,
+        num_gpus=0.0 if reuse else res.encoder_gpus,
+    )
+    return ds.map_batches(
+        SlideScorer,
+        fn_constructor_kwargs={"ctx": wctx},
+        batch_size=p.cfg.scorer_batch_size,
+        compute=ray.data.ActorPoolStrategy(size=res.scorer_actors),
+        num_cpus=res.scorer_cpus,
+        num_gpus=res.scorer_gpus,
+    )
+
+
+def consume(
+    ds: Any,
+    prog: Progress,
+    report: Callable[[Progress], None] | None,
+    every_s: float,
+) -> None:
+    """Run ``ds``, counting each slide's status row into ``prog``; ``report(prog)`` every
+    ``every_s`` seconds."""
+    last = time.monotonic()
+    for row in ds.iter_rows():
+        prog.count(from_ray_row(row))
+        if report is not None and time.monotonic() - last >= every_s:
+            report(prog)
+            last = time.monotonic()

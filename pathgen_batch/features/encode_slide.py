@@ -1,0 +1,157 @@
+"""The one slide -> tiles -> encoder loop, shared by feature extraction and batch scoring.
+
+:func:`encode_slide` opens a local slide file, computes its tissue mask and the tile grid at the
+encoder's tile size and MPP, and encodes every kept tile ``batch_size`` at a time. Tile reading
+runs in a background thread ``prefetch`` batches ahead (:func:`prefetch_batches`), so that
+decoding the next batch overlaps with encoding this one (OpenSlide and torch both release the
+GIL). :func:`pathgen_batch.features.extract.extract_slide` turns the result into a feature file;
+the batch scorer's encoder stage turns it into the bag it scores.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from pathgen_batch.errors import ConfigError
+from pathgen_batch.features.encoder import Encoder
+from pathgen_batch.slides import TileGrid, TileSpec, open_slide, read_tiles, tile_grid, tissue_mask
+
+T = TypeVar("T")
+Phase = Literal["open", "tiles", "encode"]
+
+
+def spec_for(encoder: Encoder, min_tissue: float = 0.5) -> TileSpec:
+    """The tile spec matching ``encoder``'s contract."""
+    return TileSpec(tile_px=encoder.tile_px, mpp=encoder.mpp, min_tissue=min_tissue)
+
+
+def check_spec(spec: TileSpec, encoder: Encoder) -> None:
+    """ConfigError unless ``spec`` has the encoder's tile size and MPP."""
+    if spec.tile_px != encoder.tile_px or abs(spec.mpp - encoder.mpp) > 1e-9 * encoder.mpp:
+        raise ConfigError(
+            f"tile spec ({spec.tile_px} px at {spec.mpp} um/px) does not match the encoder's "
+            f"contract ({encoder.tile_px} px at {encoder.mpp} um/px)"
+        )
+
+
+_DONE = object()
+
+
+def prefetch_batches(it: Iterator[T], depth: int) -> Generator[T, None, None]:
+    """Run ``it`` in a thread, ``depth`` items ahead; errors re-raised in the consumer.
+
+    The thread is always joined before this generator finishes, also when the consumer stops
+    early or fails, so the resource ``it`` reads from can be closed right after.
+    """
+    if depth < 1:
+        yield from it
+        return
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in it:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as e:  # re-raised in the consumer thread
+            put(e)
+
+    th = threading.Thread(target=work, name="tile-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join()
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
+class EncodedSlide:
+    """The kept tiles of one slide and their features, in tile-grid order."""
+
+    grid: TileGrid  # x, y, tissue (N,), size_l0, level, read_px, n_candidates
+    feats: np.ndarray  # (N, D) float32
+    slide_mpp: float  # level-0 um/px the tiling used
+    mpp_source: str  # where that MPP came from (see pathgen_batch.slides.mpp)
+    seconds: float  # open to close, encoding included
+    encode_s: float  # of which in the encoder
+
+    @property
+    def tiles_s(self) -> float:
+        """Seconds spent opening, masking and reading tiles (everything but the encoder)."""
+        return self.seconds - self.encode_s
+
+
+def encode_slide(
+    path: str | Path,
+    encoder: Encoder,
+    spec: TileSpec,
+    *,
+    mpp_override: float | None = None,
+    batch_size: int = 64,
+    prefetch: int = 2,
+    on_phase: Callable[[Phase], None] | None = None,
+) -> EncodedSlide:
+    """Tile the slide at ``path`` by ``spec`` and encode every kept tile with ``encoder``.
+
+    ``spec`` must agree with the encoder's contract (ConfigError otherwise). Raises the slide
+    errors of :mod:`pathgen_batch.slides` (unreadable file, no MPP, no tissue). ``on_phase`` is
+    told what the loop does next (``open``, then ``tiles`` and ``encode`` in turn), so that a
+    caller can say where a slide failed.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    check_spec(spec, encoder)
+    phase = on_phase or (lambda _: None)
+    t0 = time.perf_counter()
+    feats: list[np.ndarray] = []
+    encode_s = 0.0
+    phase("open")
+    with open_slide(path, mpp_override=mpp_override) as slide:
+        phase("tiles")
+        grid = tile_grid(slide, spec, tissue_mask(slide))
+        tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
+        with closing(tiles):  # joins the reader thread before the slide closes
+            for batch in tiles:
+                phase("encode")
+                te = time.perf_counter()
+                feats.append(encoder.encode(batch.images))  # (B, D)
+                encode_s += time.perf_counter() - te
+                phase("tiles")
+        mpp, mpp_source = float(slide.mpp), str(slide.mpp_source)
+    return EncodedSlide(
+        grid=grid,
+        feats=np.concatenate(feats).astype(np.float32, copy=False)
+        if feats
+        else np.zeros((0, encoder.dim), np.float32),
+        slide_mpp=mpp,
+        mpp_source=mpp_source,
+        seconds=time.perf_counter() - t0,
+        encode_s=encode_s,
+    )
