@@ -21,8 +21,8 @@ def init(out_dir: Path) -> None:
     """Write an empty cohort (tables with their headers, cohort.toml, README.md) to OUT_DIR."""
     written = init_cohort(out_dir)
     click.echo(f"cohort template in {out_dir}: {', '.join(p.name for p in written)}")
-    click.echo(f"fill it in (see {out_dir / 'README.md'}), then: pathgen-batch cohort validate "
-               f"{out_dir}")  # fmt: skip
+    readme = out_dir / "README.md"
+    click.echo(f"fill it in (see {readme}), then: pathgen-batch cohort validate {out_dir}")
 
 
 @cohort.command()

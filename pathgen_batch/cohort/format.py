@@ -18,12 +18,17 @@ A cohort is a folder or an ``s3://`` prefix holding::
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Literal
 
 from pathgen_batch.config import from_dict
 from pathgen_batch.errors import ConfigError
+
+_toml: ModuleType | None = None
+if sys.version_info >= (3, 11):
+    import tomllib as _toml
 
 FORMAT_VERSION = 1
 ExpressionUnit = Literal["log2", "z", "tpm", "fpkm", "counts"]
@@ -71,14 +76,11 @@ class CohortSettings:
                 f"format_version: this version of pathgen_batch reads cohort format "
                 f"{FORMAT_VERSION}, got {self.format_version}"
             )
-        if self.grade_classes is not None:
-            if len(self.grade_classes) < 2 or len(set(self.grade_classes)) != len(
-                self.grade_classes
-            ):
-                raise ConfigError(
-                    f"grade_classes: expected at least two distinct classes, got "
-                    f"{list(self.grade_classes)}"
-                )
+        classes = self.grade_classes
+        if classes is not None and (len(classes) < 2 or len(set(classes)) != len(classes)):
+            raise ConfigError(
+                f"grade_classes: expected at least two distinct classes, got {list(classes)}"
+            )
         if self.folds < 2:
             raise ConfigError(f"folds: expected at least 2, got {self.folds}")
 
@@ -102,8 +104,10 @@ def _toml_string(text: str) -> str:
 
 def parse_settings(text: str, source: str = SETTINGS) -> CohortSettings:
     """``cohort.toml`` text -> settings; ConfigError naming the file and the key at fault."""
+    if _toml is None:
+        raise ConfigError(f"{source}: reading TOML needs Python 3.11 or later (tomllib)")
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        data = _toml.loads(text)
+    except _toml.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML ({e})") from e
     return from_dict(CohortSettings, data, _where=source)

@@ -127,8 +127,8 @@ class Cohort:
         ev = int(c["event"].fillna(False).astype(bool).sum())
         t = c["time"][known]
         span = f", time {t.min():g}-{t.max():g} (median {t.median():g})" if len(t) else ""
-        lines.append(f"  events: {ev} of {int(known.sum())} known outcomes ({n - int(known.sum())}"
-                     f" unknown){span}")  # fmt: skip
+        n_known = int(known.sum())
+        lines.append(f"  events: {ev} of {n_known} known outcomes ({n - n_known} unknown){span}")
         unit = self.settings.expression_unit
         how = "log2(x + 1)" if unit in ("tpm", "fpkm", "counts") else "as given"
         extra = f"; {self.ignored_genes} expression column(s) not in the panel, unused"
@@ -145,7 +145,7 @@ class Cohort:
             sizes = c["fold"].value_counts().sort_index()
             lines.append(
                 f"  folds given ({len(sizes)}): "
-                + ", ".join(f"{int(f)}: {int(m)}" for f, m in sizes.items())
+                + ", ".join(f"{f}: {int(m)}" for f, m in sizes.items())
             )
         else:
             lines.append(f"  folds: none given; {self.settings.folds} stratified folds are made")

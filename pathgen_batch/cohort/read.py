@@ -74,7 +74,7 @@ def _read_table(uri: str, name: str, problems: list[Problem]) -> pd.DataFrame | 
         if name.endswith(".csv"):
             present = pd.read_csv(io.BytesIO(data), nrows=0).columns
             text = {c: str for c in TEXT_COLUMNS if c in present}
-            return pd.read_csv(io.BytesIO(data), dtype=text)  # type: ignore[arg-type]
+            return pd.read_csv(io.BytesIO(data), dtype=text)
         return pq.read_table(pa.BufferReader(data)).to_pandas()
     except (ValueError, OSError, pa.ArrowException, pd.errors.ParserError) as e:
         kind = "CSV" if name.endswith(".csv") else "Parquet"

@@ -17,10 +17,10 @@ slides under `slides/` (or anywhere: `slide_uri` may be absolute or `s3://`), th
 | column | required | meaning |
 |---|---|---|
 | patient_id | yes | any text, unique |
-| grade | no | a grade class; order the classes in cohort.toml (`grade_classes`) unless they are numbers; empty = unknown |
+| grade | no | a grade class (ordered in cohort.toml unless numbers); empty = unknown |
 | time | no | follow-up time (any unit, >= 0); empty = unknown outcome |
 | event | no | 1/0 or true/false: the event was observed at `time`; empty = unknown outcome |
-| fold | no | cross-validation fold (0, 1, ...) for every patient; without it stratified folds are made |
+| fold | no | cross-validation fold (0, 1, ...) of every patient, or none: folds are made |
 | anything else | no | a covariate, kept as given |
 
 ## slides.csv: one row per slide (several per patient allowed)
@@ -28,7 +28,7 @@ slides under `slides/` (or anywhere: `slide_uri` may be absolute or `s3://`), th
 |---|---|---|
 | patient_id | yes | a patient of clinical.csv |
 | slide_id | yes | unique; names the slide's features and predictions |
-| slide_uri | yes | a path relative to this folder (no `..`), an absolute path, or `s3://bucket/key` |
+| slide_uri | yes | a path relative to this folder (no `..`), absolute, or `s3://bucket/key` |
 | mpp | no | microns per pixel at level 0, for slides that do not record it |
 
 Instead of slides.csv, clinical.csv may carry `slide_id`, `slide_uri` (and `mpp`) itself, one

@@ -108,8 +108,12 @@ def _grade_classes(p: _Problems, raw: RawCohort, file: str, grade: pd.Series) ->
     else:
         nums = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
         if nums.isna().any():
-            p.add(file, f"text grades {sorted(values)[:6]} need an order: list them lowest "
-                  "first as grade_classes in cohort.toml", col="grade")  # fmt: skip
+            p.add(
+                file,
+                f"text grades {sorted(values)[:6]} need an order: list them lowest "
+                "first as grade_classes in cohort.toml",
+                col="grade",
+            )
             return ()
         classes = tuple(v for _, v in sorted(zip(nums.tolist(), values, strict=True)))
     bad = np.flatnonzero((grade.notna() & ~grade.isin(classes)).to_numpy())
@@ -186,8 +190,12 @@ def _split_slides(
     for pid, row in per_patient.iterrows():
         for col in [k for k, v in row.items() if v > 1]:
             first = int(np.flatnonzero((c[PATIENT] == pid).to_numpy())[0])
-            p.add(file, f"patient {pid} has different {col} values on its slide rows", first + 1,
-                  str(col))  # fmt: skip
+            p.add(
+                file,
+                f"patient {pid} has different {col} values on its slide rows",
+                first + 1,
+                str(col),
+            )
     return c.drop(columns=in_clinical).drop_duplicates(PATIENT), slides, file
 
 
@@ -200,7 +208,8 @@ def _slides(
             return s.iloc[:0]
     unknown = [col for col in s.columns if col not in (PATIENT, *SLIDE_COLUMNS)]
     if unknown:
-        p.add(file, f"unknown column(s) {unknown}; a slides table holds {[PATIENT, *SLIDE_COLUMNS]}")
+        known_cols = [PATIENT, *SLIDE_COLUMNS]
+        p.add(file, f"unknown column(s) {unknown}; a slides table holds {known_cols}")
     _ids(p, file, s, PATIENT, unique=False)
     _ids(p, file, s, "slide_id", unique=True)
     known = set(patients)
@@ -216,8 +225,12 @@ def _slides(
             p.add(file, "empty slide_uri", r + 1, "slide_uri")
         elif not storage.is_s3(text) and not PurePosixPath(text).is_absolute():
             if ".." in PurePosixPath(text).parts:
-                p.add(file, f"{text!r}: a relative slide_uri must not contain '..'", r + 1,
-                      "slide_uri")  # fmt: skip
+                p.add(
+                    file,
+                    f"{text!r}: a relative slide_uri must not contain '..'",
+                    r + 1,
+                    "slide_uri",
+                )
                 text = ""
             else:
                 text = storage.join(root, *PurePosixPath(text).parts)
@@ -291,13 +304,17 @@ def _fold_problems(p: _Problems, file: str, cohort: Cohort) -> None:
         for f in sorted(set(c["fold"].tolist())):
             rest = c[c["fold"] != f]
             if rest["grade_index"].nunique() < 2:
-                p.add(file, f"fold {f}: its training part has fewer than two grade classes",
-                      col="fold")  # fmt: skip
+                p.add(
+                    file,
+                    f"fold {f}: its training part has fewer than two grade classes",
+                    col="fold",
+                )
             if not rest["event"].fillna(False).astype(bool).any():
                 p.add(file, f"fold {f}: its training part has no events", col="fold")
     elif cohort.folds_possible() < cohort.settings.folds:
-        p.add(file, f"{cohort.settings.folds} folds requested but the events and grade classes "
-              f"fill at most {cohort.folds_possible()}; set folds in cohort.toml", col="fold")  # fmt: skip
+        k, most = cohort.settings.folds, cohort.folds_possible()
+        msg = f"{k} folds requested but the events and grade classes fill at most {most}"
+        p.add(file, msg + "; set folds in cohort.toml", col="fold")
 
 
 def validate_cohort(
@@ -350,14 +367,12 @@ def validate_cohort(
     index = {g: i for i, g in enumerate(classes)}
     clinical["grade_index"] = pd.array([index.get(g) for g in clinical["grade"]], dtype="Int64")
     _labels(p, file, clinical)
-    expression, ignored = (None, 0) if raw.expression is None else _expression(p, raw, panel,
-                                                                               patients)  # fmt: skip
+    expression, ignored = _expression(p, raw, panel, patients) if raw.expression else (None, 0)
     if p.out or expression is None or panel is None:
         return Validation(root, p.out)
     covariates = tuple(
-        str(col) for col in clinical.columns
-        if col not in (PATIENT, *LABEL_COLUMNS, "grade_index")
-    )  # fmt: skip
+        str(col) for col in clinical.columns if col not in (PATIENT, *LABEL_COLUMNS, "grade_index")
+    )
     ordered = clinical[[PATIENT, "grade", "grade_index", "time", "event", "fold", *covariates]]
     cohort = Cohort(
         root=root,
