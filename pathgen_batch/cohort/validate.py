@@ -82,6 +82,11 @@ class _Problems:
             self.add(file, f"{len(rows) - MAX_LINES} more row(s) with the same problem", None, col)
 
 
+def _show(v: object) -> str:
+    """A cell value for a message: text quoted, numbers as written."""
+    return repr(v) if isinstance(v, str) else str(v)
+
+
 def _missing_text(s: pd.Series) -> pd.Series:
     return s.isna() | (s.astype(str).str.strip() == "")
 
@@ -140,7 +145,7 @@ def _labels(p: _Problems, file: str, c: pd.DataFrame) -> None:
     if "time" in c.columns:
         t = pd.to_numeric(c["time"], errors="coerce")
         bad = np.flatnonzero((c["time"].notna() & (t.isna() | (t < 0))).to_numpy())
-        p.rows(file, "time", bad, lambda r: f"{c['time'].iloc[r]!r} is not a time >= 0")
+        p.rows(file, "time", bad, lambda r: f"{_show(c['time'].iloc[r])} is not a time >= 0")
         c["time"] = t.where(t >= 0).astype(np.float64)
     else:
         c["time"] = np.full(n, np.nan)
@@ -148,7 +153,9 @@ def _labels(p: _Problems, file: str, c: pd.DataFrame) -> None:
         text = c["event"].map(lambda v: None if pd.isna(v) else str(v).strip().lower())
         ev = text.map(lambda v: True if v in EVENT_TRUE else False if v in EVENT_FALSE else None)
         bad = np.flatnonzero((text.notna() & ev.isna()).to_numpy())
-        p.rows(file, "event", bad, lambda r: f"{c['event'].iloc[r]!r} is not 0/1 or true/false")
+        p.rows(
+            file, "event", bad, lambda r: f"{_show(c['event'].iloc[r])} is not 0/1 or true/false"
+        )
         c["event"] = pd.array(ev.tolist(), dtype="boolean")
     else:
         c["event"] = pd.array([None] * n, dtype="boolean")
@@ -158,7 +165,7 @@ def _labels(p: _Problems, file: str, c: pd.DataFrame) -> None:
         f = pd.to_numeric(c["fold"], errors="coerce")
         ok = f.notna() & (f == f.round()) & (f >= 0)
         bad = np.flatnonzero((c["fold"].notna() & ~ok).to_numpy())
-        p.rows(file, "fold", bad, lambda r: f"{c['fold'].iloc[r]!r} is not a fold number >= 0")
+        p.rows(file, "fold", bad, lambda r: f"{_show(c['fold'].iloc[r])} is not a fold number >= 0")
         if c["fold"].notna().any() and c["fold"].isna().any():
             miss = np.flatnonzero(c["fold"].isna().to_numpy())
             p.rows(file, "fold", miss, lambda r: "no fold; give every patient a fold or none")
@@ -239,7 +246,7 @@ def _slides(
     if "mpp" in s.columns:
         m = pd.to_numeric(s["mpp"], errors="coerce")
         bad = np.flatnonzero((s["mpp"].notna() & ~(m > 0)).to_numpy())
-        p.rows(file, "mpp", bad, lambda r: f"{s['mpp'].iloc[r]!r} is not a number > 0 (um/px)")
+        p.rows(file, "mpp", bad, lambda r: f"{_show(s['mpp'].iloc[r])} is not a number > 0 (um/px)")
         s["mpp"] = m.where(m > 0).astype(np.float64)
     else:
         s["mpp"] = np.nan
