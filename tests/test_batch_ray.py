@@ -98,7 +98,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     fus = calibrate_fusion(fus, bags, syn, data.expression[va], data.grade[va], alpha=0.2)
     save_generator(gen, root / "gen")
     save_fusion(fus, root / "fus")
-    clinical = cohort.clinical
+    clinical = cohort.slides
     return Trained(
         root=root,
         gen=root / "gen",

@@ -13,11 +13,11 @@ import torch
 from click.testing import CliRunner
 from tiny_training import FUS, GEN, build_training_cohort, threads
 
+from pathgen_batch.cohort import load_cohort
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import DataError
 from pathgen_batch.inference import TrainedFusion, TrainedGenerator
 from pathgen_batch.inference.bundle import load_bundle
-from pathgen_batch.synth import load_cohort
 from pathgen_batch.training.config import (
     CVConfig,
     FusionTrainConfig,
@@ -183,7 +183,10 @@ def test_scalers_and_bins_come_from_the_training_fold(data: TrainingData) -> Non
 def _altered_test_fold(cohort_dirs, data: TrainingData, fold: int) -> TrainingData:
     """The same cohort with the test fold's expression, features, grades and outcomes changed."""
     cohort = load_cohort(cohort_dirs[0])
-    clinical, expression = cohort.clinical.copy(), cohort.expression.copy()
+    clinical, expression = (
+        cohort.clinical.assign(slide_id=cohort.slide_ids),
+        cohort.expression.copy(),
+    )
     test = data.folds == fold
     expression.loc[test] = expression.loc[test].to_numpy() * 3.0 + 5.0
     clinical.loc[test, "time"] = clinical.loc[test, "time"] * 0.1
@@ -223,7 +226,7 @@ def test_bad_folds_fail_before_training(cohort_dirs, data: TrainingData) -> None
     calls: list = []
     train_part = data.folds != 0  # fold 0's training part is fold 1
 
-    one_grade = cohort.clinical.copy()
+    one_grade = cohort.clinical.assign(slide_id=cohort.slide_ids)
     one_grade["grade_index"] = one_grade["grade_index"].astype("Int64").where(~train_part, 2)
     d = assemble(
         one_grade, cohort.expression, cohort.panel, _bags(data), data.contract, data.grade_classes
@@ -231,7 +234,7 @@ def test_bad_folds_fail_before_training(cohort_dirs, data: TrainingData) -> None
     with pytest.raises(DataError, match=r"fold 0: training part.*at least two grade classes"):
         run_cv(d, CFG, progress=calls.append, echo=calls.append)
 
-    no_events = cohort.clinical.copy()
+    no_events = cohort.clinical.assign(slide_id=cohort.slide_ids)
     no_events.loc[train_part, "event"] = False
     d = assemble(
         no_events, cohort.expression, cohort.panel, _bags(data), data.contract, data.grade_classes

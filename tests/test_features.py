@@ -470,8 +470,8 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_extract_cohort_then_cli_resumes(small_cohort: Path, tmp_path: Path, stain_enc) -> None:
     from pathgen_batch.cli.features import features as features_cli
+    from pathgen_batch.cohort import load_cohort
     from pathgen_batch.features import extract_cohort
-    from pathgen_batch.synth import load_cohort
 
     ids = load_cohort(small_cohort).slide_ids
     out = tmp_path / "feats"

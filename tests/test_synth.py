@@ -1,4 +1,5 @@
-"""The semi-synthetic cohort: slide files, tables, composition ground truth, determinism."""
+"""The semi-synthetic cohort: slide files, tables in the cohort format, composition ground
+truth, determinism."""
 
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ import pytest
 from click.testing import CliRunner
 
 from pathgen_batch.cli import main
+from pathgen_batch.cohort import load_cohort
 from pathgen_batch.cohort.splits import stratified_folds
 from pathgen_batch.config import from_dict
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.omics import GenePanel
 from pathgen_batch.synth import (
     GRADE_CLASSES,
-    Cohort,
     CohortConfig,
+    SynthCohort,
     build_cohort,
-    load_cohort,
+    load_built_cohort,
     write_pyramidal_tiff,
 )
 from pathgen_batch.synth.data import fold_strata, semi_data
@@ -48,7 +50,7 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def semi(tmp_path_factory: pytest.TempPathFactory, he_sources: tuple[Path, Path]) -> Cohort:
+def semi(tmp_path_factory: pytest.TempPathFactory, he_sources: tuple[Path, Path]) -> SynthCohort:
     """16 real patients, 768 px slides."""
     return build_cohort(tmp_path_factory.mktemp("semi") / "cohort", SEMI_SMALL, workers=2)
 
@@ -199,11 +201,11 @@ def test_real_patients_keep_unknown_grades_and_folds_are_stratified() -> None:
     assert set(table.columns) == set(range(5))
 
 
-def test_panel_has_families_from_expression_and_matches_columns(semi: Cohort) -> None:
+def test_panel_has_families_from_expression_and_matches_columns(semi: SynthCohort) -> None:
     assert semi.panel.n_families >= 4
     assert list(semi.expression.columns) == list(semi.panel.genes)
     assert semi.panel.n_genes == 76
-    on_disk = GenePanel.read(semi.root / "gene_panel.csv")
+    on_disk = GenePanel.read(Path(semi.root) / "gene_panel.csv")
     assert on_disk.digest == semi.meta["panel_digest"] == semi.panel.digest
     # genes of a family correlate more with each other than with other families' genes
     corr = np.corrcoef(semi_data(CohortConfig().resolved()).expression.to_numpy().T)
@@ -213,28 +215,46 @@ def test_panel_has_families_from_expression_and_matches_columns(semi: Cohort) ->
     assert corr[same & off].mean() > corr[~same].mean() + 0.1
 
 
-def test_clinical_table_is_patient_level_with_relative_slide_files(semi: Cohort) -> None:
-    c = semi.clinical
-    assert list(c.columns) == [
-        "patient_id", "slide_id", "slide_file", "grade", "grade_index", "time", "event",
-        "fold", "age", "er",
+def test_tables_follow_the_cohort_format_with_relative_slide_uris(semi: SynthCohort) -> None:
+    root = Path(semi.root)
+    disk = pd.read_parquet(root / "clinical.parquet")
+    assert list(disk.columns) == [
+        "patient_id", "slide_id", "slide_uri", "grade", "time", "event", "fold", "age", "er",
     ]  # fmt: skip
-    assert len(c) == 16 and c["patient_id"].is_unique and c["slide_id"].is_unique
-    assert c.groupby("patient_id")["fold"].nunique().max() == 1
-    assert set(c["fold"]) <= set(range(5)) and c["fold"].dtype == np.int64
-    assert str(c["grade_index"].dtype) == "Int64"
-    assert c["event"].dtype == bool and c["time"].dtype == np.float64
-    for sid, rel in zip(c["slide_id"], c["slide_file"], strict=True):
-        assert rel == f"slides/{sid}.tiff"
-        assert semi.slide_path(sid) == semi.root / rel and semi.slide_path(sid).is_file()
-    csv = pd.read_csv(semi.root / "clinical.csv")
-    assert csv["patient_id"].tolist() == c["patient_id"].tolist()
+    assert len(disk) == 16 and disk["patient_id"].is_unique and disk["slide_id"].is_unique
+    assert set(disk["fold"]) <= set(range(5)) and disk["fold"].dtype == np.int64
+    assert disk["event"].dtype == bool and disk["time"].dtype == np.float64
+    assert (disk["slide_uri"] == "slides/" + disk["slide_id"] + ".tiff").all()
+    toml = (root / "cohort.toml").read_text()
+    assert 'expression_unit = "log2"' in toml and '"poorly differentiated"]' in toml
+    c = semi.clinical  # as every reader sees it
+    assert c["patient_id"].tolist() == disk["patient_id"].tolist()
+    assert str(c["grade_index"].dtype) == "Int64" and semi.grade_classes == GRADE_CLASSES
+    assert c.loc[c["grade"].notna(), "grade_index"].tolist() == [
+        GRADE_CLASSES.index(g) for g in c["grade"].dropna()
+    ]
+    assert semi.covariates == ("age", "er")
+    for sid in semi.slide_ids:
+        assert semi.slide_path(sid) == root / "slides" / f"{sid}.tiff"
+        assert semi.slide_path(sid).is_file()
     assert semi.expression.index.tolist() == c["patient_id"].tolist()
     with pytest.raises(DataError, match="no slide 'nope'"):
         semi.slide_path("nope")
 
 
-def test_every_slide_opens_with_all_levels_mpp_and_tissue_on_white(semi: Cohort) -> None:
+def test_readers_need_none_of_the_builders_bookkeeping(semi: SynthCohort, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "plain"
+    shutil.copytree(semi.root, copy)
+    (copy / "cohort.json").unlink()
+    (copy / "composition.parquet").unlink()
+    plain = load_cohort(copy, open_slides=True)
+    assert plain.digest == semi.digest  # derived from the content, not from where it lies
+    assert plain.slide_ids == semi.slide_ids and plain.panel.digest == semi.panel.digest
+
+
+def test_every_slide_opens_with_all_levels_mpp_and_tissue_on_white(semi: SynthCohort) -> None:
     comp = semi.composition.set_index("slide_id")
     for sid in semi.slide_ids:
         with openslide.OpenSlide(semi.slide_path(sid)) as s:
@@ -250,7 +270,7 @@ def test_every_slide_opens_with_all_levels_mpp_and_tissue_on_white(semi: Cohort)
         assert share < 0.75  # background left for a tissue mask to find
 
 
-def test_rendered_composition_tracks_programs_without_copying_them(semi: Cohort) -> None:
+def test_rendered_composition_tracks_programs_without_copying_them(semi: SynthCohort) -> None:
     comp = semi.composition
     k = semi.config.n_programs
     prog = comp[[f"program_{j}" for j in range(1, k + 1)]].to_numpy()
@@ -265,7 +285,7 @@ def test_rendered_composition_tracks_programs_without_copying_them(semi: Cohort)
     assert np.abs(target - frac).sum(1).mean() < 0.1  # the renderer hits its targets
 
 
-def test_inventory_reports_counts(semi: Cohort) -> None:
+def test_inventory_reports_counts(semi: SynthCohort) -> None:
     text = semi.inventory()
     c = semi.clinical
     assert "patients 16, slides 16" in text
@@ -284,13 +304,13 @@ def test_same_seed_gives_identical_files_whatever_the_workers(tmp_path: Path) ->
     cfg = CohortConfig(n_patients=5, slide_px=512, folds=2, seed=7)
     a = build_cohort(tmp_path / "a", cfg, workers=1)
     b = build_cohort(tmp_path / "b", cfg, workers=2)
-    da, db = _digests(a.root), _digests(b.root)
+    da, db = _digests(Path(a.root)), _digests(Path(b.root))
     assert len(da) == 5 + 6 and da == db
-    meta = json.loads((a.root / "cohort.json").read_text())
+    meta = json.loads((Path(a.root) / "cohort.json").read_text())
     for rel, info in meta["files"].items():
         assert info["sha256"] == da[rel]
     c = build_cohort(tmp_path / "c", CohortConfig(n_patients=5, slide_px=512, folds=2, seed=8))
-    dc = _digests(c.root)
+    dc = _digests(Path(c.root))
     slides_a = {v for k, v in da.items() if k.startswith("slides/")}
     assert not slides_a & {v for k, v in dc.items() if k.startswith("slides/")}
 
@@ -308,13 +328,13 @@ def test_rebuild_reuses_refuses_or_overwrites(tmp_path: Path) -> None:
     other = CohortConfig(n_patients=4, slide_px=256, folds=2, seed=1)
     with pytest.raises(ConfigError, match=r"different config.*seed: 0 -> 1"):
         build_cohort(out, other, workers=1)
-    assert load_cohort(out).meta["seed"] == 0
+    assert load_built_cohort(out).meta["seed"] == 0
     replaced = build_cohort(out, other, workers=1, overwrite=True)
     assert not replaced.reused and replaced.meta["seed"] == 1
 
     (out / "cohort.json").unlink()  # an interrupted build: rebuilt, not reused
-    with pytest.raises(DataError, match="not a complete cohort"):
-        load_cohort(out)
+    with pytest.raises(DataError, match="not a complete semi-synthetic cohort"):
+        load_built_cohort(out)
     assert not build_cohort(out, other, workers=1).reused
 
     foreign = tmp_path / "foreign"
@@ -403,7 +423,7 @@ def test_cli_builds_reuses_and_summarises(tmp_path: Path) -> None:
     assert bad.exit_code == 2
     assert bad.output.strip().startswith("Error:") and "n_patients" in bad.output
     missing = runner.invoke(main, ["synth", "inventory", str(tmp_path / "none")])
-    assert missing.exit_code == 2 and "not a complete cohort" in missing.output
+    assert missing.exit_code == 2 and "not a complete semi-synthetic cohort" in missing.output
 
 
 @pytest.mark.parametrize("cmd", [["synth"], ["synth", "cohort"], ["synth", "inventory"]])

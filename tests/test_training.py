@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 from tiny_training import FUS, GEN, build_training_cohort, threads
 
+from pathgen_batch.cohort import load_cohort
 from pathgen_batch.cohort.splits import inner_split
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import ConfigError, DataError
@@ -28,7 +29,6 @@ from pathgen_batch.inference import TrainedFusion, TrainedGenerator, ZScoreScale
 from pathgen_batch.inference.bundle import load_bundle, read_manifest, save_fusion, save_generator
 from pathgen_batch.models.diffusion import SamplerConfig
 from pathgen_batch.models.fusion import FusionOutput
-from pathgen_batch.synth import load_cohort
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, assemble, load_training_data
 from pathgen_batch.training.loops import prediction_loss
@@ -83,7 +83,7 @@ def test_training_data_follows_the_cohort(cohort_dirs, data: TrainingData) -> No
     np.testing.assert_array_equal(data.expression, cohort.expression.to_numpy())
     np.testing.assert_array_equal(data.folds, cohort.clinical["fold"].to_numpy())
     np.testing.assert_array_equal(data.event, cohort.clinical["event"].to_numpy())
-    assert data.grade_classes == tuple(cohort.meta["grade_classes"])
+    assert data.grade_classes == cohort.grade_classes
     assert data.panel.digest == cohort.panel.digest
     named = [data.grade_classes[g] for g in data.grade]
     assert named == cohort.clinical["grade"].tolist()
@@ -95,7 +95,8 @@ def test_training_data_follows_the_cohort(cohort_dirs, data: TrainingData) -> No
 def _tables(cohort_dirs, data: TrainingData):
     cohort = load_cohort(cohort_dirs[0])
     bags = {s: (c, b) for s, c, b in zip(data.slide_ids, data.coords, data.bags, strict=True)}
-    return cohort.clinical.copy(), cohort.expression.copy(), cohort.panel, bags
+    clinical = cohort.clinical.assign(slide_id=cohort.slide_ids)  # one slide per patient
+    return clinical, cohort.expression.copy(), cohort.panel, bags
 
 
 def test_assembled_data_marks_unknown_grades(cohort_dirs, data: TrainingData) -> None:

@@ -38,6 +38,7 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
+    from pathgen_batch.cli import cohort as _cohort
     from pathgen_batch.cli import evaluate as _evaluate
     from pathgen_batch.cli import features as _features
     from pathgen_batch.cli import models as _models
@@ -50,6 +51,7 @@ def _register() -> None:
 
     main.add_command(_slides.slides)
     main.add_command(_synth.synth)
+    main.add_command(_cohort.cohort)
     main.add_command(_features.features)
     main.add_command(_train.train)
     main.add_command(_evaluate.evaluate)

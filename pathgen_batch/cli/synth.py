@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pathgen_batch.config import replace
-from pathgen_batch.synth import CohortConfig, build_cohort, load_cohort
+from pathgen_batch.synth import CohortConfig, build_cohort, load_built_cohort
 
 
 @click.group()
@@ -70,7 +70,7 @@ def cohort(
     n = len(c.clinical)
     how = "reused (same config)" if c.reused else f"built in {time.perf_counter() - t0:.1f} s"
     click.echo(
-        f"cohort {out}: {n} patients, {c.clinical['slide_id'].nunique()} slides, "
+        f"cohort {out}: {n} patients, {len(c.slides)} slides, "
         f"{c.panel.n_genes} genes in {c.panel.n_families} families; {how}"
     )
 
@@ -79,4 +79,4 @@ def cohort(
 @click.argument("cohort_dir", type=click.Path(file_okay=False, path_type=Path))
 def inventory(cohort_dir: Path) -> None:
     """Summarise a cohort folder: grades, events, folds, families, slides, disk."""
-    click.echo(load_cohort(cohort_dir).inventory())
+    click.echo(load_built_cohort(cohort_dir).inventory())

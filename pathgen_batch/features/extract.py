@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pathgen_batch.cohort import load_cohort
 from pathgen_batch.errors import ConfigError, DataError, SlideError
 from pathgen_batch.features.encode_slide import encode_slide, spec_for
 from pathgen_batch.features.encoder import Encoder
@@ -200,9 +201,11 @@ def extract_slides(
 def cohort_slides(
     cohort_dir: str | Path, slide_ids: Sequence[str] | None = None
 ) -> dict[str, Path]:
-    """slide_id -> slide file of a cohort folder (all slides, or ``slide_ids`` in order)."""
-    from pathgen_batch.synth import load_cohort
+    """slide_id -> slide file of a cohort (all slides, or ``slide_ids`` in order).
 
+    The cohort is validated first (tables only); a slide in object storage is refused here
+    (the batch pipeline stages those).
+    """
     cohort = load_cohort(cohort_dir)
     known = list(dict.fromkeys(cohort.slide_ids))
     if slide_ids is None:
@@ -226,5 +229,5 @@ def extract_cohort(
     slide_ids: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> list[SlideResult]:
-    """:func:`extract_slides` over a cohort folder's slides (see ``pathgen_batch.synth``)."""
+    """:func:`extract_slides` over a cohort's slides (see :mod:`pathgen_batch.cohort`)."""
     return extract_slides(cohort_slides(cohort_dir, slide_ids), out_dir, encoder, **kwargs)

@@ -1,16 +1,20 @@
-"""Building, reusing and loading a synthetic cohort folder.
+"""Building, reusing and loading the semi-synthetic cohort, in the cohort format.
 
-A cohort folder holds::
+The folder follows :mod:`pathgen_batch.cohort.format`, so every reader loads it with
+:func:`pathgen_batch.cohort.load_cohort`::
 
     slides/<slide_id>.tiff   one pyramidal Aperio-style TIFF per patient
-    clinical.parquet/.csv    patient_id, slide_id, slide_file, grade, grade_index, time, event,
-                             fold, age, er
-    expression.parquet       patient_id + one float column per gene, in panel order
+    clinical.parquet         patient_id, slide_id, slide_uri, grade, time, event, fold, age, er
+    expression.parquet       patient_id + one float column per gene (log2), in panel order
     gene_panel.csv           gene -> family (pathgen_batch.omics.GenePanel)
+    cohort.toml              expression unit, grade classes, folds, seed
+
+and, as this builder's own bookkeeping (no reader needs them)::
+
     composition.parquet      ground truth: program weights, target and rendered class shares,
                              tissue share and stain change of every slide
-    cohort.json              config, counts, panel digest, grade classes, per-file sha256/bytes;
-                             written last, it marks the folder complete
+    cohort.json              config, counts, per-file sha256/bytes; written last, it marks
+                             the build complete
 
 Building is deterministic: the same config gives byte-identical files, whatever the number of
 worker processes. Rebuilding into a complete folder with the same config reuses it; a
@@ -19,11 +23,10 @@ different config is refused unless ``overwrite`` is set.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import dataclasses
 import functools
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
@@ -35,20 +38,15 @@ import numpy as np
 import pandas as pd
 
 from pathgen_batch import __version__, assets, storage
+from pathgen_batch.cohort import Cohort, CohortSettings, load_cohort
 from pathgen_batch.cohort.splits import stratified_folds
 from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError
-from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.synth.config import CohortConfig
-from pathgen_batch.synth.data import (
-    GRADE_CLASSES,
-    CohortData,
-    cohort_data,
-    fold_strata,
-)
-from pathgen_batch.synth.render import RenderParams, render_slide
+from pathgen_batch.synth.data import GRADE_CLASSES, CohortData, cohort_data, fold_strata
+from pathgen_batch.synth.render import RenderParams
 from pathgen_batch.synth.texture import TextureLibrary, build_library, default_sources
-from pathgen_batch.synth.writer import write_pyramidal_tiff
+from pathgen_batch.synth.workers import SlideJob, run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +54,21 @@ FORMAT = "pathgen-cohort/1"
 SLIDES = "slides"
 TABLES = (
     "clinical.parquet",
-    "clinical.csv",
     "expression.parquet",
     "gene_panel.csv",
+    "cohort.toml",
     "composition.parquet",
 )
 META = "cohort.json"
+OLD_TABLES = ("clinical.csv",)  # written by earlier versions; cleared on rebuild
 
 
-@dataclass
-class Cohort:
-    """A complete cohort folder, loaded.
+@dataclass(eq=False)
+class SynthCohort(Cohort):
+    """A built semi-synthetic cohort: the cohort as every reader sees it, plus the builder's
+    bookkeeping (``meta``: cohort.json; ``composition``: ground truth per slide)."""
 
-    clinical: one row per patient (see module docstring); expression: (N, G) DataFrame indexed
-    by patient_id with columns in panel order; panel: the GenePanel; meta: cohort.json.
-    """
-
-    root: Path
-    clinical: pd.DataFrame
-    expression: pd.DataFrame
-    panel: GenePanel
-    meta: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
     reused: bool = field(default=False, compare=False)  # build_cohort found it complete
     _composition: pd.DataFrame | None = field(default=None, repr=False)
 
@@ -85,57 +77,25 @@ class Cohort:
         return from_dict(CohortConfig, self.meta["config"])
 
     @property
-    def slide_ids(self) -> list[str]:
-        return self.clinical["slide_id"].astype(str).tolist()
-
-    @property
     def composition(self) -> pd.DataFrame:
         """Ground truth per slide (read on first use)."""
         if self._composition is None:
-            self._composition = _read_parquet(self.root / "composition.parquet")
+            path = Path(self.root) / "composition.parquet"
+            try:
+                self._composition = pd.read_parquet(path)
+            except FileNotFoundError as e:
+                raise DataError(f"{path}: missing from the cohort folder") from e
         return self._composition
 
-    def slide_path(self, slide_id: str) -> Path:
-        """Absolute path of a slide's TIFF."""
-        hit = self.clinical.loc[self.clinical["slide_id"] == slide_id, "slide_file"]
-        if hit.empty:
-            ids = self.slide_ids
-            raise DataError(
-                f"{self.root}: no slide {slide_id!r} in this cohort "
-                f"({len(ids)} slides, e.g. {ids[:3]})"
-            )
-        return self.root / str(hit.iloc[0])
-
     def inventory(self) -> str:
-        """A human-readable summary: counts by grade, events, folds, families, slides, disk."""
-        c, m = self.clinical, self.meta
-        n = len(c)
+        """The cohort's inventory plus how it was built: mode, slides, tissue, classes, disk."""
+        m, root = self.meta, Path(self.root)
+        n = self.n_patients
         lines = [
-            f"cohort {self.root}",
-            f"  mode {m['mode']} ({m['source']}), seed {m['seed']}, built by pathgen_batch "
+            super().inventory(),
+            f"  built: mode {m['mode']} ({m['source']}), seed {m['seed']}, pathgen_batch "
             f"{m['version']}",
-            f"  patients {n}, slides {c['slide_id'].nunique()}, genes {self.panel.n_genes} in "
-            f"{self.panel.n_families} families",
         ]
-        counts = c["grade"].value_counts(dropna=True)
-        parts = [f"{g} {int(counts.get(g, 0))}" for g in m["grade_classes"]]
-        parts.append(f"unknown {int(c['grade'].isna().sum())}")
-        lines.append("  grade: " + ", ".join(parts))
-        ev = int(c["event"].sum())
-        t = c["time"]
-        lines.append(
-            f"  events: {ev} of {n} ({100.0 * ev / max(n, 1):.1f}%), time {t.min():g}-{t.max():g}"
-            f" (median {t.median():g})"
-        )
-        fold_parts = []
-        for f, grp in c.groupby("fold"):
-            fold_parts.append(f"{f}: {len(grp)} ({int(grp['event'].sum())} ev)")
-        lines.append(f"  folds ({c['fold'].nunique()}): " + ", ".join(fold_parts))
-        fam = ", ".join(
-            f"{name} {size}"
-            for name, size in zip(self.panel.family_names, self.panel.family_sizes, strict=True)
-        )
-        lines.append(f"  families: {fam}")
         s = m["slide"]
         dims = " > ".join(f"{w}x{h}" for w, h in s["level_dimensions"])
         lines.append(
@@ -153,9 +113,9 @@ class Cohort:
                 f"rendered share {col.mean():.2f} +- {col.std():.2f}"
             )
         slide_bytes = sum(
-            (self.root / p).stat().st_size for p in m["files"] if p.startswith(SLIDES + "/")
+            (root / p).stat().st_size for p in m["files"] if p.startswith(SLIDES + "/")
         )
-        total = sum((self.root / p).stat().st_size for p in m["files"])
+        total = sum((root / p).stat().st_size for p in m["files"])
         lines.append(
             f"  disk: {total / 1e6:.1f} MB ({slide_bytes / 1e6:.1f} MB slides, "
             f"{slide_bytes / max(n, 1) / 1e6:.2f} MB per slide)"
@@ -163,21 +123,15 @@ class Cohort:
         return "\n".join(lines)
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: missing from the cohort folder") from e
-
-
-def load_cohort(root: str | Path) -> Cohort:
-    """Load a complete cohort folder (one whose cohort.json exists)."""
+def load_built_cohort(root: str | Path) -> SynthCohort:
+    """A cohort this builder completed (its cohort.json exists), with its bookkeeping."""
     r = Path(root)
     meta_path = r / META
     if not meta_path.is_file():
         raise DataError(
-            f"{r}: not a complete cohort (no {META}); build it with "
-            f"`pathgen-batch synth cohort --out {r}`"
+            f"{r}: not a complete semi-synthetic cohort (no {META}); build it with "
+            f"`pathgen-batch synth cohort --out {r}`, or check a cohort of your own with "
+            f"`pathgen-batch cohort validate {r}`"
         )
     try:
         meta = json.loads(meta_path.read_text())
@@ -185,99 +139,9 @@ def load_cohort(root: str | Path) -> Cohort:
         raise DataError(f"{meta_path}: not valid JSON ({e})") from e
     if meta.get("format") != FORMAT:
         raise DataError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    clinical = _read_parquet(r / "clinical.parquet")
-    clinical["grade_index"] = clinical["grade_index"].astype("Int64")
-    expression = _read_parquet(r / "expression.parquet").set_index("patient_id")
-    panel = GenePanel.read(r / "gene_panel.csv")
-    if list(expression.columns) != list(panel.genes):
-        raise DataError(
-            f"{r}: expression.parquet columns do not match gene_panel.csv "
-            f"({expression.shape[1]} columns, {panel.n_genes} panel genes)"
-        )
-    if panel.digest != meta.get("panel_digest"):
-        raise DataError(f"{r}: gene_panel.csv digest differs from the one in {META}")
-    if list(expression.index) != clinical["patient_id"].tolist():
-        raise DataError(f"{r}: expression.parquet and clinical.parquet list different patients")
-    return Cohort(r, clinical, expression, panel, meta)
-
-
-# ---------------------------------------------------------------- slide rendering (workers)
-
-_WORKER: dict[str, Any] = {}
-
-
-@dataclass(frozen=True)
-class _SlideJob:
-    slide_id: str
-    path: str
-    target: tuple[float, ...]  # (K,) composition to render
-    seed: tuple[int, ...]  # entropy of the slide's random generator
-
-
-def _init_worker(library: TextureLibrary, params: RenderParams, write: dict[str, Any]) -> None:
-    _WORKER.update(library=library, params=params, write=write)
-
-
-def _init_pool_worker(library: TextureLibrary, params: RenderParams, write: dict[str, Any]) -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)  # slides run in parallel processes; BLAS threads would oversubscribe
-    _init_worker(library, params, write)
-
-
-def _render_one(job: _SlideJob) -> dict[str, Any]:
-    library: TextureLibrary = _WORKER["library"]
-    rng = np.random.default_rng(list(job.seed))
-    r = render_slide(library, np.asarray(job.target), _WORKER["params"], rng)
-    dims = write_pyramidal_tiff(job.path, r.rgb, **_WORKER["write"])
-    return {
-        "slide_id": job.slide_id,
-        "fractions": r.class_fractions.tolist(),
-        "tissue_fraction": r.tissue_fraction,
-        "stain_alpha": list(r.stain.alpha),
-        "stain_beta": list(r.stain.beta),
-        "level_dimensions": [list(d) for d in dims],
-        "sha256": storage.sha256(job.path),
-        "bytes": Path(job.path).stat().st_size,
-    }
-
-
-def _run_jobs(
-    jobs: list[_SlideJob],
-    library: TextureLibrary,
-    params: RenderParams,
-    write: dict[str, Any],
-    workers: int,
-) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    step = max(1, len(jobs) // 10)
-
-    def done(res: dict[str, Any]) -> None:
-        results[res["slide_id"]] = res
-        if len(results) % step == 0 or len(results) == len(jobs):
-            log.info("rendered %d/%d slides", len(results), len(jobs))
-
-    if workers <= 1 or len(jobs) <= 1:
-        from threadpoolctl import threadpool_limits
-
-        _init_worker(library, params, write)
-        try:
-            with threadpool_limits(1):
-                for j in jobs:
-                    done(_render_one(j))
-        finally:
-            _WORKER.clear()
-        return results
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)),
-        mp_context=ctx,
-        initializer=_init_pool_worker,
-        initargs=(library, params, write),
-    ) as pool:
-        for res in pool.map(_render_one, jobs, chunksize=1):
-            done(res)
-    return results
+    c = load_cohort(r)
+    fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(Cohort) if f.init}
+    return SynthCohort(**fields, meta=meta)
 
 
 # ---------------------------------------------------------------- building
@@ -300,7 +164,7 @@ def compositions(
 
 
 def _is_known_entry(p: Path) -> bool:
-    if p.name in TABLES or p.name == META or p.name.startswith(f".{META}"):
+    if p.name in TABLES + OLD_TABLES or p.name == META or p.name.startswith(f".{META}"):
         return True
     if p.name == SLIDES and p.is_dir():
         return all(
@@ -341,7 +205,7 @@ def build_cohort(
     config: CohortConfig | None = None,
     workers: int | None = None,
     overwrite: bool = False,
-) -> Cohort:
+) -> SynthCohort:
     """Build the cohort described by ``config`` into ``out_dir`` (or reuse it) and load it.
 
     workers: processes rendering slides (default: the machine's CPU count); results do not
@@ -366,7 +230,7 @@ def build_cohort(
         same = old.get("config") == json.loads(json.dumps(to_dict(cfg)))
         if same and _files_intact(root, old):
             log.info("%s: complete cohort with the same config, reused", root)
-            cohort = load_cohort(root)
+            cohort = load_built_cohort(root)
             cohort.reused = True
             return cohort
         if same:
@@ -387,14 +251,14 @@ def build_cohort(
     targets = compositions(data.programs, cfg.expression_weight, cfg.concentration, cfg.seed)
     clinical = _clinical_table(data, cfg)
     jobs = [
-        _SlideJob(
+        SlideJob(
             slide_id=sid,
             path=str(root / rel),
             target=tuple(float(v) for v in targets[i]),
             seed=(cfg.seed, 22, int(pid[1:])),
         )
         for i, (sid, rel, pid) in enumerate(
-            zip(clinical["slide_id"], clinical["slide_file"], clinical["patient_id"], strict=True)
+            zip(clinical["slide_id"], clinical["slide_uri"], clinical["patient_id"], strict=True)
         )
     ]
     params = RenderParams(
@@ -413,21 +277,24 @@ def build_cohort(
         "threads": 1,
     }
     t_setup = time.perf_counter() - t0
-    results = _run_jobs(jobs, library, params, write, n_workers)
+    results = run_jobs(jobs, library, params, write, n_workers)
     t_render = time.perf_counter() - t0 - t_setup
 
     comp = _composition_table(clinical, data.programs, targets, results)
     clinical.to_parquet(root / "clinical.parquet", index=False)
-    clinical.to_csv(root / "clinical.csv", index=False)
     data.expression.reset_index().to_parquet(root / "expression.parquet", index=False)
     data.panel.write(root / "gene_panel.csv")
+    settings = CohortSettings(
+        expression_unit="log2", grade_classes=GRADE_CLASSES, folds=cfg.folds, seed=cfg.seed
+    )
+    (root / "cohort.toml").write_text(settings.to_toml())
     comp.to_parquet(root / "composition.parquet", index=False)
 
     files: dict[str, dict[str, Any]] = {}
     for name in TABLES:
         p = root / name
         files[name] = {"sha256": storage.sha256(p), "bytes": p.stat().st_size}
-    for sid, rel in zip(clinical["slide_id"], clinical["slide_file"], strict=True):
+    for sid, rel in zip(clinical["slide_id"], clinical["slide_uri"], strict=True):
         res = results[sid]
         files[str(rel)] = {"sha256": res["sha256"], "bytes": res["bytes"]}
     meta = _meta(cfg, data, clinical, library, results, files)
@@ -441,7 +308,7 @@ def build_cohort(
         t_render,
         n_workers,
     )
-    return load_cohort(root)
+    return load_built_cohort(root)
 
 
 @functools.lru_cache(maxsize=2)
@@ -464,9 +331,8 @@ def _clinical_table(data: CohortData, cfg: CohortConfig) -> pd.DataFrame:
         {
             "patient_id": c["patient_id"].astype(str).to_numpy(),
             "slide_id": slide_ids,
-            "slide_file": [f"{SLIDES}/{s}.tiff" for s in slide_ids],
+            "slide_uri": [f"{SLIDES}/{s}.tiff" for s in slide_ids],
             "grade": c["grade"].to_numpy(),
-            "grade_index": c["grade_index"].astype("Int64").array,
             "time": c["time"].to_numpy(dtype=np.float64),
             "event": c["event"].to_numpy(dtype=bool),
             "fold": folds.astype(np.int64),

@@ -1,8 +1,10 @@
-"""Training data: one row per patient with its slide's tile bag, transcriptome and outcome.
+"""Training data: one row per patient with its tile bag, transcriptome and labels.
 
-:func:`load_training_data` assembles a :class:`TrainingData` from a cohort folder (see
-:mod:`pathgen_batch.synth`) and a features folder (see :mod:`pathgen_batch.features`).
-Everything is checked when the object is built, before any training starts; a problem raises a
+:func:`load_training_data` assembles a :class:`TrainingData` from a cohort (see
+:mod:`pathgen_batch.cohort`; it runs the cohort's validation first and stops with its problem
+lines) and a features folder (see :mod:`pathgen_batch.features`). A patient's bag is the union
+of its slides' tiles; each tile keeps its slide and its level-0 x, y. Everything is checked when
+the object is built, before any training starts; a problem raises a
 :class:`~pathgen_batch.errors.DataError` that names the slide, patient, gene or fold at fault.
 """
 
@@ -17,29 +19,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pathgen_batch.cohort import load_cohort
 from pathgen_batch.cohort.splits import grade_event_strata
 from pathgen_batch.errors import DataError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.store import feature_uri, load_bags, read_contract
 from pathgen_batch.omics.panel import GenePanel
 
-CLINICAL_COLUMNS = ("patient_id", "slide_id", "grade_index", "time", "event", "fold")
+CLINICAL_COLUMNS = ("patient_id", "grade_index", "time", "event", "fold")
 
 
 @dataclass(frozen=True, eq=False)
 class TrainingData:
     """A cohort ready for training; row i of every array is patient i.
 
-    bags[i]: (N_i, D) float32 tile features of the patient's slide, N_i >= 1, D = contract.dim;
-    coords[i]: (N_i, 2) int64 level-0 tile positions. expression: (P, G) float64, raw units,
-    columns in ``panel`` order. grade: (P,) int64 index into ``grade_classes``, -1 = unknown.
-    time: (P,) float64 follow-up; event: (P,) bool, True = event observed. folds: (P,) int64.
+    slides[i]: the patient's slide ids. bags[i]: (N_i, D) float32 features of the tiles of all
+    its slides, N_i >= 1, D = contract.dim; coords[i]: (N_i, 2) int64 level-0 tile positions,
+    each in its own slide; tile_slides[i]: (N_i,) int64 index into slides[i] of each tile's
+    slide. expression: (P, G) float64, log units, columns in ``panel`` order. grade: (P,) int64
+    index into ``grade_classes``, -1 = unknown. time: (P,) float64 follow-up, NaN = outcome
+    unknown; event: (P,) bool, True = event observed (False when unknown). folds: (P,) int64.
     """
 
     patient_ids: tuple[str, ...]
-    slide_ids: tuple[str, ...]
+    slides: tuple[tuple[str, ...], ...]
     bags: tuple[np.ndarray, ...]
     coords: tuple[np.ndarray, ...]
+    tile_slides: tuple[np.ndarray, ...]
     expression: np.ndarray
     grade: np.ndarray
     time: np.ndarray
@@ -57,6 +63,16 @@ class TrainingData:
     @property
     def n_patients(self) -> int:
         return len(self.patient_ids)
+
+    @property
+    def slide_ids(self) -> tuple[str, ...]:
+        """Each patient's slide ids joined by ';' (the slide id itself for one slide)."""
+        return tuple(";".join(s) for s in self.slides)
+
+    @property
+    def outcome_known(self) -> np.ndarray:
+        """(P,) bool: the patient has a follow-up time and event status."""
+        return np.isfinite(self.time)
 
     @property
     def n_genes(self) -> int:
@@ -89,9 +105,10 @@ class TrainingData:
             raise DataError(f"subset: expected indices in [0, {self.n_patients}), got {ix[:5]}")
         return TrainingData(
             patient_ids=tuple(self.patient_ids[i] for i in ix),
-            slide_ids=tuple(self.slide_ids[i] for i in ix),
+            slides=tuple(self.slides[i] for i in ix),
             bags=tuple(self.bags[i] for i in ix),
             coords=tuple(self.coords[i] for i in ix),
+            tile_slides=tuple(self.tile_slides[i] for i in ix),
             expression=self.expression[ix],
             grade=self.grade[ix],
             time=self.time[ix],
@@ -110,13 +127,15 @@ def _validate(d: TrainingData) -> None:
     if len(set(d.patient_ids)) != P:
         dup = sorted({p for p in d.patient_ids if d.patient_ids.count(p) > 1})
         raise DataError(f"clinical: patient id(s) {dup[:5]} appear more than once")
-    if len(d.slide_ids) != P or len(d.bags) != P or len(d.coords) != P:
+    if not len(d.slides) == len(d.bags) == len(d.coords) == len(d.tile_slides) == P:
         raise DataError(
-            f"training data: {P} patients but {len(d.slide_ids)} slide ids, {len(d.bags)} bags, "
-            f"{len(d.coords)} coordinate arrays"
+            f"training data: {P} patients but {len(d.slides)} slide lists, {len(d.bags)} bags, "
+            f"{len(d.coords)} coordinate arrays, {len(d.tile_slides)} tile slide arrays"
         )
     D = d.contract.dim
-    for sid, bag, xy in zip(d.slide_ids, d.bags, d.coords, strict=True):
+    for sid, bag, xy, ts, n_slides in zip(
+        d.slide_ids, d.bags, d.coords, d.tile_slides, map(len, d.slides), strict=True
+    ):
         if not isinstance(bag, np.ndarray) or bag.ndim != 2:
             raise DataError(f"slide {sid}: features must be an (N, D) array")
         if bag.shape[0] == 0:
@@ -132,6 +151,10 @@ def _validate(d: TrainingData) -> None:
             raise DataError(f"slide {sid}: features hold NaN or inf")
         if xy.shape != (bag.shape[0], 2):
             raise DataError(f"slide {sid}: coordinates must be ({bag.shape[0]}, 2), got {xy.shape}")
+        if ts.shape != (bag.shape[0],) or (ts.size and (ts.min() < 0 or ts.max() >= n_slides)):
+            raise DataError(
+                f"slide {sid}: tile slides must be ({bag.shape[0]},) indices below {n_slides}"
+            )
     G = d.panel.n_genes
     if d.expression.shape != (P, G):
         raise DataError(
@@ -157,15 +180,18 @@ def _validate(d: TrainingData) -> None:
             f"grade: patient {d.patient_ids[i]} has grade index {int(d.grade[i])}, expected "
             f"0..{C - 1} or unknown"
         )
-    badt = ~np.isfinite(d.time) | (d.time < 0)
+    badt = np.isinf(d.time) | (d.time < 0)
     if badt.any():
         i = int(np.flatnonzero(badt)[0])
         raise DataError(
             f"time: patient {d.patient_ids[i]} has follow-up time {d.time[i]}, expected a finite "
-            "number >= 0"
+            "number >= 0 (or NaN: outcome unknown)"
         )
     if d.event.dtype != np.bool_:
         raise DataError(f"event: expected a bool array, got {d.event.dtype}")
+    if (d.event & np.isnan(d.time)).any():
+        i = int(np.flatnonzero(d.event & np.isnan(d.time))[0])
+        raise DataError(f"event: patient {d.patient_ids[i]} has an event but no time")
 
 
 def _digest(d: TrainingData) -> str:
@@ -176,8 +202,10 @@ def _digest(d: TrainingData) -> str:
     h.update(d.contract.digest.encode())
     for a in (d.expression, d.grade, d.time, d.event, d.folds):
         h.update(np.ascontiguousarray(a).tobytes())
-    for bag in d.bags:
+    for bag, ts in zip(d.bags, d.tile_slides, strict=True):
         h.update(np.ascontiguousarray(bag).tobytes())
+        if ts.size and ts.max() > 0:  # several slides: which tile is whose
+            h.update(np.ascontiguousarray(ts).tobytes())
     return "sha256:" + h.hexdigest()
 
 
@@ -189,14 +217,20 @@ def assemble(
     contract: FeatureContract,
     grade_classes: Sequence[str],
     source: str = "cohort",
+    *,
+    slides: pd.DataFrame | None = None,
 ) -> TrainingData:
     """Build training data from tables and bags, checking every input.
 
-    clinical: one row per patient with ``CLINICAL_COLUMNS`` (grade_index nullable); expression:
-    indexed by patient_id, one column per panel gene, in panel order; bags: slide_id ->
-    (coords (N, 2), feats (N, D)).
+    clinical: one row per patient with ``CLINICAL_COLUMNS`` (grade_index nullable; time NaN and
+    event missing for an unknown outcome); expression: indexed by patient_id, one column per
+    panel gene, in panel order; slides: patient_id, slide_id rows (several per patient
+    allowed), or None for the clinical table's own ``slide_id`` column (one slide each); bags:
+    slide_id -> (coords (N, 2), feats (N, D)). A patient's bag is its slides' bags, stacked.
     """
     missing = [c for c in CLINICAL_COLUMNS if c not in clinical.columns]
+    if slides is None and "slide_id" not in clinical.columns:
+        missing.append("slide_id (or a slides table)")
     if missing:
         raise DataError(f"{source}: clinical table lacks column(s) {missing}")
     cols = [str(c) for c in expression.columns]
@@ -222,33 +256,50 @@ def assemble(
     if len(set(index)) != len(index):
         raise DataError(f"{source}: expression lists a patient more than once")
     expr = expression.set_axis(index, axis=0).loc[pids].to_numpy(dtype=np.float64)
-    sids = clinical["slide_id"].astype(str).tolist()
+    table = clinical[["patient_id", "slide_id"]] if slides is None else slides
+    per_patient = _slides_per_patient(table, pids, source)
+    sids = [s for group in per_patient for s in group]
     no_feats = [s for s in sids if s not in bags]
     if no_feats:
         raise DataError(
             f"{source}: {len(no_feats)} slide(s) have no features, e.g. {no_feats[:5]}; "
             "run `pathgen-batch features extract` first"
         )
+    for s in sids:
+        if np.asarray(bags[s][1]).shape[0] == 0:
+            raise DataError(f"slide {s}: feature bag has zero tiles; every slide needs >= 1")
     try:
         grade = clinical["grade_index"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64)
     except (TypeError, ValueError) as e:
         raise DataError(f"{source}: clinical column 'grade_index' must hold integers ({e})") from e
+    time = pd.to_numeric(clinical["time"], errors="coerce").to_numpy(dtype=np.float64)
     event_col = clinical["event"]
-    if event_col.isna().any():
-        raise DataError(f"{source}: clinical column 'event' has missing values")
-    ev = event_col.to_numpy()
+    no_event = event_col.isna().to_numpy()
+    if (no_event != np.isnan(time)).any():
+        i = int(np.flatnonzero(no_event != np.isnan(time))[0])
+        raise DataError(
+            f"{source}: patient {pids[i]} has a time or an event but not both; an unknown "
+            "outcome has neither"
+        )
+    ev = event_col.astype(object).where(~no_event, False).to_numpy()
     if not np.isin(ev.astype(np.float64), (0.0, 1.0)).all():
         raise DataError(f"{source}: clinical column 'event' must be 0/1 or true/false")
     if clinical["fold"].isna().any():
         raise DataError(f"{source}: clinical column 'fold' has missing values")
     return TrainingData(
         patient_ids=tuple(pids),
-        slide_ids=tuple(sids),
-        bags=tuple(np.asarray(bags[s][1]) for s in sids),
-        coords=tuple(np.asarray(bags[s][0], dtype=np.int64) for s in sids),
+        slides=tuple(tuple(g) for g in per_patient),
+        bags=tuple(np.concatenate([np.asarray(bags[s][1]) for s in g]) for g in per_patient),
+        coords=tuple(
+            np.concatenate([np.asarray(bags[s][0], dtype=np.int64) for s in g]) for g in per_patient
+        ),
+        tile_slides=tuple(
+            np.repeat(np.arange(len(g), dtype=np.int64), [len(bags[s][1]) for s in g])
+            for g in per_patient
+        ),
         expression=expr,
         grade=grade,
-        time=clinical["time"].to_numpy(dtype=np.float64),
+        time=time,
         event=ev.astype(bool),
         folds=clinical["fold"].to_numpy(dtype=np.int64),
         panel=panel,
@@ -257,29 +308,44 @@ def assemble(
     )
 
 
+def _slides_per_patient(table: pd.DataFrame, pids: list[str], source: str) -> list[list[str]]:
+    """Each patient's slide ids (table order); every patient needs one, no slide two owners."""
+    sid = table["slide_id"].astype(str)
+    dup = sorted(set(sid[sid.duplicated()]))
+    if dup:
+        raise DataError(f"{source}: slide id(s) {dup[:5]} listed more than once")
+    groups: dict[str, list[str]] = {p: [] for p in pids}
+    for p, s in zip(table["patient_id"].astype(str), sid, strict=True):
+        if p in groups:
+            groups[p].append(s)
+    none = [p for p, g in groups.items() if not g]
+    if none:
+        raise DataError(f"{source}: {len(none)} patient(s) have no slide, e.g. {none[:5]}")
+    return [groups[p] for p in pids]
+
+
 def load_training_data(
     cohort_dir: str | Path,
     features_dir: str | Path,
     contract: FeatureContract | None = None,
 ) -> TrainingData:
-    """Assemble a cohort folder and its features folder into :class:`TrainingData`."""
-    from pathgen_batch.synth import load_cohort
+    """Validate a cohort (its problem lines in one DataError) and assemble it with its features.
 
-    cohort = load_cohort(cohort_dir)
-    classes = cohort.meta.get("grade_classes")
-    if not isinstance(classes, list) or not classes:
-        raise DataError(f"{cohort_dir}: cohort.json lists no grade_classes")
-    sids = cohort.clinical["slide_id"].astype(str).tolist()
+    Folds are the clinical table's, else stratified folds from the cohort's settings.
+    """
+    cohort = load_cohort(cohort_dir, check_folds=True)
+    sids = cohort.slide_ids
     bags = load_bags(features_dir, sids, contract)
     found = contract if contract is not None else read_contract(feature_uri(features_dir, sids[0]))
     return assemble(
-        cohort.clinical,
+        cohort.clinical.assign(fold=cohort.folds()),
         cohort.expression,
         cohort.panel,
         bags,
         found,
-        classes,
+        cohort.grade_classes,
         source=str(cohort_dir),
+        slides=cohort.slides,
     )
 
 
@@ -291,6 +357,12 @@ def check_training_part(
     They need at least two grade classes among known grades and at least one event (at least
     ``n_bins`` events when time bins are fit on them). ``what`` names the part in the message.
     """
+    unknown = int((~data.outcome_known[idx]).sum())
+    if unknown:
+        raise DataError(
+            f"{what}: {unknown} of {len(idx)} patient(s) have no outcome (time, event); the "
+            "survival loss cannot leave them out yet, so give them an outcome or drop them"
+        )
     grades = sorted({int(g) for g in data.grade[idx] if g >= 0})
     if len(grades) < 2:
         only = [data.grade_classes[g] for g in grades]
@@ -312,6 +384,8 @@ def describe(data: TrainingData) -> dict[str, Any]:
     known = data.grade >= 0
     return {
         "patients": data.n_patients,
+        "slides": sum(len(s) for s in data.slides),
+        "outcome_known": int(data.outcome_known.sum()),
         "genes": data.n_genes,
         "feature_dim": data.feature_dim,
         "tiles_mean": float(np.mean([b.shape[0] for b in data.bags])),

@@ -1,0 +1,451 @@
+"""The cohort format: loading, every validation problem as one clear line, the CLI, and a
+real-world-shaped cohort (CSV, several slides per patient, missing labels, TPM) that trains."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pathgen_batch.cli import main
+from pathgen_batch.cohort import CohortSettings, init_cohort, load_cohort, validate_cohort
+from pathgen_batch.errors import ConfigError, DataError
+from pathgen_batch.features import build_encoder, extract_cohort, feature_file
+from pathgen_batch.features.store import read_slide_features, write_slide_features
+from pathgen_batch.synth import CohortConfig, build_cohort
+from pathgen_batch.training.data import check_training_part, load_training_data
+
+GENES = ("G1", "G2", "G3")
+
+
+def _write_tables(root: Path, n: int = 8) -> None:
+    """A small cohort of tables only (slide files absent): n patients, 3 genes, 2 grades."""
+    root.mkdir(parents=True, exist_ok=True)
+    pids = [f"P{i + 1}" for i in range(n)]
+    pd.DataFrame(
+        {
+            "patient_id": pids,
+            "grade": ["low" if i % 2 else "high" for i in range(n)],
+            "time": [100.0 + 10 * i for i in range(n)],
+            "event": [1 if i % 3 == 0 else 0 for i in range(n)],
+            "age": [50 + i for i in range(n)],
+        }
+    ).to_csv(root / "clinical.csv", index=False)
+    pd.DataFrame(
+        {
+            "patient_id": pids,
+            "slide_id": [f"{p}-A" for p in pids],
+            "slide_uri": [f"slides/{p}-A.tiff" for p in pids],
+        }
+    ).to_csv(root / "slides.csv", index=False)
+    rng = np.random.default_rng(0)
+    expr = pd.DataFrame(rng.uniform(1, 50, (n, 3)), columns=list(GENES))
+    expr.insert(0, "patient_id", pids)
+    expr.to_csv(root / "expression.csv", index=False)
+    (root / "gene_panel.csv").write_text("gene,family\nG1,a\nG2,a\nG3,b\n")
+    settings = CohortSettings(expression_unit="tpm", grade_classes=("low", "high"), folds=2)
+    (root / "cohort.toml").write_text(settings.to_toml())
+
+
+def _edit(root: Path, name: str, change: Callable[[pd.DataFrame], pd.DataFrame | None]) -> None:
+    df = pd.read_csv(root / name, dtype={"patient_id": str})
+    out = change(df)
+    (df if out is None else out).to_csv(root / name, index=False)
+
+
+def _set(name: str, row: int, col: str, value: object) -> Callable[[Path], None]:
+    def run(root: Path) -> None:
+        def change(df: pd.DataFrame) -> None:
+            df[col] = df[col].astype(object)
+            df.loc[row, col] = value
+
+        _edit(root, name, change)
+
+    return run
+
+
+def _drop(name: str, row: int | None = None, col: str | None = None) -> Callable[[Path], None]:
+    def run(root: Path) -> None:
+        if col is not None:
+            _edit(root, name, lambda df: df.drop(columns=[col]))
+        else:
+            _edit(root, name, lambda df: df.drop(index=[row]))
+
+    return run
+
+
+def _append(name: str, row: dict) -> Callable[[Path], None]:
+    return lambda root: _edit(root, name, lambda df: pd.concat([df, pd.DataFrame([row])]))
+
+
+def _write(name: str, text: str) -> Callable[[Path], None]:
+    return lambda root: (root / name).write_text(text)
+
+
+def _also_parquet(root: Path) -> None:
+    pd.read_csv(root / "clinical.csv").to_parquet(root / "clinical.parquet")
+
+
+def _unlink(name: str) -> Callable[[Path], None]:
+    return lambda root: (root / name).unlink()
+
+
+PROBLEMS = [
+    (_unlink("clinical.csv"), "clinical.csv|parquet: missing from the cohort"),
+    (_unlink("gene_panel.csv"), "gene_panel.csv: missing from the cohort"),
+    (_also_parquet, "clinical.csv and clinical.parquet: both present; keep one"),
+    (_drop("clinical.csv", col="patient_id"), "clinical.csv: missing column 'patient_id'"),
+    (
+        _set("clinical.csv", 2, "patient_id", "P2"),
+        "clinical.csv row 3, column patient_id: duplicate id 'P2'",
+    ),
+    (
+        _set("clinical.csv", 0, "grade", "mid"),
+        "clinical.csv row 1, column grade: 'mid' is not a grade class ['low', 'high']",
+    ),
+    (
+        _write("cohort.toml", 'expression_unit = "tpm"\nfolds = 2\n'),
+        "clinical.csv column grade: text grades ['high', 'low'] need an order",
+    ),
+    (
+        _set("clinical.csv", 1, "event", "maybe"),
+        "clinical.csv row 2, column event: 'maybe' is not 0/1 or true/false",
+    ),
+    (
+        _set("clinical.csv", 3, "time", -5),
+        "clinical.csv row 4, column time: -5.0 is not a time >= 0",
+    ),
+    (
+        _set("clinical.csv", 4, "event", None),
+        "clinical.csv row 5, column time/event: an outcome needs both time and event",
+    ),
+    (
+        lambda r: _edit(r, "clinical.csv", lambda df: df.assign(fold=[0, 1, 0, 1, 0, 1, 0, None])),
+        "clinical.csv row 8, column fold: no fold; give every patient a fold or none",
+    ),
+    (
+        lambda r: _edit(r, "clinical.csv", lambda df: df.assign(fold=[0, 1, 1, 0, 1, 1, 0, 1])),
+        "clinical.csv column fold: fold 0: its training part has no events",
+    ),
+    (
+        _write("cohort.toml", 'expression_unit = "tpm"\ngrade_classes = ["low", "high"]\n'),
+        "clinical.csv column fold: 5 folds requested but the events and grade classes fill at "
+        "most 3",
+    ),
+    (
+        _write("cohort.toml", "expression_units = 'tpm'\n"),
+        "cohort.toml: unknown key(s) ['expression_units']",
+    ),
+    (_write("cohort.toml", "format_version = 2\n"), "reads cohort format 1, got 2"),
+    (
+        _append("slides.csv", {"patient_id": "P1", "slide_id": "P1-A", "slide_uri": "x.tiff"}),
+        "slides.csv row 9, column slide_id: duplicate id 'P1-A'",
+    ),
+    (
+        _append("slides.csv", {"patient_id": "P9", "slide_id": "P9-A", "slide_uri": "x.tiff"}),
+        "slides.csv row 9, column patient_id: patient 'P9' is not in clinical",
+    ),
+    (
+        _drop("slides.csv", row=5),
+        "slides.csv column patient_id: 1 patient(s) have no slide, e.g. ['P6']",
+    ),
+    (
+        lambda r: _edit(r, "slides.csv", lambda df: df.assign(stain="HE")),
+        "slides.csv: unknown column(s) ['stain']",
+    ),
+    (
+        _set("slides.csv", 1, "slide_uri", "../elsewhere/a.tiff"),
+        "slides.csv row 2, column "
+        "slide_uri: '../elsewhere/a.tiff': a relative slide_uri must not contain '..'",
+    ),
+    (
+        _set("slides.csv", 2, "slide_uri", None),
+        "slides.csv row 3, column slide_uri: empty slide_uri",
+    ),
+    (
+        lambda r: _edit(r, "slides.csv", lambda df: df.assign(mpp=[0.5] * 7 + [-1])),
+        "slides.csv row 8, column mpp: -1.0 is not a number > 0 (um/px)",
+    ),
+    (
+        lambda r: _edit(r, "clinical.csv", lambda df: df.assign(slide_id="x", slide_uri="y")),
+        "slide column(s) ['slide_id', 'slide_uri'] here and a slides.csv too; keep one",
+    ),
+    (
+        _unlink("slides.csv"),
+        "slides.csv|parquet: missing (or give slide_id, slide_uri in the clinical table)",
+    ),
+    (
+        _drop("expression.csv", row=6),
+        "expression.csv: 1 patient(s) have no expression, e.g. ['P7']",
+    ),
+    (
+        _set("expression.csv", 1, "G2", None),
+        "expression.csv row 2, column G2: missing (NaN) expression value",
+    ),
+    (
+        _set("expression.csv", 2, "G3", -3.0),
+        "expression.csv row 3, column G3: negative value for expression_unit 'tpm'",
+    ),
+    (_set("expression.csv", 0, "G1", "high"), "expression.csv row 1, column G1: not a number"),
+    (
+        _drop("expression.csv", col="G3"),
+        "expression.csv: 1 gene(s) of gene_panel.csv have no column here, e.g. ['G3']",
+    ),
+    (
+        _write("gene_panel.csv", "gene,family\nG1,a\nG1,b\n"),
+        "gene_panel.csv: gene panel: duplicate gene(s) ['G1']",
+    ),
+    (
+        _write("gene_panel.csv", "name,group\nG1,a\n"),
+        "gene_panel.csv: gene panel must start with the header 'gene,family'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("breakage", "line"), PROBLEMS)
+def test_each_problem_is_one_line_naming_file_row_and_column(
+    tmp_path: Path, breakage: Callable[[Path], None], line: str
+) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    assert validate_cohort(root, open_slides=False).ok  # the unbroken cohort is valid
+    breakage(root)
+    v = validate_cohort(root, open_slides=False)
+    assert not v.ok
+    assert any(line in got for got in v.lines()), v.lines()
+
+
+def test_every_problem_is_reported_at_once_and_training_stops_with_the_same_lines(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    _set("clinical.csv", 0, "grade", "mid")(root)
+    _set("expression.csv", 1, "G2", None)(root)
+    _drop("slides.csv", row=5)(root)
+    lines = validate_cohort(root, open_slides=False).lines()
+    assert len(lines) == 3, lines
+    with pytest.raises(DataError) as e:
+        load_training_data(root, tmp_path / "no-features")
+    assert str(e.value).splitlines()[1:] == lines
+
+
+def test_loaded_tables_are_normalised(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    raw = pd.read_csv(root / "expression.csv").set_index("patient_id")
+    c = load_cohort(root)
+    np.testing.assert_allclose(c.expression.to_numpy(), np.log2(raw.to_numpy() + 1.0))
+    assert c.grade_classes == ("low", "high")
+    assert c.clinical["grade_index"].tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
+    assert c.clinical["event"].tolist() == [True, False, False, True, False, False, True, False]
+    assert c.covariates == ("age",) and c.slides_of("P3") == ["P3-A"]
+    assert c.slide_uri("P3-A") == str((root / "slides" / "P3-A.tiff").resolve())
+    folds = c.folds()  # none given: stratified, deterministic
+    assert sorted(np.bincount(folds).tolist()) == [4, 4]
+    np.testing.assert_array_equal(folds, load_cohort(root).folds())
+    assert c.folds_possible() == 3  # 3 events
+
+
+def test_numeric_grades_order_by_value_and_parquet_categories_by_their_order(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    (root / "cohort.toml").write_text('expression_unit = "tpm"\nfolds = 2\n')
+    _edit(root, "clinical.csv", lambda df: df.assign(grade=[3, 10, 3, 10, 3, 10, 3, 10]))
+    assert load_cohort(root).grade_classes == ("3", "10")  # by value, not as text
+    clinical = pd.read_csv(root / "clinical.csv")
+    clinical["grade"] = pd.Categorical(
+        ["b", "a"] * 4, categories=["b", "a"], ordered=True
+    )  # (a user's ordered categorical)
+    clinical.to_parquet(root / "clinical.parquet")
+    (root / "clinical.csv").unlink()
+    assert load_cohort(root).grade_classes == ("b", "a")
+
+
+def test_slide_files_missing_unreadable_or_without_mpp(tmp_path: Path) -> None:
+    import tifffile
+
+    root = tmp_path / "c"
+    _write_tables(root)
+    slides = root / "slides"
+    slides.mkdir()
+    rgb = np.full((512, 512, 3), 200, np.uint8)
+    opts: dict = dict(tile=(256, 256), photometric="rgb", metadata=None)
+    for i in range(1, 7):
+        res = dict(resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+        tifffile.imwrite(slides / f"P{i}-A.tiff", rgb, **opts, **res)
+    tifffile.imwrite(slides / "P7-A.tiff", rgb, **opts)  # no physical resolution
+    (slides / "P8-A.tiff").write_bytes(b"II*\x00 not really a tiff")
+    lines = validate_cohort(root).lines()
+    assert any("slides.csv row 7, column slide_uri:" in x and "records no MPP" in x for x in lines)
+    assert any("slides.csv row 8, column slide_uri: unreadable slide" in x for x in lines)
+    assert len(lines) == 2, lines
+    _edit(root, "slides.csv", lambda df: df.assign(mpp=[None] * 6 + [0.5, None]))
+    (slides / "P8-A.tiff").unlink()
+    lines = validate_cohort(root).lines()
+    assert len(lines) == 1 and "row 8, column slide_uri:" in lines[0], lines
+    assert "no such slide file" in lines[0]
+    assert validate_cohort(root, open_slides=False).ok
+
+
+def test_cli_init_then_validate(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "mine"
+    r = runner.invoke(main, ["cohort", "init", str(out)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "clinical.csv",
+        "cohort.toml",
+        "expression.csv",
+        "gene_panel.csv",
+        "slides",
+        "slides.csv",
+    ]
+    readme = (out / "README.md").read_text()
+    for column in ("patient_id", "grade", "time", "event", "fold", "slide_uri", "mpp", "tpm"):
+        assert f"{column}" in readme
+    again = runner.invoke(main, ["cohort", "init", str(out)])
+    assert (
+        again.exit_code == 2
+        and again.output.startswith("Error:")
+        and "already holds" in (again.output)
+    )
+    empty = runner.invoke(main, ["cohort", "validate", str(out)])
+    assert empty.exit_code == 2 and "clinical.csv: no patients" in empty.output
+    assert empty.output.strip().splitlines()[-1].startswith("Error: 2 problem(s) in")
+    assert "gene_panel.csv: gene panel is empty" in empty.output
+
+    good = tmp_path / "good"
+    _write_tables(good)
+    ok = runner.invoke(main, ["cohort", "validate", str(good), "--no-open-slides"])
+    assert ok.exit_code == 0, ok.output
+    for words in (
+        "patients 8, slides 8",
+        "grade: low 4, high 4, unknown 0",
+        "events: 3 of 8",
+        "genes 3 in 2 families, expression tpm",
+        "folds possible: up to 3",
+    ):
+        assert words in ok.output
+    bad = runner.invoke(main, ["cohort", "validate", str(good)])  # slides are opened: absent
+    assert bad.exit_code == 2 and bad.output.count("no such slide file") == 8
+    missing = runner.invoke(main, ["cohort", "validate", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "no such cohort folder" in missing.output
+
+
+def test_settings_are_strict_and_round_trip() -> None:
+    from pathgen_batch.cohort import parse_settings
+
+    s = CohortSettings(expression_unit="counts", grade_classes=('a "1"', "b"), folds=3, seed=4)
+    assert parse_settings(s.to_toml()) == s
+    with pytest.raises(ConfigError, match="expression_unit"):
+        parse_settings('expression_unit = "rpkm"')
+    with pytest.raises(ConfigError, match="at least two distinct"):
+        CohortSettings(grade_classes=("a", "a"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_settings("folds = ")
+
+
+# -- a real-world-shaped cohort --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(semi-synthetic cohort, the same as a user would give it, its features).
+
+    The user's version: no cohort.json, no composition, clinical as CSV without folds, a
+    slides table where a third of the patients have a second slide, 10% of grades and 10% of
+    outcomes missing, expression in TPM.
+    """
+    base = tmp_path_factory.mktemp("real-world")
+    semi = build_cohort(
+        base / "semi", CohortConfig(n_patients=30, slide_px=768, levels=2, folds=2), workers=1
+    )
+    feats = base / "features"
+    extract_cohort(semi.root, feats, build_encoder("stain-texture", device="cpu"))
+    user = base / "user"
+    (user / "wsi").mkdir(parents=True)
+    clinical = pd.read_parquet(Path(semi.root) / "clinical.parquet")
+    rows = []
+    for i, (pid, sid) in enumerate(zip(clinical["patient_id"], clinical["slide_id"], strict=True)):
+        shutil.copy(Path(semi.root) / "slides" / f"{sid}.tiff", user / "wsi" / f"{sid}.tiff")
+        rows.append({"patient_id": pid, "slide_id": sid, "slide_uri": f"wsi/{sid}.tiff"})
+        if i % 3 == 0:  # a second slide: the first one's tiles, under another id
+            second = f"{pid}-S2"
+            shutil.copy(user / "wsi" / f"{sid}.tiff", user / "wsi" / f"{second}.tiff")
+            rows.append({"patient_id": pid, "slide_id": second, "slide_uri": f"wsi/{second}.tiff"})
+            sf = read_slide_features(feature_file(feats, sid))
+            write_slide_features(dataclasses.replace(sf, slide_id=second), feats)
+    pd.DataFrame(rows).to_csv(user / "slides.csv", index=False)
+    clinical = clinical.drop(columns=["slide_id", "slide_uri", "fold"])
+    clinical.loc[[1, 11, 21], "grade"] = None
+    clinical["event"] = clinical["event"].astype(object)
+    clinical.loc[[2, 12, 22], ["time", "event"]] = None
+    clinical.to_csv(user / "clinical.csv", index=False)
+    expr = pd.read_parquet(Path(semi.root) / "expression.parquet")
+    genes = [c for c in expr.columns if c != "patient_id"]
+    expr[genes] = np.exp2(expr[genes]) - 1.0
+    expr.to_csv(user / "expression.csv", index=False)
+    shutil.copy(Path(semi.root) / "gene_panel.csv", user / "gene_panel.csv")
+    grade_classes = ", ".join(f'"{g}"' for g in semi.grade_classes)
+    (user / "cohort.toml").write_text(
+        f'expression_unit = "tpm"\ngrade_classes = [{grade_classes}]\nfolds = 2\n'
+    )
+    return Path(semi.root), user, feats
+
+
+@pytest.mark.slow
+def test_a_real_world_shaped_cohort_validates(real_world: tuple[Path, Path, Path]) -> None:
+    semi_root, user, _ = real_world
+    r = CliRunner().invoke(main, ["cohort", "validate", str(user)])
+    assert r.exit_code == 0, r.output
+    assert "patients 30, slides 40 (1 slide(s): 20, 2 slide(s): 10)" in r.output
+    assert "(3 unknown)" in r.output  # outcomes
+    assert "expression tpm (log2(x + 1))" in r.output
+    semi, mine = load_cohort(semi_root), load_cohort(user)
+    np.testing.assert_allclose(mine.expression.to_numpy(), semi.expression.to_numpy(), atol=1e-9)
+    first = mine.patient_ids[0]
+    assert mine.slides_of(first) == [f"{first}-S1", f"{first}-S2"]
+    assert mine.clinical["grade"].isna().sum() >= 3 and "fold" not in mine.covariates
+
+
+@pytest.mark.slow
+def test_a_real_world_shaped_cohort_loads_for_training(
+    real_world: tuple[Path, Path, Path],
+) -> None:
+    _, user, feats = real_world
+    data = load_training_data(user, feats)
+    assert data.n_patients == 30 and sum(len(s) for s in data.slides) == 40
+    first = data.patient_ids[0]
+    assert data.slides[0] == (f"{first}-S1", f"{first}-S2")
+    one = read_slide_features(feature_file(feats, f"{first}-S1"))
+    n = len(one.feats)
+    assert data.bags[0].shape == (2 * n, one.feats.shape[1])  # the union of both slides' tiles
+    np.testing.assert_array_equal(data.bags[0][:n], one.feats)
+    np.testing.assert_array_equal(data.tile_slides[0], np.repeat([0, 1], n))
+    np.testing.assert_array_equal(data.coords[0][n:], one.coords)
+    assert len(data.slides[1]) == 1 and data.tile_slides[1].max() == 0
+    assert (data.grade[[1, 11, 21]] == -1).all()
+    assert np.isnan(data.time[[2, 12, 22]]).all() and not data.event[[2, 12, 22]].any()
+    assert data.outcome_known.sum() == 27
+    assert sorted(np.bincount(data.folds).tolist()) == [15, 15]  # made: none were given
+    sub = data.subset([0, 2])
+    assert sub.slides == (data.slides[0], data.slides[2])
+    np.testing.assert_array_equal(sub.tile_slides[0], data.tile_slides[0])
+    with pytest.raises(DataError, match=r"3 of 30 patient.*no outcome"):
+        check_training_part(data, np.arange(30), "all patients")
+
+
+def test_init_refuses_a_file_in_the_way(tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("")
+    with pytest.raises(ConfigError, match="not a folder"):
+        init_cohort(tmp_path / "x")
