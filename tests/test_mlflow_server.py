@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -155,3 +156,29 @@ def test_register_promote_rollback_and_load_through_http(
     probs = [out["pred"][f"p_{c}"] for c in ("well", "moderate", "poor")]
     assert [round(sum(p), 6) for p in zip(*probs, strict=True)] == [1.0, 1.0]
     assert str(Path(__file__).resolve().parents[1]) not in out["code"]  # the model's own code
+
+
+def test_a_tracked_command_logs_its_step_to_the_server(
+    server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from click.testing import CliRunner
+
+    from pathgen_batch.cli import main
+
+    url, root = server
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    cohort = tmp_path / "cohort"
+    args = f"synth cohort --out {cohort} --mode synthetic --n-patients 6 --n-genes 8 "
+    args += f"--slide-px 512 --folds 2 --workers 1 --track --tracking-uri {url} "
+    args += f"--workspace {tmp_path / 'ws'}"
+    r = CliRunner().invoke(main, args.split())
+    assert r.exit_code == 0, r.output
+    run_id = re.findall(r"cohort run ([0-9a-f]{32})", r.output)[0]
+    store = open_store(RegistryConfig(tracking_uri=url))
+    run = store.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["patients"] == 6
+    assert run.data.params["cohort.mode"] == "synthetic"
+    logged = {a.path for a in store.client.list_artifacts(run_id, "cohort")}
+    assert logged == {"cohort/cohort.json", "cohort/inventory.txt"}
+    assert not (tmp_path / "ws").exists()  # nothing of the store on the client
+    assert len(list((root / "artifacts").rglob("inventory.txt"))) == 1

@@ -510,10 +510,11 @@ def test_tampered_bundles_are_refused(generator, fusion, tmp_path: Path) -> None
 def test_cli_trains_generator_then_fusion(cohort_dirs, data, tmp_path: Path) -> None:
     from pathgen_batch.cli.train import train
 
-    gen_cfg = tmp_path / "gen.json"
-    gen_cfg.write_text(json.dumps(to_dict(GEN) | {"val_fraction": 0.25}))
-    fus_cfg = tmp_path / "fus.json"
-    fus_cfg.write_text(json.dumps(to_dict(FUS)))
+    gen_cfg = tmp_path / "cv.json"  # one CVConfig file: its generator and fusion sections
+    gen_cfg.write_text(
+        json.dumps({"generator": to_dict(GEN), "fusion": to_dict(FUS), "val_fraction": 0.25})
+    )
+    fus_cfg = gen_cfg
     cohort, feats = (str(p) for p in cohort_dirs)
     runner = CliRunner()
     args = ["--cohort", cohort, "--features", feats]
@@ -556,7 +557,7 @@ def test_cli_trains_generator_then_fusion(cohort_dirs, data, tmp_path: Path) -> 
     assert fus.provenance["val_patients"] == gen.provenance["val_patients"]
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"epochs": 2, "learning_rate": 0.1}))
+    bad.write_text(json.dumps({"generator": {"epochs": 2, "learning_rate": 0.1}}))
     r = runner.invoke(
         train, ["generator", *args, "--out", str(tmp_path / "x"), "--config", str(bad)]
     )

@@ -9,6 +9,15 @@ from typing import Any
 
 import click
 
+from pathgen_batch.cli.options import (
+    cohort_option,
+    device_option,
+    key_value_option,
+    optional_text,
+    out_option,
+    tracked,
+    tracking_options,
+)
 from pathgen_batch.features import (
     DEFAULT_ENCODER,
     SlideResult,
@@ -23,20 +32,6 @@ from pathgen_batch.features import (
 @click.group()
 def features() -> None:
     """Embed slide tiles with a registered encoder; list the encoders."""
-
-
-def _parse_options(values: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; VALUE is read as JSON (numbers, true/false, lists) else a string."""
-    out: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def _option_help(cls: type) -> str:
@@ -65,48 +60,23 @@ def encoders_cmd() -> None:
 
 
 @features.command("extract")
-@click.option(
-    "--cohort",
-    "cohort_dir",
-    required=True,
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Cohort folder (clinical.parquet, slides/).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the per-slide feature files.",
-)
+@cohort_option
+@out_option("Folder for the per-slide feature files.", dest="out_dir")
 @click.option(
     "--encoder",
     type=click.Choice(encoder_names()),
     default=DEFAULT_ENCODER,
     show_default=True,
 )
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Local weights file (resnet50-trunc, torchscript); never downloaded.",
+@optional_text(
+    "--weights", help="Local weights file (resnet50-trunc, torchscript); never downloaded."
 )
-@click.option(
-    "-o",
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Encoder option, repeatable (see `features encoders`), e.g. -o dim=1024.",
+@key_value_option(
+    "Encoder option, repeatable (see `features encoders`), e.g. -o dim=1024; one value may "
+    "hold several, separated by spaces (-o 'dim=1024 tile_px=224')."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    metavar="auto|cpu|cuda[:N]",
-    help="auto uses CUDA when available.",
-)
+@device_option("auto")
 @click.option(
     "--min-tissue",
     type=click.FloatRange(0.0, 1.0),
@@ -126,14 +96,15 @@ def encoders_cmd() -> None:
 @click.option(
     "--keep-going", is_flag=True, help="Record slides that fail and go on (exit status 1)."
 )
+@tracking_options
 @click.pass_context
 def extract_cmd(
     ctx: click.Context,
     cohort_dir: Path,
     out_dir: Path,
     encoder: str,
-    weights: Path | None,
-    options: tuple[str, ...],
+    weights: str | None,
+    options: dict[str, Any],
     batch_size: int,
     device: str,
     min_tissue: float,
@@ -141,14 +112,16 @@ def extract_cmd(
     slide_ids: tuple[str, ...],
     overwrite: bool,
     keep_going: bool,
+    track: bool,
+    workspace: str,
+    tracking_uri: str | None,
 ) -> None:
-    """Tile and embed every slide of a cohort; one Parquet file per slide (resumable)."""
-    enc = build_encoder(
-        encoder,
-        weights=str(weights) if weights is not None else None,
-        device=device,
-        options=_parse_options(options),
-    )
+    """Tile and embed every slide of a cohort; one Parquet file per slide (resumable).
+
+    The MLflow entry point ``features`` runs this command; inside ``mlflow run`` (or with
+    --track) it logs the settings, the encoder's feature contract and the tile counts.
+    """
+    enc = build_encoder(encoder, weights=weights, device=device, options=options)
     ids = [s for item in slide_ids for s in item.split(",") if s] or None
     slides = cohort_slides(cohort_dir, ids)
     click.echo(f"encoder {enc.contract.describe()} on {enc.device}; {len(slides)} slide(s)")
@@ -167,17 +140,33 @@ def extract_cmd(
         else:
             click.echo(f"{head} FAILED {r.error}", err=True)
 
-    results = extract_slides(
-        slides,
-        out_dir,
-        enc,
-        min_tissue=min_tissue,
-        mpp_override=mpp,
-        batch_size=batch_size,
-        overwrite=overwrite,
-        on_error="record" if keep_going else "raise",
-        progress=progress,
-    )
+    with tracked("features", track, workspace, tracking_uri) as run:
+        results = extract_slides(
+            slides,
+            out_dir,
+            enc,
+            min_tissue=min_tissue,
+            mpp_override=mpp,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            on_error="record" if keep_going else "raise",
+            progress=progress,
+        )
+        if run is not None:
+            from pathgen_batch.registry.step_logs import log_features
+
+            settings = {
+                "encoder": encoder,
+                "weights": weights,
+                "options": options,
+                "batch_size": batch_size,
+                "min_tissue": min_tissue,
+                "device": str(enc.device),
+                "cohort": str(cohort_dir),
+                "out": str(out_dir),
+            }
+            log_features(run, settings, enc.contract, results)
+            click.echo(f"features run {run.run_id}")
     done = [r for r in results if r.status == "done"]
     failed = [r for r in results if r.status == "failed"]
     tiles = sum(r.n_tiles for r in done)

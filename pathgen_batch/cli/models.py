@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from pathlib import Path
@@ -9,6 +10,14 @@ from typing import Any
 
 import click
 
+from pathgen_batch.cli.options import (
+    apply,
+    eval_run_option,
+    key_value_option,
+    optional_text,
+    parse_key_values,
+    tracking_on,
+)
 from pathgen_batch.config import load_json
 from pathgen_batch.registry import (
     GateConfig,
@@ -21,6 +30,7 @@ from pathgen_batch.registry import (
     register_bundle,
     register_encoder,
     rollback,
+    tracked_run,
 )
 from pathgen_batch.registry.tags import KINDS
 
@@ -132,16 +142,12 @@ def show_cmd(ctx: click.Context, name: str, version: str, as_json: bool) -> None
 
 def _tolerances(values: tuple[str, ...]) -> dict[str, float]:
     out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        try:
-            out[key.strip()] = float(raw)
-        except ValueError:
-            sep = ""
-        if not sep or not key.strip():
+    for key, value in parse_key_values(values, "--tolerance").items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise click.BadParameter(
-                f"expected METRIC=NUMBER, got {item!r}", param_hint="--tolerance"
+                f"expected METRIC=NUMBER, got {key}={value!r}", param_hint="--tolerance"
             )
+        out[key] = float(value)
     return out
 
 
@@ -150,7 +156,7 @@ def _gate(gate_config: Path | None, tolerance: tuple[str, ...]) -> GateConfig:
     return gate.with_tolerances(_tolerances(tolerance)) if tolerance else gate
 
 
-_gate_options = [
+_with_gate_options = apply(
     click.option(
         "--gate-config",
         type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -165,13 +171,7 @@ _gate_options = [
     ),
     click.option("--force", is_flag=True, help="Override a gate refusal (needs --reason)."),
     click.option("--reason", default="", help="Why; recorded in the audit trail."),
-]
-
-
-def _with_gate_options(fn: Any) -> Any:
-    for opt in reversed(_gate_options):
-        fn = opt(fn)
-    return fn
+)
 
 
 @models.command("promote")
@@ -239,14 +239,18 @@ def rollback_cmd(
 @click.argument(
     "bundle", type=click.Path(file_okay=False, exists=True, path_type=Path), metavar="BUNDLE"
 )
-@click.option("--name", default=None, help="Registered model name [default: the bundle's].")
-@click.option("--run-id", default=None, help="Training run to log the model into.")
-@click.option(
-    "--eval-run-id",
-    default=None,
-    help="Run holding the cross-validated metrics (cv/*) and evaluation digest.",
+@optional_text("--name", help="Registered model name [default: the bundle's].")
+@optional_text(
+    "--run-id", help="Training run to log the model into [default: the tracked run, if any]."
 )
-@click.option("--description", default=None, help="Version description.")
+@eval_run_option
+@optional_text("--description", help="Version description.")
+@optional_text("--stage", help="Move the new version to this stage: staging (or none).")
+@click.option(
+    "--track",
+    is_flag=True,
+    help="Record the version in a run of its own (on by itself inside `mlflow run`).",
+)
 @click.pass_context
 def register_cmd(
     ctx: click.Context,
@@ -255,31 +259,35 @@ def register_cmd(
     run_id: str | None,
     eval_run_id: str | None,
     description: str | None,
+    stage: str | None,
+    track: bool,
 ) -> None:
-    """Register a model bundle folder as a new version (pyfunc, state dict, no pickles)."""
-    reg = register_bundle(
-        _store(ctx),
-        bundle,
-        name=name,
-        run_id=run_id,
-        eval_run_id=eval_run_id,
-        description=description,
-    )
-    click.echo(reg.summary())
+    """Register a model bundle folder as a new version (pyfunc, state dict, no pickles).
 
-
-def _options(values: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; VALUE is read as JSON (numbers, lists) else kept as a string."""
-    out: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
+    The MLflow entry point ``register`` runs this command; inside ``mlflow run`` (or with
+    --track) the version is logged into that run unless --run-id names another, and the run is
+    tagged with it.
+    """
+    if stage is not None and stage.lower() != "staging":
+        raise click.BadParameter(
+            f"expected 'staging' or nothing, got {stage!r}", param_hint="--stage"
+        )
+    store = _store(ctx)
+    tracking = tracked_run(store, "register") if tracking_on(track) else contextlib.nullcontext()
+    with tracking as run:
+        reg = register_bundle(
+            store,
+            bundle,
+            name=name,
+            run_id=run_id or (run.run_id if run is not None else None),
+            eval_run_id=eval_run_id,
+            description=description,
+        )
+        if run is not None:
+            run.set_tags({"pathgen.registered_version": f"{reg.name}/{reg.version}"})
+        click.echo(reg.summary())
+        if stage is not None:
+            click.echo(promote(store, reg.name, reg.version, "staging").summary())
 
 
 @models.command("register-encoder")
@@ -292,14 +300,7 @@ def _options(values: tuple[str, ...]) -> dict[str, Any]:
     show_default=True,
     help="Registered encoder name that reads WEIGHTS (see `features encoders`).",
 )
-@click.option(
-    "-o",
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Encoder option, repeatable, e.g. -o dim=1024 -o tile_px=224.",
-)
+@key_value_option("Encoder option, repeatable, e.g. -o dim=1024 -o tile_px=224.")
 @click.option("--name", default="pathgen-encoder", show_default=True)
 @click.option("--description", default=None, help="Version description.")
 @click.pass_context
@@ -307,7 +308,7 @@ def register_encoder_cmd(
     ctx: click.Context,
     weights: Path,
     encoder: str,
-    options: tuple[str, ...],
+    options: dict[str, Any],
     name: str,
     description: str | None,
 ) -> None:
@@ -316,7 +317,7 @@ def register_encoder_cmd(
         _store(ctx),
         weights,
         encoder=encoder,
-        options=_options(options),
+        options=options,
         name=name,
         description=description,
     )

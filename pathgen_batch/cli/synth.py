@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from pathgen_batch.config import replace
+from pathgen_batch.cli.options import tracked, tracking_options
+from pathgen_batch.config import replace, to_dict
 from pathgen_batch.synth import CohortConfig, build_cohort, load_built_cohort
 
 
@@ -31,15 +32,28 @@ def synth() -> None:
     show_default=True,
     help="semi: real breast-cancer patients (198); synthetic: simulated, any size.",
 )
-@click.option("--n-patients", type=int, default=None, help="Patients (semi: all 198 by default).")
-@click.option("--n-genes", type=int, default=None, help="Genes (semi: all 76 by default).")
+@click.option(
+    "--n-patients",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Patients; 0 = the mode's default (semi: all 198).",
+)
+@click.option(
+    "--n-genes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Genes; 0 = the mode's default (semi: all 76).",
+)
 @click.option("--n-families", type=int, default=None, help="Gene families [default: 6].")
 @click.option("--n-programs", type=int, default=None, help="Expression programs = tissue classes.")
 @click.option("--slide-px", type=int, default=None, help="Slide side in pixels at level 0.")
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--folds", type=int, default=None, help="Cross-validation folds [default: 5].")
-@click.option("--workers", type=int, default=None, help="Rendering processes [default: CPUs].")
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=None, help="Rendering processes; 0 = CPUs."
+)
 @click.option("--overwrite", is_flag=True, help="Replace a cohort built with another config.")
+@tracking_options
 def cohort(
     out: Path,
     mode: str,
@@ -52,12 +66,19 @@ def cohort(
     folds: int | None,
     workers: int | None,
     overwrite: bool,
+    track: bool,
+    workspace: str,
+    tracking_uri: str | None,
 ) -> None:
-    """Build a cohort folder: slides/, clinical, expression, gene panel, composition."""
+    """Build a cohort folder: slides/, clinical, expression, gene panel, composition.
+
+    The MLflow entry point ``cohort`` runs this command; inside ``mlflow run`` (or with
+    --track) it logs the config, the cohort's digest, gene panel, inventory and counts.
+    """
     given = {
         "mode": mode,
-        "n_patients": n_patients,
-        "n_genes": n_genes,
+        "n_patients": n_patients or None,
+        "n_genes": n_genes or None,
         "n_families": n_families,
         "n_programs": n_programs,
         "slide_px": slide_px,
@@ -65,14 +86,28 @@ def cohort(
         "folds": folds,
     }
     cfg = replace(CohortConfig(), **{k: v for k, v in given.items() if v is not None})
-    t0 = time.perf_counter()
-    c = build_cohort(out, cfg, workers=workers, overwrite=overwrite)
-    n = len(c.clinical)
-    how = "reused (same config)" if c.reused else f"built in {time.perf_counter() - t0:.1f} s"
-    click.echo(
-        f"cohort {out}: {n} patients, {len(c.slides)} slides, "
-        f"{c.panel.n_genes} genes in {c.panel.n_families} families; {how}"
-    )
+    with tracked("cohort", track, workspace, tracking_uri) as run:
+        t0 = time.perf_counter()
+        c = build_cohort(out, cfg, workers=workers or None, overwrite=overwrite)
+        n = len(c.clinical)
+        how = "reused (same config)" if c.reused else f"built in {time.perf_counter() - t0:.1f} s"
+        click.echo(
+            f"cohort {out}: {n} patients, {len(c.slides)} slides, "
+            f"{c.panel.n_genes} genes in {c.panel.n_families} families; {how}"
+        )
+        if run is not None:
+            from pathgen_batch.registry.step_logs import log_cohort
+
+            log_cohort(
+                run,
+                out,
+                to_dict(cfg),
+                n_patients=n,
+                n_genes=c.panel.n_genes,
+                n_events=int(c.clinical["event"].sum()),
+                inventory=c.inventory(),
+            )
+            click.echo(f"cohort run {run.run_id}")
 
 
 @synth.command()

@@ -1,4 +1,10 @@
-"""``pathgen-batch train``: train a generator or a fusion model on a cohort, save a bundle."""
+"""``pathgen-batch train``: train a generator or a fusion model on a cohort, save a bundle.
+
+Both read the CVConfig JSON that ``evaluate`` reads (``--config``): its ``generator`` or
+``fusion`` section configures the model, its ``val_fraction`` and ``seed`` the inner
+validation split. The MLflow entry points ``train_generator`` and ``train_fusion`` run these
+commands; inside ``mlflow run`` (or with ``--track``) they log to MLflow and register the bundle.
+"""
 
 from __future__ import annotations
 
@@ -7,83 +13,82 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import torch
 
-from pathgen_batch.config import load_json, replace
+from pathgen_batch.cli.options import (
+    apply,
+    cohort_option,
+    cv_config_option,
+    device_option,
+    epochs_option,
+    eval_run_option,
+    features_option,
+    holdout_option,
+    optional_text,
+    out_option,
+    progress,
+    seed_option,
+    set_threads,
+    threads_option,
+    tracked,
+    tracking_options,
+)
 from pathgen_batch.errors import DataError
-from pathgen_batch.training.config import FUSION_MODELS, FusionTrainConfig, GeneratorTrainConfig
-from pathgen_batch.training.loops import EpochLog
+from pathgen_batch.training.config import FUSION_MODELS
 
 if TYPE_CHECKING:
+    from pathgen_batch.registry.tracking import RunLog
     from pathgen_batch.training.data import TrainingData
 
-
-def epoch_line(e: EpochLog) -> None:
-    """Progress: one line per epoch on stderr."""
-    click.echo(e.line(), err=True)
-
-
-def set_threads(threads: int) -> None:
-    """Intra-op threads of torch (small models gain nothing from more on a shared CPU)."""
-    torch.set_num_threads(threads)
-
-
-def data_options(f: Any) -> Any:
-    """Options shared by the training and evaluation commands."""
-    opts = [
-        click.option(
-            "--cohort",
-            "cohort_dir",
-            required=True,
-            type=click.Path(file_okay=False, exists=True, path_type=Path),
-            help="Cohort folder (clinical, expression, gene panel).",
-        ),
-        click.option(
-            "--features",
-            "features_dir",
-            required=True,
-            type=click.Path(file_okay=False, exists=True, path_type=Path),
-            help="Folder of per-slide feature files (`pathgen-batch features extract`).",
-        ),
-        click.option(
-            "--out",
-            "out",
-            required=True,
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Output folder.",
-        ),
-        click.option(
-            "--config",
-            "config_file",
-            type=click.Path(dir_okay=False, exists=True, path_type=Path),
-            default=None,
-            help="Training config as JSON (strict: unknown keys are errors).",
-        ),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Max epochs."),
-        click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed."),
-        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
-        click.option(
-            "--threads",
-            type=click.IntRange(min=1),
-            default=1,
-            show_default=True,
-            help="torch intra-op CPU threads.",
-        ),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+training_options = apply(
+    cohort_option,
+    features_option,
+    out_option("Bundle folder to write."),
+    cv_config_option,
+    epochs_option,
+    holdout_option,
+    device_option("cpu"),
+    threads_option,
+    click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out."),
+    optional_text("--name", help="Registry name [default: the config's generator/fusion_name]."),
+    eval_run_option,
+    click.option(
+        "--no-register",
+        "no_register",
+        is_flag=True,
+        help="When tracking, log the run but do not register the bundle.",
+    ),
+    tracking_options,
+)
 
 
-def _overrides(epochs: int | None, seed: int | None) -> dict[str, Any]:
-    return {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
+def _data(cohort_dir: Path, features_dir: Path, holdout_fold: int) -> TrainingData:
+    from pathgen_batch.training.data import load_training_data
+
+    data = load_training_data(cohort_dir, features_dir)
+    return data.without_fold(holdout_fold) if holdout_fold >= 0 else data
 
 
-def _inner(data: TrainingData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from pathgen_batch.cohort.splits import inner_split
+def _log(
+    run: RunLog,
+    kind: str,
+    model: Any,
+    cfg: Any,
+    bundle: str | Path,
+    data: TrainingData,
+    cohort_dir: Path,
+    params: dict[str, Any],
+    eval_run_id: str | None,
+    register: bool,
+) -> None:
+    from pathgen_batch.registry.step_logs import data_tags, log_trained, register_trained
 
-    return inner_split(data.strata(), val_fraction, seed)
+    run.set_tags(data_tags(cohort_dir, data))
+    if params:
+        run.log_params(params)
+    log_trained(run, kind, model, cfg, bundle)
+    click.echo(f"{kind} run {run.run_id}")
+    if register:
+        click.echo(register_trained(run, bundle, eval_run_id).summary())
 
 
 @click.group()
@@ -92,78 +97,119 @@ def train() -> None:
 
 
 @train.command("generator")
-@data_options
-@click.option("--name", default="pathgen-generator", show_default=True, help="Registry name.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@training_options
+@seed_option
 def generator_cmd(
     cohort_dir: Path,
     features_dir: Path,
     out: Path,
     config_file: Path | None,
-    epochs: int | None,
-    seed: int | None,
+    epochs: int,
+    holdout_fold: int,
     device: str,
     threads: int,
-    name: str,
     overwrite: bool,
+    name: str | None,
+    eval_run_id: str | None,
+    no_register: bool,
+    track: bool,
+    workspace: str,
+    tracking_uri: str | None,
+    seed: int | None,
 ) -> None:
     """Train the conditional diffusion generator and save it as a bundle at --out."""
+    from pathgen_batch.cohort.splits import inner_split
     from pathgen_batch.inference.bundle import save_generator
-    from pathgen_batch.training.data import load_training_data
+    from pathgen_batch.training.overrides import cv_config
     from pathgen_batch.training.trainers import train_generator
 
     set_threads(threads)
-    cfg = load_json(GeneratorTrainConfig, config_file) if config_file else GeneratorTrainConfig()
-    cfg = replace(cfg, **_overrides(epochs, seed))
-    data = load_training_data(cohort_dir, features_dir)
-    tr, va = _inner(data, cfg.val_fraction, cfg.seed)
-    t0 = time.perf_counter()
-    gen = train_generator(data, tr, va, cfg, device=device, progress=epoch_line, name=name)
-    path = save_generator(gen, out, overwrite=overwrite)
-    h = gen.provenance["history"]
-    click.echo(
-        f"generator bundle {path}: {len(tr)} training / {len(va)} validation patients, best "
-        f"epoch {h['best_epoch']} of {h['epochs_run']} (val loss {h['best_val_loss']:.4f}), "
-        f"{time.perf_counter() - t0:.1f}s"
-    )
+    cfg = cv_config(config_file, epochs=epochs or None, seed=seed)
+    data = _data(cohort_dir, features_dir, holdout_fold)
+    tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
+    with tracked("train_generator", track, workspace, tracking_uri) as run:
+        t0 = time.perf_counter()
+        gen = train_generator(
+            data,
+            tr,
+            va,
+            cfg.generator,
+            device=device,
+            progress=progress(run),
+            name=name or cfg.generator_name,
+        )
+        path = save_generator(gen, out, overwrite=overwrite)
+        h = gen.provenance["history"]
+        click.echo(
+            f"generator bundle {path}: {len(tr)} training / {len(va)} validation patients, best "
+            f"epoch {h['best_epoch']} of {h['epochs_run']} (val loss {h['best_val_loss']:.4f}), "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
+        if run is not None:
+            params = {"holdout_fold": holdout_fold} if holdout_fold >= 0 else {}
+            _log(
+                run,
+                "generator",
+                gen,
+                cfg.generator,
+                path,
+                data,
+                cohort_dir,
+                params,
+                eval_run_id,
+                not no_register,
+            )
 
 
 @train.command("fusion")
-@data_options
+@training_options
 @click.option(
     "--generator",
     "generator_dir",
     required=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Generator bundle: its synthetic transcriptomes calibrate the conformal states.",
+    help="Generator bundle trained on the same data: its held-out patients are the validation "
+    "set and its synthetic transcriptomes calibrate the conformal sets.",
 )
 @click.option(
     "--model",
     type=click.Choice(FUSION_MODELS),
-    default=None,
-    help="Model to train [default: the config's, fusion].",
+    default="fusion",
+    show_default=True,
+    help="Model to train; its section of the CVConfig configures it.",
 )
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1)
 @click.option(
-    "--conformal-method", type=click.Choice(["aps", "lac"]), default="lac", show_default=True
+    "--alpha",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Conformal miscoverage [default: the config's alpha].",
 )
-@click.option("--name", default="pathgen-fusion", show_default=True, help="Registry name.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option(
+    "--conformal-method",
+    type=click.Choice(["aps", "lac"]),
+    default=None,
+    help="Grade-set score [default: the config's conformal_method].",
+)
 def fusion_cmd(
     cohort_dir: Path,
     features_dir: Path,
     out: Path,
     config_file: Path | None,
-    epochs: int | None,
-    seed: int | None,
+    epochs: int,
+    holdout_fold: int,
     device: str,
     threads: int,
-    generator_dir: Path,
-    model: str | None,
-    alpha: float,
-    conformal_method: str,
-    name: str,
     overwrite: bool,
+    name: str | None,
+    eval_run_id: str | None,
+    no_register: bool,
+    track: bool,
+    workspace: str,
+    tracking_uri: str | None,
+    generator_dir: Path,
+    model: str,
+    alpha: float | None,
+    conformal_method: str | None,
 ) -> None:
     """Train a fusion model on real transcriptomes, calibrate it on synthetic ones, save it.
 
@@ -171,39 +217,52 @@ def fusion_cmd(
     """
     from pathgen_batch.inference.bundle import load_bundle, save_fusion
     from pathgen_batch.inference.generator import TrainedGenerator
-    from pathgen_batch.training.data import load_training_data
+    from pathgen_batch.training.overrides import cv_config
     from pathgen_batch.training.trainers import train_calibrated_fusion
 
     set_threads(threads)
-    cfg = load_json(FusionTrainConfig, config_file) if config_file else FusionTrainConfig()
-    over = _overrides(epochs, seed)
-    if model is not None:
-        over["model"] = model
-        if model != cfg.model and config_file is None:
-            over["options"] = FusionTrainConfig().options
-    cfg = replace(cfg, **over)
+    cfg = cv_config(config_file, epochs=epochs or None)
+    section = getattr(cfg, model)
+    alpha = cfg.alpha if alpha is None else alpha
     gen = load_bundle(generator_dir, device=device)
     if not isinstance(gen, TrainedGenerator):
         raise DataError(f"{generator_dir}: expected a generator bundle, got a {gen.kind} bundle")
-    data = load_training_data(cohort_dir, features_dir)
-    t0 = time.perf_counter()
-    fus = train_calibrated_fusion(
-        data,
-        gen,
-        cfg,
-        alpha=alpha,
-        method="lac" if conformal_method == "lac" else "aps",
-        device=device,
-        progress=epoch_line,
-        name=name,
-    )
-    n_val = len(gen.provenance.get("val_patients", []))
-    path = save_fusion(fus, out, overwrite=overwrite)
-    h = fus.provenance["history"]
-    q = fus.grade_conformal.qhat if fus.grade_conformal else float("nan")
-    click.echo(
-        f"{cfg.model} bundle {path}: {data.n_patients - n_val} training / {n_val} validation "
-        f"patients, best "
-        f"epoch {h['best_epoch']} of {h['epochs_run']} (val loss {h['best_val_loss']:.4f}), "
-        f"conformal qhat {q:.3f} at alpha {alpha:g}, {time.perf_counter() - t0:.1f}s"
-    )
+    data = _data(cohort_dir, features_dir, holdout_fold)
+    with tracked("train_fusion", track, workspace, tracking_uri) as run:
+        t0 = time.perf_counter()
+        fus = train_calibrated_fusion(
+            data,
+            gen,
+            section,
+            alpha=alpha,
+            method="aps" if (conformal_method or cfg.conformal_method) == "aps" else "lac",
+            device=device,
+            progress=progress(run),
+            name=name or cfg.fusion_name,
+        )
+        n_val = len(gen.provenance.get("val_patients", []))
+        path = save_fusion(fus, out, overwrite=overwrite)
+        h = fus.provenance["history"]
+        q = fus.grade_conformal.qhat if fus.grade_conformal else float("nan")
+        click.echo(
+            f"{section.model} bundle {path}: {data.n_patients - n_val} training / {n_val} "
+            f"validation patients, best epoch {h['best_epoch']} of {h['epochs_run']} (val loss "
+            f"{h['best_val_loss']:.4f}), conformal qhat {q:.3f} at alpha {alpha:g}, "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
+        if run is not None:
+            params: dict[str, Any] = {"calibrated_with": str(generator_dir)}
+            if holdout_fold >= 0:
+                params["holdout_fold"] = holdout_fold
+            _log(
+                run,
+                "fusion",
+                fus,
+                section,
+                path,
+                data,
+                cohort_dir,
+                params,
+                eval_run_id,
+                not no_register,
+            )
