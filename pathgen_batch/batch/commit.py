@@ -44,7 +44,7 @@ from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.storage import RetryPolicy, SlideSource
 from pathgen_batch.tables import io as tio
-from pathgen_batch.tables.rows import failure_record, records_table
+from pathgen_batch.tables.rows import Lineage, failure_record, records_table
 from pathgen_batch.tables.schemas import RUNS, features_schema, schema_for
 
 STAGING = "_runs"
@@ -266,7 +266,7 @@ def read_commit(layout: RunLayout, slide_id: str, retry: RetryPolicy) -> dict[st
     return dict(body)
 
 
-def fail_leftovers(state: RunState, lineage: Any, reason: str, retry: RetryPolicy) -> list[str]:
+def fail_leftovers(state: RunState, lineage: Lineage, reason: str, retry: RetryPolicy) -> list[str]:
     """Commit a ``pipeline`` failure for every input still without a commit; their ids."""
     out = []
     for s in state.pending():

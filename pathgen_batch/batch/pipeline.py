@@ -41,6 +41,7 @@ from pathgen_batch.batch.ray_runner import (
     configure_data,
     connect,
     consume,
+    pass_errors,
     plan_resources,
 )
 from pathgen_batch.batch.score_stage import SlideScorer
@@ -84,9 +85,7 @@ def score_archive(
         ray, owned = connect(cfg)
         try:
             configure_data(ray)
-            from ray.data.exceptions import SystemException
-
-            pass_errors = (ray.exceptions.RayError, SystemException)
+            ends_a_pass = pass_errors(ray)
             res = plan_resources(cfg, ray.cluster_resources())
             wctx = worker_context(p)
             log.info(
@@ -106,7 +105,7 @@ def score_archive(
                         progress,
                         cfg.progress_every_s,
                     )
-                except pass_errors as e:
+                except ends_a_pass as e:
                     last_error = (
                         f"pass {passes} ended on {type(e).__name__}: "
                         + (str(e).strip().splitlines() or [""])[0][:500]

@@ -103,6 +103,14 @@ def configure_data(ray: Any) -> None:
     ctx.actor_task_retry_on_errors = [StorageError]
 
 
+def pass_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Errors that end a pass (a task out of retries, a lost worker or node): the slides it
+    left without a commit go to the next pass."""
+    from ray.data.exceptions import SystemException
+
+    return (ray.exceptions.RayError, SystemException)
+
+
 def build_pipeline(
     ray: Any,
     p: Prepared,
