@@ -449,3 +449,25 @@ def test_init_refuses_a_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("")
     with pytest.raises(ConfigError, match="not a folder"):
         init_cohort(tmp_path / "x")
+
+
+@pytest.mark.servers
+def test_a_cohort_on_s3_validates_and_names_a_missing_slide_object(
+    s3_server, s3_bucket: str, tmp_path: Path
+) -> None:
+    local = tmp_path / "c"
+    _write_tables(local)
+    client = s3_server.client()
+    for p in local.iterdir():
+        client.put_object(Bucket=s3_bucket, Key=f"cohort/{p.name}", Body=p.read_bytes())
+    for i in range(1, 8):  # every slide object but P8's
+        client.put_object(Bucket=s3_bucket, Key=f"cohort/slides/P{i}-A.tiff", Body=b"x")
+    root = f"s3://{s3_bucket}/cohort"
+    lines = validate_cohort(root).lines()
+    assert lines == [f"slides.csv row 8, column slide_uri: {root}/slides/P8-A.tiff: no such "
+                     "slide object"]  # fmt: skip
+    c = load_cohort(root)
+    assert c.slide_uri("P3-A") == f"{root}/slides/P3-A.tiff" and c.n_patients == 8
+    np.testing.assert_allclose(c.expression.to_numpy(), load_cohort(local).expression.to_numpy())
+    with pytest.raises(DataError, match="in object storage, not a local file"):
+        c.slide_path("P3-A")
