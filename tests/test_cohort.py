@@ -358,6 +358,17 @@ def test_settings_are_strict_and_round_trip() -> None:
 # -- a real-world-shaped cohort --------------------------------------------------------------
 
 
+def _without_mpp(src: Path, dst: Path) -> None:
+    """The slide's level 0 as a tiled TIFF that records no physical resolution."""
+    import tifffile
+
+    from pathgen_batch.slides import open_slide
+
+    with open_slide(src) as s:
+        rgb = s.read_region((0, 0), 0, s.dimensions)
+    tifffile.imwrite(dst, rgb, tile=(256, 256), photometric="rgb", metadata=None)
+
+
 @pytest.fixture(scope="module")
 def real_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(semi-synthetic cohort, the same as a user would give it, its features).
@@ -381,8 +392,13 @@ def real_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
         rows.append({"patient_id": pid, "slide_id": sid, "slide_uri": f"wsi/{sid}.tiff"})
         if i % 3 == 0:  # a second slide: the first one's tiles, under another id
             second = f"{pid}-S2"
-            shutil.copy(user / "wsi" / f"{sid}.tiff", user / "wsi" / f"{second}.tiff")
-            rows.append({"patient_id": pid, "slide_id": second, "slide_uri": f"wsi/{second}.tiff"})
+            row = {"patient_id": pid, "slide_id": second, "slide_uri": f"wsi/{second}.tiff"}
+            if i == 0:  # a scan that records no MPP: the table gives it
+                _without_mpp(user / "wsi" / f"{sid}.tiff", user / "wsi" / f"{second}.tiff")
+                row["mpp"] = 0.5
+            else:
+                shutil.copy(user / "wsi" / f"{sid}.tiff", user / "wsi" / f"{second}.tiff")
+            rows.append(row)
             sf = read_slide_features(feature_file(feats, sid))
             write_slide_features(dataclasses.replace(sf, slide_id=second), feats)
     pd.DataFrame(rows).to_csv(user / "slides.csv", index=False)
@@ -416,6 +432,26 @@ def test_a_real_world_shaped_cohort_validates(real_world: tuple[Path, Path, Path
     first = mine.patient_ids[0]
     assert mine.slides_of(first) == [f"{first}-S1", f"{first}-S2"]
     assert mine.clinical["grade"].isna().sum() >= 3 and "fold" not in mine.covariates
+
+
+@pytest.mark.slow
+def test_the_slides_table_gives_the_mpp_of_a_scan_without_one(
+    real_world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, user, _ = real_world
+    second = f"{load_cohort(user).patient_ids[0]}-S2"
+    res = extract_cohort(
+        user, tmp_path / "f", build_encoder("stain-texture", device="cpu"), slide_ids=[second]
+    )
+    assert res[0].status == "done" and res[0].n_tiles > 0
+    extraction = read_slide_features(feature_file(tmp_path / "f", second)).extraction
+    assert extraction["mpp_override"] == 0.5 and extraction["mpp_source"] == "override"
+    copy = tmp_path / "no-mpp"
+    shutil.copytree(user, copy)
+    _edit(copy, "slides.csv", lambda df: df.drop(columns=["mpp"]))
+    lines = validate_cohort(copy).lines()
+    assert len(lines) == 1 and "row 2, column slide_uri:" in lines[0], lines
+    assert "the slide records no MPP; give it in column mpp" in lines[0]
 
 
 @pytest.mark.slow
