@@ -4,6 +4,7 @@ real-world-shaped cohort (CSV, several slides per patient, missing labels, TPM) 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,15 +12,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
+from tiny_training import FUS, threads
 
 from pathgen_batch.cli import main
 from pathgen_batch.cohort import CohortSettings, init_cohort, load_cohort, validate_cohort
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features import build_encoder, extract_cohort, feature_file
 from pathgen_batch.features.store import read_slide_features, write_slide_features
+from pathgen_batch.models.fusion import FusionOutput
+from pathgen_batch.models.survival import fit_bin_edges
 from pathgen_batch.synth import CohortConfig, build_cohort
 from pathgen_batch.training.data import check_training_part, load_training_data
+from pathgen_batch.training.loops import prediction_loss
+from pathgen_batch.training.trainers import train_predictor
 
 GENES = ("G1", "G2", "G3")
 
@@ -477,8 +484,41 @@ def test_a_real_world_shaped_cohort_loads_for_training(
     sub = data.subset([0, 2])
     assert sub.slides == (data.slides[0], data.slides[2])
     np.testing.assert_array_equal(sub.tile_slides[0], data.tile_slides[0])
-    with pytest.raises(DataError, match=r"3 of 30 patient.*no outcome"):
-        check_training_part(data, np.arange(30), "all patients")
+    check_training_part(data, np.arange(30), "all patients")  # unknown labels are allowed
+
+    # a fusion model trains on them: time bins from the known outcomes only
+    tr, va = np.arange(0, 30, 2), np.arange(1, 30, 2)
+    with threads(1):
+        fus = train_predictor(data, tr, va, FUS)
+    known = tr[data.outcome_known[tr]]
+    assert len(known) < len(tr)
+    np.testing.assert_array_equal(
+        fus.bin_edges, fit_bin_edges(data.time[known], data.event[known].astype(int), FUS.n_bins)
+    )
+    history = fus.provenance["history"]
+    assert all(math.isfinite(v) for v in history["train_loss"] + history["val_loss"])
+
+
+def test_unknown_outcomes_and_grades_leave_their_loss_hand_computed() -> None:
+    # K = 2 bins, hazard logit 0 -> h = 0.5 in every bin; 2 grade classes
+    out = FusionOutput(
+        hazard_logits=torch.zeros(2, 2),
+        grade_logits=torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]]),
+        attention=None,
+    )
+    bins = torch.tensor([1, -1])  # the second patient's outcome is unknown
+    censored = torch.tensor([False, True])
+    grade = torch.tensor([0, 1])
+    # survival: patient 0 only, event in bin 1: -(log S_0 + log h_1) = 2 log 2;
+    # grade: mean of -log(3/4) and -log(1/2)
+    nll = 2.0 * math.log(2.0)
+    ce = (-math.log(0.75) - math.log(0.5)) / 2.0
+    got = prediction_loss(out, bins, censored, grade, 0.3, 0.7)
+    assert got.item() == pytest.approx(0.3 * nll + 0.7 * ce, rel=1e-6)
+    no_outcome = prediction_loss(out, torch.tensor([-1, -1]), censored, grade, 0.3, 0.7)
+    assert no_outcome.item() == pytest.approx(0.7 * ce, rel=1e-6)
+    nothing = prediction_loss(out, torch.tensor([-1, -1]), censored, torch.tensor([-1, -1]), 1, 1)
+    assert nothing.item() == 0.0
 
 
 def test_init_refuses_a_file_in_the_way(tmp_path: Path) -> None:

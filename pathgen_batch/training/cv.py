@@ -122,7 +122,9 @@ def _evaluate(
     where: str,
 ) -> dict[str, float]:
     trn = np.concatenate([plan.train, plan.val])
-    te = plan.test
+    trn = trn[data.outcome_known[trn]]  # survival metrics: patients with an outcome
+    has = data.outcome_known[plan.test]
+    te = plan.test[has]
     out: dict[str, float] = {}
     try:
         rep = survival_report(
@@ -130,8 +132,8 @@ def _evaluate(
             data.time[trn],
             data.event[te],
             data.time[te],
-            pred.risk,
-            bin_survival=survival_from_hazards(pred.hazards),
+            pred.risk[has],
+            bin_survival=survival_from_hazards(pred.hazards[has]),
             bin_edges=edges,
         )
         out.update(
@@ -143,6 +145,7 @@ def _evaluate(
     except DataError as e:
         notes.append(f"{where}: survival metrics not computed ({e})")
         out.update(harrell_c=np.nan, uno_c=np.nan, td_auc=np.nan, ibs=np.nan)
+    te = plan.test
     known = data.grade[te] >= 0
     if known.sum() >= 2:
         labels = [data.grade_classes[g] for g in data.grade[te][known]]
