@@ -109,6 +109,10 @@ PROBLEMS = [
     (_also_parquet, "clinical.csv and clinical.parquet: both present; keep one"),
     (_drop("clinical.csv", col="patient_id"), "clinical.csv: missing column 'patient_id'"),
     (
+        _set("clinical.csv", 3, "patient_id", None),
+        "clinical.csv row 4, column patient_id: empty id",
+    ),
+    (
         _set("clinical.csv", 2, "patient_id", "P2"),
         "clinical.csv row 3, column patient_id: duplicate id 'P2'",
     ),
