@@ -4,6 +4,7 @@ real-world-shaped cohort (CSV, several slides per patient, missing labels, TPM) 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,15 +12,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
+from tiny_training import FUS, threads
 
 from pathgen_batch.cli import main
 from pathgen_batch.cohort import CohortSettings, init_cohort, load_cohort, validate_cohort
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features import build_encoder, extract_cohort, feature_file
 from pathgen_batch.features.store import read_slide_features, write_slide_features
+from pathgen_batch.models.fusion import FusionOutput
+from pathgen_batch.models.survival import fit_bin_edges
 from pathgen_batch.synth import CohortConfig, build_cohort
 from pathgen_batch.training.data import check_training_part, load_training_data
+from pathgen_batch.training.loops import prediction_loss
+from pathgen_batch.training.trainers import train_predictor
 
 GENES = ("G1", "G2", "G3")
 
@@ -101,6 +108,10 @@ PROBLEMS = [
     (_unlink("gene_panel.csv"), "gene_panel.csv: missing from the cohort"),
     (_also_parquet, "clinical.csv and clinical.parquet: both present; keep one"),
     (_drop("clinical.csv", col="patient_id"), "clinical.csv: missing column 'patient_id'"),
+    (
+        _set("clinical.csv", 3, "patient_id", None),
+        "clinical.csv row 4, column patient_id: empty id",
+    ),
     (
         _set("clinical.csv", 2, "patient_id", "P2"),
         "clinical.csv row 3, column patient_id: duplicate id 'P2'",
@@ -358,6 +369,17 @@ def test_settings_are_strict_and_round_trip() -> None:
 # -- a real-world-shaped cohort --------------------------------------------------------------
 
 
+def _without_mpp(src: Path, dst: Path) -> None:
+    """The slide's level 0 as a tiled TIFF that records no physical resolution."""
+    import tifffile
+
+    from pathgen_batch.slides import open_slide
+
+    with open_slide(src) as s:
+        rgb = s.read_region((0, 0), 0, s.dimensions)
+    tifffile.imwrite(dst, rgb, tile=(256, 256), photometric="rgb", metadata=None)
+
+
 @pytest.fixture(scope="module")
 def real_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(semi-synthetic cohort, the same as a user would give it, its features).
@@ -381,8 +403,13 @@ def real_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
         rows.append({"patient_id": pid, "slide_id": sid, "slide_uri": f"wsi/{sid}.tiff"})
         if i % 3 == 0:  # a second slide: the first one's tiles, under another id
             second = f"{pid}-S2"
-            shutil.copy(user / "wsi" / f"{sid}.tiff", user / "wsi" / f"{second}.tiff")
-            rows.append({"patient_id": pid, "slide_id": second, "slide_uri": f"wsi/{second}.tiff"})
+            row = {"patient_id": pid, "slide_id": second, "slide_uri": f"wsi/{second}.tiff"}
+            if i == 0:  # a scan that records no MPP: the table gives it
+                _without_mpp(user / "wsi" / f"{sid}.tiff", user / "wsi" / f"{second}.tiff")
+                row["mpp"] = 0.5
+            else:
+                shutil.copy(user / "wsi" / f"{sid}.tiff", user / "wsi" / f"{second}.tiff")
+            rows.append(row)
             sf = read_slide_features(feature_file(feats, sid))
             write_slide_features(dataclasses.replace(sf, slide_id=second), feats)
     pd.DataFrame(rows).to_csv(user / "slides.csv", index=False)
@@ -419,6 +446,26 @@ def test_a_real_world_shaped_cohort_validates(real_world: tuple[Path, Path, Path
 
 
 @pytest.mark.slow
+def test_the_slides_table_gives_the_mpp_of_a_scan_without_one(
+    real_world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, user, _ = real_world
+    second = f"{load_cohort(user).patient_ids[0]}-S2"
+    res = extract_cohort(
+        user, tmp_path / "f", build_encoder("stain-texture", device="cpu"), slide_ids=[second]
+    )
+    assert res[0].status == "done" and res[0].n_tiles > 0
+    extraction = read_slide_features(feature_file(tmp_path / "f", second)).extraction
+    assert extraction["mpp_override"] == 0.5 and extraction["mpp_source"] == "override"
+    copy = tmp_path / "no-mpp"
+    shutil.copytree(user, copy)
+    _edit(copy, "slides.csv", lambda df: df.drop(columns=["mpp"]))
+    lines = validate_cohort(copy).lines()
+    assert len(lines) == 1 and "row 2, column slide_uri:" in lines[0], lines
+    assert "the slide records no MPP; give it in column mpp" in lines[0]
+
+
+@pytest.mark.slow
 def test_a_real_world_shaped_cohort_loads_for_training(
     real_world: tuple[Path, Path, Path],
 ) -> None:
@@ -441,11 +488,66 @@ def test_a_real_world_shaped_cohort_loads_for_training(
     sub = data.subset([0, 2])
     assert sub.slides == (data.slides[0], data.slides[2])
     np.testing.assert_array_equal(sub.tile_slides[0], data.tile_slides[0])
-    with pytest.raises(DataError, match=r"3 of 30 patient.*no outcome"):
-        check_training_part(data, np.arange(30), "all patients")
+    check_training_part(data, np.arange(30), "all patients")  # unknown labels are allowed
+
+    # a fusion model trains on them: time bins from the known outcomes only
+    tr, va = np.arange(0, 30, 2), np.arange(1, 30, 2)
+    with threads(1):
+        fus = train_predictor(data, tr, va, FUS)
+    known = tr[data.outcome_known[tr]]
+    assert len(known) < len(tr)
+    np.testing.assert_array_equal(
+        fus.bin_edges, fit_bin_edges(data.time[known], data.event[known].astype(int), FUS.n_bins)
+    )
+    history = fus.provenance["history"]
+    assert all(math.isfinite(v) for v in history["train_loss"] + history["val_loss"])
+
+
+def test_unknown_outcomes_and_grades_leave_their_loss_hand_computed() -> None:
+    # K = 2 bins, hazard logit 0 -> h = 0.5 in every bin; 2 grade classes
+    out = FusionOutput(
+        hazard_logits=torch.zeros(2, 2),
+        grade_logits=torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]]),
+        attention=None,
+    )
+    bins = torch.tensor([1, -1])  # the second patient's outcome is unknown
+    censored = torch.tensor([False, True])
+    grade = torch.tensor([0, 1])
+    # survival: patient 0 only, event in bin 1: -(log S_0 + log h_1) = 2 log 2;
+    # grade: mean of -log(3/4) and -log(1/2)
+    nll = 2.0 * math.log(2.0)
+    ce = (-math.log(0.75) - math.log(0.5)) / 2.0
+    got = prediction_loss(out, bins, censored, grade, 0.3, 0.7)
+    assert got.item() == pytest.approx(0.3 * nll + 0.7 * ce, rel=1e-6)
+    no_outcome = prediction_loss(out, torch.tensor([-1, -1]), censored, grade, 0.3, 0.7)
+    assert no_outcome.item() == pytest.approx(0.7 * ce, rel=1e-6)
+    nothing = prediction_loss(out, torch.tensor([-1, -1]), censored, torch.tensor([-1, -1]), 1, 1)
+    assert nothing.item() == 0.0
 
 
 def test_init_refuses_a_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("")
     with pytest.raises(ConfigError, match="not a folder"):
         init_cohort(tmp_path / "x")
+
+
+@pytest.mark.servers
+def test_a_cohort_on_s3_validates_and_names_a_missing_slide_object(
+    s3_server, s3_bucket: str, tmp_path: Path
+) -> None:
+    local = tmp_path / "c"
+    _write_tables(local)
+    client = s3_server.client()
+    for p in local.iterdir():
+        client.put_object(Bucket=s3_bucket, Key=f"cohort/{p.name}", Body=p.read_bytes())
+    for i in range(1, 8):  # every slide object but P8's
+        client.put_object(Bucket=s3_bucket, Key=f"cohort/slides/P{i}-A.tiff", Body=b"x")
+    root = f"s3://{s3_bucket}/cohort"
+    lines = validate_cohort(root).lines()
+    assert lines == [f"slides.csv row 8, column slide_uri: {root}/slides/P8-A.tiff: no such "
+                     "slide object"]  # fmt: skip
+    c = load_cohort(root)
+    assert c.slide_uri("P3-A") == f"{root}/slides/P3-A.tiff" and c.n_patients == 8
+    np.testing.assert_allclose(c.expression.to_numpy(), load_cohort(local).expression.to_numpy())
+    with pytest.raises(DataError, match="in object storage, not a local file"):
+        c.slide_path("P3-A")

@@ -39,8 +39,11 @@ def init(out_dir: Path) -> None:
     help="Do not open the slide files (tables only).",
 )
 def validate(cohort_dir: str, folds: int | None, no_open_slides: bool) -> None:
-    """Check COHORT_DIR (a folder or s3:// prefix): every problem, one line each, exit 2;
-    else print the inventory."""
+    """Check a cohort (folder or s3:// prefix) and print its inventory.
+
+    Every problem is printed, one line each naming file, row and column, and the exit status
+    is 2 when there is any.
+    """
     result = validate_cohort(cohort_dir, open_slides=not no_open_slides, folds=folds)
     if result.cohort is None or result.problems:
         for line in result.lines():

@@ -95,11 +95,11 @@ def _ids(p: _Problems, file: str, df: pd.DataFrame, col: str, unique: bool) -> b
     if col not in df.columns:
         p.add(file, f"missing column {col!r} (columns: {list(df.columns)[:8]})")
         return False
-    empty = np.flatnonzero(_missing_text(df[col]).to_numpy())
-    p.rows(file, col, empty, lambda r: "empty id")
-    df[col] = df[col].astype(str).str.strip()
+    missing = _missing_text(df[col]).to_numpy()
+    p.rows(file, col, np.flatnonzero(missing), lambda r: "empty id")
+    df[col] = df[col].astype(str).str.strip().where(~missing, "")
     if unique:
-        dup = np.flatnonzero(df[col].duplicated().to_numpy() & ~_missing_text(df[col]).to_numpy())
+        dup = np.flatnonzero(df[col].duplicated().to_numpy() & ~missing)
         p.rows(file, col, dup, lambda r: f"duplicate id {df[col].iloc[r]!r}")
     return True
 

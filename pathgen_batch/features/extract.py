@@ -10,7 +10,9 @@ the same contract and tiling settings is skipped; one with a different contract 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pathgen_batch.cohort import load_cohort
+from pathgen_batch.cohort import Cohort, load_cohort
 from pathgen_batch.errors import ConfigError, DataError, SlideError
 from pathgen_batch.features.encode_slide import encode_slide, spec_for
 from pathgen_batch.features.encoder import Encoder
@@ -206,7 +208,10 @@ def cohort_slides(
     The cohort is validated first (tables only); a slide in object storage is refused here
     (the batch pipeline stages those).
     """
-    cohort = load_cohort(cohort_dir)
+    return _slide_paths(load_cohort(cohort_dir), slide_ids)
+
+
+def _slide_paths(cohort: Cohort, slide_ids: Sequence[str] | None) -> dict[str, Path]:
     known = list(dict.fromkeys(cohort.slide_ids))
     if slide_ids is None:
         ids = known
@@ -214,11 +219,11 @@ def cohort_slides(
         unknown = sorted(set(slide_ids) - set(known))
         if unknown:
             raise DataError(
-                f"{cohort_dir}: slide id(s) not in the cohort: {unknown[:5]} "
+                f"{cohort.root}: slide id(s) not in the cohort: {unknown[:5]} "
                 f"({len(unknown)} in all)"
             )
         ids = list(dict.fromkeys(slide_ids))
-    return {s: Path(cohort.slide_path(s)) for s in ids}
+    return {s: cohort.slide_path(s) for s in ids}
 
 
 def extract_cohort(
@@ -227,7 +232,23 @@ def extract_cohort(
     encoder: Encoder,
     *,
     slide_ids: Sequence[str] | None = None,
+    mpp_override: float | None = None,
     **kwargs: Any,
 ) -> list[SlideResult]:
-    """:func:`extract_slides` over a cohort's slides (see :mod:`pathgen_batch.cohort`)."""
-    return extract_slides(cohort_slides(cohort_dir, slide_ids), out_dir, encoder, **kwargs)
+    """:func:`extract_slides` over a cohort's slides (see :mod:`pathgen_batch.cohort`).
+
+    A slide's ``mpp`` in the cohort's slides table is its MPP override; ``mpp_override``
+    applies to the slides the table gives none.
+    """
+    cohort = load_cohort(cohort_dir)
+    slides = _slide_paths(cohort, slide_ids)
+    given = dict(zip(cohort.slides["slide_id"], cohort.slides["mpp"], strict=True))
+
+    def mpp_of(sid: str) -> float | None:
+        return mpp_override if math.isnan(given[sid]) else float(given[sid])
+
+    results: list[SlideResult] = []
+    for mpp, run in itertools.groupby(slides, key=mpp_of):
+        part = {s: slides[s] for s in run}
+        results += extract_slides(part, out_dir, encoder, mpp_override=mpp, **kwargs)
+    return results

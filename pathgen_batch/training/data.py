@@ -357,12 +357,6 @@ def check_training_part(
     They need at least two grade classes among known grades and at least one event (at least
     ``n_bins`` events when time bins are fit on them). ``what`` names the part in the message.
     """
-    unknown = int((~data.outcome_known[idx]).sum())
-    if unknown:
-        raise DataError(
-            f"{what}: {unknown} of {len(idx)} patient(s) have no outcome (time, event); the "
-            "survival loss cannot leave them out yet, so give them an outcome or drop them"
-        )
     grades = sorted({int(g) for g in data.grade[idx] if g >= 0})
     if len(grades) < 2:
         only = [data.grade_classes[g] for g in grades]

@@ -38,7 +38,9 @@ def condition_metrics(
     """``METRICS`` of one condition's predictions ``pred`` of the test patients, NaN where a
     metric cannot be computed (with a note saying why). ``train_idx``: the training part
     (train and validation), whose censoring distribution the IPCW metrics use."""
-    trn, te = train_idx, test_idx
+    trn = train_idx[data.outcome_known[train_idx]]  # survival metrics: patients with an outcome
+    has = data.outcome_known[test_idx]
+    te = test_idx[has]
     out: dict[str, float] = {}
     try:
         rep = survival_report(
@@ -46,8 +48,8 @@ def condition_metrics(
             data.time[trn],
             data.event[te],
             data.time[te],
-            pred.risk,
-            bin_survival=survival_from_hazards(pred.hazards),
+            pred.risk[has],
+            bin_survival=survival_from_hazards(pred.hazards[has]),
             bin_edges=edges,
         )
         out.update(
@@ -59,6 +61,7 @@ def condition_metrics(
     except DataError as e:
         notes.append(f"{where}: survival metrics not computed ({e})")
         out.update(harrell_c=np.nan, uno_c=np.nan, td_auc=np.nan, ibs=np.nan)
+    te = test_idx
     known = data.grade[te] >= 0
     if known.sum() >= 2:
         labels = [data.grade_classes[g] for g in data.grade[te][known]]

@@ -92,7 +92,8 @@ class Examples:
     """Patients as the loops see them (already scaled).
 
     bags: list of (N_i, D) float32; omics: (P, G) float32 or None; grade: (P,) int64, -1 =
-    unknown; bins: (P,) int64 time bin; censored: (P,) bool (True = no event observed).
+    unknown; bins: (P,) int64 time bin, -1 = outcome unknown; censored: (P,) bool (True = no
+    event observed).
     """
 
     bags: Sequence[np.ndarray]
@@ -311,10 +312,15 @@ def prediction_loss(
 ) -> torch.Tensor:
     """survival_weight x survival NLL + grade_weight x grade cross-entropy; scalar.
 
-    bins (B,) int64, censored (B,) bool, grade (B,) int64 with -1 = unknown: unknown grades
-    are left out of the cross-entropy (which is 0 when no grade in the batch is known).
+    bins (B,) int64 with -1 = outcome unknown, censored (B,) bool, grade (B,) int64 with -1 =
+    unknown: unknown outcomes are left out of the survival NLL and unknown grades out of the
+    cross-entropy (each 0 when nothing in the batch is known).
     """
-    surv = survival_nll(out.hazard_logits, bins, censored)
+    has = bins >= 0  # (B,)
+    if bool(has.any()):
+        surv = survival_nll(out.hazard_logits[has], bins[has], censored[has])
+    else:
+        surv = out.hazard_logits.sum() * 0.0
     known = grade >= 0  # (B,)
     if bool(known.any()):
         ce = F.cross_entropy(out.grade_logits[known], grade[known])

@@ -164,14 +164,21 @@ def train_predictor(
     check_training_part(data, tr, "training patients", cfg.n_bins)
     escaler = ZScoreScaler.fit(data.expression[tr], "training expression")
     fscaler = ZScoreScaler.fit_bags([data.bags[i] for i in tr])
-    edges = fit_bin_edges(data.time[tr], data.event[tr].astype(np.int64), cfg.n_bins)
+    known = tr[data.outcome_known[tr]]
+    edges = fit_bin_edges(data.time[known], data.event[known].astype(np.int64), cfg.n_bins)
+
+    def bins_of(ix: np.ndarray) -> np.ndarray:
+        bins = np.full(len(ix), -1, dtype=np.int64)  # -1: outcome unknown
+        has = data.outcome_known[ix]
+        bins[has] = to_bins(data.time[ix][has], edges)
+        return bins
 
     def examples(ix: np.ndarray) -> Examples:
         return Examples(
             bags=fscaler.transform_all([data.bags[i] for i in ix]),
             omics=escaler.transform(data.expression[ix]),
             grade=data.grade[ix],
-            bins=to_bins(data.time[ix], edges),
+            bins=bins_of(ix),
             censored=~data.event[ix],
         )
 
