@@ -13,9 +13,11 @@ imports MLflow.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,26 +167,19 @@ eval_run_option = optional_text(
     help="Run holding the cross-validated metrics (cv/*) and evaluation digest.",
 )
 
-tracking_options = apply(
-    click.option(
-        "--track",
-        is_flag=True,
-        help="Log to MLflow (on by itself inside `mlflow run`, which sets MLFLOW_RUN_ID).",
-    ),
-    click.option(
-        "--workspace",
-        default="workspace",
-        show_default=True,
-        envvar="PATHGEN_WORKSPACE",
-        type=click.Path(file_okay=False),
-        help="Workspace of the embedded store (<workspace>/mlflow/mlflow.db).",
-    ),
-    click.option(
-        "--tracking-uri",
-        default=None,
-        envvar="MLFLOW_TRACKING_URI",
-        help="Tracking store (sqlite:///..., http://host:port); default: the workspace store.",
-    ),
+workspace_option = click.option(
+    "--workspace",
+    default="workspace",
+    show_default=True,
+    envvar="PATHGEN_WORKSPACE",
+    type=click.Path(file_okay=False),
+    help="Workspace of the embedded store (<workspace>/mlflow/mlflow.db).",
+)
+tracking_uri_option = click.option(
+    "--tracking-uri",
+    default=None,
+    envvar="MLFLOW_TRACKING_URI",
+    help="Tracking store (sqlite:///..., http://host:port); default: the workspace store.",
 )
 
 
@@ -193,19 +188,41 @@ def tracking_on(track: bool) -> bool:
     return track or bool(os.environ.get("MLFLOW_RUN_ID", "").strip())
 
 
-@contextlib.contextmanager
-def tracked(
-    step: str, track: bool, workspace: str, tracking_uri: str | None
-) -> Iterator[RunLog | None]:
-    """The run to log ``step`` into, or None when tracking is off (MLflow is not imported)."""
-    if not tracking_on(track):
-        yield None
-        return
-    from pathgen_batch.registry import RegistryConfig, open_store, tracked_run
+@dataclass(frozen=True)
+class Tracking:
+    """Whether and where a command logs to MLflow (``--track``, ``--workspace``,
+    ``--tracking-uri``)."""
 
-    store = open_store(RegistryConfig(workspace=workspace, tracking_uri=tracking_uri or None))
-    with tracked_run(store, step) as run:
-        yield run
+    track: bool = False
+    workspace: str = "workspace"
+    tracking_uri: str | None = None
+
+    @contextlib.contextmanager
+    def run(self, step: str) -> Iterator[RunLog | None]:
+        """The run to log ``step`` into, or None when tracking is off (MLflow not used)."""
+        if not tracking_on(self.track):
+            yield None
+            return
+        from pathgen_batch.registry import RegistryConfig, open_store, tracked_run
+
+        config = RegistryConfig(workspace=self.workspace, tracking_uri=self.tracking_uri or None)
+        with tracked_run(open_store(config), step) as run:
+            yield run
+
+
+def tracking_options(f: Any) -> Any:
+    """``--track``, ``--workspace``, ``--tracking-uri``; the command receives ``tracking``."""
+
+    @functools.wraps(f)
+    def packed(*args: Any, track: bool, workspace: str, tracking_uri: str | None, **kw: Any) -> Any:
+        return f(*args, tracking=Tracking(track, workspace, tracking_uri), **kw)
+
+    track = click.option(
+        "--track",
+        is_flag=True,
+        help="Log to MLflow (on by itself inside `mlflow run`, which sets MLFLOW_RUN_ID).",
+    )
+    return apply(track, workspace_option, tracking_uri_option)(packed)
 
 
 def set_threads(threads: int) -> None:

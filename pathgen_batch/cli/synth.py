@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pathgen_batch.cli.options import tracked, tracking_options
+from pathgen_batch.cli.options import Tracking, tracking_options
 from pathgen_batch.config import replace, to_dict
 from pathgen_batch.synth import CohortConfig, build_cohort, load_cohort
 
@@ -66,9 +66,7 @@ def cohort(
     folds: int | None,
     workers: int | None,
     overwrite: bool,
-    track: bool,
-    workspace: str,
-    tracking_uri: str | None,
+    tracking: Tracking,
 ) -> None:
     """Build a cohort folder: slides/, clinical, expression, gene panel, composition.
 
@@ -86,7 +84,7 @@ def cohort(
         "folds": folds,
     }
     cfg = replace(CohortConfig(), **{k: v for k, v in given.items() if v is not None})
-    with tracked("cohort", track, workspace, tracking_uri) as run:
+    with tracking.run("cohort") as run:
         t0 = time.perf_counter()
         c = build_cohort(out, cfg, workers=workers or None, overwrite=overwrite)
         n = len(c.clinical)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pathgen_batch.cli.options import (
+    Tracking,
     apply,
     cohort_option,
     cv_config_option,
@@ -29,7 +30,6 @@ from pathgen_batch.cli.options import (
     seed_option,
     set_threads,
     threads_option,
-    tracked,
     tracking_options,
 )
 from pathgen_batch.errors import DataError
@@ -112,9 +112,7 @@ def generator_cmd(
     name: str | None,
     eval_run_id: str | None,
     no_register: bool,
-    track: bool,
-    workspace: str,
-    tracking_uri: str | None,
+    tracking: Tracking,
     seed: int | None,
 ) -> None:
     """Train the conditional diffusion generator and save it as a bundle at --out."""
@@ -127,7 +125,7 @@ def generator_cmd(
     cfg = cv_config(config_file, epochs=epochs or None, seed=seed)
     data = _data(cohort_dir, features_dir, holdout_fold)
     tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
-    with tracked("train_generator", track, workspace, tracking_uri) as run:
+    with tracking.run("train_generator") as run:
         t0 = time.perf_counter()
         gen = train_generator(
             data,
@@ -203,9 +201,7 @@ def fusion_cmd(
     name: str | None,
     eval_run_id: str | None,
     no_register: bool,
-    track: bool,
-    workspace: str,
-    tracking_uri: str | None,
+    tracking: Tracking,
     generator_dir: Path,
     model: str,
     alpha: float | None,
@@ -228,7 +224,7 @@ def fusion_cmd(
     if not isinstance(gen, TrainedGenerator):
         raise DataError(f"{generator_dir}: expected a generator bundle, got a {gen.kind} bundle")
     data = _data(cohort_dir, features_dir, holdout_fold)
-    with tracked("train_fusion", track, workspace, tracking_uri) as run:
+    with tracking.run("train_fusion") as run:
         t0 = time.perf_counter()
         fus = train_calibrated_fusion(
             data,
