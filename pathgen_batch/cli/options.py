@@ -1,4 +1,5 @@
-"""Options shared by several commands, as click decorators, and the helpers they need.
+"""Options shared by several commands, as click decorators, the helpers they need, and the
+group class that makes library errors one line.
 
 The MLproject entry points run these same commands, so an option that an entry point passes
 must accept what ``mlflow run`` substitutes for an unset parameter: an empty string for a file
@@ -13,9 +14,11 @@ imports MLflow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +26,24 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pathgen_batch.errors import PathgenError
+
 if TYPE_CHECKING:
     from pathgen_batch.registry.tracking import RunLog
     from pathgen_batch.training.loops import EpochLog
 
 Decorator = Callable[[Any], Any]
+
+
+class OneLineErrors(click.Group):
+    """A click group that turns library errors (PathgenError) into one line, exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PathgenError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
 
 
 def apply(*decorators: Decorator) -> Decorator:
@@ -210,19 +226,34 @@ class Tracking:
             yield run
 
 
-def tracking_options(f: Any) -> Any:
-    """``--track``, ``--workspace``, ``--tracking-uri``; the command receives ``tracking``."""
+def packed(cls: type, arg: str, *decorators: Decorator) -> Decorator:
+    """Options whose values reach the command as one ``cls`` instance in ``arg``; the option
+    destinations are the field names of the dataclass ``cls``."""
+    names = [f.name for f in dataclasses.fields(cls)]
 
-    @functools.wraps(f)
-    def packed(*args: Any, track: bool, workspace: str, tracking_uri: str | None, **kw: Any) -> Any:
-        return f(*args, tracking=Tracking(track, workspace, tracking_uri), **kw)
+    def wrap(f: Any) -> Any:
+        @functools.wraps(f)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in names}
+            return f(*args, **{arg: cls(**values)}, **kwargs)
 
-    track = click.option(
+        return apply(*decorators)(command)
+
+    return wrap
+
+
+tracking_options = packed(
+    Tracking,
+    "tracking",
+    click.option(
         "--track",
         is_flag=True,
         help="Log to MLflow (on by itself inside `mlflow run`, which sets MLFLOW_RUN_ID).",
-    )
-    return apply(track, workspace_option, tracking_uri_option)(packed)
+    ),
+    workspace_option,
+    tracking_uri_option,
+)
+"""``--track``, ``--workspace``, ``--tracking-uri``; the command receives ``tracking``."""
 
 
 def set_threads(threads: int) -> None:

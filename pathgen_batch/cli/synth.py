@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pathgen_batch.cli.options import Tracking, tracking_options
+from pathgen_batch.cli.options import Tracking, out_option, tracking_options
 from pathgen_batch.config import replace, to_dict
 from pathgen_batch.synth import CohortConfig, build_cohort, load_cohort
 
@@ -18,13 +18,7 @@ def synth() -> None:
 
 
 @synth.command()
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Cohort folder to write (reused when it already holds the same cohort).",
-)
+@out_option("Cohort folder to write (reused when it already holds the same cohort).")
 @click.option(
     "--mode",
     type=click.Choice(["semi", "synthetic"]),
