@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W="${1:-${WORKSPACE:-workspace}}"
 BIN="${VENV:-.venv}/bin"
-export PATH="$PWD/$BIN:$PATH"
+case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
+export PATH="$BIN:$PATH"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 step() { printf '\n== %s\n' "$*"; }

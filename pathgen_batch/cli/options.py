@@ -7,8 +7,8 @@ or a name (``--config ''``), 0 for "the config's value" (``--epochs 0``), -1 for
 (``--holdout-fold -1``).
 
 Tracking: a command that logs to MLflow does so inside an active MLflow run (``mlflow run``
-sets ``MLFLOW_RUN_ID``) or with ``--track``; otherwise it writes its files only and never
-imports MLflow.
+sets ``MLFLOW_RUN_ID``) or with ``--track``; otherwise it writes its files only and opens no
+MLflow store or run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -201,7 +200,9 @@ tracking_uri_option = click.option(
 
 def tracking_on(track: bool) -> bool:
     """Whether to log: ``--track``, or a run launched by ``mlflow run`` (MLFLOW_RUN_ID)."""
-    return track or bool(os.environ.get("MLFLOW_RUN_ID", "").strip())
+    from pathgen_batch.registry.tracking import launched_run_id
+
+    return track or launched_run_id() is not None
 
 
 @dataclass(frozen=True)
