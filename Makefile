@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SRC    := $(wildcard pathgen_batch tests benchmarks mlprojects jobs)
+SRC    := $(wildcard pathgen_batch tests benchmarks jobs)
 
 .PHONY: venv test test-fast demo lint format clean bench
 

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded defaults (no servers): build the semi-synthetic cohort,
-# extract features, cross-validate, train and register both models through `mlflow run`, promote
-# them to Production through the gate, score an archive of held-out patients' slides (plus a few
-# bad files) with the Ray job, query the tables and write the report. Rerunning reuses what exists.
+# extract features, cross-validate, train and register both models through `mlflow run` (each
+# entry point runs the `pathgen-batch` command of its step, which logs to MLflow inside the run),
+# promote them to Production through the gate, score an archive of held-out patients' slides (plus
+# a few bad files) with the Ray job, query the tables and write the report. Rerunning reuses what
+# exists.
 #
 # Usage: scripts/demo.sh [WORKSPACE]   (default: workspace)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W="${1:-${WORKSPACE:-workspace}}"
 BIN="${VENV:-.venv}/bin"
-export PATH="$PWD/$BIN:$PATH"
+case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
+export PATH="$BIN:$PATH"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 step() { printf '\n== %s\n' "$*"; }

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from tiny_training import FUS, GEN
 
 from pathgen_batch.cli import main
-from pathgen_batch.config import to_dict
+from pathgen_batch.config import replace, to_dict
 from pathgen_batch.training.config import CVConfig, FusionTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,16 +31,15 @@ def _project() -> dict:
     return yaml.safe_load((ROOT / "MLproject").read_text())
 
 
-def _fus(model: str) -> FusionTrainConfig:
-    opts = dict(FUS.options) if model == "fusion" else {"width": 16}
-    return FusionTrainConfig(**{**FUS.__dict__, "model": model, "options": opts})
+def _baseline(model: str) -> FusionTrainConfig:
+    return replace(FUS, model=model, options={"width": 16})
 
 
 TINY = CVConfig(
     generator=GEN,
-    fusion=_fus("fusion"),
-    attention_mil=_fus("attention_mil"),
-    omics_mlp=_fus("omics_mlp"),
+    fusion=FUS,
+    attention_mil=_baseline("attention_mil"),
+    omics_mlp=_baseline("omics_mlp"),
     val_fraction=0.25,
     alpha=0.25,
 )

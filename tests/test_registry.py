@@ -21,8 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pathgen_batch.cli import _Group, main
-from pathgen_batch.cli.models import models
+from pathgen_batch.cli import main
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
@@ -60,8 +59,7 @@ from pathgen_batch.registry.store import default_tracking_uri, resolve_tracking_
 from pathgen_batch.registry.tracking import cv_metrics, flatten
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 
-# the real CLI once `models` is registered there; until then the same group class around it
-cli = main if "models" in main.commands else _Group("pathgen-batch", commands={"models": models})
+cli = main
 
 GEN_CV = {"fidelity/mean_pearson": 0.50, "fidelity/mae": 0.30}
 FUS_CV = {"synthetic/harrell_c": 0.70, "synthetic/macro_auc": 0.72, "synthetic/ibs": 0.20}

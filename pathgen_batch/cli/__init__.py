@@ -8,27 +8,14 @@ as one line and exit with status 2; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import logging
-import sys
-from typing import Any
 
 import click
 
 from pathgen_batch import __version__
-from pathgen_batch.errors import PathgenError
+from pathgen_batch.cli.options import OneLineErrors
 
 
-class _Group(click.Group):
-    """A click group that turns library errors into one clear line."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PathgenError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pathgen-batch")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from pathgen_batch.cli.options import (
+    Tracking,
     cohort_option,
     cv_config_option,
     device_option,
@@ -24,7 +25,6 @@ from pathgen_batch.cli.options import (
     seed_option,
     set_threads,
     threads_option,
-    tracked,
     tracking_options,
 )
 
@@ -58,9 +58,7 @@ def evaluate(
     threads: int,
     folds: int,
     quiet: bool,
-    track: bool,
-    workspace: str,
-    tracking_uri: str | None,
+    tracking: Tracking,
 ) -> None:
     """Cross-validate generator, fusion model and baselines; print and write the results.
 
@@ -79,7 +77,7 @@ def evaluate(
     def echo(line: str) -> None:
         click.echo(line, err=True)
 
-    with tracked("evaluate", track, workspace, tracking_uri) as run:
+    with tracking.run("evaluate") as run:
         if run is not None:
             from pathgen_batch.registry.step_logs import log_evaluation_start
 

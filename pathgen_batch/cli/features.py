@@ -10,12 +10,12 @@ from typing import Any
 import click
 
 from pathgen_batch.cli.options import (
+    Tracking,
     cohort_option,
     device_option,
     key_value_option,
     optional_text,
     out_option,
-    tracked,
     tracking_options,
 )
 from pathgen_batch.features import (
@@ -112,9 +112,7 @@ def extract_cmd(
     slide_ids: tuple[str, ...],
     overwrite: bool,
     keep_going: bool,
-    track: bool,
-    workspace: str,
-    tracking_uri: str | None,
+    tracking: Tracking,
 ) -> None:
     """Tile and embed every slide of a cohort; one Parquet file per slide (resumable).
 
@@ -140,7 +138,7 @@ def extract_cmd(
         else:
             click.echo(f"{head} FAILED {r.error}", err=True)
 
-    with tracked("features", track, workspace, tracking_uri) as run:
+    with tracking.run("features") as run:
         results = extract_slides(
             slides,
             out_dir,

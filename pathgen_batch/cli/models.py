@@ -17,6 +17,8 @@ from pathgen_batch.cli.options import (
     optional_text,
     parse_key_values,
     tracking_on,
+    tracking_uri_option,
+    workspace_option,
 )
 from pathgen_batch.config import load_json
 from pathgen_batch.registry import (
@@ -36,20 +38,8 @@ from pathgen_batch.registry.tags import KINDS
 
 
 @click.group()
-@click.option(
-    "--workspace",
-    default="workspace",
-    show_default=True,
-    envvar="PATHGEN_WORKSPACE",
-    type=click.Path(file_okay=False),
-    help="Workspace of the embedded store (<workspace>/mlflow/mlflow.db).",
-)
-@click.option(
-    "--tracking-uri",
-    default=None,
-    envvar="MLFLOW_TRACKING_URI",
-    help="Tracking store (sqlite:///..., http://host:port); default: the workspace store.",
-)
+@workspace_option
+@tracking_uri_option
 @click.option(
     "--registry-uri",
     default=None,

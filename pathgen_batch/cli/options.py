@@ -1,4 +1,5 @@
-"""Options shared by several commands, as click decorators, and the helpers they need.
+"""Options shared by several commands, as click decorators, the helpers they need, and the
+group class that makes library errors one line.
 
 The MLproject entry points run these same commands, so an option that an entry point passes
 must accept what ``mlflow run`` substitutes for an unset parameter: an empty string for a file
@@ -6,26 +7,42 @@ or a name (``--config ''``), 0 for "the config's value" (``--epochs 0``), -1 for
 (``--holdout-fold -1``).
 
 Tracking: a command that logs to MLflow does so inside an active MLflow run (``mlflow run``
-sets ``MLFLOW_RUN_ID``) or with ``--track``; otherwise it writes its files only and never
-imports MLflow.
+sets ``MLFLOW_RUN_ID``) or with ``--track``; otherwise it writes its files only and opens no
+MLflow store or run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
-import os
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from pathgen_batch.errors import PathgenError
 
 if TYPE_CHECKING:
     from pathgen_batch.registry.tracking import RunLog
     from pathgen_batch.training.loops import EpochLog
 
 Decorator = Callable[[Any], Any]
+
+
+class OneLineErrors(click.Group):
+    """A click group that turns library errors (PathgenError) into one line, exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PathgenError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
 
 
 def apply(*decorators: Decorator) -> Decorator:
@@ -165,47 +182,79 @@ eval_run_option = optional_text(
     help="Run holding the cross-validated metrics (cv/*) and evaluation digest.",
 )
 
-tracking_options = apply(
-    click.option(
-        "--track",
-        is_flag=True,
-        help="Log to MLflow (on by itself inside `mlflow run`, which sets MLFLOW_RUN_ID).",
-    ),
-    click.option(
-        "--workspace",
-        default="workspace",
-        show_default=True,
-        envvar="PATHGEN_WORKSPACE",
-        type=click.Path(file_okay=False),
-        help="Workspace of the embedded store (<workspace>/mlflow/mlflow.db).",
-    ),
-    click.option(
-        "--tracking-uri",
-        default=None,
-        envvar="MLFLOW_TRACKING_URI",
-        help="Tracking store (sqlite:///..., http://host:port); default: the workspace store.",
-    ),
+workspace_option = click.option(
+    "--workspace",
+    default="workspace",
+    show_default=True,
+    envvar="PATHGEN_WORKSPACE",
+    type=click.Path(file_okay=False),
+    help="Workspace of the embedded store (<workspace>/mlflow/mlflow.db).",
+)
+tracking_uri_option = click.option(
+    "--tracking-uri",
+    default=None,
+    envvar="MLFLOW_TRACKING_URI",
+    help="Tracking store (sqlite:///..., http://host:port); default: the workspace store.",
 )
 
 
 def tracking_on(track: bool) -> bool:
     """Whether to log: ``--track``, or a run launched by ``mlflow run`` (MLFLOW_RUN_ID)."""
-    return track or bool(os.environ.get("MLFLOW_RUN_ID", "").strip())
+    from pathgen_batch.registry.tracking import launched_run_id
+
+    return track or launched_run_id() is not None
 
 
-@contextlib.contextmanager
-def tracked(
-    step: str, track: bool, workspace: str, tracking_uri: str | None
-) -> Iterator[RunLog | None]:
-    """The run to log ``step`` into, or None when tracking is off (MLflow is not imported)."""
-    if not tracking_on(track):
-        yield None
-        return
-    from pathgen_batch.registry import RegistryConfig, open_store, tracked_run
+@dataclass(frozen=True)
+class Tracking:
+    """Whether and where a command logs to MLflow (``--track``, ``--workspace``,
+    ``--tracking-uri``)."""
 
-    store = open_store(RegistryConfig(workspace=workspace, tracking_uri=tracking_uri or None))
-    with tracked_run(store, step) as run:
-        yield run
+    track: bool = False
+    workspace: str = "workspace"
+    tracking_uri: str | None = None
+
+    @contextlib.contextmanager
+    def run(self, step: str) -> Iterator[RunLog | None]:
+        """The run to log ``step`` into, or None when tracking is off (MLflow not used)."""
+        if not tracking_on(self.track):
+            yield None
+            return
+        from pathgen_batch.registry import RegistryConfig, open_store, tracked_run
+
+        config = RegistryConfig(workspace=self.workspace, tracking_uri=self.tracking_uri or None)
+        with tracked_run(open_store(config), step) as run:
+            yield run
+
+
+def packed(cls: type, arg: str, *decorators: Decorator) -> Decorator:
+    """Options whose values reach the command as one ``cls`` instance in ``arg``; the option
+    destinations are the field names of the dataclass ``cls``."""
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def wrap(f: Any) -> Any:
+        @functools.wraps(f)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in names}
+            return f(*args, **{arg: cls(**values)}, **kwargs)
+
+        return apply(*decorators)(command)
+
+    return wrap
+
+
+tracking_options = packed(
+    Tracking,
+    "tracking",
+    click.option(
+        "--track",
+        is_flag=True,
+        help="Log to MLflow (on by itself inside `mlflow run`, which sets MLFLOW_RUN_ID).",
+    ),
+    workspace_option,
+    tracking_uri_option,
+)
+"""``--track``, ``--workspace``, ``--tracking-uri``; the command receives ``tracking``."""
 
 
 def set_threads(threads: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -15,14 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pathgen_batch import storage
-from pathgen_batch.errors import DataError, PathgenError
+from pathgen_batch.cli.options import OneLineErrors
+from pathgen_batch.errors import DataError
 from pathgen_batch.tables.query import OutputStore
 
 FORMATS = ("table", "csv", "json", "parquet")
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
-class _QueryGroup(click.Group):
+class _QueryGroup(OneLineErrors):
     """``query ROOT SQL`` is short for ``query sql ROOT SQL``; library errors are one line."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -30,13 +30,6 @@ class _QueryGroup(click.Group):
         if first is not None and first not in self.commands:
             args = ["sql", *args]
         return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PathgenError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(2)
 
 
 @click.group(cls=_QueryGroup, context_settings=_SETTINGS)

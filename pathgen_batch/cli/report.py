@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from pathgen_batch.cli.options import out_option
+
 
 @click.command()
 @click.argument("output_root", envvar="PATHGEN_OUTPUT")
@@ -34,13 +36,7 @@ import click
     show_default=True,
     help="Longer side of slide thumbnails (px).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder for index.html and img/.",
-)
+@out_option("Folder for index.html and img/.", dest="out_dir")
 def report(
     output_root: str,
     run_id: str | None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pathgen_batch.cli.options import tracked, tracking_options
+from pathgen_batch.cli.options import Tracking, out_option, tracking_options
 from pathgen_batch.config import replace, to_dict
 from pathgen_batch.synth import CohortConfig, build_cohort, load_built_cohort
 
@@ -18,13 +18,7 @@ def synth() -> None:
 
 
 @synth.command()
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Cohort folder to write (reused when it already holds the same cohort).",
-)
+@out_option("Cohort folder to write (reused when it already holds the same cohort).")
 @click.option(
     "--mode",
     type=click.Choice(["semi", "synthetic"]),
@@ -66,9 +60,7 @@ def cohort(
     folds: int | None,
     workers: int | None,
     overwrite: bool,
-    track: bool,
-    workspace: str,
-    tracking_uri: str | None,
+    tracking: Tracking,
 ) -> None:
     """Build a cohort folder: slides/, clinical, expression, gene panel, composition.
 
@@ -86,7 +78,7 @@ def cohort(
         "folds": folds,
     }
     cfg = replace(CohortConfig(), **{k: v for k, v in given.items() if v is not None})
-    with tracked("cohort", track, workspace, tracking_uri) as run:
+    with tracking.run("cohort") as run:
         t0 = time.perf_counter()
         c = build_cohort(out, cfg, workers=workers or None, overwrite=overwrite)
         n = len(c.clinical)

@@ -9,13 +9,14 @@ commands; inside ``mlflow run`` (or with ``--track``) they log to MLflow and reg
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from pathgen_batch.cli.options import (
-    apply,
+    Tracking,
     cohort_option,
     cv_config_option,
     device_option,
@@ -25,11 +26,11 @@ from pathgen_batch.cli.options import (
     holdout_option,
     optional_text,
     out_option,
+    packed,
     progress,
     seed_option,
     set_threads,
     threads_option,
-    tracked,
     tracking_options,
 )
 from pathgen_batch.errors import DataError
@@ -37,9 +38,67 @@ from pathgen_batch.training.config import FUSION_MODELS
 
 if TYPE_CHECKING:
     from pathgen_batch.registry.tracking import RunLog
+    from pathgen_batch.training.config import CVConfig
     from pathgen_batch.training.data import TrainingData
 
-training_options = apply(
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What both train commands read and where they write (their shared options)."""
+
+    cohort_dir: Path
+    features_dir: Path
+    out: Path
+    config_file: Path | None
+    epochs: int
+    holdout_fold: int
+    device: str
+    threads: int
+    overwrite: bool
+    name: str | None
+    eval_run_id: str | None
+    no_register: bool
+
+    def config(self, seed: int | None = None) -> CVConfig:
+        """The CVConfig with --epochs (and --seed) applied; sets torch's threads."""
+        from pathgen_batch.training.overrides import cv_config
+
+        set_threads(self.threads)
+        return cv_config(self.config_file, epochs=self.epochs or None, seed=seed)
+
+    def data(self) -> TrainingData:
+        """The cohort's training data, less the --holdout-fold patients."""
+        from pathgen_batch.training.data import load_training_data
+
+        data = load_training_data(self.cohort_dir, self.features_dir)
+        return data.without_fold(self.holdout_fold) if self.holdout_fold >= 0 else data
+
+    def log(
+        self,
+        run: RunLog,
+        kind: str,
+        model: Any,
+        cfg: Any,
+        data: TrainingData,
+        params: dict[str, Any],
+    ) -> None:
+        """Log a trained model into ``run`` and register its bundle (unless --no-register)."""
+        from pathgen_batch.registry.step_logs import data_tags, log_trained, register_trained
+
+        run.set_tags(data_tags(self.cohort_dir, data))
+        if self.holdout_fold >= 0:
+            params = {**params, "holdout_fold": self.holdout_fold}
+        if params:
+            run.log_params(params)
+        log_trained(run, kind, model, cfg, self.out)
+        click.echo(f"{kind} run {run.run_id}")
+        if not self.no_register:
+            click.echo(register_trained(run, self.out, self.eval_run_id).summary())
+
+
+training_options = packed(
+    TrainingInputs,
+    "inputs",
     cohort_option,
     features_option,
     out_option("Bundle folder to write."),
@@ -57,38 +116,7 @@ training_options = apply(
         is_flag=True,
         help="When tracking, log the run but do not register the bundle.",
     ),
-    tracking_options,
 )
-
-
-def _data(cohort_dir: Path, features_dir: Path, holdout_fold: int) -> TrainingData:
-    from pathgen_batch.training.data import load_training_data
-
-    data = load_training_data(cohort_dir, features_dir)
-    return data.without_fold(holdout_fold) if holdout_fold >= 0 else data
-
-
-def _log(
-    run: RunLog,
-    kind: str,
-    model: Any,
-    cfg: Any,
-    bundle: str | Path,
-    data: TrainingData,
-    cohort_dir: Path,
-    params: dict[str, Any],
-    eval_run_id: str | None,
-    register: bool,
-) -> None:
-    from pathgen_batch.registry.step_logs import data_tags, log_trained, register_trained
-
-    run.set_tags(data_tags(cohort_dir, data))
-    if params:
-        run.log_params(params)
-    log_trained(run, kind, model, cfg, bundle)
-    click.echo(f"{kind} run {run.run_id}")
-    if register:
-        click.echo(register_trained(run, bundle, eval_run_id).summary())
 
 
 @click.group()
@@ -99,46 +127,28 @@ def train() -> None:
 @train.command("generator")
 @training_options
 @seed_option
-def generator_cmd(
-    cohort_dir: Path,
-    features_dir: Path,
-    out: Path,
-    config_file: Path | None,
-    epochs: int,
-    holdout_fold: int,
-    device: str,
-    threads: int,
-    overwrite: bool,
-    name: str | None,
-    eval_run_id: str | None,
-    no_register: bool,
-    track: bool,
-    workspace: str,
-    tracking_uri: str | None,
-    seed: int | None,
-) -> None:
+@tracking_options
+def generator_cmd(inputs: TrainingInputs, seed: int | None, tracking: Tracking) -> None:
     """Train the conditional diffusion generator and save it as a bundle at --out."""
     from pathgen_batch.cohort.splits import inner_split
     from pathgen_batch.inference.bundle import save_generator
-    from pathgen_batch.training.overrides import cv_config
     from pathgen_batch.training.trainers import train_generator
 
-    set_threads(threads)
-    cfg = cv_config(config_file, epochs=epochs or None, seed=seed)
-    data = _data(cohort_dir, features_dir, holdout_fold)
+    cfg = inputs.config(seed)
+    data = inputs.data()
     tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
-    with tracked("train_generator", track, workspace, tracking_uri) as run:
+    with tracking.run("train_generator") as run:
         t0 = time.perf_counter()
         gen = train_generator(
             data,
             tr,
             va,
             cfg.generator,
-            device=device,
+            device=inputs.device,
             progress=progress(run),
-            name=name or cfg.generator_name,
+            name=inputs.name or cfg.generator_name,
         )
-        path = save_generator(gen, out, overwrite=overwrite)
+        path = save_generator(gen, inputs.out, overwrite=inputs.overwrite)
         h = gen.provenance["history"]
         click.echo(
             f"generator bundle {path}: {len(tr)} training / {len(va)} validation patients, best "
@@ -146,23 +156,12 @@ def generator_cmd(
             f"{time.perf_counter() - t0:.1f}s"
         )
         if run is not None:
-            params = {"holdout_fold": holdout_fold} if holdout_fold >= 0 else {}
-            _log(
-                run,
-                "generator",
-                gen,
-                cfg.generator,
-                path,
-                data,
-                cohort_dir,
-                params,
-                eval_run_id,
-                not no_register,
-            )
+            inputs.log(run, "generator", gen, cfg.generator, data, {})
 
 
 @train.command("fusion")
 @training_options
+@tracking_options
 @click.option(
     "--generator",
     "generator_dir",
@@ -191,21 +190,8 @@ def generator_cmd(
     help="Grade-set score [default: the config's conformal_method].",
 )
 def fusion_cmd(
-    cohort_dir: Path,
-    features_dir: Path,
-    out: Path,
-    config_file: Path | None,
-    epochs: int,
-    holdout_fold: int,
-    device: str,
-    threads: int,
-    overwrite: bool,
-    name: str | None,
-    eval_run_id: str | None,
-    no_register: bool,
-    track: bool,
-    workspace: str,
-    tracking_uri: str | None,
+    inputs: TrainingInputs,
+    tracking: Tracking,
     generator_dir: Path,
     model: str,
     alpha: float | None,
@@ -217,18 +203,16 @@ def fusion_cmd(
     """
     from pathgen_batch.inference.bundle import load_bundle, save_fusion
     from pathgen_batch.inference.generator import TrainedGenerator
-    from pathgen_batch.training.overrides import cv_config
     from pathgen_batch.training.trainers import train_calibrated_fusion
 
-    set_threads(threads)
-    cfg = cv_config(config_file, epochs=epochs or None)
+    cfg = inputs.config()
     section = getattr(cfg, model)
     alpha = cfg.alpha if alpha is None else alpha
-    gen = load_bundle(generator_dir, device=device)
+    gen = load_bundle(generator_dir, device=inputs.device)
     if not isinstance(gen, TrainedGenerator):
         raise DataError(f"{generator_dir}: expected a generator bundle, got a {gen.kind} bundle")
-    data = _data(cohort_dir, features_dir, holdout_fold)
-    with tracked("train_fusion", track, workspace, tracking_uri) as run:
+    data = inputs.data()
+    with tracking.run("train_fusion") as run:
         t0 = time.perf_counter()
         fus = train_calibrated_fusion(
             data,
@@ -236,12 +220,12 @@ def fusion_cmd(
             section,
             alpha=alpha,
             method="aps" if (conformal_method or cfg.conformal_method) == "aps" else "lac",
-            device=device,
+            device=inputs.device,
             progress=progress(run),
-            name=name or cfg.fusion_name,
+            name=inputs.name or cfg.fusion_name,
         )
         n_val = len(gen.provenance.get("val_patients", []))
-        path = save_fusion(fus, out, overwrite=overwrite)
+        path = save_fusion(fus, inputs.out, overwrite=inputs.overwrite)
         h = fus.provenance["history"]
         q = fus.grade_conformal.qhat if fus.grade_conformal else float("nan")
         click.echo(
@@ -251,18 +235,4 @@ def fusion_cmd(
             f"{time.perf_counter() - t0:.1f}s"
         )
         if run is not None:
-            params: dict[str, Any] = {"calibrated_with": str(generator_dir)}
-            if holdout_fold >= 0:
-                params["holdout_fold"] = holdout_fold
-            _log(
-                run,
-                "fusion",
-                fus,
-                section,
-                path,
-                data,
-                cohort_dir,
-                params,
-                eval_run_id,
-                not no_register,
-            )
+            inputs.log(run, "fusion", fus, section, data, {"calibrated_with": str(generator_dir)})

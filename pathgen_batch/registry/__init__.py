@@ -13,8 +13,8 @@
 
 Stores (:mod:`.store`), registration of bundles as pyfunc models (:mod:`.register`,
 :mod:`.pyfunc`), stages and aliases behind the gate (:mod:`.promote`, :mod:`.gate`), reads
-and lineage (:mod:`.versions`, :mod:`.lineage`) and run logging for the MLflow project's entry
-points (:mod:`.tracking`).
+and lineage (:mod:`.versions`, :mod:`.lineage`), run logging (:mod:`.tracking`) and what each
+``pathgen-batch`` step logs into its run when tracking is on (:mod:`.step_logs`).
 """
 
 import warnings
