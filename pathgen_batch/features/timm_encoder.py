@@ -15,7 +15,10 @@ the local file only (:mod:`.weights`); a state dict with missing, unexpected or 
 is refused with those keys named.
 
 Tiles of ``tile_px`` are resized (bilinear, antialiased) to ``input_px`` when the two differ. On
-CUDA the network runs channels-last under bf16 autocast; on the CPU in float32.
+CUDA the network runs channels-last under bf16 autocast; on the CPU in float32. The network
+always sees ``micro_batch`` tiles at a time (the last group padded with blank tiles), so that a
+tile's features do not depend on how many tiles were encoded with it: matrix kernels pick their
+blocking, and so their rounding, by the batch shape.
 """
 
 from __future__ import annotations
@@ -199,7 +202,9 @@ def feature_dim(model: nn.Module, output: str) -> int:
 @dataclass(frozen=True)
 class TimmEncoderConfig:
     """weights: local safetensors or torch state dict; tile_px: tile side (default input_px);
-    mpp: tiling resolution; input_px: the network's input size; timm_args: architecture
+    mpp: tiling resolution; input_px: the size tiles are resized to for the network (a named
+    model is built for it; for ``timm:<architecture>`` it defaults to ``timm_args.img_size``,
+    else 224, and a ViT needs ``timm_args.img_size`` to match); timm_args: architecture
     arguments merged over the recipe's; mean, std, output: override the recipe's (required
     for ``timm:<architecture>``)."""
 
@@ -211,8 +216,11 @@ class TimmEncoderConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     output: str | None = None
+    micro_batch: int | None = None  # default 16 on the CPU, 64 on CUDA
 
     def __post_init__(self) -> None:
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ConfigError(f"timm encoder: micro_batch must be >= 1, got {self.micro_batch}")
         for key in ("tile_px", "input_px"):
             v = getattr(self, key)
             if v is not None and v < 8:
@@ -247,7 +255,7 @@ def recipe_for(name: str, cfg: TimmEncoderConfig) -> Recipe:
     args = {**base.args, **(cfg.timm_args or {}), "num_classes": 0}
     given_px = args.get("img_size") if isinstance(args.get("img_size"), int) else None
     input_px = cfg.input_px or given_px or base.input_px
-    if name in FOUNDATION_MODELS or cfg.input_px is not None:
+    if name in FOUNDATION_MODELS:
         args["img_size"] = input_px
     return Recipe(
         architecture=base.architecture,
@@ -264,10 +272,10 @@ def options_for_recipe(name: str, recipe: dict[str, Any]) -> dict[str, Any]:
     """The options that rebuild a contract's recipe (the inverse of :func:`recipe_for`)."""
     if not recipe:
         raise ConfigError(f"encoder {name!r}: the feature contract records no recipe")
-    args = {k: v for k, v in recipe.get("args", {}).items() if k not in ("num_classes", "img_size")}
+    args = {k: v for k, v in recipe.get("args", {}).items() if k != "num_classes"}
     if name in FOUNDATION_MODELS:
         base = {k: v for k, v in FOUNDATION_MODELS[name].args.items() if k != "num_classes"}
-        args = {k: v for k, v in args.items() if base.get(k, object()) != v}
+        args = {k: v for k, v in args.items() if k != "img_size" and base.get(k, object()) != v}
     out: dict[str, Any] = {
         "input_px": recipe.get("input_px"),
         "mean": recipe.get("mean"),
@@ -287,10 +295,11 @@ class TimmEncoder(Encoder):
         digest = file_sha256(cfg.weights, what=f"{name} weights file")
         state = load_state_dict_file(cfg.weights)
         model = build_network(recipe, name)
-        what = f"a {name} (timm {recipe.architecture} with {recipe.to_json()})"
+        what = f"a {name} (timm {recipe.architecture}, {len(recipe.args)} arguments)"
         kept = check_state_dict(model, state, cfg.weights, what)
         model.load_state_dict(kept, strict=True)
         self.recipe = recipe
+        self.micro_batch = cfg.micro_batch
         self.model: nn.Module = model
         self._prefix = int(getattr(model, "num_prefix_tokens", 0))
         tile_px = cfg.tile_px or recipe.input_px
@@ -305,7 +314,17 @@ class TimmEncoder(Encoder):
         self.model.to(memory_format=fmt)  # type: ignore[call-overload]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> float32 (B, dim)."""
+        """uint8 (B, H, W, 3) -> float32 (B, dim), ``micro_batch`` tiles per network call."""
+        m = self.micro_batch or (64 if self.device.type == "cuda" else 16)
+        n = images.shape[0]
+        pad = -n % m
+        if pad:
+            blank = images.new_zeros((pad, *images.shape[1:]))
+            images = torch.cat([images, blank])
+        outs = [self._forward(images[i : i + m]) for i in range(0, n + pad, m)]
+        return torch.cat(outs)[:n]
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
         r = self.recipe
         x = normalise(images, r.mean, r.std)  # (B, 3, tile_px, tile_px)
         if x.shape[-1] != r.input_px:
