@@ -153,7 +153,7 @@ def import_timm() -> Any:
     except ImportError as e:
         raise ConfigError(
             f"timm-built encoders need the 'timm' package ({e}); install the project's "
-            "'encoders' extra (make install-encoders)"
+            "'encoders' extra and timm as the Makefile does (make venv)"
         ) from e
     return timm
 
