@@ -294,3 +294,41 @@ def test_timm_encoder_on_cuda_matches_cpu_at_bf16(tmp_path: Path) -> None:
     assert np.abs(a - b).max() <= 5e-2 * np.abs(a).max()  # bf16 autocast
     parts = np.concatenate([gpu.encode(tiles[:5]), gpu.encode(tiles[5:])])
     np.testing.assert_allclose(parts, b, rtol=1e-2, atol=1e-2 * np.abs(b).max())
+
+
+@pytest.mark.slow
+def test_registered_foundation_encoder_is_found_by_the_models_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from pathgen_batch.registry import (
+        RegistryConfig,
+        fetch_encoder,
+        find_encoder,
+        open_store,
+        register_encoder,
+    )
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    store = open_store(RegistryConfig(workspace=str(tmp_path / "ws")))
+    weights = tmp_path / "model.safetensors"
+    _save_random("virchow2", weights)
+    opts = _tiny_options("virchow2")
+    local = build_encoder("virchow2", weights=str(weights), options=opts)
+    assert find_encoder(store, local.contract) is None  # nothing registered yet
+    reg = register_encoder(store, weights, encoder="virchow2", options=opts)
+    found = find_encoder(store, local.contract)
+    assert found is not None and found.pinned == reg.model_uri and found.contract == local.contract
+    tiles = _tiles(3, 28)
+    again = encoder_for_contract(found.contract, weights=found.path)
+    np.testing.assert_array_equal(again.encode(tiles), local.encode(tiles))
+    with store.active():
+        model = mlflow.pyfunc.load_model(reg.model_uri)
+    np.testing.assert_allclose(model.predict(tiles), local.encode(tiles), rtol=1e-6, atol=1e-6)
+    _save_random("virchow2", tmp_path / "other.bin", seed=3)
+    other = build_encoder("virchow2", weights=str(tmp_path / "other.bin"), options=opts)
+    assert find_encoder(store, other.contract) is None  # same recipe, other weights
+    with pytest.raises(DataError, match=r"vs pathgen-encoder v1 mismatch: version"):
+        fetch_encoder(store, "pathgen-encoder", "1", other.contract)
