@@ -332,3 +332,81 @@ def test_registered_foundation_encoder_is_found_by_the_models_contract(
     assert find_encoder(store, other.contract) is None  # same recipe, other weights
     with pytest.raises(DataError, match=r"vs pathgen-encoder v1 mismatch: version"):
         fetch_encoder(store, "pathgen-encoder", "1", other.contract)
+
+
+def _have_transformers() -> bool:
+    from pathgen_batch.features.hf_encoder import import_transformers
+
+    try:
+        import_transformers()
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_transformers(), reason="transformers is not installed")
+def test_phikon_v2_is_built_by_transformers_from_its_folder(tmp_path: Path) -> None:
+    from pathgen_batch.features.hf_encoder import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    cfg = tf.Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=56, patch_size=14
+    )
+    net = tf.Dinov2Model(cfg).eval()
+    net.save_pretrained(tmp_path / "phikon")  # model.safetensors + config.json
+    weights = tmp_path / "phikon" / "model.safetensors"
+    enc = build_encoder("phikon-v2", weights=str(weights), options={"input_px": 28})
+    tiles = _tiles(5, 28)
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(IMAGENET["mean"]).view(1, 3, 1, 1)) / torch.tensor(IMAGENET["std"]).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        want = net(pixel_values=x).last_hidden_state[:, 0].numpy()
+    got = enc.encode(tiles)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(
+        np.concatenate([enc.encode(tiles[:2]), enc.encode(tiles[2:])]), got
+    )
+    recipe = json.loads(enc.contract.recipe)
+    assert (
+        recipe["architecture"] == "transformers:Dinov2Model" and recipe["args"]["hidden_size"] == 32
+    )
+    from safetensors.torch import load_file, save_file
+
+    legacy = {  # the key names of the file as published (transformers 4)
+        "attention.q_proj": "attention.attention.query",
+        "attention.k_proj": "attention.attention.key",
+        "attention.v_proj": "attention.attention.value",
+        "attention.o_proj": "attention.output.dense",
+    }
+    old_names = {}
+    for k, v in load_file(str(weights)).items():
+        for new, old in legacy.items():
+            k = k.replace(new, old)
+        old_names[k] = v
+    (tmp_path / "published").mkdir()
+    save_file(old_names, str(tmp_path / "published" / "model.safetensors"), {"format": "pt"})
+    (tmp_path / "published" / "config.json").write_text(cfg.to_json_string())
+    published = build_encoder(
+        "phikon-v2",
+        weights=str(tmp_path / "published" / "model.safetensors"),
+        options={"input_px": 28},
+    )
+    np.testing.assert_array_equal(published.encode(tiles), got)
+    moved = tmp_path / "weights.safetensors"  # as a registry bundle holds it: no config beside
+    moved.write_bytes(weights.read_bytes())
+    again = encoder_for_contract(enc.contract, weights=str(moved))
+    np.testing.assert_array_equal(again.encode(tiles), got)
+    with pytest.raises(ConfigError, match=r"config\.json"):
+        build_encoder("phikon-v2", weights=str(moved))
+    torch.save(net.state_dict(), tmp_path / "phikon" / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="safetensors weights only"):
+        build_encoder("phikon-v2", weights=str(tmp_path / "phikon" / "pytorch_model.bin"))
+    wide = tf.Dinov2Config(hidden_size=48, num_hidden_layers=1, num_attention_heads=2)
+    (tmp_path / "wide.json").write_text(wide.to_json_string())
+    with pytest.raises(ConfigError, match=r"mis-shaped key\(s\) \['embeddings.cls_token'"):
+        build_encoder(
+            "phikon-v2", weights=str(weights), options={"config": str(tmp_path / "wide.json")}
+        )

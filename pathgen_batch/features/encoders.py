@@ -18,7 +18,7 @@ import torch
 
 from pathgen_batch import config
 from pathgen_batch.errors import ConfigError
-from pathgen_batch.features import resnet, stain, timm_encoder, torchscript
+from pathgen_batch.features import hf_encoder, resnet, stain, timm_encoder, torchscript
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.encoder import Encoder
 
@@ -128,6 +128,8 @@ def encoder_for_contract(
     elif get_entry(contract.encoder).config_cls is timm_encoder.TimmEncoderConfig:
         recipe = contract.recipe_dict()
         options.update(timm_encoder.options_for_recipe(contract.encoder, recipe))
+    elif contract.encoder in hf_encoder.MODELS:
+        options.update(hf_encoder.options_for_recipe(contract.recipe_dict()))
     enc = build_encoder(contract.encoder, weights=weights, device=device, options=options)
     contract.check_matches(enc.contract, what="requested feature contract vs built encoder")
     return enc
@@ -172,3 +174,17 @@ register_encoder(
 for _name in timm_encoder.FOUNDATION_MODELS:
     register_encoder(_timm_entry(_name))
 register_encoder(_timm_entry(TIMM_ANY))
+
+
+def _hf_entry(name: str) -> EncoderEntry:
+    return EncoderEntry(
+        name=name,
+        config_cls=hf_encoder.HFEncoderConfig,
+        build=lambda cfg, dev: hf_encoder.HFEncoder(name, cfg, dev),
+        summary=hf_encoder.MODELS[name][2] + "; --weights model.safetensors, config.json beside",
+        needs_weights=True,
+    )
+
+
+for _name in hf_encoder.MODELS:
+    register_encoder(_hf_entry(_name))

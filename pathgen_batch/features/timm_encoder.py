@@ -298,14 +298,25 @@ class TimmEncoder(Encoder):
         what = f"a {name} (timm {recipe.architecture}, {len(recipe.args)} arguments)"
         kept = check_state_dict(model, state, cfg.weights, what)
         model.load_state_dict(kept, strict=True)
-        self.recipe = recipe
-        self.micro_batch = cfg.micro_batch
-        self.model: nn.Module = model
-        self._prefix = int(getattr(model, "num_prefix_tokens", 0))
         tile_px = cfg.tile_px or recipe.input_px
         dim = feature_dim(model, recipe.output)
         contract = FeatureContract(name, digest, dim, tile_px, cfg.mpp, recipe.to_json())
-        super().__init__(contract, device)
+        self._init_loaded(recipe, model, contract, cfg.micro_batch, device)
+
+    def _init_loaded(
+        self,
+        recipe: Recipe,
+        model: nn.Module,
+        contract: FeatureContract,
+        micro_batch: int | None,
+        device: str | torch.device,
+    ) -> None:
+        """Finish construction around a loaded network (shared with transformers builds)."""
+        self.recipe = recipe
+        self.micro_batch = micro_batch
+        self.model: nn.Module = model
+        self._prefix = int(getattr(model, "num_prefix_tokens", 0))
+        Encoder.__init__(self, contract, device)
         self._moved()
 
     def _moved(self) -> None:
