@@ -26,6 +26,7 @@ from pathgen_batch.features.encoder import (
     Encoder,
     file_sha256,
     normalise,
+    place_module,
 )
 from pathgen_batch.features.weights import check_state_dict, load_state_dict_file
 
@@ -123,9 +124,7 @@ class ResNetTruncEncoder(Encoder):
         self._moved()
 
     def _moved(self) -> None:
-        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.model.to(device=self.device)
-        self.model.to(memory_format=fmt)  # type: ignore[call-overload]
+        place_module(self.model, self.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> (B, 1024)."""

@@ -39,6 +39,7 @@ from pathgen_batch.features.encoder import (
     Encoder,
     file_sha256,
     normalise,
+    place_module,
 )
 from pathgen_batch.features.weights import check_state_dict, load_state_dict_file
 
@@ -112,22 +113,17 @@ FOUNDATION_MODELS: dict[str, Recipe] = {
         "cls+mean",
         "Virchow2 (Paige): ViT-H/14, SwiGLU, 4 registers, class token + patch mean (2560-d)",
     ),
-    "h-optimus-0": _named(
-        "vit_giant_patch14_reg4_dinov2",
-        {"global_pool": "token", "init_values": 1e-5},
-        "cls",
-        "H-optimus-0 (Bioptimus): ViT-g/14, 4 registers, 1536-d class token",
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-    ),
-    "h-optimus-1": _named(
-        "vit_giant_patch14_reg4_dinov2",
-        {"global_pool": "token", "init_values": 1e-5},
-        "cls",
-        "H-optimus-1 (Bioptimus): ViT-g/14, 4 registers, 1536-d class token",
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-    ),
+    **{
+        name: _named(
+            "vit_giant_patch14_reg4_dinov2",
+            {"global_pool": "token", "init_values": 1e-5},
+            "cls",
+            f"{label} (Bioptimus): ViT-g/14, 4 registers, 1536-d class token",
+            mean=HOPTIMUS_MEAN,
+            std=HOPTIMUS_STD,
+        )
+        for name, label in (("h-optimus-0", "H-optimus-0"), ("h-optimus-1", "H-optimus-1"))
+    },
     "prov-gigapath": _named(
         "vit_giant_patch14_dinov2",
         {
@@ -320,9 +316,7 @@ class TimmEncoder(Encoder):
         self._moved()
 
     def _moved(self) -> None:
-        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.model.to(device=self.device)
-        self.model.to(memory_format=fmt)  # type: ignore[call-overload]
+        place_module(self.model, self.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> float32 (B, dim), ``micro_batch`` tiles per network call."""
