@@ -19,6 +19,7 @@ from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features import (
     FeatureContract,
     build_encoder,
+    check_weights,
     encoder_for_contract,
     encoder_names,
     read_slide_features,
@@ -242,8 +243,13 @@ def test_contract_recipe_guards_against_other_features(tmp_path: Path) -> None:
     _save_random("h-optimus-0", tmp_path / "other.bin", seed=5)  # same recipe, other weights
     with pytest.raises(DataError, match="version"):
         encoder_for_contract(enc.contract, weights=str(tmp_path / "other.bin"))
+    check_weights(enc.contract, str(tmp_path / "h.bin"))  # by digest, nothing built
+    with pytest.raises(DataError, match="not the weights of the feature contract h-optimus-0@"):
+        check_weights(enc.contract, str(tmp_path / "other.bin"))
     old = FeatureContract("stain-texture", "v1", 70, 224, 0.5)  # no recipe: digest as before
     assert "recipe" not in old.to_dict()
+    with pytest.raises(ConfigError, match="takes no weights file"):
+        check_weights(old, str(tmp_path / "h.bin"))
     with pytest.raises(ConfigError, match="canonical JSON"):
         FeatureContract("uni", "sha256:00", 4, 224, 0.5, recipe='{"b": 1, "a": 2}')
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from pathgen_batch import config
-from pathgen_batch.errors import ConfigError
+from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features import hf_encoder, resnet, stain, timm_encoder, torchscript
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.features.encoder import Encoder
+from pathgen_batch.features.encoder import Encoder, file_sha256
 
 DEFAULT_ENCODER = stain.NAME
 TIMM_ANY = timm_encoder.PREFIX + "<architecture>"  # listed in help; any timm:NAME is accepted
@@ -110,6 +110,21 @@ def build_encoder(
     """Construct a registered encoder on ``device`` (``"auto"`` picks CUDA when available)."""
     entry = get_entry(name)
     return entry.build(encoder_config(name, weights, options), device)
+
+
+def check_weights(contract: FeatureContract, weights: str) -> None:
+    """Cheaply (a digest, no model built) check that ``weights`` is the file ``contract`` was
+    made with: ConfigError when the encoder takes no weights or the file is missing, DataError
+    naming both digests when it is another file."""
+    if not get_entry(contract.encoder).needs_weights:
+        raise ConfigError(f"encoder {contract.encoder!r} takes no weights file, got {weights}")
+    digest = file_sha256(weights, what=f"{contract.encoder} weights file")
+    want = contract.version.split(";", 1)[0]
+    if digest != want:
+        raise DataError(
+            f"{weights}: not the weights of the feature contract {contract.describe()}: "
+            f"the file's digest is {digest}"
+        )
 
 
 def encoder_for_contract(
