@@ -197,13 +197,13 @@ def main() -> None:
             try:
                 weights = weights_for(family, name, Path(tmp))
                 opts = {**opts, "tile_px": args.tile_px}
-                if family.startswith("vit"):
-                    opts["micro_batch"] = args.batch  # the network sees whole batches
+                if family.startswith("vit"):  # the network sees whole batches, unpadded
+                    opts["micro_batch"] = min(args.batch, n)
                 enc = build_encoder(name, weights=weights, device=args.device, options=opts)
             except ConfigError as e:
                 print(f"{family:13s} skipped: {e}")
                 continue
-            enc.encode(np.stack([decode(b) for b in blobs[: args.batch]]))  # warm-up
+            enc.encode(np.stack([decode(b) for b in blobs[: min(args.batch, n)]]))  # warm-up
             if args.decode_threads > 0:
                 r = timed(
                     lambda e=enc, k=n: encode_all(e, blobs[:k], args.batch, args.decode_threads)
