@@ -64,12 +64,14 @@ def encoders_cmd() -> None:
 @out_option("Folder for the per-slide feature files.", dest="out_dir")
 @click.option(
     "--encoder",
-    type=click.Choice(encoder_names()),
     default=DEFAULT_ENCODER,
     show_default=True,
+    metavar="NAME",
+    help=f"One of {', '.join(encoder_names())} (timm:<architecture> for any timm model).",
 )
 @optional_text(
-    "--weights", help="Local weights file (resnet50-trunc, torchscript); never downloaded."
+    "--weights",
+    help="Local weights file (safetensors, torch state dict or TorchScript); never downloaded.",
 )
 @key_value_option(
     "Encoder option, repeatable (see `features encoders`), e.g. -o dim=1024; one value may "

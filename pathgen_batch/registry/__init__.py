@@ -27,6 +27,7 @@ with warnings.catch_warnings():
     )
     import mlflow.pyfunc  # noqa: F401
 
+from pathgen_batch.registry.encoder import EncoderWeights, fetch_encoder, find_encoder
 from pathgen_batch.registry.errors import (
     GateRefusedError,
     MissingArtifactsError,
@@ -75,6 +76,7 @@ __all__ = [
     "GENERATOR_MODEL",
     "STAGE_ALIASES",
     "ChangeResult",
+    "EncoderWeights",
     "GateConfig",
     "GateRefusedError",
     "GateReport",
@@ -97,6 +99,8 @@ __all__ = [
     "default_tracking_uri",
     "evaluate_gate",
     "fetch_bundle",
+    "fetch_encoder",
+    "find_encoder",
     "lineage",
     "list_models",
     "list_versions",
