@@ -143,9 +143,8 @@ def test_multi_file_slides_are_encoded_or_fail_with_one_clear_error(
     archive: Archive, tmp_path: Path
 ) -> None:
     by_id = {s.slide_id: s for s in storage.list_archive(str(archive.root))}
-    with storage.stage(by_id["case-7"], tmp_path) as st:
-        with open_slide(st.path) as s:
-            assert s.vendor == "dicom" and s.dimensions == (1536, 1024) and s.mpp == 0.5
+    with storage.stage(by_id["case-7"], tmp_path) as st, open_slide(st.path) as s:
+        assert s.vendor == "dicom" and s.dimensions == (1536, 1024) and s.mpp == 0.5
     with storage.stage(by_id["v"], tmp_path) as st, open_slide(st.path) as s:
         assert s.vendor == "hamamatsu" and s.dimensions == (1536, 1024)
     n_plain = _encode(by_id["one"], tmp_path)
@@ -216,7 +215,7 @@ def test_s3_archive_stages_every_companion_under_one_hashed_name(
     n_plain = _encode(by_id["one"], scratch)
     for sid in ("case-7", "v"):
         assert _encode(by_id[sid], scratch) > 0.5 * n_plain
-    with pytest.raises(PathgenError, match="looks like mirax .* cannot be opened"):
+    with pytest.raises(PathgenError, match=r"looks like mirax .* cannot be opened"):
         _encode(by_id["m"], scratch)
     hostile = next(s for s in got.slides if s.uri.endswith("bad name.vms"))
     with pytest.raises(StorageError, match="outside its own folder"):
