@@ -520,3 +520,47 @@ def test_cli_inspect_with_mpp_override(openslide_fixtures: Path) -> None:
     d = json.loads(res.stdout)
     assert (d["mpp"], d["mpp_source"], d["tile_size_l0"]) == (2.0, "override", 8)
     assert d["n_candidate_tiles"] == (300 // 8) * (250 // 8)
+
+
+# --------------------------------------------------------------------------- large slides
+def test_streamed_writer_writes_the_array_writers_bytes_in_a_strip_of_memory(
+    he_sources: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import tracemalloc
+
+    from pathgen_batch.synth.writer import write_pyramidal_tiff, write_pyramidal_tiff_tiles
+
+    h, w = 6100, 4000  # edge tiles and rows that no downsample divides
+    img = _he_tissue(he_sources, h, w)
+    img[:, w // 2 :] = GLASS
+    dims = write_pyramidal_tiff(tmp_path / "a.svs", img, levels=3, downsample=3)
+    full = img.nbytes  # 73 MB
+    asked: list[tuple[int, int]] = []
+
+    def strips(r0: int, n: int) -> np.ndarray:
+        asked.append((r0, n))
+        return img[r0 : r0 + n].copy()  # a fresh strip, as a renderer would make
+
+    tracemalloc.start()
+    got = write_pyramidal_tiff_tiles(tmp_path / "b.svs", w, h, strips, levels=3, downsample=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got == dims == [(4000, 6100), (1334, 2034), (445, 678)]
+    assert (tmp_path / "a.svs").read_bytes() == (tmp_path / "b.svs").read_bytes()
+    assert asked == [(r, min(256, h - r)) for r in range(0, h, 256)]  # each row once, in order
+    assert peak < full / 4, (peak, full)  # a few strips of 256 rows, not the image
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.svs", "b.svs"]  # scratch removed
+    with open_slide(tmp_path / "b.svs") as s:
+        assert s.level_dimensions == tuple(dims) and s.mpp == 0.5
+
+
+def test_slides_that_cannot_be_rendered_in_memory_are_refused_in_one_line() -> None:
+    from pathgen_batch.synth.writer import check_fits_in_memory, memory_bytes
+
+    check_fits_in_memory(2048, 2048)
+    side = int((memory_bytes() / 24) ** 0.5) + 1024
+    with pytest.raises(ConfigError, match=rf"a {side}x{side} px slide needs about .* GiB") as e:
+        check_fits_in_memory(side, side)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="fewer workers"):
+        check_fits_in_memory(side // 3, side // 3, copies=16)
