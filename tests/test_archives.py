@@ -147,6 +147,8 @@ def test_multi_file_slides_are_encoded_or_fail_with_one_clear_error(
         assert s.vendor == "dicom" and s.dimensions == (1536, 1024) and s.mpp == 0.5
     with storage.stage(by_id["v"], tmp_path) as st, open_slide(st.path) as s:
         assert s.vendor == "hamamatsu" and s.dimensions == (1536, 1024)
+    with open_slide(archive.root / "dicom" / "case-7") as s:  # the series folder opens too
+        assert s.vendor == "dicom" and s.path.suffix == ".dcm"
     n_plain = _encode(by_id["one"], tmp_path)
     assert n_plain > 20
     for sid in ("case-7", "v"):  # the same pixels in other pyramids: tissue tiles all the same

@@ -242,7 +242,7 @@ def test_undecodable_pixels_are_unreadable(openslide_fixtures: Path) -> None:
 def test_missing_empty_text_and_folder_paths(tmp_path: Path) -> None:
     with pytest.raises(SlideNotFoundError, match="no such file"):
         open_slide(tmp_path / "nope.svs")
-    with pytest.raises(SlideNotFoundError, match="not a regular file"):
+    with pytest.raises(SlideNotFoundError, match="a folder without DICOM instances"):
         open_slide(tmp_path)
     empty = tmp_path / "empty.svs"
     empty.write_bytes(b"")
