@@ -619,6 +619,14 @@ def test_no_kept_tile_lies_on_a_pen_mark(inked: tuple[Path, np.ndarray]) -> None
     away = ~_touches(kept_ink, marks)
     assert len(grid) >= 0.8 * away.sum()
     assert 0.02 < clean.excluded_fraction < 0.2
+    info = inspect_slide(path, spec, overview_path=path.with_suffix(".png"), overview_px=512)
+    assert info.excluded_fraction == clean.excluded_fraction and info.n_tiles == len(grid)
+    over = np.asarray(Image.open(path.with_suffix(".png")).convert("RGB")).astype(int)
+    on = np.asarray(Image.fromarray(marks).resize(over.shape[1::-1]))  # (512, 512) bool
+    with open_slide(path) as s:
+        thumb = s.thumbnail(512).astype(int)
+    redder = over[..., 0] - thumb[..., 0] > 30  # excluded regions are tinted red
+    assert redder[on].mean() > 0.8 and redder[~on].mean() < 0.1
 
 
 def test_ink_mask_leaves_real_h_and_e_alone(he_sources: tuple[Path, Path]) -> None:
