@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_batch_ray import Trained, trained  # noqa: F401 (the tiny trained bundles fixture)
 
 from pathgen_batch import storage
 from pathgen_batch.errors import PathgenError, SlideError
@@ -226,3 +227,40 @@ def test_s3_archive_stages_every_companion_under_one_hashed_name(
     with pytest.raises(StorageError, match="it names is missing"):
         _encode(by_id["v"], scratch)
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_scoring_stages_give_every_multi_file_slide_one_row(
+    archive: Archive,
+    trained: Trained,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """The scorer's own stages (no Ray): DICOM, VMS and the plain slide scored, the broken
+    MIRAX a failure row at 'open'; every slide committed once."""
+    from pathgen_batch.batch import ScoreConfig, run_serial
+    from pathgen_batch.batch import commit as cm
+    from pathgen_batch.batch.encode_stage import TileEncoder
+    from pathgen_batch.batch.prepare import list_inputs, prepare, worker_context
+    from pathgen_batch.batch.score_stage import SlideScorer
+    from pathgen_batch.batch.stage_rows import SlideStatus
+
+    cfg = ScoreConfig(
+        archive=str(archive.root),
+        output=str(tmp_path / "out"),
+        run_id="archives",
+        generator=str(trained.gen),
+        fusion=str(trained.fus),
+        scratch_dir=str(tmp_path / "scratch"),
+    )
+    p = prepare(cfg)
+    state = cm.RunState.begin(p.layout, p.identity(), list_inputs(p), cfg.retry)
+    ctx = worker_context(p)
+    rows = {
+        r.source.slide_id: r for r in run_serial(TileEncoder(ctx), SlideScorer(ctx), state.inputs)
+    }
+    assert sorted(rows) == ["case-7", "m", "one", "v"]
+    for sid in ("case-7", "one", "v"):
+        assert rows[sid].status == SlideStatus.SCORED and rows[sid].n_tiles > 20, rows[sid]
+    assert rows["m"].status == SlideStatus.FAILED and rows["m"].stage == "open"
+    assert rows["m"].error_type == "UnreadableSlideError"
+    assert state.committed() == set(rows)
