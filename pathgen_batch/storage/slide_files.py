@@ -114,7 +114,10 @@ def group_files(
             take(key, MIRAX, [key, *(k for k in sizes if k.startswith(folder))])
     for key in sizes:
         if key not in claimed and has_ext(key, _VMS_EXTS):
-            names = vms_companions(read(key), key)
+            try:
+                names = vms_companions(read(key), key)
+            except StorageError:  # listed alone: staging it fails, with the reason, as a row
+                names = []
             here = _parent(key)
             take(key, VMS, [key, *(here + n for n in names if here + n in sizes and "/" not in n)])
     series: dict[str, list[str]] = {}
