@@ -133,6 +133,39 @@ def test_local_folder_listing(tmp_path: Path) -> None:
     assert [s.slide_id for s in only_ndpi] == ["c"]
 
 
+def test_multi_file_grouping_by_hand() -> None:
+    from pathgen_batch.storage.slide_files import group_files
+
+    files = {
+        "a/s1/0.dcm": 10, "a/s1/1.DCM": 20, "a/s1/sub/2.dcm": 5, "a/s1/DICOMDIR": 1,
+        "m.mrxs": 3, "m/Slidedat.ini": 4, "m/Data0000.dat": 50, "m/stray.dcm": 7,
+        "v.vms": 9, "v.jpg": 30, "v_map.jpg": 6, "other.jpg": 2,
+        "x.svs": 11, "notes.txt": 1,
+    }  # fmt: skip
+    index = b"[Virtual Microscope Specimen]\nImageFile = v.jpg\nMapFile=v_map.jpg\n"
+    index += b"MacroImage=gone.jpg\n"  # named but absent: the slide fails when staged
+    slides, skipped = group_files(
+        list(files.items()), frozenset(storage.SLIDE_EXTENSIONS), {"v.vms": index}.__getitem__
+    )
+    got = {s.location: (s.kind, s.size) for s in slides}
+    assert got == {
+        "a/s1/": ("dicom", 30),  # a folder's instances; the subfolder is its own series
+        "a/s1/sub/": ("dicom", 5),
+        "m.mrxs": ("mirax", 64),  # the data folder, whatever is in it
+        "v.vms": ("vms", 45),  # the files the index names and that exist
+        "x.svs": ("file", 11),
+    }
+    why = dict(skipped)
+    assert (
+        why["a/s1/1.DCM"] == "companion file of a/s1/"
+        and why["m/stray.dcm"] == "companion file of m.mrxs"
+    )
+    assert why["v_map.jpg"] == "companion file of v.vms"
+    assert why["other.jpg"] == why["notes.txt"] == why["a/s1/DICOMDIR"] == "not a slide extension"
+    only_svs, skipped = group_files(list(files.items()), frozenset({".svs"}), {}.__getitem__)
+    assert [s.location for s in only_svs] == ["x.svs"] and len(skipped) == len(files) - 1
+
+
 def test_manifest_tables(tmp_path: Path) -> None:
     csv = tmp_path / "m.csv"
     csv.write_text(

@@ -282,6 +282,7 @@ def open_slide(
     path: str | Path, mpp_override: float | None = None, *, direct: bool = True
 ) -> Slide:
     """Open a whole-slide image in any format OpenSlide reads. Use ``with open_slide(p) as s``.
+    A folder of DICOM instances (one DICOM WSI series) opens as its slide.
 
     ``mpp_override`` (um/px at level 0) replaces whatever the slide records. ``direct=False``
     makes every pixel go through OpenSlide (no direct TIFF tile decoding).
@@ -290,8 +291,15 @@ def open_slide(
     mpp_check = resolve_mpp({}, mpp_override)  # validates the override before any I/O
     if not p.exists():
         raise SlideNotFoundError(p, "no such file")
+    if p.is_dir():
+        instances = sorted(f for f in p.iterdir() if f.suffix.lower() == ".dcm" and f.is_file())
+        if not instances:
+            raise SlideNotFoundError(
+                p, "a folder without DICOM instances (.dcm); give the slide file itself"
+            )
+        p = instances[0]  # OpenSlide finds the other instances of its series beside it
     if not p.is_file():
-        raise SlideNotFoundError(p, "not a regular file (a folder?); give the slide file itself")
+        raise SlideNotFoundError(p, "not a regular file; give the slide file itself")
     size = p.stat().st_size
     if size == 0:
         raise UnreadableSlideError(p, "file is empty (0 bytes)")

@@ -12,9 +12,12 @@ manifests, staging) are in :mod:`pathgen_batch.storage.archive`.
 
 from pathgen_batch.storage.archive import (
     MANIFEST_SUFFIXES,
+    ArchiveListing,
+    SkippedFile,
     SlideSource,
     list_archive,
     read_manifest,
+    scan_archive,
     stage,
 )
 from pathgen_batch.storage.base import DEFAULT_RETRY, RetryPolicy, Staged, StorageError, Store
@@ -54,9 +57,11 @@ __all__ = [
     "DEFAULT_RETRY",
     "MANIFEST_SUFFIXES",
     "SLIDE_EXTENSIONS",
+    "ArchiveListing",
     "LocalStore",
     "RetryPolicy",
     "S3Store",
+    "SkippedFile",
     "SlideSource",
     "Staged",
     "StorageError",
@@ -79,6 +84,7 @@ __all__ = [
     "read_bytes",
     "read_manifest",
     "redact",
+    "scan_archive",
     "scratch_name",
     "sha256",
     "slide_id_for",

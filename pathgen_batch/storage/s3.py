@@ -183,6 +183,21 @@ class S3Store(Store):
 
         return self._call(f"checking {uri}", head)
 
+    def size(self, uri: str) -> int:
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        from botocore.exceptions import ClientError
+
+        def head() -> int:
+            try:
+                return int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            except ClientError as e:
+                if _is_missing(e):
+                    raise StorageError(f"{uri}: no such object") from None
+                raise
+
+        return self._call(f"reading the size of {uri}", head)
+
     def read_bytes(self, uri: str) -> bytes:
         bucket, key = split_s3(uri)
         client = s3_client()
@@ -251,7 +266,7 @@ class S3Store(Store):
             self.write_bytes(probe, b"")
             self.delete(probe)
 
-    def _download(self, uri: str, dest: Path, expected: int | None) -> int:
+    def download(self, uri: str, dest: Path, expected: int | None) -> int:
         """Download ``uri`` to ``dest`` (whole: a hidden part file renamed), its size checked
         against ``expected`` or the object's; the whole transfer is retried."""
         bucket, key = split_s3(uri)
@@ -301,7 +316,7 @@ class S3Store(Store):
         if not _inside(dest, scratch):  # cannot happen with hashed names; kept as a guard
             raise StorageError(f"{uri}: refusing to stage outside {scratch}")
         try:
-            got = self._download(uri, dest, size)
+            got = self.download(uri, dest, size)
             yield Staged(dest, got, owned=True, seconds=time.perf_counter() - t0)
         finally:
             dest.unlink(missing_ok=True)
