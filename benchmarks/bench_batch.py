@@ -10,9 +10,15 @@ loop ``--cpus`` threads, each encoder actor one per CPU it reserves. In one run:
 1. efficiency: the same stages (``TileEncoder`` then ``SlideScorer``) called one slide after the
    other in this process (``pathgen_batch.batch.run_serial``; models loaded before the clock
    starts) against the Ray job (a fresh local Ray with ``--cpus`` CPUs) over the same 4N slides.
-   Steady state is the tiles finished after the first slide over the time since then; the
-   job's start-up is its wall time less what its tiles take at its steady rate (Ray, actors,
-   models, the first slide's latency, consolidation);
+   The loop's steady state is the second half of its slides (tiles over the time they took);
+   the job's is its encoder actors' rate while busy (tiles over their summed download, tile
+   and encode seconds, per actor: they run in parallel; the scorer, on no reserved CPU,
+   slows them where it takes their cores): the driver sees slides in bursts while the scorer
+   catches up after its start. The job's start-up is its wall time less what its tiles take
+   at that rate (Ray, actors, models, gaps, consolidation). ``efficiency`` compares steady
+   tiles/s per core; on a machine shared with other work the line above it compares tiles
+   per CPU-second of all the run's processes (Ray's own and start-up included), which the
+   other work disturbs less;
 2. memory: peak resident memory of the whole job (driver, Ray's processes and workers, summed,
    sampled every 20 ms) scoring 4N slides against N slides, each in a fresh Ray;
 3. re-scoring: the 4N slides from the ``features`` table the 4N run stored, in a fresh Ray
@@ -21,12 +27,12 @@ loop ``--cpus`` threads, each encoder actor one per CPU it reserves. In one run:
    one such node, same archive (steady-state tiles/s, two nodes over one).
 
 Also printed: CPU seconds per process kind during the 4N job (where the cores went) and the
-run summary. The last five lines are the ratios. Defaults (N = 8, 32 slides of 4096 px) take
-about ten minutes on 2 shared cores::
+run summary. The last five lines are the ratios. The defaults (N = 8: 32 slides of 2048 px,
+about 1,000 tiles of 256 px) take about seven minutes on 2 shared cores, set-up included::
 
-    python benchmarks/bench_batch.py                           # N = 8 slides of 4096 px
-    python benchmarks/bench_batch.py --n 16 --slide-px 8192    # larger
-    python benchmarks/bench_batch.py --n 4 --slide-px 2048 --no-scale-out   # a quick look
+    python benchmarks/bench_batch.py                           # 32 slides of 2048 px
+    python benchmarks/bench_batch.py --n 16 --slide-px 4096    # 64 slides of 4096 px
+    python benchmarks/bench_batch.py --n 2 --no-scale-out      # a quick look
 """
 
 from __future__ import annotations
@@ -182,6 +188,7 @@ class JobSampler:
         self.cpu: dict[int, float] = {}
         self.kinds: dict[int, str] = {}
         self._first: dict[int, float] = {}
+        self.series: list[tuple[float, float]] = []  # (perf_counter, CPU seconds so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -202,11 +209,19 @@ class JobSampler:
                 kind = _kind(p)  # an idle worker becomes an actor
                 if kind != "gone":
                     self.kinds[p] = kind
+        total = sum(s - self._first.get(p, 0.0) for p, s in self.cpu.items())
+        self.series.append((time.perf_counter(), total))
+
+    def cpu_between(self, t1: float, t2: float) -> float:
+        """CPU seconds all the processes spent between two ``perf_counter`` times."""
+        ts, cs = zip(*self.series, strict=True) if self.series else ((0.0,), (0.0,))
+        return float(np.interp(t2, ts, cs) - np.interp(t1, ts, cs))
 
     def _run(self) -> None:
         table = _proc_table()
         pids = self._pids(table)
         self._first = {p: table[p][1] for p in pids if p in table}
+        self._sample_cpu(table, pids)
         last = time.monotonic()
         while not self._stop.is_set():
             if time.monotonic() - last > 0.5:  # new workers appear during the run
@@ -242,19 +257,32 @@ class Finishes:
     t0: float = field(default_factory=time.perf_counter)
     stamps: list[tuple[float, int]] = field(default_factory=list)
     wall: float = 0.0
+    busy_rate: float | None = None  # tiles/s of the encoder actors while busy
 
     @property
     def tiles(self) -> int:
         return self.stamps[-1][1] if self.stamps else 0
 
-    def steady_tiles_per_s(self) -> float:
-        """Tiles of the second half of the slides over the time they took to come out: by
-        then every actor is up and the scorer has caught up with what the encoders did while
-        it started (its results come out in a burst)."""
+    def steady_window(self) -> tuple[float, float, int]:
+        """(start, end, tiles) of the second half of the slides."""
         if len(self.stamps) < 4:
-            return self.tiles / self.wall if self.wall > 0 else 0.0
+            return self.t0, self.t0 + self.wall, self.tiles
         (t1, n1), (t2, n2) = self.stamps[len(self.stamps) // 2 - 1], self.stamps[-1]
-        return (n2 - n1) / (t2 - t1) if t2 > t1 else 0.0
+        return t1, t2, n2 - n1
+
+    def steady_tiles_per_s(self) -> float:
+        """The pipeline's rate once it runs: the encoder actors' (their busy time from the
+        run's stage times) when known, else the second half of the slides' (the loop)."""
+        if self.busy_rate is not None:
+            return self.busy_rate
+        t1, t2, n = self.steady_window()
+        return n / (t2 - t1) if t2 > t1 else 0.0
+
+    def tiles_per_cpu_s(self, sampler: JobSampler) -> float:
+        """Tiles per CPU-second of every process of the run (this one, Ray's system
+        processes, the actors), start-up included: what a core's worth of work bought."""
+        cpu = sampler.cpu_between(self.t0, self.t0 + self.wall)
+        return self.tiles / cpu if cpu > 0 else 0.0
 
     def relative(self) -> list[tuple[float, int]]:
         return [(round(t - self.t0, 3), n) for t, n in self.stamps]
@@ -283,6 +311,10 @@ def timed_job(cfg: Any) -> tuple[Any, Finishes]:
     fin.t0 = time.perf_counter()
     summary = score_archive(replace(cfg, progress_every_s=1e-6), progress=on_progress)
     fin.wall = time.perf_counter() - fin.t0
+    if summary.stage_times is not None:
+        t = summary.stage_times
+        busy = (t.download + t.tiles + t.encode) / summary.encoder_actors  # in parallel
+        fin.busy_rate = summary.n_tiles / busy if busy > 0 else None
     return summary, fin
 
 
@@ -372,7 +404,7 @@ def free_port() -> int:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="slides of the small archive (N; 4N scored)")
-    ap.add_argument("--slide-px", type=int, default=4096)
+    ap.add_argument("--slide-px", type=int, default=2048)
     ap.add_argument("--tile-px", type=int, default=None, help="[the encoder's default]")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--no-scale-out", action="store_true", help="skip the two-node cluster")
@@ -424,24 +456,26 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     # 1. the plain loop over the 4N slides, then the job over the same slides
-    loop = serial_loop(cfg(large, "out-loop", "loop"), threads=args.cpus)
-    loop_rate = loop.steady_tiles_per_s()
+    with JobSampler() as loop_cpu:
+        loop = serial_loop(cfg(large, "out-loop", "loop"), threads=args.cpus)
+    loop_rate, loop_per_cpu = loop.steady_tiles_per_s(), loop.tiles_per_cpu_s(loop_cpu)
     print(
         f"plain loop ({args.cpus} torch threads): {n4} slides, {loop.tiles} tiles in "
         f"{loop.wall:.1f} s: {n4 / loop.wall * 3600:.0f} slides/h; steady "
-        f"{loop_rate:.1f} tiles/s, {loop_rate / args.cpus:.1f} per core",
+        f"{loop_rate:.1f} tiles/s, {loop_rate / args.cpus:.1f} per core, "
+        f"{loop_per_cpu:.1f} per CPU-second",
         flush=True,
     )
     local = {"num_cpus": args.cpus}
     with JobSampler() as mem:
         summary, job = timed_job(cfg(large, "out-4n", "4n", write_features=True, **local))
     peak_4n = mem.peak_kb / 1024
-    job_rate = job.steady_tiles_per_s()
+    job_rate, job_per_cpu = job.steady_tiles_per_s(), job.tiles_per_cpu_s(mem)
     print(
         f"ray job ({args.cpus} CPUs): {summary.n_scored} slides, {summary.n_tiles} tiles in "
         f"{job.wall:.1f} s: {summary.n_scored / job.wall * 3600:.0f} slides/h; steady "
-        f"{job_rate:.1f} tiles/s, {job_rate / args.cpus:.1f} per core; start-up "
-        f"{job.startup_s():.1f} s; peak {peak_4n:.0f} MiB",
+        f"{job_rate:.1f} tiles/s, {job_rate / args.cpus:.1f} per core, {job_per_cpu:.1f} per "
+        f"CPU-second; start-up {job.startup_s():.1f} s; peak {peak_4n:.0f} MiB",
         flush=True,
     )
     print(
@@ -487,6 +521,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with open(root / "finishes.json", "w") as f:  # for a closer look: (s since start, tiles)
         json.dump({"loop": loop.relative(), "job": job.relative()}, f)
+    print(
+        f"per CPU-second (whatever else ran on the machine): job / loop "
+        f"{job_per_cpu / loop_per_cpu if loop_per_cpu > 0 else float('nan'):.2f}"
+    )
     print("--")
     print(f"efficiency: {job_rate / loop_rate:.2f}" if loop_rate > 0 else "efficiency: nan")
     print(f"startup: {job.startup_s():.1f} s")
