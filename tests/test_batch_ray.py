@@ -686,9 +686,17 @@ def test_worker_killed_mid_run_keeps_exactly_once(
         str(tmp_path / "scratch"),
         env=ray_cluster.env,
     )
-    try:
-        _wait_for(lambda: _commits(out, "kill-worker") >= 1, 180, proc)
-        victims = ray_cluster.processes("MapWorker(MapBatches(TileEncoder))")
+    encoders = "MapWorker(MapBatches(TileEncoder))"
+    attempts = Path(out, "_runs", "run_id=kill-worker", "attempts")
+    try:  # an encoder at work (the scorer may not have committed anything yet)
+        _wait_for(
+            lambda: (
+                attempts.is_dir() and any(attempts.iterdir()) and ray_cluster.processes(encoders)
+            ),
+            180,
+            proc,
+        )
+        victims = ray_cluster.processes(encoders)
         assert victims, "no encoder actor process found"
         at_kill = _commits(out, "kill-worker")
         os.kill(victims[0], signal.SIGKILL)
