@@ -487,6 +487,18 @@ def test_s3_run_scores_good_slides_and_records_each_failure(s3_run: S3Run) -> No
         assert got[storage.slide_id_for(name)] == (stage, error), name
     assert got["never-uploaded"] == ("download", "StorageError")
     assert all(r["attempt"] == 1 and r["message"] for r in f)
+    assert any(line.startswith("  bounded by: ") for line in s.lines()), s.lines()
+
+
+@pytest.mark.ray
+@pytest.mark.servers
+def test_s3_run_encodes_on_both_nodes(s3_run: S3Run) -> None:
+    stats = s3_run.summary.ray_stats
+    assert stats is not None and "MapBatches(SlideScorer)" in stats
+    # one encoder actor per node (1 CPU each, the scorer reserves none): slides are staged
+    # and encoded on both nodes
+    encoder = stats.split("MapBatches(TileEncoder)", 1)[1].split("Operator", 1)[0]
+    assert "; 2 nodes used" in encoder, encoder
 
 
 @pytest.mark.ray
@@ -674,9 +686,17 @@ def test_worker_killed_mid_run_keeps_exactly_once(
         str(tmp_path / "scratch"),
         env=ray_cluster.env,
     )
-    try:
-        _wait_for(lambda: _commits(out, "kill-worker") >= 1, 180, proc)
-        victims = ray_cluster.processes("MapWorker(MapBatches(TileEncoder))")
+    encoders = "MapWorker(MapBatches(TileEncoder))"
+    attempts = Path(out, "_runs", "run_id=kill-worker", "attempts")
+    try:  # an encoder at work (the scorer may not have committed anything yet)
+        _wait_for(
+            lambda: (
+                attempts.is_dir() and any(attempts.iterdir()) and ray_cluster.processes(encoders)
+            ),
+            180,
+            proc,
+        )
+        victims = ray_cluster.processes(encoders)
         assert victims, "no encoder actor process found"
         at_kill = _commits(out, "kill-worker")
         os.kill(victims[0], signal.SIGKILL)

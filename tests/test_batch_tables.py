@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch.config import ScoreConfig
+from pathgen_batch.batch.ray_runner import Resources, plan_resources
 from pathgen_batch.batch.stage_rows import (
     SlideRow,
     SlideStatus,
@@ -22,7 +25,7 @@ from pathgen_batch.batch.stage_rows import (
     input_rows,
     to_batch,
 )
-from pathgen_batch.batch.summary import Progress, RunSummary
+from pathgen_batch.batch.summary import Progress, RunSummary, bound_by
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import RetryPolicy, SlideSource
@@ -116,10 +119,38 @@ def test_stage_times_one_record_for_rows_runs_row_and_summary() -> None:
     with pytest.raises(DataError, match="unscored"):
         prog.count(SlideRow(SlideSource("u", "c"), status=SlideStatus.ENCODED))
     summary = RunSummary("r", "out", 2, 1, 1, 5, 10.0, total, {})
-    assert (
-        "  time per stage (summed over slides): download 1.0 s, tiles 2.0 s, encode 0.5 s, "
-        "score 0.2 s, write 4.0 s" in summary.lines()
+    lines = summary.lines()
+    assert (  # shares of 7.75 s
+        "  time per stage (summed over slides): download 1.0 s (13%), tiles 2.0 s (26%), "
+        "encode 0.5 s (6%), score 0.2 s (3%), write 4.0 s (52%)" in lines
     )
+    assert any(ln.startswith("  throughput: 0.5 tiles/s, 720 slides/h") for ln in lines), lines
+    # one actor each: the scorer pool was busier (4.25 s against 3.5 s), writing most of it
+    assert any(ln.startswith("  bounded by: write (94% of its actors' busy time") for ln in lines)
+
+
+def test_bound_by_weighs_each_pool_by_its_actors() -> None:
+    times = StageTimes(download=1.0, tiles=2.0, encode=0.5, score=0.25, write=4.0)
+    assert bound_by(times, encoder_actors=1, scorer_actors=1) == ("write", 4.0 / 4.25)
+    # two scorers halve the scorer pool's load (2.125 s): the encoders (3.5 s) bound the run,
+    # waiting for tiles most of the time
+    assert bound_by(times, encoder_actors=1, scorer_actors=2) == ("decode", 2.0 / 3.5)
+    assert bound_by(StageTimes(encode=3.0, tiles=1.0), 1, 1) == ("encode", 0.75)
+
+
+def test_resources_give_the_cores_to_the_encoders() -> None:
+    cfg = ScoreConfig(archive="a", output="o")
+    # no GPU: one encoder per CPU with a whole CPU (one torch thread), the scorer on no CPU
+    two = plan_resources(cfg, {"CPU": 2.0})
+    assert two == Resources(2, 1.0, 0.0, 1, 0.0, 0.0) and two.encoder_threads == 1
+    wide = plan_resources(replace(cfg, encoder_actors=2), {"CPU": 8.0})
+    assert (wide.encoder_cpus, wide.encoder_threads) == (4.0, 4)
+    shared = plan_resources(replace(cfg, encoder_actors=4), {"CPU": 2.0})
+    assert (shared.encoder_cpus, shared.encoder_threads) == (0.5, 1)
+    # GPUs: one encoder per GPU sharing it with the scorer, the CPUs split up to 4 each
+    gpu = plan_resources(cfg, {"CPU": 16.0, "GPU": 2.0})
+    assert gpu == Resources(2, 4.0, 0.5, 1, 0.0, 0.5)
+    assert plan_resources(replace(cfg, scorer_num_cpus=1.0), {"CPU": 2.0}).encoder_cpus == 0.5
 
 
 # -- schemas --------------------------------------------------------------------------------

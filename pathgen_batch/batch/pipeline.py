@@ -37,6 +37,7 @@ from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.encode_stage import TileEncoder
 from pathgen_batch.batch.prepare import Prepared, list_inputs, prepare, worker_context
 from pathgen_batch.batch.ray_runner import (
+    Resources,
     build_pipeline,
     configure_data,
     connect,
@@ -79,6 +80,9 @@ def score_archive(
         return _complete_summary(p, tables, time.perf_counter() - t0)
     totals, n_rows = StageTimes(), 0
     passes = 0
+    res = None
+    ray_stats = None
+    startup_s = 0.0
     pending = state.pending()
     last_error = "not processed"
     if pending:
@@ -95,16 +99,18 @@ def score_archive(
                 len(state.inputs),
                 res,
             )
+            startup_s = time.perf_counter() - t0  # models, checks, listing, Ray: before a pass
             while pending and passes < cfg.max_passes:
                 passes += 1
                 prog = Progress(total=len(pending))
                 try:
-                    consume(
+                    ray_stats = consume(
                         build_pipeline(ray, p, wctx, pending, res),
                         prog,
                         progress,
                         cfg.progress_every_s,
                     )
+                    log.debug("run %s, pass %d: Ray Data stats\n%s", p.run_id, passes, ray_stats)
                 except ends_a_pass as e:
                     last_error = (
                         f"pass {passes} ended on {type(e).__name__}: "
@@ -149,7 +155,9 @@ def score_archive(
         }
 
     dim = p.pair.contract.dim if cfg.write_features else None
+    t_cons = time.perf_counter()
     done = cm.consolidate(state, runs_record, dim, retry, tmp_dir=None)
+    consolidate_s = time.perf_counter() - t_cons
     return RunSummary(
         run_id=p.run_id,
         output=cfg.output,
@@ -162,7 +170,20 @@ def score_archive(
         tables=tables,
         passes=passes,
         resumed=state.resumed,
+        encoder_actors=_pool(res, cfg.reuse_features, "encoder_actors"),
+        scorer_actors=_pool(res, cfg.reuse_features, "scorer_actors"),
+        ray_stats=ray_stats,
+        startup_s=startup_s,
+        consolidate_s=consolidate_s,
     )
+
+
+def _pool(res: Resources | None, reuse: bool, which: str) -> int:
+    """The actors of a kind a run's stage times were spent in (re-scoring: the one pool of
+    scorers reads the bags too)."""
+    if res is None:
+        return 1
+    return int(getattr(res, "scorer_actors" if reuse else which))
 
 
 def _complete_summary(p: Prepared, tables: dict[str, str], seconds: float) -> RunSummary:

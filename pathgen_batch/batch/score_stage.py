@@ -4,7 +4,8 @@
 encoded slides of a batch together (one by one when that fails, so that only the slide that
 cannot be scored fails), writes each slide's per-slide tables and creates its commit
 (:mod:`pathgen_batch.batch.commit`). What flows on to the driver is a status row without the
-bag.
+bag. :class:`StoredBagScorer` is re-scoring's one stage: each slide's stored bag read and
+scored in the same actor, so no bag crosses processes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch.encode_stage import FeatureReader
 from pathgen_batch.batch.model_refs import RegistryAccess, load_models
 from pathgen_batch.batch.stage_rows import (
     SlideRow,
@@ -197,6 +199,18 @@ class SlideScorer(SlideStage):
         return r.but(
             status=SlideStatus.SCORED if won else SlideStatus.SKIPPED, bag=None, times=times
         )
+
+
+class StoredBagScorer:
+    """``reuse_features``: :class:`.encode_stage.FeatureReader` then :class:`SlideScorer`, in
+    one actor (a batch of slides read from the ``features`` table, then scored together)."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.reader = FeatureReader(ctx)
+        self.scorer = SlideScorer(ctx)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.scorer(self.reader(batch))
 
 
 def _bag(r: SlideRow) -> TileBag:

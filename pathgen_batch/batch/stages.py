@@ -31,6 +31,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import torch
+
 from pathgen_batch.batch import commit as cm
 from pathgen_batch.batch.model_refs import ModelRef
 from pathgen_batch.batch.stage_rows import SlideRow, SlideStatus, StageTimes
@@ -66,6 +68,7 @@ class WorkerContext:
     seed: int
     write_features: bool
     device: str = "auto"
+    threads: int | None = None  # torch intra-op threads per stage (None: torch's default)
 
     @property
     def layout(self) -> cm.RunLayout:
@@ -76,6 +79,8 @@ class SlideStage:
     """What every stage shares: context, layout, retries, attempts and failure commits."""
 
     def __init__(self, ctx: WorkerContext) -> None:
+        if ctx.threads is not None:  # one per CPU the stage reserved: no oversubscription
+            torch.set_num_threads(ctx.threads)
         self.ctx = ctx
         self.layout = ctx.layout
         self.retry = ctx.retry

@@ -75,6 +75,9 @@ EXIT_SOME_FAILED = 3
     help=f"Slide extensions to list (repeatable). [{' '.join(sorted(SLIDE_EXTENSIONS))}]",
 )
 @click.option("--progress-every", type=float, default=10.0, show_default=True, help="Seconds.")
+@click.option(
+    "--ray-stats", is_flag=True, help="Also print Ray Data's stats (time and CPU per operator)."
+)
 def score(**kw: object) -> None:
     """Score ARCHIVE (s3://bucket/prefix, a folder, or a manifest .csv/.parquet) into tables.
 
@@ -88,6 +91,7 @@ def score(**kw: object) -> None:
     encoder_gpus = kw.pop("encoder_gpus")
     scorer_gpus = kw.pop("scorer_gpus")
     every = kw.pop("progress_every")
+    ray_stats = kw.pop("ray_stats")
     try:
         cfg = ScoreConfig(
             **kw,  # type: ignore[arg-type]
@@ -105,4 +109,6 @@ def score(**kw: object) -> None:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_COULD_NOT_START)
     click.echo("\n".join(summary.lines()))
+    if ray_stats and summary.ray_stats:
+        click.echo(summary.ray_stats)
     sys.exit(summary.exit_code)
