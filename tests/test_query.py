@@ -76,6 +76,7 @@ def _prediction(run: str, slide: str, risk: float) -> dict:
         risk_lo=None,
         risk_hi=None,
         risk_interval_alpha=None,
+        risk_cuts=None,
         gene_panel_digest="sha256:p",
         lineage=_lin(run),
     )

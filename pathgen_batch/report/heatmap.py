@@ -6,23 +6,25 @@ of H x W pixels of a slide of level-0 size W0 x H0 maps level-0 ``(x, y)`` to th
 is alpha-blended over the thumbnail where it is non-zero, so pixels without attention keep the
 thumbnail's colours.
 
-Local slides are opened for their thumbnail. Slides on S3 are not downloaded: their heatmap is
-drawn on a blank canvas of the slide's extent (the union of its tiles), as is any slide whose
-file can no longer be opened.
+The picture is the slide's row of the ``thumbnails`` table (written when the slide was tiled),
+so heatmaps need only the tables, whether the archive is a folder or on S3; slides are never
+opened or downloaded. A slide without a thumbnail (re-scored from stored features, or scored
+before thumbnails were stored) is drawn on a blank canvas of its extent (the union of its
+tiles).
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from PIL import Image
 
-from pathgen_batch import storage
-from pathgen_batch.errors import DataError, SlideError
-
-log = logging.getLogger(__name__)
+from pathgen_batch.errors import DataError
+from pathgen_batch.tables.rows import png_array
 
 CANVAS_GREY = 236  # blank-canvas colour (0..255) when the slide itself is not drawn
 
@@ -59,21 +61,21 @@ def tile_extent(x: np.ndarray, y: np.ndarray, size_l0: int) -> tuple[int, int]:
     return int(np.max(x)) + int(size_l0), int(np.max(y)) + int(size_l0)
 
 
-def slide_canvas(source_uri: str, max_px: int, fallback_dims: tuple[int, int]) -> Canvas:
-    """The thumbnail of a local slide, or a blank canvas of ``fallback_dims`` (level-0 W0, H0)
-    for an S3 slide or one that cannot be opened (the reason is in ``Canvas.source``)."""
-    if storage.is_s3(source_uri):
-        return blank_canvas(fallback_dims, max_px, "slide on S3: drawn on a blank canvas")
-    from pathgen_batch.slides import open_slide
-
-    try:
-        with open_slide(storage.local_path(source_uri)) as s:
-            thumb = s.thumbnail(max_px)  # (H, W, 3) uint8
-            dims = s.dimensions
-    except (SlideError, storage.StorageError) as e:
-        log.warning("%s: no thumbnail (%s); drawing on a blank canvas", source_uri, e)
-        return blank_canvas(fallback_dims, max_px, f"slide not readable: {e}")
-    return Canvas(thumb, (int(dims[0]), int(dims[1])), "thumbnail")
+def thumbnail_canvas(
+    thumbnail: Mapping[str, Any] | None, max_px: int, fallback_dims: tuple[int, int]
+) -> Canvas:
+    """The slide's stored thumbnail (a ``thumbnails`` row) scaled to ``max_px`` on its longer
+    side, or a blank canvas of ``fallback_dims`` (level-0 W0, H0) when there is none."""
+    if thumbnail is None:
+        return blank_canvas(fallback_dims, max_px, "no stored thumbnail: drawn on a blank canvas")
+    dims = (int(thumbnail["width_l0"]), int(thumbnail["height_l0"]))
+    rgb = png_array(thumbnail["image_png"], f"thumbnail of {thumbnail['slide_id']}")
+    if rgb.ndim != 3:
+        raise DataError(f"thumbnail of {thumbnail['slide_id']}: expected an RGB image")
+    w, h = _fit(dims, max_px)
+    if (rgb.shape[1], rgb.shape[0]) != (w, h):
+        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.LANCZOS))
+    return Canvas(rgb, dims, "thumbnail")
 
 
 def attention_map(

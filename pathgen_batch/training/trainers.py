@@ -8,6 +8,7 @@ nothing else is seen. ``calibrate_fusion`` adds split-conformal states fit on he
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from pathgen_batch.evaluation.conformal import (
     fit_interval,
     min_calibration_size,
 )
-from pathgen_batch.inference.fusion import TrainedFusion
+from pathgen_batch.inference.fusion import RiskCuts, TrainedFusion
 from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models import build_model
@@ -181,7 +182,7 @@ def train_predictor(
     hist = fit_predictor(
         model, cfg.model, examples(tr), examples(va), cfg, device=dev, progress=progress
     )
-    return TrainedFusion(
+    fus = TrainedFusion(
         model=model,
         model_name=cfg.model,
         expression_scaler=escaler,
@@ -193,7 +194,20 @@ def train_predictor(
         train_config=to_dict(cfg),
         provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
         name=name,
+    ).to(dev)
+    return dataclasses.replace(
+        fus, risk_cuts=fit_risk_cuts(fus, data, np.concatenate([tr, va]), cfg)
     )
+
+
+def fit_risk_cuts(
+    fusion: TrainedFusion, data: TrainingData, idx: np.ndarray, cfg: FusionTrainConfig
+) -> RiskCuts:
+    """Cut points of the relative risk groups: ``cfg.risk_quantiles`` of the risk ``fusion``
+    predicts for patients ``idx`` (its training and validation patients) from their bags and
+    real transcriptomes."""
+    pred = fusion.predict([data.bags[i] for i in idx], data.expression[idx])
+    return RiskCuts.fit(pred.risk, cfg.risk_quantiles)
 
 
 def calibrate_fusion(
