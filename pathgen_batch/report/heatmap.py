@@ -115,24 +115,39 @@ def attention_map(
     return out
 
 
+def colour_map(
+    amap: np.ndarray, *, alpha: float = 0.6, cmap: str = "inferno"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``amap`` (H, W) >= 0 coloured by ``cmap`` (scaled to its maximum): colours (H, W, 3) in
+    0..255 and opacity (H, W) ``alpha * (0.35 + 0.65 * a / max)`` where ``a > 0``, else 0."""
+    if not 0.0 < alpha <= 1.0:
+        raise DataError(f"heatmap: alpha must be in (0, 1], got {alpha}")
+    top = float(amap.max()) if amap.size else 0.0
+    norm = np.clip(amap / top, 0.0, 1.0) if top > 0 else np.zeros_like(amap)  # (H, W)
+    colour = colormaps[cmap](norm)[..., :3] * 255.0  # (H, W, 3)
+    opacity = np.where(norm > 0, alpha * (0.35 + 0.65 * norm), 0.0)  # (H, W)
+    return colour, opacity
+
+
 def blend(
     image: np.ndarray, amap: np.ndarray, *, alpha: float = 0.6, cmap: str = "inferno"
 ) -> np.ndarray:
-    """``amap`` (H, W) >= 0 coloured by ``cmap`` (scaled to its maximum) and blended over
-    ``image`` (H, W, 3) uint8 with opacity ``alpha * (0.35 + 0.65 * a / max)`` where ``a > 0``;
+    """The heatmap of ``amap`` (see :func:`colour_map`) blended over ``image`` (H, W, 3) uint8;
     pixels with ``a == 0`` are left untouched. Returns (H, W, 3) uint8."""
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != amap.shape:
         raise DataError(
             f"blend: expected image (H, W, 3) matching map {amap.shape}, got {img.shape}"
         )
-    if not 0.0 < alpha <= 1.0:
-        raise DataError(f"blend: alpha must be in (0, 1], got {alpha}")
-    top = float(amap.max()) if amap.size else 0.0
-    if top <= 0:
-        return img.astype(np.uint8, copy=True)
-    norm = np.clip(amap / top, 0.0, 1.0)  # (H, W)
-    colour = colormaps[cmap](norm)[..., :3] * 255.0  # (H, W, 3)
-    a = np.where(norm > 0, alpha * (0.35 + 0.65 * norm), 0.0)[..., None]  # (H, W, 1)
+    colour, opacity = colour_map(amap, alpha=alpha, cmap=cmap)
+    a = opacity[..., None]  # (H, W, 1)
     out = img.astype(np.float64) * (1.0 - a) + colour * a
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def overlay_rgba(amap: np.ndarray, *, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:
+    """The heatmap of ``amap`` (H, W) alone, as (H, W, 4) uint8 RGBA (transparent where
+    ``a == 0``), to lay over the slide in a viewer."""
+    colour, opacity = colour_map(amap, alpha=alpha, cmap=cmap)
+    out = np.concatenate([colour, 255.0 * opacity[..., None]], axis=2)  # (H, W, 4)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
