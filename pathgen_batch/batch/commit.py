@@ -50,7 +50,10 @@ from pathgen_batch.tables.schemas import RUNS, features_schema, schema_for
 
 STAGING = "_runs"
 SLIDE_TABLES = ("transcriptomes", "tile_attention", "thumbnails", "features")
-THUMBNAIL_GROUP_ROWS = 32  # thumbnails per row group: a few MB, whatever the archive size
+# rows per Parquet row group (whole slides: a slide's rows are one write): small enough that
+# the slide_id statistics of a row group name a few slides, so a query for some slides skips
+# the rest (benchmarks/bench_query.py); 32 thumbnails are a few MB
+GROUP_ROWS = {"transcriptomes": 4_096, "tile_attention": 4_096, "thumbnails": 32}
 Status = Literal["scored", "failed"]
 T = TypeVar("T")
 U = TypeVar("U")
@@ -348,7 +351,7 @@ def consolidate(
             tio.partition_uri(layout.output, table, run),
             schema_for(table),
             run,
-            group_rows=THUMBNAIL_GROUP_ROWS if table == "thumbnails" else 131_072,
+            group_rows=GROUP_ROWS.get(table, 131_072),
             tmp_dir=tmp_dir,
             retry=retry,
         )
