@@ -425,6 +425,18 @@ def calibrated(data: TrainingData, split, generator, fusion) -> TrainedFusion:
         )
 
 
+def test_calibration_refits_the_risk_cuts_on_synthetic_transcriptomes(
+    data: TrainingData, split, generator, calibrated: TrainedFusion
+) -> None:
+    _, va = split
+    with threads(1):
+        syn, _ = generator.generate(bags_of(data, va))
+    risk = calibrated.predict(bags_of(data, va), syn).risk  # the scoring-time input
+    cuts = calibrated.risk_cuts
+    assert cuts is not None and cuts.n == va.size
+    np.testing.assert_allclose(cuts.cuts, np.quantile(risk, [1 / 3, 2 / 3]))
+
+
 def test_generator_bundle_round_trip(data: TrainingData, generator, tmp_path: Path) -> None:
     path = save_generator(generator, tmp_path / "gen")
     names = sorted(p.name for p in path.iterdir())

@@ -205,7 +205,7 @@ def fit_risk_cuts(
 ) -> RiskCuts:
     """Cut points of the relative risk groups: ``cfg.risk_quantiles`` of the risk ``fusion``
     predicts for patients ``idx`` (its training and validation patients) from their bags and
-    real transcriptomes."""
+    real transcriptomes (:func:`calibrate_fusion` refits them on synthetic ones)."""
     pred = fusion.predict([data.bags[i] for i in idx], data.expression[idx])
     return RiskCuts.fit(pred.risk, cfg.risk_quantiles)
 
@@ -223,7 +223,10 @@ def calibrate_fusion(
 
     Grade sets: scores of the predictions made with the SYNTHETIC transcriptome (B, G) against
     the known grades (B,) (-1 = unknown, left out). Risk intervals: around the risk predicted
-    with the synthetic transcriptome, covering the risk the REAL transcriptome gives.
+    with the synthetic transcriptome, covering the risk the REAL transcriptome gives. The risk
+    cut points are refit at the same quantiles on these held-out patients' risk with the
+    synthetic transcriptome: the input the model gets at scoring time, whose risks are spread
+    less widely than with the real one.
     """
     syn = fusion.predict(bags, synthetic)
     ref = fusion.predict(bags, real)
@@ -240,6 +243,8 @@ def calibrate_fusion(
     grade_state = fit_classification(syn.grade_probs[known], g[known], alpha, method)
     risk_state = fit_interval(syn.risk, ref.risk, alpha)
     out = fusion.with_conformal(grade_state, risk_state)
+    if fusion.risk_cuts is not None:
+        out.risk_cuts = RiskCuts.fit(syn.risk, fusion.risk_cuts.quantiles)
     out.provenance = {
         **fusion.provenance,
         "conformal": {"n_cal": int(g.size), "inputs": "synthetic", "alpha": alpha},
