@@ -53,7 +53,7 @@ SLIDE_TABLES = ("transcriptomes", "tile_attention", "thumbnails", "features")
 # rows per Parquet row group (whole slides: a slide's rows are one write): small enough that
 # the slide_id statistics of a row group name a few slides, so a query for some slides skips
 # the rest (benchmarks/bench_query.py); 32 thumbnails are a few MB
-GROUP_ROWS = {"transcriptomes": 4_096, "tile_attention": 4_096, "thumbnails": 32}
+GROUP_ROWS = {"transcriptomes": 16_384, "tile_attention": 16_384, "thumbnails": 32}
 Status = Literal["scored", "failed"]
 T = TypeVar("T")
 U = TypeVar("U")
