@@ -14,12 +14,13 @@ store, best of ``--repeat``):
 Layouts (``PartWriter`` settings; rows are slide-major in both):
 
 - ``current``: row groups of 131,072 rows, part files of 2,000,000 rows;
-- ``tuned``: row groups closed at 16,384 rows (whole slides: one slide per row group from
-  16,384 genes up, about 16,384 rows of whole slides below), part files of 2,000,000 rows, so
-  the ``slide_id`` statistics of each row group name a few slides and DuckDB and pyarrow skip
-  the row groups of the other slides. Smaller row groups prune more but every query then reads
-  more footer metadata (measured: one slide per row group at 5,000 genes made ``query slide``
-  3x slower on 10,000 slides).
+- ``tuned``: one row group per slide, part files of 2,000,000 rows: a row group's
+  ``slide_id`` statistics have min == max, which is what lets pyarrow (and DuckDB through it)
+  skip row groups for ``slide_id IN (...)``; with several slides per row group (range
+  statistics) ``IN`` prunes nothing (measured: row groups of 16,384 rows, 4 slides of 5,000
+  genes, were no faster than ``current`` for ``query genes`` on 10,000 slides). The price:
+  every query reads more footer metadata (``query slide`` slower) and each row group has its
+  own dictionaries (larger files, slower full-table aggregates).
 
 Ratios (current / tuned) are printed last. The default size finishes in a few minutes on 2
 cores; ``--full`` is the archive size of the issue (10,000 slides x 20,000 genes, 200 million
@@ -59,13 +60,13 @@ LIN = Lineage("pathgen-generator", "1", "pathgen-fusion", "1", CONTRACT.to_json(
 @dataclass(frozen=True)
 class Layout:
     name: str
-    group_rows: int  # a row group is closed once it holds this many rows (whole slides)
+    group_rows: int | None  # a row group closes at this many rows (whole slides); None: 1 slide
     part_rows: int = 2_000_000
 
 
 LAYOUTS = (
     Layout("current", group_rows=131_072),
-    Layout("tuned", group_rows=16_384),
+    Layout("tuned", group_rows=None),
 )
 
 
@@ -88,7 +89,8 @@ def write_outputs(root: Path, layout: Layout, n_slides: int, n_genes: int, seed:
         TRANSCRIPTOMES,
         RUN,
         part_rows=layout.part_rows,
-        group_rows=layout.group_rows,
+        group_rows=layout.group_rows or n_genes,
+        group_per_write=layout.group_rows is None,
     )
     rng = np.random.default_rng(seed)
     base = rng.normal(5.0, 2.0, n_genes).astype(np.float32)  # (G,) per-gene level

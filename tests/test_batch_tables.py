@@ -545,6 +545,10 @@ def test_each_slide_ends_in_exactly_one_table(tmp_path: Path) -> None:
     means = {(r["slide_id"], r["gene"]): r["mean"] for r in tx.to_pylist()}
     assert means[("S1", "G1")] == 2.0  # the committed attempt's file, not the loser's
     assert len(tx) == 6
+    (part,) = tmp_path.glob("transcriptomes/run_id=r/part-*.parquet")
+    meta = pq.ParquetFile(part).metadata  # one row group per slide: min == max slide_id
+    stats = [meta.row_group(i).column(0).statistics for i in range(meta.num_row_groups)]
+    assert [(st.min, st.max) for st in stats] == [("S0", "S0"), ("S1", "S1")]
     thumbs = read_table(out, "thumbnails").to_pylist()
     assert [t["slide_id"] for t in thumbs] == ["S0", "S1"]  # one per scored slide, once
     assert png_array(thumbs[1]["image_png"], "S1")[0, 0, 0] == 2  # the committed attempt's

@@ -50,10 +50,12 @@ from pathgen_batch.tables.schemas import RUNS, features_schema, schema_for
 
 STAGING = "_runs"
 SLIDE_TABLES = ("transcriptomes", "tile_attention", "thumbnails", "features")
-# rows per Parquet row group (whole slides: a slide's rows are one write): small enough that
-# the slide_id statistics of a row group name a few slides, so a query for some slides skips
-# the rest (benchmarks/bench_query.py); 32 thumbnails are a few MB
-GROUP_ROWS = {"transcriptomes": 16_384, "tile_attention": 16_384, "thumbnails": 32}
+# Parquet row groups: ``transcriptomes`` and ``features`` keep one slide per row group, so the
+# min == max slide_id statistics let pyarrow (and DuckDB through it) skip every other slide for
+# ``slide_id IN (...)``, which range statistics of several slides cannot do
+# (benchmarks/bench_query.py); 32 thumbnails (a few MB) per row group
+GROUP_ROWS = {"thumbnails": 32}
+ONE_GROUP_PER_SLIDE = ("transcriptomes",)
 Status = Literal["scored", "failed"]
 T = TypeVar("T")
 U = TypeVar("U")
@@ -352,6 +354,7 @@ def consolidate(
             schema_for(table),
             run,
             group_rows=GROUP_ROWS.get(table, 131_072),
+            group_per_write=table in ONE_GROUP_PER_SLIDE,
             tmp_dir=tmp_dir,
             retry=retry,
         )
