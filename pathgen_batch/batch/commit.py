@@ -50,12 +50,11 @@ from pathgen_batch.tables.schemas import RUNS, features_schema, schema_for
 
 STAGING = "_runs"
 SLIDE_TABLES = ("transcriptomes", "tile_attention", "thumbnails", "features")
-# Parquet row groups: ``transcriptomes`` and ``features`` keep one slide per row group, so the
-# min == max slide_id statistics let pyarrow (and DuckDB through it) skip every other slide for
-# ``slide_id IN (...)``, which range statistics of several slides cannot do
-# (benchmarks/bench_query.py); 32 thumbnails (a few MB) per row group
-GROUP_ROWS = {"thumbnails": 32}
-ONE_GROUP_PER_SLIDE = ("transcriptomes",)
+# Parquet row groups: ``transcriptomes``, ``thumbnails`` and ``features`` keep one slide per row
+# group, so the min == max slide_id statistics let pyarrow (and DuckDB through it) skip every
+# other slide for ``slide_id IN (...)``, which range statistics of several slides cannot do
+# (benchmarks/bench_query.py); a report reads only the thumbnails it shows
+ONE_GROUP_PER_SLIDE = ("transcriptomes", "thumbnails")
 Status = Literal["scored", "failed"]
 T = TypeVar("T")
 U = TypeVar("U")
@@ -353,7 +352,6 @@ def consolidate(
             tio.partition_uri(layout.output, table, run),
             schema_for(table),
             run,
-            group_rows=GROUP_ROWS.get(table, 131_072),
             group_per_write=table in ONE_GROUP_PER_SLIDE,
             tmp_dir=tmp_dir,
             retry=retry,
