@@ -503,9 +503,14 @@ def test_s3_run_encodes_on_both_nodes(s3_run: S3Run) -> None:
 
 @pytest.mark.ray
 @pytest.mark.servers
-def test_s3_run_tables_match_the_models_applied_directly(s3_run: S3Run, trained: Trained) -> None:
+def test_s3_run_tables_match_the_models_applied_directly(
+    s3_run: S3Run, trained: Trained, tmp_path: Path
+) -> None:
     from pathgen_batch.features import build_encoder, extract_slide
     from pathgen_batch.inference.bundle import load_bundle
+    from pathgen_batch.report import write_report
+    from pathgen_batch.slides import open_slide
+    from pathgen_batch.tables import png_array
 
     gen, fus = load_bundle(trained.gen), load_bundle(trained.fus)
     enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
@@ -522,7 +527,19 @@ def test_s3_run_tables_match_the_models_applied_directly(s3_run: S3Run, trained:
     ]
     assert list(p["patient_id"]) == [trained.patients[s] for s in ids]
     assert list(p["n_tiles"]) == [len(b) for b in bags]
+    assert list(p["risk_group"]) == [fus.risk_group(r) for r in ref.risk]  # the bundle's cuts
+    assert fus.risk_cuts is not None and list(p["risk_cuts"].iloc[0]) == list(fus.risk_cuts.cuts)
     assert set(p["generator_version"]) == {f"bundle:{_digest(trained.gen)}"}
+    thumbs = {r["slide_id"]: r for r in read_table(s3_run.out, "thumbnails", ["e2e"]).to_pylist()}
+    assert sorted(thumbs) == ids  # one per scored slide, written with its commit
+    for sid in ids:
+        with open_slide(s3_run.good[sid]) as slide:
+            assert (thumbs[sid]["width_l0"], thumbs[sid]["height_l0"]) == slide.dimensions
+        img = png_array(thumbs[sid]["image_png"], sid)
+        assert max(img.shape[:2]) <= 1024 and img.std() > 5.0  # a picture, not a blank
+        assert png_array(thumbs[sid]["mask_png"], sid).any()
+    page = write_report(s3_run.out, tmp_path / "report", run_id="e2e").read_text()
+    assert "no stored thumbnail" not in page  # heatmaps over real thumbnails, from S3
     t = read_table(s3_run.out, "transcriptomes", ["e2e"]).to_pandas()
     assert len(t) == len(ids) * gen.panel.n_genes
     m = t.pivot(index="slide_id", columns="gene_index", values="mean").loc[ids].to_numpy()

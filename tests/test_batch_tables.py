@@ -28,6 +28,7 @@ from pathgen_batch.batch.stage_rows import (
 from pathgen_batch.batch.summary import Progress, RunSummary, bound_by
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.storage import RetryPolicy, SlideSource
 from pathgen_batch.tables import (
     FAILURES,
@@ -46,13 +47,15 @@ from pathgen_batch.tables import (
     features_schema,
     features_table,
     median_survival_bin,
+    median_survival_group,
     partition_uri,
+    png_array,
     prediction_record,
     read_row_group,
     read_table,
     records_table,
-    risk_group,
     survival_curve,
+    thumbnail_table,
     transcriptome_table,
 )
 from pathgen_batch.tables.io import write_table
@@ -164,6 +167,8 @@ def test_schemas_hold_the_documented_columns() -> None:
         "risk_lo",
         "risk_hi",
         "risk_group",
+        "risk_cuts",
+        "median_survival_group",
         "scored_at",
         "bin_edges",
         "survival",
@@ -209,15 +214,15 @@ def test_schemas_hold_the_documented_columns() -> None:
 
 
 # -- rows -----------------------------------------------------------------------------------
-def test_survival_median_bin_and_risk_group_by_hand() -> None:
+def test_survival_median_bin_and_its_group_by_hand() -> None:
     s = survival_curve(np.array([0.2, 0.5, 0.5, 1.0]))
     np.testing.assert_allclose(s, [0.8, 0.4, 0.2, 0.0])
-    assert median_survival_bin(s) == 1 and risk_group(1, 4) == "intermediate"
+    assert median_survival_bin(s) == 1 and median_survival_group(1, 4) == "intermediate"
     assert median_survival_bin(survival_curve(np.array([0.6, 0.1]))) == 0
-    assert risk_group(0, 2) == "high"
+    assert median_survival_group(0, 2) == "high"
     s2 = survival_curve(np.array([0.1, 0.1]))  # 0.9, 0.81: never below one half
-    assert median_survival_bin(s2) == 2 and risk_group(2, 2) == "low"
-    assert risk_group(3, 4) == "low"
+    assert median_survival_bin(s2) == 2 and median_survival_group(2, 2) == "low"
+    assert median_survival_group(3, 4) == "low"
     assert median_survival_bin(np.array([0.7, 0.5])) == 1  # exactly one half counts
 
 
@@ -240,6 +245,7 @@ def test_prediction_record_and_table() -> None:
         risk_lo=-0.9,
         risk_hi=-0.3,
         risk_interval_alpha=0.1,
+        risk_cuts=RiskCuts((1 / 3, 2 / 3), (-1.0, -0.7), 30),
         gene_panel_digest="sha256:p",
         lineage=LIN,
         scored_at=when,
@@ -247,7 +253,8 @@ def test_prediction_record_and_table() -> None:
     assert rec["grade_pred"] == "II" and rec["grade_pred_index"] == 1
     assert rec["grade_set"] == ["II", "III"]
     np.testing.assert_allclose(rec["survival"], [0.4, 0.2])
-    assert rec["median_survival_bin"] == 0 and rec["risk_group"] == "high"
+    assert rec["median_survival_bin"] == 0 and rec["median_survival_group"] == "high"
+    assert rec["risk_group"] == "high" and rec["risk_cuts"] == [-1.0, -0.7]  # -0.6 >= -0.7
     t = records_table([rec], "predictions")
     assert t.schema.equals(PREDICTIONS, check_metadata=False)
     row = t.to_pylist()[0]
@@ -279,6 +286,7 @@ def _pred_args() -> dict:
         "risk_lo": None,
         "risk_hi": None,
         "risk_interval_alpha": None,
+        "risk_cuts": None,
         "gene_panel_digest": "sha256:p",
         "lineage": LIN,
     }
@@ -476,6 +484,7 @@ def _score(layout: cm.RunLayout, src: SlideSource, value: float) -> bool:
     cm.write_slide_table(
         layout, src.slide_id, attempt_id, "transcriptomes", _tx(src.slide_id, value), RETRY
     )
+    cm.write_slide_table(layout, src.slide_id, attempt_id, "thumbnails", _thumb(src, value), RETRY)
     rec = prediction_record(
         **{**_pred_args(), "slide_id": src.slide_id, "source_uri": src.uri, "n_tiles": 4}
     )
@@ -486,9 +495,17 @@ def _score(layout: cm.RunLayout, src: SlideSource, value: float) -> bool:
         rec,
         attempt=attempt,
         attempt_id=attempt_id,
-        tables=["transcriptomes"],
+        tables=["transcriptomes", "thumbnails"],
         retry=RETRY,
     )
+
+
+def _thumb(src: SlideSource, value: float) -> pa.Table:
+    """A 4 x 6 px thumbnail of grey ``value`` and a mask with its left half tissue."""
+    mask = np.zeros((2, 3), dtype=bool)
+    mask[:, :2] = True
+    img = np.full((4, 6, 3), int(value) % 256, dtype=np.uint8)
+    return thumbnail_table(src.slide_id, img, (600, 400), 0.5, mask, None, LIN)
 
 
 def _fail(layout: cm.RunLayout, src: SlideSource, stage: str) -> bool:
@@ -559,6 +576,19 @@ def test_each_slide_ends_in_exactly_one_table(tmp_path: Path) -> None:
     means = {(r["slide_id"], r["gene"]): r["mean"] for r in tx.to_pylist()}
     assert means[("S1", "G1")] == 2.0  # the committed attempt's file, not the loser's
     assert len(tx) == 6
+    (part,) = tmp_path.glob("transcriptomes/run_id=r/part-*.parquet")
+    meta = pq.ParquetFile(part).metadata  # one row group per slide: min == max slide_id
+    stats = [meta.row_group(i).column(0).statistics for i in range(meta.num_row_groups)]
+    assert [(st.min, st.max) for st in stats] == [("S0", "S0"), ("S1", "S1")]
+    thumbs = read_table(out, "thumbnails").to_pylist()
+    assert [t["slide_id"] for t in thumbs] == ["S0", "S1"]  # one per scored slide, once
+    assert png_array(thumbs[1]["image_png"], "S1")[0, 0, 0] == 2  # the committed attempt's
+    np.testing.assert_array_equal(
+        png_array(thumbs[1]["mask_png"], "S1"), [[True, True, False], [True, True, False]]
+    )
+    assert (thumbs[1]["width_l0"], thumbs[1]["height_l0"]) == (600, 400)
+    assert thumbs[1]["tissue_fraction"] == pytest.approx(2 / 3)
+    assert thumbs[1]["excluded_png"] is None
     assert not (tmp_path / "_runs" / "run_id=r" / "slides").exists()
 
 
@@ -578,7 +608,7 @@ def test_interrupted_consolidation_reruns_to_the_same_tables(tmp_path: Path) -> 
         cm.consolidate(st, crash, None, RETRY)
     assert complete_runs(out) == []  # tables written, but the run is not visible yet
     first = {p: p.read_bytes() for p in tmp_path.glob("*/run_id=r/part-*.parquet")}
-    assert len(first) == 4
+    assert len(first) == 5  # predictions, failures, transcriptomes, tile_attention, thumbnails
     cm.consolidate(cm.RunState.begin(layout, IDENT, list, RETRY), _runs_record(out), None, RETRY)
     assert complete_runs(out) == ["r"]
     second = {p: p.read_bytes() for p in tmp_path.glob("*/run_id=r/part-*.parquet")}

@@ -27,6 +27,7 @@ from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.inference import TrainedFusion, TrainedGenerator, ZScoreScaler
 from pathgen_batch.inference.bundle import save_fusion, save_generator
+from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.models import FusionConfig, GeneratorConfig, build_model
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
 from pathgen_batch.omics.panel import GenePanel
@@ -115,6 +116,7 @@ def make_fusion(out: Path, dim: int = 8, panel: GenePanel | None = None, seed: i
         grade_classes=CLASSES,
         bin_edges=np.array([0.0, 5.0, np.inf]),
         train_config=to_dict(FusionTrainConfig()),
+        risk_cuts=RiskCuts((1 / 3, 2 / 3), (-1.6, -1.2), 40),
         provenance={"cohort_digest": "sha256:" + "d" * 64},
     )
     return save_fusion(fus, out)
@@ -360,6 +362,14 @@ def test_register_tags_carry_contract_panel_metrics_and_code_version(store, bund
     assert tags["pathgen.code_version"].startswith("0.")
     run = store.client.get_run(mv.run_id)
     assert run.data.tags["pathgen.registered.pathgen-generator"] == "1"
+    assert "pathgen.risk_cuts" not in tags  # a generator has no risk groups
+
+
+def test_fusion_version_shows_its_risk_cuts(store, bundles):
+    reg = register(store, bundles["fus"], FUS_CV)
+    tags = resolve_version(store, reg.name, reg.version).tags
+    cuts = json.loads(tags["pathgen.risk_cuts"])
+    assert cuts == {"cuts": [-1.6, -1.2], "n": 40, "quantiles": [1 / 3, 2 / 3]}
 
 
 def test_promote_keeps_stages_and_aliases_in_step_and_loads_by_both_uris(store, bundles):

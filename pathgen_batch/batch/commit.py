@@ -8,8 +8,9 @@ dataset readers)::
                                      once, at the first start; a resume must match it)
     inputs.parquet                   the run's input slides, frozen at the first start
     attempts/<slide>/<attempt id>    one empty marker per attempt at a slide
-    slides/<slide>/<attempt id>/     that attempt's per-slide tables (transcriptomes,
-                                     tile_attention, features), each written whole
+    slides/<slide>/<attempt id>/     that attempt's per-slide tables (thumbnails, written by
+                                     the encoder stage; transcriptomes, tile_attention,
+                                     features, by the scorer), each written whole
     commits/<slide>.json             THE commit: created once, never overwritten (local: hard
                                      link of a complete file; S3: conditional PUT). It holds
                                      the slide's predictions row or its failures row and names
@@ -48,7 +49,12 @@ from pathgen_batch.tables.rows import Lineage, failure_record, records_table
 from pathgen_batch.tables.schemas import RUNS, features_schema, schema_for
 
 STAGING = "_runs"
-SLIDE_TABLES = ("transcriptomes", "tile_attention", "features")
+SLIDE_TABLES = ("transcriptomes", "tile_attention", "thumbnails", "features")
+# Parquet row groups: ``transcriptomes``, ``thumbnails`` and ``features`` keep one slide per row
+# group, so the min == max slide_id statistics let pyarrow (and DuckDB through it) skip every
+# other slide for ``slide_id IN (...)``, which range statistics of several slides cannot do
+# (benchmarks/bench_query.py); a report reads only the thumbnails it shows
+ONE_GROUP_PER_SLIDE = ("transcriptomes", "thumbnails")
 Status = Literal["scored", "failed"]
 T = TypeVar("T")
 U = TypeVar("U")
@@ -341,11 +347,12 @@ def consolidate(
         )
     run = layout.run_id
     writers: dict[str, tio.PartWriter] = {}
-    for table in ("predictions", "failures", "transcriptomes", "tile_attention"):
+    for table in ("predictions", "failures", "transcriptomes", "tile_attention", "thumbnails"):
         writers[table] = tio.PartWriter(
             tio.partition_uri(layout.output, table, run),
             schema_for(table),
             run,
+            group_per_write=table in ONE_GROUP_PER_SLIDE,
             tmp_dir=tmp_dir,
             retry=retry,
         )

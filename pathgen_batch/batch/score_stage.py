@@ -173,6 +173,7 @@ class SlideScorer(SlideStage):
             risk_lo=res.risk_lo,
             risk_hi=res.risk_hi,
             risk_interval_alpha=None if fus.risk_conformal is None else fus.risk_conformal.alpha,
+            risk_cuts=fus.risk_cuts,
             gene_panel_digest=self.panel_digest,
             lineage=self.lineage,
         )
@@ -192,7 +193,7 @@ class SlideScorer(SlideStage):
             rec,
             attempt=r.attempt,
             attempt_id=attempt_id,
-            tables=list(tables),
+            tables=[*tables, *(["thumbnails"] if r.has_thumbnail else [])],
             stats=times.to_dict(),
             retry=self.retry,
         )

@@ -48,8 +48,8 @@ def report(
 ) -> None:
     """Write OUT/index.html (+ OUT/img/*.png) for a run under OUTPUT_ROOT (folder or s3://).
 
-    Slides on S3 are not downloaded: their heatmaps are drawn on a blank canvas of the slide's
-    extent; local slides get their thumbnail.
+    Everything comes from the tables: heatmaps are drawn on the slide's stored thumbnail (the
+    thumbnails table), for folder and S3 archives alike; no slide is opened or downloaded.
     """
     from pathgen_batch.report import ReportConfig, write_report
 

@@ -23,7 +23,15 @@ import numpy as np
 
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.encoder import Encoder
-from pathgen_batch.slides import TileGrid, TileSpec, open_slide, read_tiles, tile_grid, tissue_mask
+from pathgen_batch.slides import (
+    TileGrid,
+    TileSpec,
+    TissueMask,
+    open_slide,
+    read_tiles,
+    tile_grid,
+    tissue_mask,
+)
 
 T = TypeVar("T")
 Phase = Literal["open", "tiles", "encode"]
@@ -96,6 +104,7 @@ class EncodedSlide:
     """The kept tiles of one slide and their features, in tile-grid order."""
 
     grid: TileGrid  # x, y, tissue (N,), size_l0, level, read_px, n_candidates
+    mask: TissueMask  # the tissue mask the grid was cut from
     feats: np.ndarray  # (N, D) float32
     slide_mpp: float  # level-0 um/px the tiling used
     mpp_source: str  # where that MPP came from (see pathgen_batch.slides.mpp)
@@ -135,7 +144,8 @@ def encode_slide(
     phase("open")
     with open_slide(path, mpp_override=mpp_override) as slide:
         phase("tiles")
-        grid = tile_grid(slide, spec, tissue_mask(slide))
+        mask = tissue_mask(slide)
+        grid = tile_grid(slide, spec, mask)
         tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
         with closing(tiles):  # joins the reader thread before the slide closes
             for batch in tiles:
@@ -147,6 +157,7 @@ def encode_slide(
         mpp, mpp_source = float(slide.mpp), str(slide.mpp_source)
     return EncodedSlide(
         grid=grid,
+        mask=mask,
         feats=np.concatenate(feats).astype(np.float32, copy=False)
         if feats
         else np.zeros((0, encoder.dim), np.float32),

@@ -143,7 +143,9 @@ class FusionTrainConfig:
     other than the data-dependent ones (e.g. ``{"width": 64, "dropout": 0.25}``); unknown
     names are errors. The loss is ``survival_weight`` x survival NLL + ``grade_weight`` x grade
     cross-entropy (unknown grades left out), with ``n_bins`` time bins whose edges are fit on
-    the training patients' event times.
+    the training patients' event times. ``risk_quantiles`` (one or two, increasing in (0, 1);
+    tertiles by default) are where the relative risk groups are cut: at those quantiles of the
+    risk the trained model predicts for its training and validation patients.
     """
 
     model: FusionModelName = "fusion"
@@ -160,8 +162,15 @@ class FusionTrainConfig:
     patience: int = 12
     val_fraction: float = 0.2
     seed: int = 0
+    risk_quantiles: tuple[float, ...] = (1 / 3, 2 / 3)
 
     def __post_init__(self) -> None:
+        q = self.risk_quantiles
+        if len(q) not in (1, 2) or not all(0.0 < v < 1.0 for v in q) or list(q) != sorted(set(q)):
+            raise ConfigError(
+                "FusionTrainConfig.risk_quantiles: expected 1 or 2 increasing numbers in (0, 1) "
+                f"(e.g. [0.3333, 0.6667] for tertiles), got {list(q)}"
+            )
         if self.model not in FUSION_MODELS:
             raise ConfigError(
                 f"FusionTrainConfig.model: expected one of {list(FUSION_MODELS)}, "

@@ -8,6 +8,7 @@ nothing else is seen. ``calibrate_fusion`` adds split-conformal states fit on he
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from pathgen_batch.evaluation.conformal import (
     fit_interval,
     min_calibration_size,
 )
-from pathgen_batch.inference.fusion import TrainedFusion
+from pathgen_batch.inference.fusion import RiskCuts, TrainedFusion
 from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models import build_model
@@ -188,7 +189,7 @@ def train_predictor(
     hist = fit_predictor(
         model, cfg.model, examples(tr), examples(va), cfg, device=dev, progress=progress
     )
-    return TrainedFusion(
+    fus = TrainedFusion(
         model=model,
         model_name=cfg.model,
         expression_scaler=escaler,
@@ -200,7 +201,20 @@ def train_predictor(
         train_config=to_dict(cfg),
         provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
         name=name,
+    ).to(dev)
+    return dataclasses.replace(
+        fus, risk_cuts=fit_risk_cuts(fus, data, np.concatenate([tr, va]), cfg)
     )
+
+
+def fit_risk_cuts(
+    fusion: TrainedFusion, data: TrainingData, idx: np.ndarray, cfg: FusionTrainConfig
+) -> RiskCuts:
+    """Cut points of the relative risk groups: ``cfg.risk_quantiles`` of the risk ``fusion``
+    predicts for patients ``idx`` (its training and validation patients) from their bags and
+    real transcriptomes (:func:`calibrate_fusion` refits them on synthetic ones)."""
+    pred = fusion.predict([data.bags[i] for i in idx], data.expression[idx])
+    return RiskCuts.fit(pred.risk, cfg.risk_quantiles)
 
 
 def calibrate_fusion(
@@ -216,7 +230,10 @@ def calibrate_fusion(
 
     Grade sets: scores of the predictions made with the SYNTHETIC transcriptome (B, G) against
     the known grades (B,) (-1 = unknown, left out). Risk intervals: around the risk predicted
-    with the synthetic transcriptome, covering the risk the REAL transcriptome gives.
+    with the synthetic transcriptome, covering the risk the REAL transcriptome gives. The risk
+    cut points are refit at the same quantiles on these held-out patients' risk with the
+    synthetic transcriptome: the input the model gets at scoring time, whose risks are spread
+    less widely than with the real one.
     """
     syn = fusion.predict(bags, synthetic)
     ref = fusion.predict(bags, real)
@@ -233,6 +250,8 @@ def calibrate_fusion(
     grade_state = fit_classification(syn.grade_probs[known], g[known], alpha, method)
     risk_state = fit_interval(syn.risk, ref.risk, alpha)
     out = fusion.with_conformal(grade_state, risk_state)
+    if fusion.risk_cuts is not None:
+        out.risk_cuts = RiskCuts.fit(syn.risk, fusion.risk_cuts.quantiles)
     out.provenance = {
         **fusion.provenance,
         "conformal": {"n_cal": int(g.size), "inputs": "synthetic", "alpha": alpha},
