@@ -99,6 +99,17 @@ def test_every_metric_for_every_condition_and_fold(cv, data: TrainingData) -> No
     assert ((c["risk_coverage"] >= 0) & (c["risk_coverage"] <= 1)).all()
     assert (c["risk_width"] >= 0).all()
     assert list(c["n_test"]) == [int((data.folds == k).sum()) for k in (0, 1)]
+    for k in (0, 1):  # how many patients each metric and loss used
+        rows = m[m["fold"] == k]
+        test, train = data.folds == k, data.folds != k
+        assert (rows["n_survival"] == int(data.outcome_known[test].sum())).all()
+        assert (rows["n_grade"] == int((data.grade[test] >= 0).sum())).all()
+        assert (rows["n_train_survival"] < int(data.outcome_known[train].sum())).all()  # - val
+    summary = result.summary()
+    assert summary["metrics"]["synthetic"]["harrell_c"]["n"] == int(data.outcome_known.sum())
+    assert summary["metrics"]["omics_mlp"]["accuracy"]["n"] == int((data.grade >= 0).sum())
+    assert summary["patients"]["generator_train"] == list(f["n_train"])
+    assert all(0 < n < data.n_patients for n in summary["patients"]["generator_train"])
 
 
 def test_paired_tests_compare_folds(cv) -> None:
@@ -149,6 +160,9 @@ def test_outputs_are_written(cv, data: TrainingData) -> None:
     for label in CONDITIONS.values():
         assert label in table
     assert "Wilcoxon" in table and "2-fold patient-level CV, 48 patients" in table
+    assert "n surv/grade" in table and "training patients per fold: generator" in table
+    synthetic_line = next(x for x in table.splitlines() if x.startswith(CONDITIONS["synthetic"]))
+    assert synthetic_line.endswith("48/48")
 
 
 def test_progress_lines_match_the_histories(cv) -> None:
