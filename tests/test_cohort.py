@@ -353,6 +353,37 @@ def test_cli_init_then_validate(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no such cohort folder" in missing.output
 
 
+def test_command_line_settings_override_cohort_toml(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    (root / "cohort.toml").unlink()  # text grades and TPM values, undeclared
+    runner = CliRunner()
+    base = ["cohort", "validate", str(root), "--no-open-slides", "--folds", "2"]
+    bare = runner.invoke(main, base)
+    assert bare.exit_code == 2 and "grade" in bare.output
+    r = runner.invoke(main, [*base, "--expression-unit", "tpm", "--grade-classes", "low, high"])
+    assert r.exit_code == 0, r.output
+    assert "grade: low 4, high 4" in r.output and "expression tpm" in r.output
+    flipped = runner.invoke(
+        main, [*base, "--expression-unit", "tpm", "--grade-classes", "high,low"]
+    )
+    assert "grade: high 4, low 4" in flipped.output
+    same = runner.invoke(main, [*base, "--expression-unit", "", "--grade-classes", ""])
+    assert same.output == bare.output  # empty: not given, as mlflow run passes it
+    wrong = runner.invoke(main, [*base, "--expression-unit", "rpkm"])
+    assert wrong.exit_code == 2 and "expected one of log2, z, tpm, fpkm, counts" in wrong.output
+    one = runner.invoke(main, [*base, "--expression-unit", "tpm", "--grade-classes", "low"])
+    assert one.exit_code == 2 and "options: grade_classes: expected at least two" in one.output
+    data = load_cohort(root, settings={"expression_unit": "tpm", "grade_classes": ("low", "high")})
+    np.testing.assert_allclose(
+        data.expression.to_numpy(),
+        np.log2(pd.read_csv(root / "expression.csv").set_index("patient_id").to_numpy() + 1.0),
+    )
+    for command in (["evaluate"], ["train", "generator"], ["train", "fusion"]):
+        helped = runner.invoke(main, [*command, "--help"])
+        assert "--expression-unit" in helped.output and "--grade-classes" in helped.output
+
+
 def test_settings_are_strict_and_round_trip() -> None:
     from pathgen_batch.cohort import parse_settings
 

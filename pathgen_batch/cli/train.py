@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pathgen_batch.cli.cohort import cohort_settings, settings_options
 from pathgen_batch.cli.options import (
     apply,
     cohort_option,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 training_options = apply(
     cohort_option,
+    settings_options,
     features_option,
     out_option("Bundle folder to write."),
     cv_config_option,
@@ -64,7 +66,7 @@ training_options = apply(
 def _data(cohort_dir: Path, features_dir: Path, holdout_fold: int) -> TrainingData:
     from pathgen_batch.training.data import load_training_data
 
-    data = load_training_data(cohort_dir, features_dir)
+    data = load_training_data(cohort_dir, features_dir, settings=cohort_settings())
     return data.without_fold(holdout_fold) if holdout_fold >= 0 else data
 
 

@@ -19,11 +19,12 @@ A cohort is a folder or an ``s3://`` prefix holding::
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pathgen_batch.config import from_dict
+from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError
 
 _toml: ModuleType | None = None
@@ -32,6 +33,7 @@ if sys.version_info >= (3, 11):
 
 FORMAT_VERSION = 1
 ExpressionUnit = Literal["log2", "z", "tpm", "fpkm", "counts"]
+EXPRESSION_UNITS: tuple[str, ...] = get_args(ExpressionUnit)
 LINEAR_UNITS = ("tpm", "fpkm", "counts")  # converted to log2(x + 1) on reading
 
 CLINICAL = "clinical"
@@ -100,6 +102,17 @@ class CohortSettings:
 def _toml_string(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+def with_overrides(
+    settings: CohortSettings, overrides: Mapping[str, Any] | None, source: str = "options"
+) -> CohortSettings:
+    """``settings`` with the keys of ``overrides`` that are not None replaced (the command
+    line's settings over ``cohort.toml``'s), checked as ``cohort.toml`` is."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not given:
+        return settings
+    return from_dict(CohortSettings, {**to_dict(settings), **given}, _where=source)
 
 
 def parse_settings(text: str, source: str = SETTINGS) -> CohortSettings:

@@ -328,12 +328,14 @@ def load_training_data(
     cohort_dir: str | Path,
     features_dir: str | Path,
     contract: FeatureContract | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> TrainingData:
     """Validate a cohort (its problem lines in one DataError) and assemble it with its features.
 
     Folds are the clinical table's, else stratified folds from the cohort's settings.
+    settings: ``cohort.toml`` keys given on the command line, over the file's.
     """
-    cohort = load_cohort(cohort_dir, check_folds=True)
+    cohort = load_cohort(cohort_dir, check_folds=True, settings=settings)
     sids = cohort.slide_ids
     bags = load_bags(features_dir, sids, contract)
     found = contract if contract is not None else read_contract(feature_uri(features_dir, sids[0]))
