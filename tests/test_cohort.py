@@ -582,3 +582,42 @@ def test_a_cohort_on_s3_validates_and_names_a_missing_slide_object(
     np.testing.assert_allclose(c.expression.to_numpy(), load_cohort(local).expression.to_numpy())
     with pytest.raises(DataError, match="in object storage, not a local file"):
         c.slide_path("P3-A")
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+def test_a_real_world_shaped_cohort_trains_and_registers_through_mlflow_run(
+    real_world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    import json
+
+    from mlflow_runs import env, mlflow_run
+    from tiny_training import TINY_CV
+
+    from pathgen_batch.config import to_dict
+    from pathgen_batch.registry import (
+        RegistryConfig,
+        default_tracking_uri,
+        open_store,
+        resolve_version,
+    )
+
+    _, user, feats = real_world
+    ws = tmp_path / "ws"
+    store = open_store(RegistryConfig(workspace=str(ws), tracking_uri=default_tracking_uri(ws)))
+    store.experiment_id()
+    environ = env(store.tracking_uri)
+    config = tmp_path / "cv.json"
+    config.write_text(json.dumps(to_dict(TINY_CV)))
+    common = {"cohort": user, "features": feats, "config": config, "epochs": 1, "workspace": ws}
+    gen = tmp_path / "generator"
+    gen_run = mlflow_run("train_generator", common | {"out": gen}, environ)
+    fus_run = mlflow_run(
+        "train_fusion", common | {"generator": gen, "out": tmp_path / "f"}, environ
+    )
+    assert resolve_version(store, "pathgen-generator", "1").run_id == gen_run
+    assert resolve_version(store, "pathgen-fusion", "1").run_id == fus_run
+    run = store.client.get_run(fus_run)
+    assert run.info.status == "FINISHED" and run.data.params["calibrated_with"] == str(gen)
+    manifest = json.loads((tmp_path / "f" / "bundle.json").read_text())
+    assert manifest["grade_classes"] == list(load_cohort(user).grade_classes)

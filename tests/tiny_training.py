@@ -12,7 +12,12 @@ from pathgen_batch.features import build_encoder, extract_cohort
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
 from pathgen_batch.synth import CohortConfig, build_cohort
 from pathgen_batch.synth.cohort import SynthCohort
-from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
+from pathgen_batch.training.config import (
+    CVConfig,
+    FusionTrainConfig,
+    GeneratorArch,
+    GeneratorTrainConfig,
+)
 
 COHORT = CohortConfig(
     mode="synthetic", n_patients=48, n_genes=18, n_families=3, slide_px=768, levels=2, folds=2
@@ -30,6 +35,22 @@ GEN = GeneratorTrainConfig(
 )
 FUS = FusionTrainConfig(
     options={"width": 16, "heads": 2, "dropout": 0.25}, n_bins=3, epochs=4, patience=4, max_tiles=4
+)
+
+
+def _fus(model: str) -> FusionTrainConfig:
+    opts = dict(FUS.options) if model == "fusion" else {"width": 16}
+    return FusionTrainConfig(**{**FUS.__dict__, "model": model, "options": opts})
+
+
+# the tiny models as the CVConfig JSON that evaluate and train read (--config)
+TINY_CV = CVConfig(
+    generator=GEN,
+    fusion=_fus("fusion"),
+    attention_mil=_fus("attention_mil"),
+    omics_mlp=_fus("omics_mlp"),
+    val_fraction=0.25,
+    alpha=0.25,
 )
 
 
