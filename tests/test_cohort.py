@@ -621,3 +621,67 @@ def test_a_real_world_shaped_cohort_trains_and_registers_through_mlflow_run(
     assert run.info.status == "FINISHED" and run.data.params["calibrated_with"] == str(gen)
     manifest = json.loads((tmp_path / "f" / "bundle.json").read_text())
     assert manifest["grade_classes"] == list(load_cohort(user).grade_classes)
+
+
+def test_gene_families_are_ward_clusters_of_the_gene_correlation() -> None:
+    from scipy.cluster.hierarchy import cut_tree, linkage
+
+    from pathgen_batch.omics import GenePanel, cluster_families, with_clustered_families
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 24)) + np.repeat(rng.normal(size=(60, 4)), 6, axis=1)  # 4 blocks
+    ref = cut_tree(linkage(np.corrcoef(x.T), method="ward"), n_clusters=4).ravel()
+    first = {c: i for i, c in enumerate(dict.fromkeys(ref.tolist()))}
+    got = cluster_families(x, 4)
+    np.testing.assert_array_equal(got, [first[c] for c in ref])
+    np.testing.assert_array_equal(got, np.repeat(np.arange(4), 6))  # the blocks, found
+    bare = GenePanel.parse("gene\n" + "".join(f"G{i}\n" for i in range(24)))
+    assert bare.needs_families and bare.n_genes == 24
+    assert GenePanel.parse("gene,family\nA,\nB,\n").needs_families
+    with pytest.raises(DataError, match="empty family"):
+        GenePanel.parse("gene,family\nA,x\nB,\n")
+    panel = with_clustered_families(bare, x, n_families=4)
+    assert panel.family_names == ("family_1", "family_2", "family_3", "family_4")
+    assert panel.family_sizes == (6, 6, 6, 6) and not panel.needs_families
+    named = GenePanel.parse("gene,family\nA,x\nB,y\n")
+    assert with_clustered_families(named, x[:, :2]) is named
+    with pytest.raises(DataError, match="constant expression"):
+        cluster_families(np.ones((5, 3)), 2)
+
+
+def test_a_panel_without_families_validates(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    (root / "gene_panel.csv").write_text("gene\nG1\nG2\nG3\n")
+    r = CliRunner().invoke(main, ["cohort", "validate", str(root), "--no-open-slides"])
+    assert r.exit_code == 0, r.output
+    assert "genes 3 in 3 families clustered on each training fold" in r.output
+
+
+@pytest.mark.slow
+def test_families_are_clustered_on_the_training_patients_and_stored_with_the_models(
+    real_world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from tiny_training import GEN
+
+    from pathgen_batch.inference.bundle import load_bundle, save_generator
+    from pathgen_batch.omics import with_clustered_families
+    from pathgen_batch.training.trainers import train_generator
+
+    _, user, feats = real_world
+    mine = tmp_path / "no-families"
+    shutil.copytree(user, mine)
+    genes = pd.read_csv(user / "gene_panel.csv")["gene"]
+    (mine / "gene_panel.csv").write_text("gene\n" + "".join(f"{g}\n" for g in genes))
+    (mine / "cohort.toml").write_text((user / "cohort.toml").read_text() + "n_families = 3\n")
+    data = load_training_data(mine, feats)
+    assert data.panel.needs_families and data.n_families == 3
+    tr, va = np.arange(0, 30, 2), np.arange(1, 30, 2)
+    with threads(1):
+        gen = train_generator(data, tr, va, dataclasses.replace(GEN, epochs=1))
+        fus = train_predictor(data, tr, va, FUS)
+    want = with_clustered_families(data.panel, data.expression[tr], 3)
+    assert gen.panel == want == fus.panel and gen.panel.n_families == 3
+    assert want != with_clustered_families(data.panel, data.expression[va], 3)  # fold-specific
+    save_generator(gen, tmp_path / "gen")
+    assert load_bundle(tmp_path / "gen").panel == want  # stored with the model

@@ -26,6 +26,7 @@ from typing import Any, Literal, get_args
 
 from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError
+from pathgen_batch.omics.families import DEFAULT_FAMILIES
 
 _toml: ModuleType | None = None
 if sys.version_info >= (3, 11):
@@ -64,6 +65,8 @@ class CohortSettings:
     CSV need it.
     folds, seed: the stratified cross-validation folds made when the clinical table has no
     ``fold`` column (and how many folds validation checks the cohort can fill).
+    n_families: how many gene families to cluster (on each training fold's expression) when
+    ``gene_panel.csv`` names none.
     """
 
     format_version: int = FORMAT_VERSION
@@ -71,6 +74,7 @@ class CohortSettings:
     grade_classes: tuple[str, ...] | None = None
     folds: int = 5
     seed: int = 0
+    n_families: int = DEFAULT_FAMILIES
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -85,6 +89,8 @@ class CohortSettings:
             )
         if self.folds < 2:
             raise ConfigError(f"folds: expected at least 2, got {self.folds}")
+        if self.n_families < 1:
+            raise ConfigError(f"n_families: expected at least 1, got {self.n_families}")
 
     def to_toml(self) -> str:
         """The settings as ``cohort.toml`` text (keys left at None are omitted)."""
@@ -96,6 +102,8 @@ class CohortSettings:
             quoted = ", ".join(_toml_string(c) for c in self.grade_classes)
             lines.append(f"grade_classes = [{quoted}]")
         lines += [f"folds = {self.folds}", f"seed = {self.seed}"]
+        if self.n_families != DEFAULT_FAMILIES:
+            lines.append(f"n_families = {self.n_families}")
         return "\n".join(lines) + "\n"
 
 
