@@ -22,6 +22,7 @@ from pathgen_batch.errors import DataError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import SlideSource
 from pathgen_batch.tables import PATIENTS, Lineage, patient_record, read_table, records_table
+from pathgen_batch.tables.query import query
 from pathgen_batch.tables.schemas import PATIENT_PREDICTION_COLUMNS
 
 CONTRACT = FeatureContract("stain-texture", "v1", 4, 64, 0.5)
@@ -237,6 +238,8 @@ def test_patients_are_predicted_from_their_union_bags(trained: Trained, tmp_path
     for col in ("grade_probs", "risk", "risk_lo", "grade_set", "risk_group"):
         assert c[col] == preds["c1"][col] and b[col] == preds["b1"][col]  # one scored slide
     assert a["risk"] != preds["a1"]["risk"]  # two slides: a prediction of its own
+    sql = "SELECT patient_id, n_slides_failed FROM patients WHERE status = 'scored' ORDER BY 1"
+    assert query(str(out), sql).values.tolist() == [["P-A", 0], ["P-B", 1], ["P-C", 0]]
 
 
 @pytest.mark.ray
