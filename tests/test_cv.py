@@ -11,17 +11,13 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny_training import FUS, GEN, build_training_cohort, threads
+from tiny_training import TINY_CV, build_training_cohort, threads
 
 from pathgen_batch.cohort import load_cohort
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import DataError
 from pathgen_batch.inference import TrainedFusion, TrainedGenerator
 from pathgen_batch.inference.bundle import load_bundle
-from pathgen_batch.training.config import (
-    CVConfig,
-    FusionTrainConfig,
-)
 from pathgen_batch.training.cv import (
     COMPARISONS,
     CONDITIONS,
@@ -43,19 +39,7 @@ def one_thread():
         yield
 
 
-def _fus(model: str) -> FusionTrainConfig:
-    opts = dict(FUS.options) if model == "fusion" else {"width": 16}
-    return FusionTrainConfig(**{**FUS.__dict__, "model": model, "options": opts})
-
-
-CFG = CVConfig(
-    generator=GEN,
-    fusion=_fus("fusion"),
-    attention_mil=_fus("attention_mil"),
-    omics_mlp=_fus("omics_mlp"),
-    val_fraction=0.25,
-    alpha=0.25,
-)
+CFG = TINY_CV
 
 
 @pytest.fixture(scope="session")
