@@ -29,6 +29,7 @@ from pathgen_batch.training.cv import (
     run_fold,
     train_final,
 )
+from pathgen_batch.training.cv_result import COUNTS
 from pathgen_batch.training.data import TrainingData, assemble, load_training_data
 
 
@@ -165,7 +166,7 @@ def test_scalers_and_bins_come_from_the_training_fold(data: TrainingData) -> Non
     assert (data.folds[np.concatenate([plan.train, plan.val])] != plan.fold).all()
     fold = run_fold(data, plan, CFG)
     assert fold.fold == plan.fold and list(fold.metrics) == list(CONDITIONS)
-    assert set(fold.metrics["synthetic"]) == set(METRICS)
+    assert set(fold.metrics["synthetic"]) == set(METRICS) | set(COUNTS)
     gen, fus = fold.generator, fold.fusion
     tiles = np.concatenate([data.bags[i] for i in plan.train]).astype(np.float64)
     np.testing.assert_allclose(gen.feature_scaler.mean, tiles.mean(0), rtol=1e-10)
