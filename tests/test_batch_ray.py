@@ -54,55 +54,15 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """Tiny generator and fusion bundles trained on a 16-patient synthetic cohort."""
-    from pathgen_batch.features import build_encoder, extract_cohort
-    from pathgen_batch.inference.bundle import save_fusion, save_generator
-    from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
-    from pathgen_batch.synth import CohortConfig, build_cohort
-    from pathgen_batch.training.config import (
-        FusionTrainConfig,
-        GeneratorArch,
-        GeneratorTrainConfig,
-    )
-    from pathgen_batch.training.data import load_training_data
-    from pathgen_batch.training.trainers import (
-        calibrate_fusion,
-        train_generator,
-        train_predictor,
-    )
+    from tiny_training import tiny_bundles
 
     root = tmp_path_factory.mktemp("trained")
-    cfg = CohortConfig(mode="synthetic", n_patients=16, n_genes=12, slide_px=512, levels=2, folds=2)
-    cohort = build_cohort(root / "cohort", cfg, workers=1)
-    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
-    extract_cohort(root / "cohort", root / "features", enc)
-    data = load_training_data(root / "cohort", root / "features")
-    tr, va = np.arange(10), np.arange(10, 16)
-    gen = train_generator(
-        data,
-        tr,
-        va,
-        GeneratorTrainConfig(
-            model=GeneratorArch(width=16, depth=1, heads=2, time_dim=16),
-            diffusion=DiffusionConfig(num_timesteps=50),
-            sampler=SamplerConfig(name="ddim", steps=5, n_samples=2),
-            epochs=2,
-            repeats=1,
-            val_draws=1,
-        ),
-    )
-    fus = train_predictor(
-        data, tr, va, FusionTrainConfig(options={"width": 16, "dropout": 0.0}, n_bins=2, epochs=2)
-    )
-    bags = [data.bags[i] for i in va]
-    syn, _ = gen.generate(bags)
-    fus = calibrate_fusion(fus, bags, syn, data.expression[va], data.grade[va], alpha=0.2)
-    save_generator(gen, root / "gen")
-    save_fusion(fus, root / "fus")
+    cohort, gen, fus = tiny_bundles(root)
     clinical = cohort.slides
     return Trained(
         root=root,
-        gen=root / "gen",
-        fus=root / "fus",
+        gen=gen,
+        fus=fus,
         slides={s: cohort.slide_path(s) for s in cohort.slide_ids},
         patients=dict(zip(clinical["slide_id"], clinical["patient_id"], strict=True)),
     )

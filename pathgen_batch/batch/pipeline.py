@@ -18,7 +18,8 @@ scratch disk of the node whose encoder actor stages it (one slide per actor at a
 streaming executor's backpressure bounds what is in flight, so memory does not grow with the
 archive. Slides left without a commit (a pass that ended on an error) are retried in the next
 pass; after ``max_passes`` they are recorded as failures. Consolidation writes the tables and,
-last, the ``runs`` row.
+last, the ``runs`` row; when the input names patients, the driver first commits each patient
+from its slides (:mod:`.patients`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 from pathgen_batch import __version__, storage
 from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch import patients as pt
 from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.encode_stage import TileEncoder
 from pathgen_batch.batch.prepare import Prepared, list_inputs, prepare, worker_context
@@ -45,7 +47,7 @@ from pathgen_batch.batch.ray_runner import (
     pass_errors,
     plan_resources,
 )
-from pathgen_batch.batch.score_stage import SlideScorer
+from pathgen_batch.batch.score_stage import SlideScorer, union_predictor
 from pathgen_batch.batch.stage_rows import SlideRow, StageTimes, from_batch, to_batch
 from pathgen_batch.batch.summary import Progress, RunSummary
 from pathgen_batch.config import to_dict
@@ -76,6 +78,8 @@ def score_archive(
     if cfg.write_features:
         tables["features"] = tio.partition_uri(cfg.output, "features", p.run_id)
     state = cm.RunState.begin(layout, p.identity(), list_inputs(p), retry)
+    if pt.patient_groups(state.inputs):
+        tables["patients"] = tio.partition_uri(cfg.output, "patients", p.run_id)
     if state.resumed and state.is_complete():
         return _complete_summary(p, tables, time.perf_counter() - t0)
     totals, n_rows = StageTimes(), 0
@@ -126,6 +130,12 @@ def score_archive(
                 ray.shutdown()
     if pending:
         cm.fail_leftovers(state, p.lineage, last_error, retry)
+    patients = None
+    if "patients" in tables:
+        pt.score_patients(
+            state, lambda: union_predictor(worker_context(p)), p.lineage, p.pair.panel.digest, retry
+        )
+        patients = pt.patient_records(state, retry)
     stage_times = totals if n_rows else None
 
     def runs_record(n_scored: int, n_failed: int, n_tiles: int) -> dict[str, Any]:
@@ -156,7 +166,7 @@ def score_archive(
 
     dim = p.pair.contract.dim if cfg.write_features else None
     t_cons = time.perf_counter()
-    done = cm.consolidate(state, runs_record, dim, retry, tmp_dir=None)
+    done = cm.consolidate(state, runs_record, dim, retry, tmp_dir=None, patients=patients)
     consolidate_s = time.perf_counter() - t_cons
     return RunSummary(
         run_id=p.run_id,

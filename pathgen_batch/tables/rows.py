@@ -20,6 +20,7 @@ from PIL import Image
 from pathgen_batch.errors import DataError
 from pathgen_batch.tables.schemas import (
     LINEAGE_COLUMNS,
+    PATIENT_PREDICTION_COLUMNS,
     STAGES,
     THUMBNAILS,
     TILE_ATTENTION,
@@ -208,6 +209,52 @@ def failure_record(
     }
 
 
+def patient_record(
+    *,
+    patient_id: str,
+    slide_ids: Sequence[str],
+    failed_slide_ids: Sequence[str],
+    n_tiles: int,
+    prediction: Mapping[str, Any] | None,
+    message: str | None,
+    gene_panel_digest: str,
+    lineage: Lineage,
+    scored_at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """One ``patients`` row as a JSON-safe dict.
+
+    ``prediction`` is a ``predictions`` record (:func:`prediction_record`) made from the
+    patient's union bag, whose prediction columns the patient takes; None for a patient that
+    could not be predicted (status ``failed``, ``message`` says why).
+    """
+    slides = [str(s) for s in slide_ids]
+    failed = [str(s) for s in failed_slide_ids]
+    if not slides or len(set(slides)) != len(slides) or not set(failed) <= set(slides):
+        raise DataError(
+            f"patient {patient_id}: slide_ids must be unique and non-empty and hold the failed "
+            f"ones, got {slides} and {failed}"
+        )
+    n_scored = len(slides) - len(failed)
+    if prediction is not None and n_scored == 0:
+        raise DataError(f"patient {patient_id}: a prediction needs at least one scored slide")
+    cols = {n: None if prediction is None else prediction[n] for n in PATIENT_PREDICTION_COLUMNS}
+    return {
+        "patient_id": str(patient_id),
+        "status": "failed" if prediction is None else "scored",
+        "slide_ids": slides,
+        "failed_slide_ids": failed,
+        "n_slides": len(slides),
+        "n_slides_scored": n_scored,
+        "n_slides_failed": len(failed),
+        "n_tiles": int(n_tiles),
+        **cols,
+        "message": message,
+        "gene_panel_digest": gene_panel_digest,
+        "scored_at": (scored_at or utc_now()).isoformat(),
+        **lineage.to_dict(),
+    }
+
+
 def _timestamp(v: Any) -> dt.datetime:
     if isinstance(v, dt.datetime):
         return v
@@ -217,7 +264,8 @@ def _timestamp(v: Any) -> dt.datetime:
 
 
 def records_table(records: Sequence[Mapping[str, Any]], table: str) -> pa.Table:
-    """``predictions``/``failures``/``runs`` records -> an Arrow table of that schema."""
+    """``predictions``/``failures``/``patients``/``runs`` records -> an Arrow table of that
+    schema."""
     schema = schema_for(table)
     rows = []
     for r in records:

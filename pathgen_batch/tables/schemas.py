@@ -51,6 +51,16 @@ Tables (columns besides lineage):
   message, attempt (how many times the run tried the slide), failed_at.
 - ``features`` (optional): one row per tile: x, y, size_l0, tissue, feature (float32 x D);
   one Parquet row group per slide, for re-scoring with new model versions without the slides.
+- ``patients`` (when the input names patients, e.g. a manifest's ``patient_id`` column): one
+  row per patient, predicted from the union bag of the patient's slides in the run. patient_id,
+  status (``scored``; ``failed`` when none of its slides was scored or their union bag could
+  not be, with null prediction columns), slide_ids (all its slides in the run, input order),
+  failed_slide_ids, n_slides, n_slides_scored, n_slides_failed, n_tiles (of the union bag), the
+  prediction columns of ``predictions`` (grade_classes ... risk_group) from the generator and the
+  fusion model applied to the concatenated bag of its *scored* slides (a patient with one
+  scored slide has that slide's prediction), message (why a patient failed), gene_panel_digest,
+  scored_at. A patient with a failed slide is still predicted from its other slides: check
+  ``n_slides_failed`` (its slides' failures are in ``failures``).
 - ``runs``: one row per run, written last: status, timestamps, archive, output, counts,
   timings (JSON: seconds per stage summed over slides, ``download_s``, ``tiles_s``,
   ``encode_s``, ``score_s``, ``write_s``, when any slide went through the pipeline; ``passes``;
@@ -182,6 +192,44 @@ FAILURES = _schema(
     ],
 )
 
+# the columns a patient row takes from a prediction (nullable: a failed patient has none)
+PATIENT_PREDICTION_COLUMNS = (
+    "grade_classes",
+    "grade_probs",
+    "grade_pred",
+    "grade_pred_index",
+    "grade_set",
+    "grade_set_alpha",
+    "bin_edges",
+    "hazards",
+    "survival",
+    "risk",
+    "risk_lo",
+    "risk_hi",
+    "risk_interval_alpha",
+    "median_survival_bin",
+    "risk_group",
+)
+PATIENT_STATUSES = ("scored", "failed")
+
+PATIENTS = _schema(
+    "patients",
+    [
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("slide_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("failed_slide_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("n_slides", pa.int32(), nullable=False),
+        pa.field("n_slides_scored", pa.int32(), nullable=False),
+        pa.field("n_slides_failed", pa.int32(), nullable=False),
+        pa.field("n_tiles", pa.int64(), nullable=False),
+        *(PREDICTIONS.field(n).with_nullable(True) for n in PATIENT_PREDICTION_COLUMNS),
+        pa.field("message", pa.string()),
+        pa.field("gene_panel_digest", pa.string(), nullable=False),
+        pa.field("scored_at", _TS, nullable=False),
+    ],
+)
+
 RUNS = _schema(
     "runs",
     [
@@ -228,6 +276,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "thumbnails": THUMBNAILS,
     "failures": FAILURES,
     "runs": RUNS,
+    "patients": PATIENTS,
 }
 TABLES = (
     "predictions",
@@ -237,6 +286,7 @@ TABLES = (
     "failures",
     "features",
     "runs",
+    "patients",
 )
 
 

@@ -33,6 +33,7 @@ from pathgen_batch.models.diffusion import GaussianDiffusion
 from pathgen_batch.models.families import family_ids
 from pathgen_batch.models.generator import GeneratorConfig, TranscriptomeDenoiser
 from pathgen_batch.models.survival import fit_bin_edges, to_bins
+from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, check_training_part
 from pathgen_batch.training.loops import Examples, Progress, fit_generator, fit_predictor, seeded
@@ -80,11 +81,13 @@ def provenance(
     return out
 
 
-def generator_config(data: TrainingData, cfg: GeneratorTrainConfig) -> GeneratorConfig:
-    """The denoiser config for this data: data-dependent sizes plus ``cfg.model``."""
-    return cfg.model.for_data(
-        data.feature_dim, data.panel.family_sizes, family_ids(data.panel.families)
-    )
+def generator_config(
+    data: TrainingData, cfg: GeneratorTrainConfig, panel: GenePanel | None = None
+) -> GeneratorConfig:
+    """The denoiser config for this data and ``panel`` (default: the data's): data-dependent
+    sizes plus ``cfg.model``."""
+    p = panel or data.panel
+    return cfg.model.for_data(data.feature_dim, p.family_sizes, family_ids(p.families))
 
 
 def train_generator(
@@ -111,8 +114,9 @@ def train_generator(
         )
 
     dev = torch.device(device)
+    panel = data.panel_for(tr)
     with seeded(cfg.seed, dev):
-        model = TranscriptomeDenoiser(generator_config(data, cfg))
+        model = TranscriptomeDenoiser(generator_config(data, cfg, panel))
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     hist = fit_generator(
         model, diffusion, examples(tr), examples(va), cfg, device=dev, progress=progress
@@ -123,7 +127,7 @@ def train_generator(
         sampler=cfg.sampler,
         expression_scaler=escaler,
         feature_scaler=fscaler,
-        panel=data.panel,
+        panel=panel,
         contract=data.contract,
         grade_classes=data.grade_classes,
         train_config=to_dict(cfg),
@@ -132,14 +136,18 @@ def train_generator(
     )
 
 
-def predictor_config(data: TrainingData, cfg: FusionTrainConfig) -> dict[str, Any]:
-    """The model config dict for this data: data-dependent sizes plus ``cfg.options``."""
+def predictor_config(
+    data: TrainingData, cfg: FusionTrainConfig, panel: GenePanel | None = None
+) -> dict[str, Any]:
+    """The model config dict for this data and ``panel`` (default: the data's): data-dependent
+    sizes plus ``cfg.options``."""
     sizes: dict[str, Any]
+    p = panel or data.panel
     if cfg.model == "fusion":
         sizes = {
             "feature_dim": data.feature_dim,
-            "family_sizes": list(data.panel.family_sizes),
-            "gene_families": list(family_ids(data.panel.families)),
+            "family_sizes": list(p.family_sizes),
+            "gene_families": list(family_ids(p.families)),
         }
     elif cfg.model == "attention_mil":
         sizes = {"feature_dim": data.feature_dim}
@@ -184,8 +192,9 @@ def train_predictor(
         )
 
     dev = torch.device(device)
+    panel = data.panel_for(tr)
     with seeded(cfg.seed, dev):
-        model = build_model(cfg.model, predictor_config(data, cfg))
+        model = build_model(cfg.model, predictor_config(data, cfg, panel))
     hist = fit_predictor(
         model, cfg.model, examples(tr), examples(va), cfg, device=dev, progress=progress
     )
@@ -194,7 +203,7 @@ def train_predictor(
         model_name=cfg.model,
         expression_scaler=escaler,
         feature_scaler=fscaler,
-        panel=data.panel,
+        panel=panel,
         contract=data.contract,
         grade_classes=data.grade_classes,
         bin_edges=edges,
@@ -303,8 +312,8 @@ def train_calibrated_fusion(
     """
     cfg = cfg or FusionTrainConfig()
     gen.contract.check_matches(data.contract, what="generator bundle vs cohort features")
-    gen.panel.check_matches(data.panel, what="generator bundle vs cohort gene panel")
     tr, va = generator_split(data, gen)
+    gen.panel.check_matches(data.panel_for(tr), what="generator bundle vs cohort gene panel")
     check_training_part(data, tr, "training patients", cfg.n_bins)
     fus = train_predictor(data, tr, va, cfg, device=device, progress=progress, name=name)
     val_bags = [data.bags[i] for i in va]
