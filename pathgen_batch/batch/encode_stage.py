@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from pathgen_batch.batch.model_refs import RegistryAccess, local_encoder_weights
 from pathgen_batch.batch.stage_rows import (
     SlideRow,
     SlideStatus,
@@ -38,7 +39,11 @@ class TileEncoder(SlideStage):
 
     def __init__(self, ctx: WorkerContext) -> None:
         super().__init__(ctx)
-        self.encoder = encoder_for_contract(ctx.contract, device=resolve_device(ctx.device))
+        access = RegistryAccess(ctx.workspace, ctx.tracking_uri)
+        weights = local_encoder_weights(ctx.encoder, ctx.contract, access)
+        self.encoder = encoder_for_contract(
+            ctx.contract, weights=weights, device=resolve_device(ctx.device)
+        )
         self.spec = spec_for(self.encoder, ctx.min_tissue)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

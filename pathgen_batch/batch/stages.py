@@ -29,10 +29,10 @@ stage goes on with the next slide.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pathgen_batch.batch import commit as cm
-from pathgen_batch.batch.model_refs import ModelRef
+from pathgen_batch.batch.model_refs import EncoderRef, ModelRef
 from pathgen_batch.batch.stage_rows import SlideRow, SlideStatus, StageTimes
 from pathgen_batch.errors import PathgenError
 from pathgen_batch.features.contract import FeatureContract
@@ -66,6 +66,7 @@ class WorkerContext:
     seed: int
     write_features: bool
     device: str = "auto"
+    encoder: EncoderRef = field(default_factory=EncoderRef)  # the weights of its encoder
 
     @property
     def layout(self) -> cm.RunLayout:
