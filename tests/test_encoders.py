@@ -416,3 +416,43 @@ def test_phikon_v2_is_built_by_transformers_from_its_folder(tmp_path: Path) -> N
         build_encoder(
             "phikon-v2", weights=str(weights), options={"config": str(tmp_path / "wide.json")}
         )
+
+
+@pytest.mark.slow
+def test_scorer_resolves_the_encoder_of_the_models_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathgen_batch.batch.model_refs import (
+        EncoderRef,
+        RegistryAccess,
+        local_encoder_weights,
+        resolve_encoder,
+    )
+    from pathgen_batch.registry import RegistryConfig, open_store, register_encoder
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    access = RegistryAccess(workspace=str(tmp_path / "ws"))
+    weights = tmp_path / "pytorch_model.bin"
+    _save_random("uni", weights)
+    contract = build_encoder("uni", weights=str(weights), options=_tiny_options("uni")).contract
+    with pytest.raises(ConfigError, match=r"trained on features of uni@sha256:.*--encoder-weights"):
+        resolve_encoder(None, contract, access)  # nothing given, nothing registered
+    local = resolve_encoder(str(weights), contract, access)
+    assert local == EncoderRef(path=str(weights.resolve()))
+    _save_random("uni", tmp_path / "other.bin", seed=9)
+    with pytest.raises(DataError, match="not the weights of the feature contract"):
+        resolve_encoder(str(tmp_path / "other.bin"), contract, access)
+    store = open_store(RegistryConfig(workspace=access.workspace))
+    reg = register_encoder(store, weights, encoder="uni", options=_tiny_options("uni"))
+    found = resolve_encoder(None, contract, access)  # the registered version of the contract
+    assert found.pinned == reg.model_uri and found.path is not None
+    assert resolve_encoder("models:/pathgen-encoder/1", contract, access).pinned == reg.model_uri
+    gone = EncoderRef(path=str(tmp_path / "not-on-this-node.bin"), pinned=reg.model_uri)
+    assert local_encoder_weights(gone, contract, access) == found.path  # fetched again
+    enc = encoder_for_contract(contract, weights=local_encoder_weights(found, contract, access))
+    assert enc.contract == contract
+    stain = FeatureContract("stain-texture", "v1", 70, 224, 0.5)
+    assert resolve_encoder(None, stain, access) == EncoderRef()
+    with pytest.raises(ConfigError, match="takes no weights"):
+        resolve_encoder(str(weights), stain, access)

@@ -18,6 +18,11 @@ class ScoreConfig:
     output: ``s3://bucket/prefix`` or a local folder; tables go to ``<output>/<table>/``.
     run_id: names the run (None: a new id); the same id resumes the run.
     generator, fusion: bundle folders or registry URIs (default: the Production versions);
+    encoder_weights: the weights of the models' tile encoder when their feature contract names
+    one that has weights (``uni``, ``resnet50-trunc``, ...): a local file or a registry URI
+    (``models:/pathgen-encoder/3``, ``models:/pathgen-encoder@champion``); None: the newest
+    ``pathgen-encoder`` version registered with exactly that contract. Either is checked
+    against the contract before any slide is read.
     workspace, tracking_uri: the registry store (see ``pathgen_batch.registry``).
     ray_address: join this cluster (``auto``, ``ray://...``, ``host:port``); None starts a
     local Ray with ``num_cpus`` CPUs (None: all).
@@ -46,6 +51,7 @@ class ScoreConfig:
     run_id: str | None = None
     generator: str = DEFAULT_GENERATOR
     fusion: str = DEFAULT_FUSION
+    encoder_weights: str | None = None
     workspace: str = "workspace"
     tracking_uri: str | None = None
     ray_address: str | None = None

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch.model_refs import RegistryAccess, local_encoder_weights
 from pathgen_batch.batch.stage_rows import (
     SlideRow,
     SlideStatus,
@@ -45,7 +46,11 @@ class TileEncoder(SlideStage):
 
     def __init__(self, ctx: WorkerContext) -> None:
         super().__init__(ctx)
-        self.encoder = encoder_for_contract(ctx.contract, device=resolve_device(ctx.device))
+        access = RegistryAccess(ctx.workspace, ctx.tracking_uri)
+        weights = local_encoder_weights(ctx.encoder, ctx.contract, access)
+        self.encoder = encoder_for_contract(
+            ctx.contract, weights=weights, device=resolve_device(ctx.device)
+        )
         self.spec = spec_for(self.encoder, ctx.min_tissue)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -13,17 +13,19 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pathgen_batch import storage
 from pathgen_batch.batch import commit as cm
 from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.model_refs import (
+    EncoderRef,
     ModelRef,
     PairInfo,
     RegistryAccess,
     check_pair,
+    resolve_encoder,
     resolve_model,
 )
 from pathgen_batch.batch.stages import WorkerContext
@@ -53,6 +55,7 @@ class Prepared:
     lineage: Lineage
     features_run: str | None
     feature_index: dict[str, tuple[str, int]]
+    encoder: EncoderRef = field(default_factory=EncoderRef)
 
     @property
     def layout(self) -> cm.RunLayout:
@@ -127,7 +130,13 @@ def prepare(cfg: ScoreConfig) -> Prepared:
     if cfg.reuse_features:
         features_run = _features_source(cfg.output, cfg.features_run, pair.contract)
         index = tio.feature_index(cfg.output, features_run)
-    return Prepared(cfg, run_id, gen, fus, pair, lineage, features_run, index)
+    # the models' encoder, checked against their contract (not needed to reuse stored features)
+    encoder = (
+        EncoderRef()
+        if cfg.reuse_features
+        else resolve_encoder(cfg.encoder_weights, pair.contract, access)
+    )
+    return Prepared(cfg, run_id, gen, fus, pair, lineage, features_run, index, encoder)
 
 
 def list_inputs(p: Prepared) -> Callable[[], Sequence[SlideSource]]:
@@ -157,4 +166,5 @@ def worker_context(p: Prepared, device: str = "auto") -> WorkerContext:
         seed=cfg.seed,
         write_features=cfg.write_features,
         device=device,
+        encoder=p.encoder,
     )

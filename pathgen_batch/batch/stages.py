@@ -29,12 +29,12 @@ stage goes on with the next slide.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from pathgen_batch.batch import commit as cm
-from pathgen_batch.batch.model_refs import ModelRef
+from pathgen_batch.batch.model_refs import EncoderRef, ModelRef
 from pathgen_batch.batch.stage_rows import SlideRow, SlideStatus, StageTimes
 from pathgen_batch.errors import PathgenError
 from pathgen_batch.features.contract import FeatureContract
@@ -69,6 +69,7 @@ class WorkerContext:
     write_features: bool
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads per stage (None: torch's default)
+    encoder: EncoderRef = field(default_factory=EncoderRef)  # the weights of its encoder
 
     @property
     def layout(self) -> cm.RunLayout:

@@ -47,6 +47,11 @@ EXIT_SOME_FAILED = 3
     envvar="MLFLOW_TRACKING_URI",
     help="MLflow tracking/registry store URI.",
 )
+@click.option(
+    "--encoder-weights",
+    default=None,
+    help="Weights of the models' encoder (file or models:/pathgen-encoder/N). [registered one]",
+)
 @click.option("--ray-address", default=None, help="Join this Ray cluster (else a local Ray).")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray. [all]")
 @click.option("--scratch", "scratch_dir", default=None, help="Node-local folder for staged slides.")
