@@ -23,7 +23,13 @@ from pathgen_batch.batch.stage_rows import (
 )
 from pathgen_batch.batch.stages import SLIDE_FAILURES, SlideStage, WorkerContext
 from pathgen_batch.errors import PathgenError, SlideError
-from pathgen_batch.features.encode_slide import Phase, encode_slide, spec_for
+from pathgen_batch.features.encode_slide import (
+    Phase,
+    SlideProgress,
+    encode_slide,
+    exclusions_for,
+    spec_for,
+)
 from pathgen_batch.features.encoder import resolve_device
 from pathgen_batch.features.encoders import encoder_for_contract
 from pathgen_batch.storage import StorageError, stage
@@ -56,7 +62,11 @@ class TileEncoder(SlideStage):
             nonlocal phase
             phase = p
 
+        def report(p: SlideProgress) -> None:  # a worker's stdout reaches Ray's logs
+            print(f"slide {src.slide_id}: {p.line()}", flush=True)
+
         try:
+            exclude = exclusions_for(self.ctx.exclude_geojson, src.slide_id)
             with stage(src, self.ctx.scratch_dir, self.retry) as staged:
                 times.download = staged.seconds
                 enc = encode_slide(
@@ -67,6 +77,8 @@ class TileEncoder(SlideStage):
                     batch_size=self.ctx.encoder_batch_size,
                     prefetch=PREFETCH,
                     on_phase=now_in,
+                    exclude=exclude,
+                    on_progress=report,
                 )
         except SLIDE_FAILURES as e:
             if isinstance(e, StorageError):

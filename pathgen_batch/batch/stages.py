@@ -66,6 +66,7 @@ class WorkerContext:
     seed: int
     write_features: bool
     device: str = "auto"
+    exclude_geojson: str | None = None  # folder of <slide_id>.geojson: regions not tiled
 
     @property
     def layout(self) -> cm.RunLayout:

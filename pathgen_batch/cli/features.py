@@ -78,6 +78,13 @@ def encoders_cmd() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @device_option("auto")
 @click.option(
+    "--exclude-geojson",
+    default=None,
+    metavar="FOLDER",
+    help="Folder or s3:// prefix of <slide_id>.geojson annotations: their polygons (level-0 px) "
+    "are not tiled.",
+)
+@click.option(
     "--min-tissue",
     type=click.FloatRange(0.0, 1.0),
     default=0.5,
@@ -104,6 +111,7 @@ def extract_cmd(
     out_dir: Path,
     encoder: str,
     weights: str | None,
+    exclude_geojson: str | None,
     options: dict[str, Any],
     batch_size: int,
     device: str,
@@ -151,6 +159,7 @@ def extract_cmd(
             overwrite=overwrite,
             on_error="record" if keep_going else "raise",
             progress=progress,
+            exclude_geojson=exclude_geojson,
         )
         if run is not None:
             from pathgen_batch.registry.step_logs import log_features

@@ -75,6 +75,13 @@ EXIT_SOME_FAILED = 3
     help=f"Slide extensions to list (repeatable). [{' '.join(sorted(SLIDE_EXTENSIONS))}]",
 )
 @click.option("--progress-every", type=float, default=10.0, show_default=True, help="Seconds.")
+@click.option(
+    "--exclude-geojson",
+    default=None,
+    metavar="FOLDER",
+    help="Folder or s3:// prefix of <slide_id>.geojson annotations: their polygons (level-0 px) "
+    "are not tiled.",
+)
 def score(**kw: object) -> None:
     """Score ARCHIVE (s3://bucket/prefix, a folder, or a manifest .csv/.parquet) into tables.
 
