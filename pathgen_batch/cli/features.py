@@ -12,6 +12,7 @@ import click
 from pathgen_batch.cli.options import (
     cohort_option,
     device_option,
+    exclude_geojson_option,
     key_value_option,
     optional_text,
     out_option,
@@ -77,13 +78,7 @@ def encoders_cmd() -> None:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @device_option("auto")
-@click.option(
-    "--exclude-geojson",
-    default=None,
-    metavar="FOLDER",
-    help="Folder or s3:// prefix of <slide_id>.geojson annotations: their polygons (level-0 px) "
-    "are not tiled.",
-)
+@exclude_geojson_option
 @click.option(
     "--min-tissue",
     type=click.FloatRange(0.0, 1.0),

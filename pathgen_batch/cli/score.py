@@ -8,6 +8,7 @@ import click
 
 from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.model_refs import DEFAULT_FUSION, DEFAULT_GENERATOR
+from pathgen_batch.cli.options import exclude_geojson_option
 from pathgen_batch.errors import PathgenError
 from pathgen_batch.storage import SLIDE_EXTENSIONS
 
@@ -75,13 +76,7 @@ EXIT_SOME_FAILED = 3
     help=f"Slide extensions to list (repeatable). [{' '.join(sorted(SLIDE_EXTENSIONS))}]",
 )
 @click.option("--progress-every", type=float, default=10.0, show_default=True, help="Seconds.")
-@click.option(
-    "--exclude-geojson",
-    default=None,
-    metavar="FOLDER",
-    help="Folder or s3:// prefix of <slide_id>.geojson annotations: their polygons (level-0 px) "
-    "are not tiled.",
-)
+@exclude_geojson_option
 def score(**kw: object) -> None:
     """Score ARCHIVE (s3://bucket/prefix, a folder, or a manifest .csv/.parquet) into tables.
 
