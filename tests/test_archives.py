@@ -5,6 +5,7 @@ listing that says what it skipped and why."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,7 +241,7 @@ def test_scoring_stages_give_every_multi_file_slide_one_row(
     from pathgen_batch.batch import ScoreConfig, run_serial
     from pathgen_batch.batch import commit as cm
     from pathgen_batch.batch.encode_stage import TileEncoder
-    from pathgen_batch.batch.prepare import list_inputs, prepare, worker_context
+    from pathgen_batch.batch.prepare import list_inputs, listing_summary, prepare, worker_context
     from pathgen_batch.batch.score_stage import SlideScorer
     from pathgen_batch.batch.stage_rows import SlideStatus
 
@@ -254,6 +255,11 @@ def test_scoring_stages_give_every_multi_file_slide_one_row(
     )
     p = prepare(cfg)
     state = cm.RunState.begin(p.layout, p.identity(), list_inputs(p), cfg.retry)
+    assert listing_summary(p) == storage.scan_archive(str(archive.root)).summary()
+    recorded = json.loads(storage.read_bytes(p.layout.listing))
+    assert {"uri": f"{archive.root.resolve()}/notes.txt", "reason": "not a slide extension"} in (
+        recorded["skipped"]
+    )
     ctx = worker_context(p)
     rows = {
         r.source.slide_id: r for r in run_serial(TileEncoder(ctx), SlideScorer(ctx), state.inputs)

@@ -682,3 +682,39 @@ def test_blank_and_blurred_tiles_are_flagged(he_sources: tuple[Path, Path], aper
     blank = np.concatenate([b.quality.blank for b in batches if b.quality is not None])
     right = np.concatenate([b.x for b in batches]) >= SIZE // 2  # the glass half
     assert blank[right].all() and not blank[~right].any()
+
+
+def test_long_slides_report_progress_and_annotations_are_read_per_slide(
+    aperio4: Path, tmp_path: Path
+) -> None:
+    from pathgen_batch.features import build_encoder
+    from pathgen_batch.features.encode_slide import (
+        SlideProgress,
+        encode_slide,
+        exclusions_for,
+        spec_for,
+    )
+
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
+    seen: list[SlideProgress] = []
+    got = encode_slide(
+        aperio4, enc, spec_for(enc), batch_size=16, on_progress=seen.append, progress_every_s=0.0
+    )
+    n = len(got.grid)
+    assert [p.done for p in seen] == list(range(16, n, 16))  # after each batch but the last
+    assert all(p.total == n and p.slide == "aperio4.svs" for p in seen)
+    assert seen[-1].line().startswith(f"aperio4.svs: {seen[-1].done:,}/{n:,} tiles")
+    quiet: list[SlideProgress] = []
+    encode_slide(aperio4, enc, spec_for(enc), on_progress=quiet.append, progress_every_s=60.0)
+    assert quiet == []  # a short slide says nothing
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    half = {"type": "Polygon", "coordinates": [[[0, 0], [1024, 0], [1024, 1024], [0, 1024]]]}
+    (folder / "aperio4.geojson").write_text(json.dumps(half))
+    (folder / "broken.geojson").write_text("{not json")
+    assert exclusions_for(None, "aperio4") == [] and exclusions_for(str(folder), "other") == []
+    polys = exclusions_for(str(folder), "aperio4")
+    cut = encode_slide(aperio4, enc, spec_for(enc), exclude=polys)
+    assert 0 < len(cut.grid) < 0.7 * n and (cut.grid.y >= 1024).all()
+    with pytest.raises(DataError, match=r"broken\.geojson: not JSON"):
+        exclusions_for(str(folder), "broken")

@@ -86,6 +86,11 @@ class RunLayout:
         return storage.join(self.root, "inputs.parquet")
 
     @property
+    def listing(self) -> str:
+        """What listing the archive found and skipped (``storage.ArchiveListing``, as JSON)."""
+        return storage.join(self.root, "listing.json")
+
+    @property
     def commits(self) -> str:
         return storage.join(self.root, "commits")
 

@@ -76,6 +76,7 @@ class ScoreConfig:
     max_passes: int = 3
     extensions: tuple[str, ...] = tuple(sorted(SLIDE_EXTENSIONS))
     progress_every_s: float = 5.0
+    exclude_geojson: str | None = None  # folder / prefix of <slide_id>.geojson annotations
 
     def __post_init__(self) -> None:
         for name in ("archive", "output", "generator", "fusion", "workspace"):

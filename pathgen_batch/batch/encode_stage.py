@@ -29,7 +29,14 @@ from pathgen_batch.batch.stage_rows import (
 )
 from pathgen_batch.batch.stages import SLIDE_FAILURES, SlideStage, WorkerContext
 from pathgen_batch.errors import PathgenError, SlideError
-from pathgen_batch.features.encode_slide import EncodedSlide, Phase, encode_slide, spec_for
+from pathgen_batch.features.encode_slide import (
+    EncodedSlide,
+    Phase,
+    SlideProgress,
+    encode_slide,
+    exclusions_for,
+    spec_for,
+)
 from pathgen_batch.features.encoder import resolve_device
 from pathgen_batch.features.encoders import encoder_for_contract
 from pathgen_batch.slides import open_slide
@@ -68,7 +75,11 @@ class TileEncoder(SlideStage):
             nonlocal phase
             phase = p
 
+        def report(p: SlideProgress) -> None:  # a worker's stdout reaches Ray's logs
+            print(f"slide {src.slide_id}: {p.line()}", flush=True)
+
         try:
+            exclude = exclusions_for(self.ctx.exclude_geojson, src.slide_id)
             with stage(src, self.ctx.scratch_dir, self.retry) as staged:
                 times.download = staged.seconds
                 enc = encode_slide(
@@ -79,6 +90,8 @@ class TileEncoder(SlideStage):
                     batch_size=self.ctx.encoder_batch_size,
                     prefetch=PREFETCH,
                     on_phase=now_in,
+                    exclude=exclude,
+                    on_progress=report,
                 )
                 phase = "tiles"
                 t_thumb = time.perf_counter()

@@ -9,6 +9,8 @@ and, with ``reuse_features``, finds the run whose stored features to score;
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import os
 import tempfile
 import uuid
@@ -34,6 +36,8 @@ from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import SlideSource
 from pathgen_batch.tables import io as tio
 from pathgen_batch.tables.rows import Lineage
+
+log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
@@ -73,6 +77,7 @@ class Prepared:
             "seed": c.seed,
             "write_features": c.write_features,
             "features_run": self.features_run,
+            "exclude_geojson": c.exclude_geojson,
         }
 
 
@@ -140,9 +145,31 @@ def prepare(cfg: ScoreConfig) -> Prepared:
 
 
 def list_inputs(p: Prepared) -> Callable[[], Sequence[SlideSource]]:
-    """The archive's listing, deferred (a resumed run keeps the inputs it froze)."""
+    """The archive's listing, deferred (a resumed run keeps the inputs it froze). What it
+    skipped, and why, is written to the run's ``listing.json`` and logged in one line (a
+    warning when files that are not slides were skipped)."""
     cfg = p.cfg
-    return lambda: storage.list_archive(cfg.archive, cfg.extensions, cfg.retry)
+
+    def listing() -> Sequence[SlideSource]:
+        found = storage.scan_archive(cfg.archive, cfg.extensions, cfg.retry)
+        report = {
+            "summary": found.summary(),
+            "kinds": found.kinds,
+            "skipped": [{"uri": s.uri, "reason": s.reason} for s in found.skipped],
+        }
+        storage.write_bytes(p.layout.listing, json.dumps(report, indent=1).encode(), cfg.retry)
+        others = any(s.reason == "not a slide extension" for s in found.skipped)
+        log.log(logging.WARNING if others else logging.INFO, "%s", found.summary())
+        return found.slides
+
+    return listing
+
+
+def listing_summary(p: Prepared) -> str | None:
+    """The one-line summary of the run's archive listing (None for a run begun without one)."""
+    if not storage.exists(p.layout.listing, p.cfg.retry):
+        return None
+    return str(json.loads(storage.read_bytes(p.layout.listing, p.cfg.retry))["summary"])
 
 
 def worker_context(p: Prepared, device: str = "auto") -> WorkerContext:
@@ -167,4 +194,5 @@ def worker_context(p: Prepared, device: str = "auto") -> WorkerContext:
         write_features=cfg.write_features,
         device=device,
         encoder=p.encoder,
+        exclude_geojson=cfg.exclude_geojson,
     )

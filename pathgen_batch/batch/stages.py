@@ -70,6 +70,7 @@ class WorkerContext:
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads per stage (None: torch's default)
     encoder: EncoderRef = field(default_factory=EncoderRef)  # the weights of its encoder
+    exclude_geojson: str | None = None  # folder of <slide_id>.geojson: regions not tiled
 
     @property
     def layout(self) -> cm.RunLayout:

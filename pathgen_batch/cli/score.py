@@ -8,6 +8,7 @@ import click
 
 from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.model_refs import DEFAULT_FUSION, DEFAULT_GENERATOR
+from pathgen_batch.cli.options import exclude_geojson_option
 from pathgen_batch.errors import PathgenError
 from pathgen_batch.storage import SLIDE_EXTENSIONS
 
@@ -83,6 +84,7 @@ EXIT_SOME_FAILED = 3
 @click.option(
     "--ray-stats", is_flag=True, help="Also print Ray Data's stats (time and CPU per operator)."
 )
+@exclude_geojson_option
 def score(**kw: object) -> None:
     """Score ARCHIVE (s3://bucket/prefix, a folder, or a manifest .csv/.parquet) into tables.
 
