@@ -3,7 +3,9 @@
 :func:`prepare` resolves the models (registry URIs pinned to version numbers), compares their
 feature contract and gene panel, checks the archive and the output for access, names the run
 and, with ``reuse_features``, finds the run whose stored features to score;
-:func:`worker_context` is what each stage is given.
+:func:`worker_context` is what each stage is given. With a pseudonym key, the run's inputs
+are the pseudonymised sources (:mod:`pathgen_batch.tables.pseudonyms`): tables, state files
+and logs see only those, and the workers get a map back to the real locations, not the key.
 """
 
 from __future__ import annotations
@@ -31,7 +33,31 @@ from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import SlideSource
 from pathgen_batch.tables import io as tio
+from pathgen_batch.tables.pseudonyms import Pseudonymiser, SourceMap
 from pathgen_batch.tables.rows import Lineage
+
+
+class Listing:
+    """The archive's slides, listed once (real sources) and as the run sees them."""
+
+    def __init__(self, cfg: ScoreConfig, pseudonyms: Pseudonymiser | None) -> None:
+        self.cfg = cfg
+        self.pseudonyms = pseudonyms
+        self._real: Sequence[SlideSource] | None = None
+
+    def real(self) -> Sequence[SlideSource]:
+        if self._real is None:
+            cfg = self.cfg
+            self._real = storage.list_archive(cfg.archive, cfg.extensions, cfg.retry)
+        return self._real
+
+    def inputs(self) -> Sequence[SlideSource]:
+        ps = self.pseudonyms
+        return self.real() if ps is None else [ps.source(s) for s in self.real()]
+
+    def source_map(self) -> SourceMap | None:
+        ps = self.pseudonyms
+        return None if ps is None else SourceMap.build(self.real(), ps)
 
 
 def new_run_id() -> str:
@@ -53,6 +79,7 @@ class Prepared:
     lineage: Lineage
     features_run: str | None
     feature_index: dict[str, tuple[str, int]]
+    listing: Listing
 
     @property
     def layout(self) -> cm.RunLayout:
@@ -70,6 +97,7 @@ class Prepared:
             "seed": c.seed,
             "write_features": c.write_features,
             "features_run": self.features_run,
+            **({"pseudonym_key_id": ps.key_id} if (ps := self.listing.pseudonyms) else {}),
         }
 
 
@@ -105,9 +133,25 @@ def _features_source(output: str, run: str | None, contract: FeatureContract) ->
     return run
 
 
+def check_storage(cfg: ScoreConfig) -> None:
+    """Use the profiles given for the archive and the output, then check that the output may be
+    listed, read, written and deleted in, and the archive listed and read (never written)."""
+    storage.use_profiles(
+        {cfg.archive: cfg.archive_profile, cfg.output: cfg.output_profile},
+        {cfg.archive: "--archive-profile", cfg.output: "--output-profile"},
+    )
+    for role, uri, write in (("output", cfg.output, True), ("archive", cfg.archive, False)):
+        try:
+            storage.check_access(uri, write=write, retry=cfg.retry)
+        except storage.StorageError as e:
+            raise storage.StorageError(f"{role} {e}") from e.__cause__
+
+
 def prepare(cfg: ScoreConfig) -> Prepared:
     """Everything that can fail before a slide is read: models, their fit, storage access."""
     run_id = tio.check_run_id(cfg.run_id) if cfg.run_id is not None else new_run_id()
+    key = cfg.pseudonym_key
+    pseudonyms = Pseudonymiser.from_file(key) if key is not None else None
     access = RegistryAccess(cfg.workspace, cfg.tracking_uri)
     gen = resolve_model(cfg.generator, "generator", access)
     fus = resolve_model(cfg.fusion, "fusion", access)
@@ -120,20 +164,19 @@ def prepare(cfg: ScoreConfig) -> Prepared:
         encoder_contract=pair.contract.to_json(),
         contract_digest=pair.contract.digest,
     )
-    storage.check_access(cfg.output, write=True, retry=cfg.retry)
-    storage.check_access(cfg.archive, write=False, retry=cfg.retry)
+    check_storage(cfg)
     features_run = None
     index: dict[str, tuple[str, int]] = {}
     if cfg.reuse_features:
         features_run = _features_source(cfg.output, cfg.features_run, pair.contract)
         index = tio.feature_index(cfg.output, features_run)
-    return Prepared(cfg, run_id, gen, fus, pair, lineage, features_run, index)
+    listing = Listing(cfg, pseudonyms)
+    return Prepared(cfg, run_id, gen, fus, pair, lineage, features_run, index, listing)
 
 
 def list_inputs(p: Prepared) -> Callable[[], Sequence[SlideSource]]:
     """The archive's listing, deferred (a resumed run keeps the inputs it froze)."""
-    cfg = p.cfg
-    return lambda: storage.list_archive(cfg.archive, cfg.extensions, cfg.retry)
+    return p.listing.inputs
 
 
 def worker_context(p: Prepared, device: str = "auto") -> WorkerContext:
@@ -157,4 +200,5 @@ def worker_context(p: Prepared, device: str = "auto") -> WorkerContext:
         seed=cfg.seed,
         write_features=cfg.write_features,
         device=device,
+        sources=None if cfg.reuse_features else p.listing.source_map(),
     )
