@@ -10,6 +10,7 @@ and logs see only those, and the workers get a map back to the real locations, n
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import tempfile
@@ -84,6 +85,17 @@ class Prepared:
     @property
     def layout(self) -> cm.RunLayout:
         return cm.RunLayout(self.cfg.output, self.run_id)
+
+    @property
+    def public_config(self) -> ScoreConfig:
+        """The settings as outputs record them: a pseudonymised run names its archive by
+        its pseudonym (an archive prefix can hold a patient's accession number)."""
+        ps = self.listing.pseudonyms
+        return (
+            self.cfg
+            if ps is None
+            else dataclasses.replace(self.cfg, archive=ps.token(self.cfg.archive))
+        )
 
     def identity(self) -> dict[str, Any]:
         c = self.cfg
