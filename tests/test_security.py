@@ -283,12 +283,16 @@ def test_separate_profiles_for_archive_and_output(
     env = client_env(server, tmp_path)
     archive, out = f"s3://{ARCHIVE}/two", f"s3://{SCORES}/two"
     # either identity alone cannot do the job
-    alone = score(models, archive, out, "--archive-profile", "output", env=env)
+    alone = score(
+        models, archive, out, "--archive-profile", "output", "--output-profile", "output", env=env
+    )
     assert alone.returncode == 2
     assert "Error: archive s3://lp-archive/two: profile 'output' may not list" in alone.stderr
     missing = score(models, archive, out, "--output-profile", "nobody", env=env)
     assert missing.returncode == 2
     assert "Error: --output-profile: no profile 'nobody'" in missing.stderr
+    nothing = score(models, archive, out, env=env)
+    assert nothing.stderr.startswith(f"Error: output {out}: no credentials found"), nothing.stderr
     both = score(
         models,
         archive,

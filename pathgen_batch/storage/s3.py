@@ -262,11 +262,16 @@ class S3Store(Store):
         needs = "list, read, write and delete" if write else "list and read"
 
         def check(what: str, action: str, fn: Callable[[], T]) -> T:
-            from botocore.exceptions import ClientError
+            from botocore.exceptions import ClientError, NoCredentialsError
 
             try:
-                return self._call(f"reaching {uri}", fn)
+                return with_retries(f"reaching {uri}", fn, RetryPolicy(1))
             except StorageError as e:
+                if isinstance(e.__cause__, NoCredentialsError):
+                    raise StorageError(
+                        f"{uri}: no credentials found for {who} (environment, shared "
+                        "credentials file, or a profile for this location)"
+                    ) from None
                 if isinstance(e.__cause__, ClientError) and _error_code(e.__cause__) in (
                     _DENIED_CODES
                 ):
