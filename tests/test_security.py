@@ -7,6 +7,8 @@ captured and searched, and nothing of the test's own credentials leaks into it.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -375,3 +377,187 @@ def test_slide_metadata_outputs_keep_to_the_allow_list(slides: list[Path]) -> No
     assert public["vendor"] == "aperio" and public["mpp"] == pytest.approx(0.5)
     assert public["width"] == 512 and public["height"] == 512
     assert public["objective_power"] == 20.0
+
+
+# -- an authenticated registry ------------------------------------------------------------------
+ADMIN_PW = "admin-pw-7c6b5a4d3e2f1a0b"
+USERS = {"alice": "alice-pw-1f2e3d4c5b6a7980", "bob": "bob-pw-0a9b8c7d6e5f4a3b"}
+PASSWORDS = [ADMIN_PW, *USERS.values()]
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    url: str
+    root: Path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def as_user(monkeypatch: pytest.MonkeyPatch, user: str, password: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    """``mlflow server --app-name basic-auth`` on loopback: admin, alice and bob (READ by
+    default; a model's creator may manage it)."""
+    import signal
+    import time
+    import urllib.request
+
+    pytest.importorskip("flask_wtf", reason="Flask-WTF (a test extra) runs the basic-auth app")
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    (root / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'auth.db'}\n"
+        f"admin_username = admin\nadmin_password = {ADMIN_PW}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in teardown
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"),
+        MLFLOW_FLASK_SERVER_SECRET_KEY="csrf-" + ADMIN_PW,
+        OMP_NUM_THREADS="1",
+    )
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+            *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"),
+            *("--artifacts-destination", str(root / "artifacts")),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+        cwd=root,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        for user, pw in USERS.items():
+            req = urllib.request.Request(
+                f"{url}/api/2.0/mlflow/users/create",
+                data=json.dumps({"username": user, "password": pw}).encode(),
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": "Basic "
+                    + base64.b64encode(f"admin:{ADMIN_PW}".encode()).decode(),
+                },
+                method="POST",
+            )
+            with urllib.request.urlopen(req, timeout=120) as r:
+                assert r.status == 200
+        yield AuthServer(url, root)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+
+
+def test_authenticated_registry_register_promote_score_and_refuse(
+    auth_server: AuthServer,
+    models: Models,
+    slides: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+    from test_registry import EVAL, FUS_CV, GEN_CV
+
+    from pathgen_batch.cli import main
+    from pathgen_batch.registry import (
+        RegistryConfig,
+        RegistryPermissionError,
+        audit_trail,
+        open_store,
+        promote,
+        register_bundle,
+    )
+
+    url = auth_server.url
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("PATHGEN_USER", "someone-else")  # a claim; the server's user wins
+    store = open_store(RegistryConfig(workspace=str(tmp_path / "ws"), tracking_uri=url))
+    as_user(monkeypatch, "nobody", "wrong-password-000000")
+    with pytest.raises(RegistryPermissionError, match="refused the credentials of user 'nobody'"):
+        register_bundle(store, models.gen, cv=GEN_CV, eval_digest=EVAL)
+    as_user(monkeypatch, "alice", USERS["alice"])
+    g = register_bundle(store, models.gen, cv=GEN_CV, eval_digest=EVAL)
+    f = register_bundle(store, models.fus, cv=FUS_CV, eval_digest=EVAL)
+    promote(store, g.name, g.version, "Production", reason="reviewed")
+    trail = audit_trail(store.client.get_model_version(g.name, g.version))
+    assert trail[-1]["who"] == "alice" and trail[-1]["authenticated"] is True
+
+    # bob may read but not promote: one line, nothing changed
+    as_user(monkeypatch, "bob", USERS["bob"])
+    r = CliRunner().invoke(
+        main,
+        ["models", "promote", f.name, f.version, "--reason", "x", "--tracking-uri", url],
+    )
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert "permission denied for MLflow user 'bob'" in lines[0]
+    as_user(monkeypatch, "alice", USERS["alice"])
+    promote(store, f.name, f.version, "Production", reason="reviewed")
+
+    # bob scores with the Production versions, credentials from the environment only
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "slide-2.svs").write_bytes(slides[1].read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI=url,
+        MLFLOW_TRACKING_USERNAME="bob",
+        MLFLOW_TRACKING_PASSWORD=USERS["bob"],
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [sys.executable, str(REPO / "jobs" / "score_archive.py"), str(archive)]
+    cmd += ["--out", str(tmp_path / "scores"), "--num-cpus", "2", "--encoder-actors", "1"]
+    cmd += ["--workspace", str(tmp_path / "ws"), "--run-id", "auth"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"generator {g.name} v{g.version}" in proc.stdout or "scored 1" in proc.stdout
+
+    # no password anywhere: logs, run params and tags, version tags, output files
+    client_text = [proc.stdout, proc.stderr, r.output]
+    mlflow_client = store.client
+    for exp in mlflow_client.search_experiments():
+        for run in mlflow_client.search_runs([exp.experiment_id]):
+            client_text += [json.dumps(run.data.params), json.dumps(run.data.tags)]
+    for name in (g.name, f.name):
+        for v in mlflow_client.search_model_versions(f"name='{name}'"):
+            client_text.append(json.dumps(v.tags))
+    outputs = [p.read_bytes() for p in (tmp_path / "scores").rglob("*") if p.is_file()]
+    assert len(outputs) > 5
+    for pw in PASSWORDS:
+        assert not any(pw in t for t in client_text)
+        assert not any(pw.encode() in b for b in outputs)

@@ -32,6 +32,7 @@ from pathgen_batch.registry.errors import (
     MissingArtifactsError,
     RegistryConflictError,
     RegistryError,
+    RegistryPermissionError,
     RegistryUnavailableError,
     UnknownModelError,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "RegistryConfig",
     "RegistryConflictError",
     "RegistryError",
+    "RegistryPermissionError",
     "RegistryUnavailableError",
     "RunLog",
     "Store",
