@@ -214,6 +214,8 @@ class Run:
     blobs: dict[str, bytes]
     before: tuple[int, int]
     after: tuple[int, int]
+    env: dict[str, str]
+    home: Path
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +240,7 @@ def lp_run(server: S3Server, models: Models, slides: list[Path], tmp_path_factor
         env=env,
     )
     after = writes_and_denials(server)
-    return Run(proc, bucket_blobs(server, SCORES, "out/"), before, after)
+    return Run(proc, bucket_blobs(server, SCORES, "out/"), before, after, env, home)
 
 
 def test_least_privilege_identity_scores_the_archive_and_never_writes_to_it(lp_run: Run) -> None:
@@ -347,6 +349,27 @@ def test_pseudonymised_run_leaves_no_identifier_in_any_output_or_log(lp_run: Run
         for r in pq.read_table(io.BytesIO(b)).to_pylist()
     ]
     assert [r["slide_id"] for r in fails] == [ps.token(f"notes-{PATIENT}")]
+
+
+def test_pseudonymised_report_joins_clinical_data_without_showing_identifiers(
+    lp_run: Run, tmp_path: Path
+) -> None:
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text(
+        f"slide_id,patient_id,time,event,grade\n{PATIENT},{PATIENT},12.0,1,2\n"
+        f"slide-2,P-2-{PATIENT},30.0,0,1\n"
+    )
+    cmd = [sys.executable, "-c", "from pathgen_batch.cli import main; main()", "report"]
+    cmd += [f"s3://{SCORES}/out", "--clinical", str(clinical), "--out", str(tmp_path / "rep")]
+    cmd += ["--pseudonymise", str(lp_run.home / "key")]
+    proc = subprocess.run(cmd, env=lp_run.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [p for p in (tmp_path / "rep").rglob("*") if p.is_file()]
+    assert any(p.name == "index.html" for p in files)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Kaplan" in page or "log-rank" in page  # the clinical table joined
+    assert PATIENT not in proc.stdout + proc.stderr
+    assert not any(PATIENT.encode() in p.read_bytes() for p in files)
 
 
 def test_pseudonyms_are_keyed_hashes_in_the_documented_format(tmp_path: Path) -> None:

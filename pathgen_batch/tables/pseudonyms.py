@@ -25,12 +25,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.storage import SlideSource, basename, is_s3, local_path
 
 PREFIX = "ps-"
 HEX_DIGITS = 16
 MIN_KEY_BYTES = 16
+ID_COLUMNS = ("slide_id", "patient_id", "source_uri", "slide_uri")
 
 
 class Pseudonymiser:
@@ -80,8 +83,17 @@ class Pseudonymiser:
         )
 
     def column(self, values: Iterable[object]) -> list[str | None]:
-        """A column of identifiers (None and empty values kept as None)."""
-        return [None if v is None or v == "" else self.token(str(v)) for v in values]
+        """A column of identifiers (None, NaN and empty values kept as None)."""
+        return [None if v is None or v != v or v == "" else self.token(str(v)) for v in values]
+
+    def frame(self, table: pd.DataFrame) -> pd.DataFrame:
+        """A copy of a side table (clinical, expression) with its id columns pseudonymised,
+        so that it joins the tables of a pseudonymised run."""
+        out = table.copy()
+        for col in ID_COLUMNS:
+            if col in out.columns:
+                out[col] = self.column(out[col].tolist())
+        return out
 
 
 def _spellings(src: SlideSource) -> list[str]:
