@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow_server import running_server
 from s3_server import REGION, SECRET_KEY, S3Server, weed_binary
 from test_registry import make_fusion, make_generator
 
@@ -414,14 +415,6 @@ class AuthServer:
     root: Path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def as_user(monkeypatch: pytest.MonkeyPatch, user: str, password: str) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
@@ -431,8 +424,6 @@ def as_user(monkeypatch: pytest.MonkeyPatch, user: str, password: str) -> None:
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     """``mlflow server --app-name basic-auth`` on loopback: admin, alice and bob (READ by
     default; a model's creator may manage it)."""
-    import signal
-    import time
     import urllib.request
 
     pytest.importorskip("flask_wtf", reason="Flask-WTF (a test extra) runs the basic-auth app")
@@ -443,40 +434,12 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
         f"admin_username = admin\nadmin_password = {ADMIN_PW}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in teardown
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(
         MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"),
         MLFLOW_FLASK_SERVER_SECRET_KEY="csrf-" + ADMIN_PW,
-        OMP_NUM_THREADS="1",
     )
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"),
-            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-            *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"),
-            *("--artifacts-destination", str(root / "artifacts")),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-        cwd=root,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with running_server(root, "--app-name", "basic-auth", env=env) as url:
         for user, pw in USERS.items():
             req = urllib.request.Request(
                 f"{url}/api/2.0/mlflow/users/create",
@@ -491,15 +454,6 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
             with urllib.request.urlopen(req, timeout=120) as r:
                 assert r.status == 200
         yield AuthServer(url, root)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        log.close()
 
 
 def test_authenticated_registry_register_promote_score_and_refuse(
@@ -538,10 +492,8 @@ def test_authenticated_registry_register_promote_score_and_refuse(
 
     # bob may read but not promote: one line, nothing changed
     as_user(monkeypatch, "bob", USERS["bob"])
-    r = CliRunner().invoke(
-        main,
-        ["models", "promote", f.name, f.version, "--reason", "x", "--tracking-uri", url],
-    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    r = CliRunner().invoke(main, ["models", "promote", f.name, f.version, "--reason", "x"])
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
