@@ -75,9 +75,17 @@ def make_panel(n_genes: int = 6) -> GenePanel:
     return GenePanel.from_pairs([(f"G{i}", f"F{i % 2}") for i in range(n_genes)])
 
 
-def make_generator(out: Path, dim: int = 8, panel: GenePanel | None = None, seed: int = 0) -> Path:
-    """An untrained generator bundle: D = dim, 2 families, DDIM 4 steps, 2 samples."""
+def make_generator(
+    out: Path,
+    dim: int = 8,
+    panel: GenePanel | None = None,
+    seed: int = 0,
+    contract: FeatureContract | None = None,
+) -> Path:
+    """An untrained generator bundle: D = dim (``contract.dim`` when given), 2 families, DDIM
+    4 steps, 2 samples."""
     panel = panel or make_panel()
+    dim = contract.dim if contract is not None else dim
     torch.manual_seed(seed)
     fam = tuple(0 if f == "F0" else 1 for f in panel.families)
     sizes = (fam.count(0), fam.count(1))
@@ -91,7 +99,7 @@ def make_generator(out: Path, dim: int = 8, panel: GenePanel | None = None, seed
         expression_scaler=ZScoreScaler((5.0,) * panel.n_genes, (2.0,) * panel.n_genes),
         feature_scaler=ZScoreScaler((0.0,) * dim, (1.0,) * dim),
         panel=panel,
-        contract=FeatureContract("stain-texture", "v1", dim, 256, 0.5),
+        contract=contract or FeatureContract("stain-texture", "v1", dim, 256, 0.5),
         grade_classes=CLASSES,
         train_config=to_dict(GeneratorTrainConfig(diffusion=diffusion, sampler=sampler)),
         provenance={"cohort_digest": "sha256:" + "d" * 64},
@@ -99,9 +107,16 @@ def make_generator(out: Path, dim: int = 8, panel: GenePanel | None = None, seed
     return save_generator(gen, out)
 
 
-def make_fusion(out: Path, dim: int = 8, panel: GenePanel | None = None, seed: int = 0) -> Path:
+def make_fusion(
+    out: Path,
+    dim: int = 8,
+    panel: GenePanel | None = None,
+    seed: int = 0,
+    contract: FeatureContract | None = None,
+) -> Path:
     """An untrained fusion bundle with 2 time bins and no conformal states."""
     panel = panel or make_panel()
+    dim = contract.dim if contract is not None else dim
     torch.manual_seed(seed)
     fam = tuple(0 if f == "F0" else 1 for f in panel.families)
     sizes = (fam.count(0), fam.count(1))
@@ -112,7 +127,7 @@ def make_fusion(out: Path, dim: int = 8, panel: GenePanel | None = None, seed: i
         expression_scaler=ZScoreScaler((0.0,) * panel.n_genes, (1.0,) * panel.n_genes),
         feature_scaler=ZScoreScaler((0.0,) * dim, (1.0,) * dim),
         panel=panel,
-        contract=FeatureContract("stain-texture", "v1", dim, 256, 0.5),
+        contract=contract or FeatureContract("stain-texture", "v1", dim, 256, 0.5),
         grade_classes=CLASSES,
         bin_edges=np.array([0.0, 5.0, np.inf]),
         train_config=to_dict(FusionTrainConfig()),

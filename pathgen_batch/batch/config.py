@@ -44,6 +44,10 @@ class ScoreConfig:
     slides still without a result before they are recorded as failed.
     extensions: slide file extensions listed in an S3 prefix or folder.
     progress_every_s: seconds between progress lines.
+    archive_profile, output_profile: named profiles of the shared AWS credentials/config files
+    for the S3 archive and the S3 output (None: boto3's standard chain); only the names travel.
+    pseudonym_key: a key file; slide ids, patient ids and source URIs in every table and log
+    line become keyed hashes (:mod:`pathgen_batch.tables.pseudonyms`). None: as given.
     """
 
     archive: str
@@ -77,6 +81,9 @@ class ScoreConfig:
     extensions: tuple[str, ...] = tuple(sorted(SLIDE_EXTENSIONS))
     progress_every_s: float = 5.0
     exclude_geojson: str | None = None  # folder / prefix of <slide_id>.geojson annotations
+    archive_profile: str | None = None
+    output_profile: str | None = None
+    pseudonym_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("archive", "output", "generator", "fusion", "workspace"):

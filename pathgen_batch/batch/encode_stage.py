@@ -80,7 +80,8 @@ class TileEncoder(SlideStage):
 
         try:
             exclude = exclusions_for(self.ctx.exclude_geojson, src.slide_id)
-            with stage(src, self.ctx.scratch_dir, self.retry) as staged:
+            real = src if self.ctx.sources is None else self.ctx.sources.locate(src)
+            with stage(real, self.ctx.scratch_dir, self.retry) as staged:
                 times.download = staged.seconds
                 enc = encode_slide(
                     staged.path,

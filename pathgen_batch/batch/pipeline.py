@@ -143,7 +143,7 @@ def score_archive(
             "status": "complete",
             "started_at": started.isoformat(),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "archive": storage.redact(cfg.archive),
+            "archive": storage.redact(p.public_config.archive),
             "output": storage.redact(cfg.output),
             "n_slides": len(state.inputs),
             "n_scored": n_scored,
@@ -159,7 +159,7 @@ def score_archive(
                     "wall_s": round(time.perf_counter() - t0, 3),
                 }
             ),
-            "config_json": storage.redact(json.dumps(to_dict(cfg), sort_keys=True)),
+            "config_json": storage.redact(json.dumps(to_dict(p.public_config), sort_keys=True)),
             "code_version": __version__,
             **p.lineage.to_dict(),
         }

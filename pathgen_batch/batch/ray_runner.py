@@ -83,9 +83,7 @@ def connect(cfg: ScoreConfig) -> tuple[Any, bool]:
 
     if ray.is_initialized():
         return ray, False
-    forward = {
-        k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION") if k in os.environ
-    }
+    forward = {k: os.environ[k] for k in storage.WORKER_ENV if k in os.environ}
     runtime_env = {"env_vars": forward} if forward else None
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     try:

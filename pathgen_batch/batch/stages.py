@@ -39,6 +39,7 @@ from pathgen_batch.batch.stage_rows import SlideRow, SlideStatus, StageTimes
 from pathgen_batch.errors import PathgenError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import RetryPolicy
+from pathgen_batch.tables.pseudonyms import SourceMap
 from pathgen_batch.tables.rows import Lineage, failure_record
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class WorkerContext:
     threads: int | None = None  # torch intra-op threads per stage (None: torch's default)
     encoder: EncoderRef = field(default_factory=EncoderRef)  # the weights of its encoder
     exclude_geojson: str | None = None  # folder of <slide_id>.geojson: regions not tiled
+    sources: SourceMap | None = None  # pseudonymised run: the real location of each slide
 
     @property
     def layout(self) -> cm.RunLayout:
@@ -106,6 +108,7 @@ class SlideStage:
             patient_id=src.patient_id,
             stage=stage_name,
             error=error,
+            message=None if self.ctx.sources is None else self.ctx.sources.scrub(str(error), src),
             attempt=row.attempt,
             lineage=self.lineage,
         )

@@ -85,6 +85,24 @@ EXIT_SOME_FAILED = 3
     "--ray-stats", is_flag=True, help="Also print Ray Data's stats (time and CPU per operator)."
 )
 @exclude_geojson_option
+@click.option(
+    "--archive-profile",
+    default=None,
+    help="Profile of the shared AWS credentials/config files for an S3 archive. [standard chain]",
+)
+@click.option(
+    "--output-profile",
+    default=None,
+    help="Profile of the shared AWS credentials/config files for an S3 output. [standard chain]",
+)
+@click.option(
+    "--pseudonymise",
+    "pseudonym_key",
+    default=None,
+    metavar="KEYFILE",
+    help="Replace slide ids, patient ids and source URIs in every table and log line by keyed "
+    "hashes (HMAC-SHA256 with the key in KEYFILE, ps-<16 hex>).",
+)
 def score(**kw: object) -> None:
     """Score ARCHIVE (s3://bucket/prefix, a folder, or a manifest .csv/.parquet) into tables.
 

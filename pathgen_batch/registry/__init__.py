@@ -33,6 +33,7 @@ from pathgen_batch.registry.errors import (
     MissingArtifactsError,
     RegistryConflictError,
     RegistryError,
+    RegistryPermissionError,
     RegistryUnavailableError,
     UnknownModelError,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "RegistryConfig",
     "RegistryConflictError",
     "RegistryError",
+    "RegistryPermissionError",
     "RegistryUnavailableError",
     "RunLog",
     "Store",

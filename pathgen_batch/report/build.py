@@ -32,6 +32,7 @@ from pathgen_batch.report.data import (
 )
 from pathgen_batch.report.heatmap import attention_map, blend, thumbnail_canvas, tile_extent
 from pathgen_batch.report.outcomes import confusion_matrix, risk_groups, survival_summary
+from pathgen_batch.tables.pseudonyms import Pseudonymiser
 
 log = logging.getLogger(__name__)
 
@@ -284,17 +285,23 @@ def write_report(
     clinical: str | None = None,
     expression: str | None = None,
     config: ReportConfig | None = None,
+    pseudonyms: Pseudonymiser | None = None,
 ) -> Path:
     """Write the report of ``run_id`` (default: the latest complete run) under ``output``.
 
     clinical: CSV/Parquet with slide_id or patient_id, time, event, grade or grade_index;
     expression: CSV/Parquet with patient_id (or slide_id) and one column per gene.
+    pseudonyms: the key of a pseudonymised run: the ids of the clinical and expression tables
+    are pseudonymised the same way before they are joined, so none reaches the page.
     Returns the path of ``index.html``.
     """
     cfg = config or ReportConfig()
     run = load_run(output, run_id, thumbnails=cfg.slides)
     clin = read_frame(clinical, "clinical table") if clinical is not None else None
     expr = read_frame(expression, "expression table") if expression is not None else None
+    if pseudonyms is not None:
+        clin = pseudonyms.frame(clin) if clin is not None else None
+        expr = pseudonyms.frame(expr) if expr is not None else None
     if clin is not None:
         fill_patient_ids(run.predictions, clin)
     page = _Page(Path(out_dir))

@@ -10,6 +10,12 @@ file and what is wrong:
   :class:`~pathgen_batch.errors.UnreadableSlideError`;
 - MPP needed but unknown: :class:`~pathgen_batch.errors.MissingMPPError` (raised lazily, by
   :attr:`Slide.mpp`, so slides without MPP can still be inspected and thumbnailed).
+
+Vendor files carry patient identifiers: a label and a macro image (the glass label), and free
+text properties (Aperio's ``ImageDescription``, file names, scanner users, dates). Nothing here
+reads an associated image, and what may leave a slide for an output or a report is
+:meth:`Slide.public_properties`, an allow-list (MPP, dimensions, vendor, objective), never
+:attr:`Slide.properties`.
 """
 
 from __future__ import annotations
@@ -163,6 +169,17 @@ class Slide:
             return float(text) if text is not None else None
         except ValueError:
             return None
+
+    def public_properties(self) -> dict[str, object]:
+        """What outputs may copy from the slide (no free text, no associated image): vendor,
+        level-0 width and height, MPP (None when unknown) and objective power."""
+        return {
+            "vendor": self.vendor,
+            "width": self.dimensions[0],
+            "height": self.dimensions[1],
+            "mpp": self.mpp if self.has_mpp else None,
+            "objective_power": self.objective_power,
+        }
 
     # -- pixels ---------------------------------------------------------------------------
     def _check_level(self, level: int) -> None:
