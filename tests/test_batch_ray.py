@@ -298,6 +298,16 @@ def _linked_archive(trained: Trained, folder: Path, copies: int) -> set[str]:
     return ids
 
 
+def _start_job(
+    cluster: Cluster, trained: Trained, tmp_path: Path, run_id: str
+) -> tuple[set[str], str, list[str], subprocess.Popen[str]]:
+    """The score job started on 40 linked slides: (slide ids, out, its arguments, process)."""
+    ids = _linked_archive(trained, tmp_path / "archive", 40)
+    out = str(tmp_path / "out")
+    args = _job_args(str(tmp_path / "archive"), out, run_id, trained, cluster, tmp_path / "scratch")
+    return ids, out, args, _cli(*args, env=cluster.env)
+
+
 # -- checks before any slide is read (no Ray) -----------------------------------------------
 def test_bad_starts_exit_2_with_one_line(trained: Trained, tmp_path: Path) -> None:
     import hashlib
@@ -666,12 +676,7 @@ def test_default_models_are_the_production_versions_of_the_registry(
 def test_worker_killed_mid_run_keeps_exactly_once(
     ray_cluster: Cluster, trained: Trained, tmp_path: Path
 ) -> None:
-    ids = _linked_archive(trained, tmp_path / "archive", 40)
-    out = str(tmp_path / "out")
-    args = _job_args(
-        str(tmp_path / "archive"), out, "kill-worker", trained, ray_cluster, tmp_path / "scratch"
-    )
-    proc = _cli(*args, env=ray_cluster.env)
+    ids, out, _, proc = _start_job(ray_cluster, trained, tmp_path, "kill-worker")
     encoders = "MapWorker(MapBatches(TileEncoder))"
     attempts = Path(out, "_runs", "run_id=kill-worker", "attempts")
     try:  # an encoder at work (the scorer may not have committed anything yet)
@@ -701,12 +706,7 @@ def test_worker_killed_mid_run_keeps_exactly_once(
 def test_job_killed_then_rerun_scores_each_slide_once(
     ray_cluster: Cluster, trained: Trained, tmp_path: Path
 ) -> None:
-    ids = _linked_archive(trained, tmp_path / "archive", 40)
-    out = str(tmp_path / "out")
-    args = _job_args(
-        str(tmp_path / "archive"), out, "kill-job", trained, ray_cluster, tmp_path / "scratch"
-    )
-    proc = _cli(*args, env=ray_cluster.env)
+    ids, out, args, proc = _start_job(ray_cluster, trained, tmp_path, "kill-job")
     try:
         _wait_for(lambda: _commits(out, "kill-job") >= 3, 180, proc)
         proc.send_signal(signal.SIGKILL)

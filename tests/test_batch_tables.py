@@ -393,24 +393,7 @@ def test_readers_see_complete_runs_only(tmp_path: Path) -> None:
     out = str(tmp_path)
     for run, value in (("r1", 1.0), ("r2", 2.0)):
         write_table(partition_uri(out, "transcriptomes", run), _tx("S", value), TRANSCRIPTOMES, run)
-    run_row = {
-        "status": "complete",
-        "started_at": "2025-01-01T00:00:00+00:00",
-        "finished_at": "2025-01-01T01:00:00+00:00",
-        "archive": "/a",
-        "output": out,
-        "n_slides": 1,
-        "n_scored": 1,
-        "n_failed": 0,
-        "n_tiles": 3,
-        "gene_panel_digest": "sha256:p",
-        "features_written": False,
-        "features_source_run": None,
-        "timings_json": "{}",
-        "config_json": "{}",
-        "code_version": "0",
-        **LIN.to_dict(),
-    }
+    run_row = _runs_record(out)(1, 0, 3)  # one slide scored, 3 tiles
     write_table(
         partition_uri(out, "runs", "r1"),
         records_table([run_row], "runs"),
