@@ -248,6 +248,27 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _job_args(
+    archive: str, out: str, run_id: str, trained: Trained, cluster: Cluster, scratch: Path
+) -> list[str]:
+    """The score job's command line for one run on ``cluster``."""
+    return [
+        archive,
+        "--out",
+        out,
+        "--run-id",
+        run_id,
+        "--generator",
+        str(trained.gen),
+        "--fusion",
+        str(trained.fus),
+        "--ray-address",
+        cluster.address,
+        "--scratch",
+        str(scratch),
+    ]
+
+
 def _commits(out: str, run_id: str) -> int:
     return len(storage.list_files(storage.join(out, "_runs", f"run_id={run_id}", "commits")))
 
@@ -275,6 +296,16 @@ def _linked_archive(trained: Trained, folder: Path, copies: int) -> set[str]:
         os.link(files[i % len(files)], folder / f"{name}.tiff")
         ids.add(name)
     return ids
+
+
+def _start_job(
+    cluster: Cluster, trained: Trained, tmp_path: Path, run_id: str
+) -> tuple[set[str], str, list[str], subprocess.Popen[str]]:
+    """The score job started on 40 linked slides: (slide ids, out, its arguments, process)."""
+    ids = _linked_archive(trained, tmp_path / "archive", 40)
+    out = str(tmp_path / "out")
+    args = _job_args(str(tmp_path / "archive"), out, run_id, trained, cluster, tmp_path / "scratch")
+    return ids, out, args, _cli(*args, env=cluster.env)
 
 
 # -- checks before any slide is read (no Ray) -----------------------------------------------
@@ -645,24 +676,7 @@ def test_default_models_are_the_production_versions_of_the_registry(
 def test_worker_killed_mid_run_keeps_exactly_once(
     ray_cluster: Cluster, trained: Trained, tmp_path: Path
 ) -> None:
-    ids = _linked_archive(trained, tmp_path / "archive", 40)
-    out = str(tmp_path / "out")
-    proc = _cli(
-        str(tmp_path / "archive"),
-        "--out",
-        out,
-        "--run-id",
-        "kill-worker",
-        "--generator",
-        str(trained.gen),
-        "--fusion",
-        str(trained.fus),
-        "--ray-address",
-        ray_cluster.address,
-        "--scratch",
-        str(tmp_path / "scratch"),
-        env=ray_cluster.env,
-    )
+    ids, out, _, proc = _start_job(ray_cluster, trained, tmp_path, "kill-worker")
     encoders = "MapWorker(MapBatches(TileEncoder))"
     attempts = Path(out, "_runs", "run_id=kill-worker", "attempts")
     try:  # an encoder at work (the scorer may not have committed anything yet)
@@ -692,24 +706,7 @@ def test_worker_killed_mid_run_keeps_exactly_once(
 def test_job_killed_then_rerun_scores_each_slide_once(
     ray_cluster: Cluster, trained: Trained, tmp_path: Path
 ) -> None:
-    ids = _linked_archive(trained, tmp_path / "archive", 40)
-    out = str(tmp_path / "out")
-    args = [
-        str(tmp_path / "archive"),
-        "--out",
-        out,
-        "--run-id",
-        "kill-job",
-        "--generator",
-        str(trained.gen),
-        "--fusion",
-        str(trained.fus),
-        "--ray-address",
-        ray_cluster.address,
-        "--scratch",
-        str(tmp_path / "scratch"),
-    ]
-    proc = _cli(*args, env=ray_cluster.env)
+    ids, out, args, proc = _start_job(ray_cluster, trained, tmp_path, "kill-job")
     try:
         _wait_for(lambda: _commits(out, "kill-job") >= 3, 180, proc)
         proc.send_signal(signal.SIGKILL)
@@ -749,24 +746,10 @@ def test_s3_restart_during_a_run_loses_no_slide(
         _upload(client, bucket, f"archive/s-{i:03d}.tiff", files[i % len(files)])
         ids.add(f"s-{i:03d}")
     out = f"s3://{bucket}/scores"
-    proc = _cli(
-        f"s3://{bucket}/archive",
-        "--out",
-        out,
-        "--run-id",
-        "restart",
-        "--generator",
-        str(trained.gen),
-        "--fusion",
-        str(trained.fus),
-        "--ray-address",
-        ray_cluster.address,
-        "--scratch",
-        str(tmp_path / "scratch"),
-        "--retries",
-        "8",
-        env=ray_cluster.env,
+    args = _job_args(
+        f"s3://{bucket}/archive", out, "restart", trained, ray_cluster, tmp_path / "scratch"
     )
+    proc = _cli(*args, "--retries", "8", env=ray_cluster.env)
     try:
         _wait_for(lambda: _commits(out, "restart") >= 1, 180, proc)
         s3_server.stop()

@@ -292,30 +292,28 @@ def _pred_args() -> dict:
     }
 
 
-def test_failure_record_keeps_the_first_line() -> None:
-    err = ValueError("first line\nsecond line")
-    rec = failure_record(
-        slide_id="S",
-        source_uri="/s.svs",
+def _failure(
+    stage: str, error: Exception, attempt: int, slide_id: str = "S", source_uri: str = "/s.svs"
+) -> dict:
+    return failure_record(
+        slide_id=slide_id,
+        source_uri=source_uri,
         patient_id=None,
-        stage="tiles",
-        error=err,
-        attempt=2,
+        stage=stage,
+        error=error,
+        attempt=attempt,
         lineage=LIN,
     )
+
+
+def test_failure_record_keeps_the_first_line() -> None:
+    err = ValueError("first line\nsecond line")
+    rec = _failure("tiles", err, 2)
     assert (rec["error_type"], rec["message"], rec["attempt"]) == ("ValueError", "first line", 2)
     t = records_table([rec], "failures")
     assert t.column("stage").to_pylist() == ["tiles"]
     with pytest.raises(DataError, match="failure stage"):
-        failure_record(
-            slide_id="S",
-            source_uri="/s",
-            patient_id=None,
-            stage="lunch",
-            error=err,
-            attempt=1,
-            lineage=LIN,
-        )
+        _failure("lunch", err, 1)
 
 
 def test_per_slide_tables() -> None:
@@ -395,24 +393,7 @@ def test_readers_see_complete_runs_only(tmp_path: Path) -> None:
     out = str(tmp_path)
     for run, value in (("r1", 1.0), ("r2", 2.0)):
         write_table(partition_uri(out, "transcriptomes", run), _tx("S", value), TRANSCRIPTOMES, run)
-    run_row = {
-        "status": "complete",
-        "started_at": "2025-01-01T00:00:00+00:00",
-        "finished_at": "2025-01-01T01:00:00+00:00",
-        "archive": "/a",
-        "output": out,
-        "n_slides": 1,
-        "n_scored": 1,
-        "n_failed": 0,
-        "n_tiles": 3,
-        "gene_panel_digest": "sha256:p",
-        "features_written": False,
-        "features_source_run": None,
-        "timings_json": "{}",
-        "config_json": "{}",
-        "code_version": "0",
-        **LIN.to_dict(),
-    }
+    run_row = _runs_record(out)(1, 0, 3)  # one slide scored, 3 tiles
     write_table(
         partition_uri(out, "runs", "r1"),
         records_table([run_row], "runs"),
@@ -510,15 +491,7 @@ def _thumb(src: SlideSource, value: float) -> pa.Table:
 
 def _fail(layout: cm.RunLayout, src: SlideSource, stage: str) -> bool:
     attempt, _ = cm.begin_attempt(layout, src.slide_id, RETRY)
-    rec = failure_record(
-        slide_id=src.slide_id,
-        source_uri=src.uri,
-        patient_id=None,
-        stage=stage,
-        error=OSError("disk"),
-        attempt=attempt,
-        lineage=LIN,
-    )
+    rec = _failure(stage, OSError("disk"), attempt, src.slide_id, src.uri)
     return cm.commit(
         layout, src.slide_id, "failed", rec, attempt=attempt, attempt_id=None, retry=RETRY
     )

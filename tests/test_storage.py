@@ -17,16 +17,8 @@ import torch
 
 from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError, DataError
+from pathgen_batch.features import store as feature_store
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.features.store import (
-    SlideFeatures,
-    feature_uri,
-    load_bags,
-    read_contract,
-    read_slide_features,
-    stored_slide_ids,
-    write_slide_features,
-)
 from pathgen_batch.inference.bundle import load_bundle, read_manifest, save_fusion, save_generator
 from pathgen_batch.storage import RetryPolicy, SlideSource, StorageError
 from pathgen_batch.storage import s3 as s3_store
@@ -401,10 +393,12 @@ def test_outage_is_retried_and_credentials_stay_out_of_errors(
 
 
 # -- artefacts on S3: features and model bundles ---------------------------------------------------
-def _slide_features(slide_id: str, contract: FeatureContract, n: int = 5) -> SlideFeatures:
+def _slide_features(
+    slide_id: str, contract: FeatureContract, n: int = 5
+) -> feature_store.SlideFeatures:
     rng = np.random.default_rng(len(slide_id))
     x = np.arange(n, dtype=np.int64) * 256
-    return SlideFeatures(
+    return feature_store.SlideFeatures(
         slide_id,
         contract,
         x,
@@ -422,22 +416,22 @@ def test_features_folder_on_s3(s3_server, s3_bucket: str) -> None:
     folder = f"s3://{s3_bucket}/cohort/features"
     written = {s: _slide_features(s, contract, n) for s, n in (("A", 4), ("B-2", 7))}
     for sf in written.values():
-        assert write_slide_features(sf, folder) == f"{folder}/{sf.slide_id}.parquet"
+        assert feature_store.write_slide_features(sf, folder) == f"{folder}/{sf.slide_id}.parquet"
     storage.write_bytes(f"{folder}/nested/C.parquet", b"not a direct member")
-    assert stored_slide_ids(folder) == ("A", "B-2")
-    assert read_contract(feature_uri(folder, "A")) == contract
-    back = read_slide_features(feature_uri(folder, "B-2"), contract)
+    assert feature_store.stored_slide_ids(folder) == ("A", "B-2")
+    assert feature_store.read_contract(feature_store.feature_uri(folder, "A")) == contract
+    back = feature_store.read_slide_features(feature_store.feature_uri(folder, "B-2"), contract)
     np.testing.assert_array_equal(back.feats, written["B-2"].feats)
     assert back.extraction == {"slide_id": "B-2", "min_tissue": 0.5} and back.size_l0 == 512
-    bags = load_bags(folder, ["A", "B-2"], contract)
+    bags = feature_store.load_bags(folder, ["A", "B-2"], contract)
     np.testing.assert_array_equal(bags["A"][0], written["A"].coords)
     with pytest.raises(DataError, match=r"1 of 2 slide\(s\) have no features, e.g. \['Z'\]"):
-        load_bags(folder, ["A", "Z"])
+        feature_store.load_bags(folder, ["A", "Z"])
     other = FeatureContract("stain-texture", "v2", 6, 256, 0.5)
     with pytest.raises(DataError, match=r"slide A mismatch: version 'v2' vs 'v1'"):
-        load_bags(folder, ["A"], other)
+        feature_store.load_bags(folder, ["A"], other)
     with pytest.raises(DataError, match="feature file not found"):
-        read_contract(feature_uri(folder, "Z"))
+        feature_store.read_contract(feature_store.feature_uri(folder, "Z"))
 
 
 @pytest.mark.servers

@@ -62,6 +62,11 @@ def _check_optim(cfg: Any) -> None:
         )
 
 
+def _optim_of(cfg: Any) -> OptimConfig:
+    """The optimiser fields of a training config (which carries them flat, as in its JSON)."""
+    return OptimConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(OptimConfig)})
+
+
 def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
     for name in names:
         v = getattr(cfg, name)
@@ -124,15 +129,7 @@ class GeneratorTrainConfig:
 
     @property
     def optim(self) -> OptimConfig:
-        return OptimConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            grad_clip=self.grad_clip,
-            max_tiles=self.max_tiles,
-            patience=self.patience,
-        )
+        return _optim_of(self)
 
 
 @dataclass(frozen=True)
@@ -208,15 +205,7 @@ class FusionTrainConfig:
 
     @property
     def optim(self) -> OptimConfig:
-        return OptimConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            grad_clip=self.grad_clip,
-            max_tiles=self.max_tiles,
-            patience=self.patience,
-        )
+        return _optim_of(self)
 
 
 def _mil_default() -> FusionTrainConfig:
