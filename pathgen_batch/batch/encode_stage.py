@@ -42,8 +42,9 @@ from pathgen_batch.features.encoders import encoder_for_contract
 from pathgen_batch.slides import open_slide
 from pathgen_batch.storage import StorageError, stage
 from pathgen_batch.tables.io import read_row_group
-from pathgen_batch.tables.rows import bag_from_features, thumbnail_table
+from pathgen_batch.tables.rows import bag_from_features
 from pathgen_batch.tables.schemas import THUMBNAIL_PX
+from pathgen_batch.tables.thumbnails import thumbnail_table
 
 PREFETCH = 2  # tile batches read ahead of the encoder
 

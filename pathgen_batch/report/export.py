@@ -29,7 +29,7 @@ from pathgen_batch.report.data import pick_run, read_thumbnails
 from pathgen_batch.report.heatmap import attention_map, blend, overlay_rgba, tile_extent
 from pathgen_batch.storage import check_slide_id
 from pathgen_batch.tables import read_table
-from pathgen_batch.tables.rows import png_array
+from pathgen_batch.tables.thumbnails import png_array
 
 ObjectType = Literal["tile", "detection", "annotation"]
 OBJECT_TYPES: tuple[str, ...] = ("tile", "detection", "annotation")

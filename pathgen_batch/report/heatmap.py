@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from pathgen_batch.errors import DataError
-from pathgen_batch.tables.rows import png_array
+from pathgen_batch.tables.thumbnails import png_array
 
 CANVAS_GREY = 236  # blank-canvas colour (0..255) when the slide itself is not drawn
 

@@ -27,12 +27,9 @@ from pathgen_batch.tables.rows import (
     median_survival_bin,
     median_survival_group,
     patient_record,
-    png_array,
-    png_bytes,
     prediction_record,
     records_table,
     survival_curve,
-    thumbnail_table,
     transcriptome_table,
 )
 from pathgen_batch.tables.schemas import (
@@ -52,6 +49,7 @@ from pathgen_batch.tables.schemas import (
     features_schema,
     schema_for,
 )
+from pathgen_batch.tables.thumbnails import png_array, png_bytes, thumbnail_table
 
 __all__ = [
     "FAILURES",
