@@ -214,13 +214,19 @@ def list_inputs(p: Prepared) -> Callable[[], Sequence[SlideSource]]:
         found = p.listing.found
         assert found is not None
         ps = p.listing.pseudonyms
+        if ps is not None:  # the archive, skipped files and companions' slides by pseudonym
+            found = dataclasses.replace(
+                found,
+                uri=ps.token(found.uri),
+                skipped=[
+                    dataclasses.replace(s, uri=ps.token(s.uri), reason=_pseudonymous(s.reason, ps))
+                    for s in found.skipped
+                ],
+            )
         report = {
             "summary": found.summary(),
             "kinds": found.kinds,
-            "skipped": [
-                {"uri": s.uri if ps is None else ps.token(s.uri), "reason": s.reason}
-                for s in found.skipped
-            ],
+            "skipped": [{"uri": s.uri, "reason": s.reason} for s in found.skipped],
         }
         storage.write_bytes(p.layout.listing, json.dumps(report, indent=1).encode(), cfg.retry)
         others = any(s.reason == "not a slide extension" for s in found.skipped)
@@ -228,6 +234,12 @@ def list_inputs(p: Prepared) -> Callable[[], Sequence[SlideSource]]:
         return inputs
 
     return listing
+
+
+def _pseudonymous(reason: str, ps: Pseudonymiser) -> str:
+    """A skip reason with the slide it names replaced by its pseudonym."""
+    head = "companion file of "
+    return head + ps.token(reason[len(head) :]) if reason.startswith(head) else reason
 
 
 def listing_summary(p: Prepared) -> str | None:
