@@ -162,6 +162,16 @@ def test_compare_conditions_holm_across_the_table() -> None:
     assert paired["synthetic vs real"]["harrell_c"]["p_corrected"] == pytest.approx(ref.p)
     assert set(equiv["synthetic vs real"]) == {"harrell_c", "macro_auc"}
     assert equiv["synthetic vs real"]["macro_auc"]["margin"] == 0.03
+    assert paired["synthetic vs real"]["harrell_c"]["mdd"] > 0
+    assert (
+        paired["synthetic vs real"]["harrell_c"]["t_p"]
+        < paired["synthetic vs real"]["harrell_c"]["p_corrected"]
+    )  # the uncorrected t, kept for reference, is the smaller
+    grade_only = {**scores, "coxnet": {"harrell_c": base}}
+    table, _ = compare_conditions(
+        grade_only, [("synthetic", "coxnet")], ["harrell_c", "macro_auc"], n_train=80, n_test=20
+    )
+    assert set(table["synthetic vs coxnet"]) == {"harrell_c"}  # coxnet has no grade metric
     with pytest.raises(DataError, match="no condition 'omics'"):
         compare_conditions(scores, [("omics", "real")], ["harrell_c"], n_train=80, n_test=20)
     short = {"a": {"m": [0.1, 0.2]}, "b": {"m": [0.1]}}

@@ -38,6 +38,7 @@ from scipy import stats
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.evaluation._checks import check_alpha, float_array
 from pathgen_batch.evaluation.multiplicity import holm
+from pathgen_batch.evaluation.stats import paired_comparison
 
 DEFAULT_MARGIN = 0.03
 """Default equivalence margin, in C-index and in macro AUC units."""
@@ -282,17 +283,21 @@ def compare_conditions(
     equivalence: Sequence[tuple[str, str]] = (),
     margins: Mapping[str, float] | None = None,
     alpha: float = 0.05,
+    power: float = 0.8,
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, dict[str, Any]]]]:
     """Corrected tests of a table of comparisons, Holm-adjusted across the table, and TOST.
 
     scores: condition -> metric -> (J,) per-fold scores, every condition's folds in the same
-    order (repeat-major). comparisons: (a, b) pairs tested on ``a - b`` for each of ``metrics``;
-    equivalence: (a, b) pairs tested by TOST for each metric in ``margins`` (metric -> margin;
-    default ``DEFAULT_MARGINS``: 0.03 for ``harrell_c`` and for ``macro_auc``).
+    order (repeat-major). comparisons: (a, b) pairs tested on ``a - b`` for each of ``metrics``
+    that both conditions have (a metric either lacks is left out of the table); equivalence:
+    (a, b) pairs tested by TOST for each metric in ``margins`` (metric -> margin; default
+    ``DEFAULT_MARGINS``: 0.03 for ``harrell_c`` and for ``macro_auc``).
 
-    Returns ``paired`` ("a vs b" -> metric -> :meth:`CorrectedTest.to_dict` plus ``p_holm``,
-    the Holm adjustment over every (comparison, metric) of the table) and ``equivalence``
-    ("a vs b" -> metric -> :meth:`Equivalence.to_dict`).
+    Returns ``paired`` ("a vs b" -> metric -> :meth:`CorrectedTest.to_dict`, plus ``p_holm``
+    (Holm over every (comparison, metric) of the table), ``mdd`` (the minimum detectable
+    difference at ``alpha`` and ``power``) and, for reference, the uncorrected ``wilcoxon_p``
+    and ``t_p`` of :func:`~pathgen_batch.evaluation.stats.paired_comparison`) and
+    ``equivalence`` ("a vs b" -> metric -> :meth:`Equivalence.to_dict`).
     """
     margins = dict(DEFAULT_MARGINS if margins is None else margins)
     paired: dict[str, dict[str, dict[str, Any]]] = {}
@@ -301,18 +306,34 @@ def compare_conditions(
     for a, b in comparisons:
         name = f"{a} vs {b}"
         paired[name] = {}
+        _conditions(scores, a, b)
         for m in metrics:
+            if m not in scores[a] or m not in scores[b]:
+                continue
             d = _difference(scores, a, b, m)
-            test = corrected_resampled_t(d, n_train=n_train, n_test=n_test).to_dict()
-            paired[name][m] = test
+            test = corrected_resampled_t(d, n_train=n_train, n_test=n_test)
+            kept = d[~np.isnan(d)]
+            naive = paired_comparison(kept, np.zeros_like(kept))
+            mdd = (
+                minimum_detectable_difference(
+                    test.sd, test.n, n_train=n_train, n_test=n_test, alpha=alpha, power=power
+                )
+                if test.n >= 2
+                else float("nan")
+            )
+            paired[name][m] = {
+                **test.to_dict(),
+                "mdd": mdd,
+                "wilcoxon_p": naive.wilcoxon_p,
+                "t_p": naive.t_p,
+            }
             keys.append((name, m))
-            pvalues.append(test["p_corrected"])
+            pvalues.append(test.p)
     for (name, m), p in zip(keys, holm(np.asarray(pvalues, dtype=np.float64)), strict=True):
         paired[name][m]["p_holm"] = float(p)
     equiv: dict[str, dict[str, dict[str, Any]]] = {}
     for a, b in equivalence:
-        name = f"{a} vs {b}"
-        equiv[name] = {
+        equiv[f"{a} vs {b}"] = {
             m: equivalence_tost(
                 _difference(scores, a, b, m),
                 n_train=n_train,
@@ -328,9 +349,8 @@ def compare_conditions(
 def _difference(
     scores: Mapping[str, Mapping[str, Sequence[float]]], a: str, b: str, metric: str
 ) -> np.ndarray:
+    _conditions(scores, a, b)
     for cond in (a, b):
-        if cond not in scores:
-            raise DataError(f"scores: no condition {cond!r} (have {sorted(scores)})")
         if metric not in scores[cond]:
             raise DataError(f"scores[{cond!r}]: no metric {metric!r}")
     x = float_array(f"{a} {metric}", scores[a][metric], 1, allow_nan=True, min_len=0)
@@ -341,6 +361,12 @@ def _difference(
             "comparisons need the same folds"
         )
     return x - y
+
+
+def _conditions(scores: Mapping[str, Any], *names: str) -> None:
+    for cond in names:
+        if cond not in scores:
+            raise DataError(f"scores: no condition {cond!r} (have {sorted(scores)})")
 
 
 def _ratio(n_train: float, n_test: float) -> float:
