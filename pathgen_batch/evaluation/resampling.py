@@ -274,7 +274,7 @@ def detectable_hazard_ratio(
 
 
 def compare_conditions(
-    scores: Mapping[str, Mapping[str, Sequence[float]]],
+    scores: Mapping[str, Mapping[str, Any]],
     comparisons: Sequence[tuple[str, str]],
     metrics: Sequence[str],
     *,
@@ -346,9 +346,7 @@ def compare_conditions(
     return paired, equiv
 
 
-def _difference(
-    scores: Mapping[str, Mapping[str, Sequence[float]]], a: str, b: str, metric: str
-) -> np.ndarray:
+def _difference(scores: Mapping[str, Mapping[str, Any]], a: str, b: str, metric: str) -> np.ndarray:
     _conditions(scores, a, b)
     for cond in (a, b):
         if metric not in scores[cond]:

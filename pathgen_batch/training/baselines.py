@@ -178,9 +178,13 @@ def coxnet_expression(
         scores = np.full((cfg.inner_folds, path.size), np.nan)  # (K_inner, A)
         for k in range(cfg.inner_folds):
             fit_i, val_i = trn[inner != k], trn[inner == k]
-            model = _coxnet(cfg, path).fit(
-                _zscored(data.expression, fit_i, fit_i), _surv(data, fit_i)
-            )
+            try:
+                model = _coxnet(cfg, path).fit(
+                    _zscored(data.expression, fit_i, fit_i), _surv(data, fit_i)
+                )
+            except ArithmeticError as e:  # sksurv: weights too large at the smallest alphas
+                notes.append(f"inner fold {k} not fitted ({e})")
+                continue
             x_val = _zscored(data.expression, fit_i, val_i)
             for j, a in enumerate(path):
                 scores[k, j] = _c_or_nan(data, val_i, model.predict(x_val, alpha=a))
@@ -367,12 +371,10 @@ def mean_expression(
     data: TrainingData, train_idx: np.ndarray, test_idx: np.ndarray
 ) -> ExpressionBaseline:
     """The training part's mean expression for every test patient."""
-    pred = np.broadcast_to(data.expression[train_idx].mean(axis=0), (len(test_idx), data.n_genes))
+    mean = data.expression[train_idx].mean(axis=0)  # (G,)
+    pred = np.tile(mean, (len(test_idx), 1))  # (n_test, G)
     fid = expression_fidelity(data.expression[test_idx], pred, data.panel.genes).summary
-    note = ("a constant predictor: correlations undefined, MAE is the reference",)
-    return ExpressionBaseline(
-        "mean_expression", {k: float(v) for k, v in fid.items()}, np.array(pred), {}, note
-    )
+    return ExpressionBaseline("mean_expression", {k: float(v) for k, v in fid.items()}, pred)
 
 
 __all__ = [
