@@ -18,7 +18,12 @@ from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.util import Surv
 
 from pathgen_batch.errors import DataError
-from pathgen_batch.evaluation import evaluation_times, survival_at_times
+from pathgen_batch.evaluation import (
+    evaluation_times,
+    expression_fidelity,
+    mean_per_gene_pearson,
+    survival_at_times,
+)
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.training.baselines import (
@@ -197,3 +202,15 @@ def test_ridge_recovers_expression_from_pooled_tiles() -> None:
 
 def _fields(d: TrainingData) -> dict[str, object]:
     return {f.name: getattr(d, f.name) for f in dataclasses.fields(d) if f.init}
+
+
+def test_ridge_selection_score_is_the_mean_per_gene_pearson() -> None:
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(30, 4))
+    pred = real + rng.normal(size=(30, 4))
+    pred[:, 3] = 1.0  # a constant gene has no correlation and is left out
+    by_hand = np.mean([np.corrcoef(real[:, j], pred[:, j])[0, 1] for j in range(3)])
+    assert mean_per_gene_pearson(real, pred) == pytest.approx(by_hand)
+    assert mean_per_gene_pearson(real, pred) == pytest.approx(
+        expression_fidelity(real, pred).summary["mean_pearson"]
+    )

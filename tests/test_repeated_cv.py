@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_baselines import cohort as synthetic_cohort
-from tiny_training import FUS, GEN, build_training_cohort, threads
+from test_cv import CFG as CV_CFG
+from tiny_training import build_training_cohort, threads
 
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.evaluation import corrected_resampled_t, holm
-from pathgen_batch.training.config import CVConfig, FusionTrainConfig
 from pathgen_batch.training.data import TrainingData, load_training_data
 from pathgen_batch.training.repeated_cv import (
     PROTOCOL_COMPARISONS,
@@ -24,21 +24,7 @@ from pathgen_batch.training.repeated_cv import (
     run_repeated_cv,
 )
 
-
-def _fus(model: str) -> FusionTrainConfig:
-    opts = dict(FUS.options) if model == "fusion" else {"width": 16}
-    return FusionTrainConfig(**{**FUS.__dict__, "model": model, "options": opts})
-
-
-CFG = CVConfig(
-    generator=GEN,
-    fusion=_fus("fusion"),
-    attention_mil=_fus("attention_mil"),
-    omics_mlp=_fus("omics_mlp"),
-    val_fraction=0.25,
-    alpha=0.25,
-    seed=5,
-)
+CFG = dataclasses.replace(CV_CFG, seed=5)
 
 
 @pytest.fixture(scope="module")

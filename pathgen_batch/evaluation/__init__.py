@@ -26,6 +26,7 @@ from pathgen_batch.evaluation.fidelity import (
     PER_GENE_COLUMNS,
     FidelityReport,
     expression_fidelity,
+    mean_per_gene_pearson,
 )
 from pathgen_batch.evaluation.grade import (
     accuracy,
@@ -114,6 +115,7 @@ __all__ = [
     "known_bin_mask",
     "macro_f1",
     "macro_ovr_auc",
+    "mean_per_gene_pearson",
     "min_calibration_size",
     "minimum_detectable_difference",
     "paired_comparison",

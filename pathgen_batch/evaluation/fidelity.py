@@ -58,6 +58,21 @@ def _columnwise_pearson(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     return r, p
 
 
+def mean_per_gene_pearson(real: Any, synthetic: Any) -> float:
+    """The mean over genes of the Pearson correlation across patients of ``real`` and
+    ``synthetic`` (n_patients, n_genes), constant genes left out (NaN if all are): the
+    ``mean_pearson`` of :func:`expression_fidelity` without the rest of its report."""
+    x = float_array("real", real, 2)
+    y = float_array("synthetic", synthetic, 2)
+    if x.shape != y.shape or x.shape[0] < 3:
+        raise DataError(
+            f"synthetic: expected the shape of real {x.shape} with at least 3 patients, "
+            f"got {y.shape}"
+        )
+    r, _ = _columnwise_pearson(x, y)
+    return float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+
+
 @dataclass(frozen=True, eq=False)
 class FidelityReport:
     """``summary``: scalar measures; ``per_gene``: one row per gene (``PER_GENE_COLUMNS``)."""

@@ -43,7 +43,12 @@ from sksurv.util import Surv
 
 from pathgen_batch.cohort.splits import stratified_folds
 from pathgen_batch.errors import ConfigError, DataError
-from pathgen_batch.evaluation import expression_fidelity, harrell_c_index, survival_report
+from pathgen_batch.evaluation import (
+    expression_fidelity,
+    harrell_c_index,
+    mean_per_gene_pearson,
+    survival_report,
+)
 from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.training.data import TrainingData
 
@@ -356,7 +361,7 @@ def ridge_expression(
             fit_i, val_i = train_idx[inner != k], train_idx[inner == k]
             model = Ridge(alpha=a).fit(_zscored(pooled, fit_i, fit_i), y[fit_i])
             oof[inner == k] = model.predict(_zscored(pooled, fit_i, val_i))
-        scores.append(expression_fidelity(y[train_idx], oof).summary["mean_pearson"])
+        scores.append(mean_per_gene_pearson(y[train_idx], oof))
     mean = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)  # (A,)
     j = int(np.argmax(mean[::-1]))  # ties: the larger alpha
     best = float(cfg.ridge_alphas[len(mean) - 1 - j])
