@@ -23,6 +23,7 @@ from pathgen_batch.training.cv import FoldPlan
 from pathgen_batch.training.cv_result import METRICS, CVResult, _p, _pm
 
 FIDELITY_KEYS = ("mean_pearson", "mae")
+CONTROLS: dict[str, str] = {"ridge_synthetic": "fusion + ridge expression"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,9 +106,10 @@ class RepeatedCVResult:
         """The first repeat's table (R = 1) or the R x K means, then baselines and tests."""
         lines = [self.results[0].table()] if len(self.repeats) == 1 else [self._means_table()]
         lines += ["", "baselines on the same folds (mean +- sd over folds):"]
-        for name, label in SURVIVAL_BASELINES.items():
+        for name, label in {**SURVIVAL_BASELINES, **CONTROLS}.items():
             rows = self.metrics[self.metrics["condition"] == name]
-            cells = "; ".join(f"{METRICS[m]} {_pm(rows[m])}" for m in ("harrell_c", "ibs"))
+            shown = ("harrell_c", "ibs", "macro_auc")
+            cells = "; ".join(f"{METRICS[m]} {_pm(rows[m])}" for m in shown)
             lines.append(f"  {label:<28} {cells}")
         for name, label in EXPRESSION_BASELINES.items():
             rows = self.fidelity[self.fidelity["model"] == name]
@@ -159,7 +161,7 @@ class RepeatedCVResult:
                 out / "synthetic_expression.parquet"
             )
             hist = [{"repeat": i, **h} for i, r in enumerate(self.results) for h in r.histories]
-            (out / "histories.json").write_text(json.dumps(json_safe(hist)) + "\n")
+            (out / "histories.json").write_text(json.dumps(json_safe(hist), allow_nan=False) + "\n")
         self.metrics.to_csv(out / "metrics_per_fold.csv", index=False)
         self.fidelity.to_csv(out / "fidelity_baselines_per_fold.csv", index=False)
         self.baseline_oof.to_parquet(out / "baseline_oof.parquet", index=False)
@@ -194,6 +196,14 @@ class RepeatedCVResult:
         for cond in dict.fromkeys(self.results[0].metrics["condition"]):
             rows = self.metrics[self.metrics["condition"] == cond]
             lines.append(f"{cond:<20}" + "".join(f"{_pm(rows[m]):>15}" for m in METRICS))
+        gen = self.fidelity[self.fidelity["model"] == "generator"]
+        conf = pd.concat([r.conformal for r in self.results], ignore_index=True)
+        lines += [
+            f"generator, synthetic vs real: mean per-gene Pearson {_pm(gen['mean_pearson'])}; "
+            f"MAE {_pm(gen['mae'])}",
+            f"conformal: grade-set coverage {_pm(conf['grade_coverage'])}, size "
+            f"{_pm(conf['grade_set_size'])}; risk-interval coverage {_pm(conf['risk_coverage'])}",
+        ]
         return "\n".join(lines)
 
 
