@@ -79,7 +79,7 @@ class BaselineConfig:
     n_alphas: int = 30
     alpha_min_ratio: float = 0.01
     cox_ridge: float = 1e-3
-    ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+    ridge_alphas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -197,6 +197,8 @@ def coxnet_expression(
             [np.nanmean(c) if np.isfinite(c).any() else -np.inf for c in scores.T]
         )  # (A,) mean inner C per alpha
         best = float(path[int(np.argmax(mean))])  # first maximum: the largest such alpha
+        if best == path[-1]:
+            notes.append(f"alpha {best:.3g} is the smallest of the path; lower alpha_min_ratio")
         final = _coxnet(cfg, path, baseline=True).fit(
             _zscored(data.expression, trn, trn), _surv(data, trn)
         )
@@ -365,11 +367,15 @@ def ridge_expression(
     mean = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)  # (A,)
     j = int(np.argmax(mean[::-1]))  # ties: the larger alpha
     best = float(cfg.ridge_alphas[len(mean) - 1 - j])
+    notes = []
+    if len(cfg.ridge_alphas) > 1 and best in (min(cfg.ridge_alphas), max(cfg.ridge_alphas)):
+        notes.append(f"alpha {best:g} is at the edge of the grid {list(cfg.ridge_alphas)}")
     model = Ridge(alpha=best).fit(_zscored(pooled, train_idx, train_idx), y[train_idx])
     pred = model.predict(_zscored(pooled, train_idx, test_idx))  # (n_test, G)
     fid = expression_fidelity(y[test_idx], pred, data.panel.genes).summary
     params = {"alpha": best, "inner_mean_pearson": float(np.max(mean))}
-    return ExpressionBaseline("ridge", {k: float(v) for k, v in fid.items()}, pred, params)
+    fidelity = {k: float(v) for k, v in fid.items()}
+    return ExpressionBaseline("ridge", fidelity, pred, params, tuple(notes))
 
 
 def mean_expression(
