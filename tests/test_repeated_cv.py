@@ -1,5 +1,6 @@
-"""Repeated CV end to end on the tiny cohort: 2 repeats x 2 folds with seeds recorded, the
-baselines on the same folds, corrected tests Holm-adjusted across the table, TOST, pooled C."""
+"""Repeated CV end to end on the tiny cohort (``evaluate --repeats 2``): 2 repeats x 2 folds
+with seeds recorded, the baselines on the same folds, corrected tests Holm-adjusted across the
+table, TOST, pooled C."""
 
 from __future__ import annotations
 
@@ -8,20 +9,21 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from click.testing import CliRunner
 from test_baselines import cohort as synthetic_cohort
 from test_cv import CFG as CV_CFG
 from tiny_training import build_training_cohort, threads
 
+from pathgen_batch.config import to_dict
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.evaluation import corrected_resampled_t, holm
 from pathgen_batch.training.data import TrainingData, load_training_data
 from pathgen_batch.training.repeated_cv import (
     PROTOCOL_COMPARISONS,
-    RepeatedCVResult,
     held_out_patients,
     plan_repeats,
-    run_repeated_cv,
 )
 
 CFG = dataclasses.replace(CV_CFG, seed=5)
@@ -34,12 +36,21 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> TrainingData:
 
 
 @pytest.fixture(scope="module")
-def repeated(
-    data: TrainingData, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[RepeatedCVResult, Path]:
-    out = tmp_path_factory.mktemp("repeated")
+def repeated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pathgen-batch evaluate --repeats 2`` of the tiny config, seed 5."""
+    from pathgen_batch.cli.evaluate import evaluate
+
+    tmp = tmp_path_factory.mktemp("repeated")
+    (tmp / "cv.json").write_text(json.dumps(to_dict(CFG)))
+    cohort, feats = build_training_cohort(tmp_path_factory.getbasetemp())
+    args = ["--cohort", str(cohort), "--features", str(feats), "--config", str(tmp / "cv.json")]
     with threads(1):
-        return run_repeated_cv(data, CFG, 2, out, n_boot=50), out
+        r = CliRunner().invoke(
+            evaluate, [*args, "--out", str(tmp / "out"), "--repeats", "2", "--seed", "5"]
+        )
+    assert r.exit_code == 0, r.output
+    assert "2 x 2 CV (4 folds)" in r.stdout and "repeat 2/2 (seed 6)" in r.stderr
+    return tmp / "out"
 
 
 def test_repeats_draw_new_folds_with_recorded_seeds() -> None:
@@ -62,8 +73,8 @@ def test_repeats_draw_new_folds_with_recorded_seeds() -> None:
 
 
 @pytest.mark.slow
-def test_repeated_cv_summary(repeated: tuple[RepeatedCVResult, Path]) -> None:
-    result, out = repeated
+def test_repeated_cv_summary(repeated: Path) -> None:
+    out = repeated
     summary = json.loads((out / "summary.json").read_text())
     assert summary["repeats"]["n"] == 2 and summary["repeats"]["seeds"] == [5, 6]
     for cond in ("real", "synthetic", "coxnet", "cox_grade", "km_null", "ridge_synthetic"):
@@ -77,7 +88,7 @@ def test_repeated_cv_summary(repeated: tuple[RepeatedCVResult, Path]) -> None:
         [summary["paired"][k][m]["p_holm"] for k, m in cells],
         holm([summary["paired"][k][m]["p_corrected"] for k, m in cells]),
     )
-    rows = result.metrics.sort_values(["repeat", "fold"])
+    rows = pd.read_csv(out / "metrics_per_fold.csv").sort_values(["repeat", "fold"])
     d = (
         rows[rows["condition"] == "synthetic"]["harrell_c"].to_numpy()
         - rows[rows["condition"] == "real"]["harrell_c"].to_numpy()
@@ -92,7 +103,7 @@ def test_repeated_cv_summary(repeated: tuple[RepeatedCVResult, Path]) -> None:
         max(eq["harrell_c"]["p_lower"], eq["harrell_c"]["p_upper"])
     )
     ci = summary["pooled_c"]["synthetic"]
-    assert ci["lo"] <= ci["estimate"] <= ci["hi"] and ci["n_boot"] == 50
+    assert ci["lo"] <= ci["estimate"] <= ci["hi"] and ci["n_boot"] == 1000
     assert summary["power"]["detectable_hazard_ratio"] > 1
     for name in ("metrics_per_fold.csv", "baseline_oof.parquet", "repeat_1/summary.json"):
         assert (out / name).exists()
