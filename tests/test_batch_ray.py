@@ -54,55 +54,15 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """Tiny generator and fusion bundles trained on a 16-patient synthetic cohort."""
-    from pathgen_batch.features import build_encoder, extract_cohort
-    from pathgen_batch.inference.bundle import save_fusion, save_generator
-    from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
-    from pathgen_batch.synth import CohortConfig, build_cohort
-    from pathgen_batch.training.config import (
-        FusionTrainConfig,
-        GeneratorArch,
-        GeneratorTrainConfig,
-    )
-    from pathgen_batch.training.data import load_training_data
-    from pathgen_batch.training.trainers import (
-        calibrate_fusion,
-        train_generator,
-        train_predictor,
-    )
+    from tiny_training import tiny_bundles
 
     root = tmp_path_factory.mktemp("trained")
-    cfg = CohortConfig(mode="synthetic", n_patients=16, n_genes=12, slide_px=512, levels=2, folds=2)
-    cohort = build_cohort(root / "cohort", cfg, workers=1)
-    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
-    extract_cohort(root / "cohort", root / "features", enc)
-    data = load_training_data(root / "cohort", root / "features")
-    tr, va = np.arange(10), np.arange(10, 16)
-    gen = train_generator(
-        data,
-        tr,
-        va,
-        GeneratorTrainConfig(
-            model=GeneratorArch(width=16, depth=1, heads=2, time_dim=16),
-            diffusion=DiffusionConfig(num_timesteps=50),
-            sampler=SamplerConfig(name="ddim", steps=5, n_samples=2),
-            epochs=2,
-            repeats=1,
-            val_draws=1,
-        ),
-    )
-    fus = train_predictor(
-        data, tr, va, FusionTrainConfig(options={"width": 16, "dropout": 0.0}, n_bins=2, epochs=2)
-    )
-    bags = [data.bags[i] for i in va]
-    syn, _ = gen.generate(bags)
-    fus = calibrate_fusion(fus, bags, syn, data.expression[va], data.grade[va], alpha=0.2)
-    save_generator(gen, root / "gen")
-    save_fusion(fus, root / "fus")
+    cohort, gen, fus = tiny_bundles(root)
     clinical = cohort.slides
     return Trained(
         root=root,
-        gen=root / "gen",
-        fus=root / "fus",
+        gen=gen,
+        fus=fus,
         slides={s: cohort.slide_path(s) for s in cohort.slide_ids},
         patients=dict(zip(clinical["slide_id"], clinical["patient_id"], strict=True)),
     )
@@ -288,6 +248,27 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _job_args(
+    archive: str, out: str, run_id: str, trained: Trained, cluster: Cluster, scratch: Path
+) -> list[str]:
+    """The score job's command line for one run on ``cluster``."""
+    return [
+        archive,
+        "--out",
+        out,
+        "--run-id",
+        run_id,
+        "--generator",
+        str(trained.gen),
+        "--fusion",
+        str(trained.fus),
+        "--ray-address",
+        cluster.address,
+        "--scratch",
+        str(scratch),
+    ]
+
+
 def _commits(out: str, run_id: str) -> int:
     return len(storage.list_files(storage.join(out, "_runs", f"run_id={run_id}", "commits")))
 
@@ -315,6 +296,16 @@ def _linked_archive(trained: Trained, folder: Path, copies: int) -> set[str]:
         os.link(files[i % len(files)], folder / f"{name}.tiff")
         ids.add(name)
     return ids
+
+
+def _start_job(
+    cluster: Cluster, trained: Trained, tmp_path: Path, run_id: str
+) -> tuple[set[str], str, list[str], subprocess.Popen[str]]:
+    """The score job started on 40 linked slides: (slide ids, out, its arguments, process)."""
+    ids = _linked_archive(trained, tmp_path / "archive", 40)
+    out = str(tmp_path / "out")
+    args = _job_args(str(tmp_path / "archive"), out, run_id, trained, cluster, tmp_path / "scratch")
+    return ids, out, args, _cli(*args, env=cluster.env)
 
 
 # -- checks before any slide is read (no Ray) -----------------------------------------------
@@ -487,13 +478,30 @@ def test_s3_run_scores_good_slides_and_records_each_failure(s3_run: S3Run) -> No
         assert got[storage.slide_id_for(name)] == (stage, error), name
     assert got["never-uploaded"] == ("download", "StorageError")
     assert all(r["attempt"] == 1 and r["message"] for r in f)
+    assert any(line.startswith("  bounded by: ") for line in s.lines()), s.lines()
 
 
 @pytest.mark.ray
 @pytest.mark.servers
-def test_s3_run_tables_match_the_models_applied_directly(s3_run: S3Run, trained: Trained) -> None:
+def test_s3_run_encodes_on_both_nodes(s3_run: S3Run) -> None:
+    stats = s3_run.summary.ray_stats
+    assert stats is not None and "MapBatches(SlideScorer)" in stats
+    # one encoder actor per node (1 CPU each, the scorer reserves none): slides are staged
+    # and encoded on both nodes
+    encoder = stats.split("MapBatches(TileEncoder)", 1)[1].split("Operator", 1)[0]
+    assert "; 2 nodes used" in encoder, encoder
+
+
+@pytest.mark.ray
+@pytest.mark.servers
+def test_s3_run_tables_match_the_models_applied_directly(
+    s3_run: S3Run, trained: Trained, tmp_path: Path
+) -> None:
     from pathgen_batch.features import build_encoder, extract_slide
     from pathgen_batch.inference.bundle import load_bundle
+    from pathgen_batch.report import write_report
+    from pathgen_batch.slides import open_slide
+    from pathgen_batch.tables import png_array
 
     gen, fus = load_bundle(trained.gen), load_bundle(trained.fus)
     enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
@@ -510,7 +518,19 @@ def test_s3_run_tables_match_the_models_applied_directly(s3_run: S3Run, trained:
     ]
     assert list(p["patient_id"]) == [trained.patients[s] for s in ids]
     assert list(p["n_tiles"]) == [len(b) for b in bags]
+    assert list(p["risk_group"]) == [fus.risk_group(r) for r in ref.risk]  # the bundle's cuts
+    assert fus.risk_cuts is not None and list(p["risk_cuts"].iloc[0]) == list(fus.risk_cuts.cuts)
     assert set(p["generator_version"]) == {f"bundle:{_digest(trained.gen)}"}
+    thumbs = {r["slide_id"]: r for r in read_table(s3_run.out, "thumbnails", ["e2e"]).to_pylist()}
+    assert sorted(thumbs) == ids  # one per scored slide, written with its commit
+    for sid in ids:
+        with open_slide(s3_run.good[sid]) as slide:
+            assert (thumbs[sid]["width_l0"], thumbs[sid]["height_l0"]) == slide.dimensions
+        img = png_array(thumbs[sid]["image_png"], sid)
+        assert max(img.shape[:2]) <= 1024 and img.std() > 5.0  # a picture, not a blank
+        assert png_array(thumbs[sid]["mask_png"], sid).any()
+    page = write_report(s3_run.out, tmp_path / "report", run_id="e2e").read_text()
+    assert "no stored thumbnail" not in page  # heatmaps over real thumbnails, from S3
     t = read_table(s3_run.out, "transcriptomes", ["e2e"]).to_pandas()
     assert len(t) == len(ids) * gen.panel.n_genes
     m = t.pivot(index="slide_id", columns="gene_index", values="mean").loc[ids].to_numpy()
@@ -656,27 +676,18 @@ def test_default_models_are_the_production_versions_of_the_registry(
 def test_worker_killed_mid_run_keeps_exactly_once(
     ray_cluster: Cluster, trained: Trained, tmp_path: Path
 ) -> None:
-    ids = _linked_archive(trained, tmp_path / "archive", 40)
-    out = str(tmp_path / "out")
-    proc = _cli(
-        str(tmp_path / "archive"),
-        "--out",
-        out,
-        "--run-id",
-        "kill-worker",
-        "--generator",
-        str(trained.gen),
-        "--fusion",
-        str(trained.fus),
-        "--ray-address",
-        ray_cluster.address,
-        "--scratch",
-        str(tmp_path / "scratch"),
-        env=ray_cluster.env,
-    )
-    try:
-        _wait_for(lambda: _commits(out, "kill-worker") >= 1, 180, proc)
-        victims = ray_cluster.processes("MapWorker(MapBatches(TileEncoder))")
+    ids, out, _, proc = _start_job(ray_cluster, trained, tmp_path, "kill-worker")
+    encoders = "MapWorker(MapBatches(TileEncoder))"
+    attempts = Path(out, "_runs", "run_id=kill-worker", "attempts")
+    try:  # an encoder at work (the scorer may not have committed anything yet)
+        _wait_for(
+            lambda: (
+                attempts.is_dir() and any(attempts.iterdir()) and ray_cluster.processes(encoders)
+            ),
+            180,
+            proc,
+        )
+        victims = ray_cluster.processes(encoders)
         assert victims, "no encoder actor process found"
         at_kill = _commits(out, "kill-worker")
         os.kill(victims[0], signal.SIGKILL)
@@ -695,24 +706,7 @@ def test_worker_killed_mid_run_keeps_exactly_once(
 def test_job_killed_then_rerun_scores_each_slide_once(
     ray_cluster: Cluster, trained: Trained, tmp_path: Path
 ) -> None:
-    ids = _linked_archive(trained, tmp_path / "archive", 40)
-    out = str(tmp_path / "out")
-    args = [
-        str(tmp_path / "archive"),
-        "--out",
-        out,
-        "--run-id",
-        "kill-job",
-        "--generator",
-        str(trained.gen),
-        "--fusion",
-        str(trained.fus),
-        "--ray-address",
-        ray_cluster.address,
-        "--scratch",
-        str(tmp_path / "scratch"),
-    ]
-    proc = _cli(*args, env=ray_cluster.env)
+    ids, out, args, proc = _start_job(ray_cluster, trained, tmp_path, "kill-job")
     try:
         _wait_for(lambda: _commits(out, "kill-job") >= 3, 180, proc)
         proc.send_signal(signal.SIGKILL)
@@ -752,24 +746,10 @@ def test_s3_restart_during_a_run_loses_no_slide(
         _upload(client, bucket, f"archive/s-{i:03d}.tiff", files[i % len(files)])
         ids.add(f"s-{i:03d}")
     out = f"s3://{bucket}/scores"
-    proc = _cli(
-        f"s3://{bucket}/archive",
-        "--out",
-        out,
-        "--run-id",
-        "restart",
-        "--generator",
-        str(trained.gen),
-        "--fusion",
-        str(trained.fus),
-        "--ray-address",
-        ray_cluster.address,
-        "--scratch",
-        str(tmp_path / "scratch"),
-        "--retries",
-        "8",
-        env=ray_cluster.env,
+    args = _job_args(
+        f"s3://{bucket}/archive", out, "restart", trained, ray_cluster, tmp_path / "scratch"
     )
+    proc = _cli(*args, "--retries", "8", env=ray_cluster.env)
     try:
         _wait_for(lambda: _commits(out, "restart") >= 1, 180, proc)
         s3_server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch.config import ScoreConfig
+from pathgen_batch.batch.ray_runner import Resources, plan_resources
 from pathgen_batch.batch.stage_rows import (
     SlideRow,
     SlideStatus,
@@ -22,9 +25,10 @@ from pathgen_batch.batch.stage_rows import (
     input_rows,
     to_batch,
 )
-from pathgen_batch.batch.summary import Progress, RunSummary
+from pathgen_batch.batch.summary import Progress, RunSummary, bound_by
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.storage import RetryPolicy, SlideSource
 from pathgen_batch.tables import (
     FAILURES,
@@ -43,13 +47,15 @@ from pathgen_batch.tables import (
     features_schema,
     features_table,
     median_survival_bin,
+    median_survival_group,
     partition_uri,
+    png_array,
     prediction_record,
     read_row_group,
     read_table,
     records_table,
-    risk_group,
     survival_curve,
+    thumbnail_table,
     transcriptome_table,
 )
 from pathgen_batch.tables.io import write_table
@@ -116,10 +122,38 @@ def test_stage_times_one_record_for_rows_runs_row_and_summary() -> None:
     with pytest.raises(DataError, match="unscored"):
         prog.count(SlideRow(SlideSource("u", "c"), status=SlideStatus.ENCODED))
     summary = RunSummary("r", "out", 2, 1, 1, 5, 10.0, total, {})
-    assert (
-        "  time per stage (summed over slides): download 1.0 s, tiles 2.0 s, encode 0.5 s, "
-        "score 0.2 s, write 4.0 s" in summary.lines()
+    lines = summary.lines()
+    assert (  # shares of 7.75 s
+        "  time per stage (summed over slides): download 1.0 s (13%), tiles 2.0 s (26%), "
+        "encode 0.5 s (6%), score 0.2 s (3%), write 4.0 s (52%)" in lines
     )
+    assert any(ln.startswith("  throughput: 0.5 tiles/s, 720 slides/h") for ln in lines), lines
+    # one actor each: the scorer pool was busier (4.25 s against 3.5 s), writing most of it
+    assert any(ln.startswith("  bounded by: write (94% of its actors' busy time") for ln in lines)
+
+
+def test_bound_by_weighs_each_pool_by_its_actors() -> None:
+    times = StageTimes(download=1.0, tiles=2.0, encode=0.5, score=0.25, write=4.0)
+    assert bound_by(times, encoder_actors=1, scorer_actors=1) == ("write", 4.0 / 4.25)
+    # two scorers halve the scorer pool's load (2.125 s): the encoders (3.5 s) bound the run,
+    # waiting for tiles most of the time
+    assert bound_by(times, encoder_actors=1, scorer_actors=2) == ("decode", 2.0 / 3.5)
+    assert bound_by(StageTimes(encode=3.0, tiles=1.0), 1, 1) == ("encode", 0.75)
+
+
+def test_resources_give_the_cores_to_the_encoders() -> None:
+    cfg = ScoreConfig(archive="a", output="o")
+    # no GPU: one encoder per CPU with a whole CPU (one torch thread), the scorer on no CPU
+    two = plan_resources(cfg, {"CPU": 2.0})
+    assert two == Resources(2, 1.0, 0.0, 1, 0.0, 0.0) and two.encoder_threads == 1
+    wide = plan_resources(replace(cfg, encoder_actors=2), {"CPU": 8.0})
+    assert (wide.encoder_cpus, wide.encoder_threads) == (4.0, 4)
+    shared = plan_resources(replace(cfg, encoder_actors=4), {"CPU": 2.0})
+    assert (shared.encoder_cpus, shared.encoder_threads) == (0.5, 1)
+    # GPUs: one encoder per GPU sharing it with the scorer, the CPUs split up to 4 each
+    gpu = plan_resources(cfg, {"CPU": 16.0, "GPU": 2.0})
+    assert gpu == Resources(2, 4.0, 0.5, 1, 0.0, 0.5)
+    assert plan_resources(replace(cfg, scorer_num_cpus=1.0), {"CPU": 2.0}).encoder_cpus == 0.5
 
 
 # -- schemas --------------------------------------------------------------------------------
@@ -133,6 +167,8 @@ def test_schemas_hold_the_documented_columns() -> None:
         "risk_lo",
         "risk_hi",
         "risk_group",
+        "risk_cuts",
+        "median_survival_group",
         "scored_at",
         "bin_edges",
         "survival",
@@ -178,15 +214,15 @@ def test_schemas_hold_the_documented_columns() -> None:
 
 
 # -- rows -----------------------------------------------------------------------------------
-def test_survival_median_bin_and_risk_group_by_hand() -> None:
+def test_survival_median_bin_and_its_group_by_hand() -> None:
     s = survival_curve(np.array([0.2, 0.5, 0.5, 1.0]))
     np.testing.assert_allclose(s, [0.8, 0.4, 0.2, 0.0])
-    assert median_survival_bin(s) == 1 and risk_group(1, 4) == "intermediate"
+    assert median_survival_bin(s) == 1 and median_survival_group(1, 4) == "intermediate"
     assert median_survival_bin(survival_curve(np.array([0.6, 0.1]))) == 0
-    assert risk_group(0, 2) == "high"
+    assert median_survival_group(0, 2) == "high"
     s2 = survival_curve(np.array([0.1, 0.1]))  # 0.9, 0.81: never below one half
-    assert median_survival_bin(s2) == 2 and risk_group(2, 2) == "low"
-    assert risk_group(3, 4) == "low"
+    assert median_survival_bin(s2) == 2 and median_survival_group(2, 2) == "low"
+    assert median_survival_group(3, 4) == "low"
     assert median_survival_bin(np.array([0.7, 0.5])) == 1  # exactly one half counts
 
 
@@ -209,6 +245,7 @@ def test_prediction_record_and_table() -> None:
         risk_lo=-0.9,
         risk_hi=-0.3,
         risk_interval_alpha=0.1,
+        risk_cuts=RiskCuts((1 / 3, 2 / 3), (-1.0, -0.7), 30),
         gene_panel_digest="sha256:p",
         lineage=LIN,
         scored_at=when,
@@ -216,7 +253,8 @@ def test_prediction_record_and_table() -> None:
     assert rec["grade_pred"] == "II" and rec["grade_pred_index"] == 1
     assert rec["grade_set"] == ["II", "III"]
     np.testing.assert_allclose(rec["survival"], [0.4, 0.2])
-    assert rec["median_survival_bin"] == 0 and rec["risk_group"] == "high"
+    assert rec["median_survival_bin"] == 0 and rec["median_survival_group"] == "high"
+    assert rec["risk_group"] == "high" and rec["risk_cuts"] == [-1.0, -0.7]  # -0.6 >= -0.7
     t = records_table([rec], "predictions")
     assert t.schema.equals(PREDICTIONS, check_metadata=False)
     row = t.to_pylist()[0]
@@ -248,35 +286,34 @@ def _pred_args() -> dict:
         "risk_lo": None,
         "risk_hi": None,
         "risk_interval_alpha": None,
+        "risk_cuts": None,
         "gene_panel_digest": "sha256:p",
         "lineage": LIN,
     }
 
 
-def test_failure_record_keeps_the_first_line() -> None:
-    err = ValueError("first line\nsecond line")
-    rec = failure_record(
-        slide_id="S",
-        source_uri="/s.svs",
+def _failure(
+    stage: str, error: Exception, attempt: int, slide_id: str = "S", source_uri: str = "/s.svs"
+) -> dict:
+    return failure_record(
+        slide_id=slide_id,
+        source_uri=source_uri,
         patient_id=None,
-        stage="tiles",
-        error=err,
-        attempt=2,
+        stage=stage,
+        error=error,
+        attempt=attempt,
         lineage=LIN,
     )
+
+
+def test_failure_record_keeps_the_first_line() -> None:
+    err = ValueError("first line\nsecond line")
+    rec = _failure("tiles", err, 2)
     assert (rec["error_type"], rec["message"], rec["attempt"]) == ("ValueError", "first line", 2)
     t = records_table([rec], "failures")
     assert t.column("stage").to_pylist() == ["tiles"]
     with pytest.raises(DataError, match="failure stage"):
-        failure_record(
-            slide_id="S",
-            source_uri="/s",
-            patient_id=None,
-            stage="lunch",
-            error=err,
-            attempt=1,
-            lineage=LIN,
-        )
+        _failure("lunch", err, 1)
 
 
 def test_per_slide_tables() -> None:
@@ -356,24 +393,7 @@ def test_readers_see_complete_runs_only(tmp_path: Path) -> None:
     out = str(tmp_path)
     for run, value in (("r1", 1.0), ("r2", 2.0)):
         write_table(partition_uri(out, "transcriptomes", run), _tx("S", value), TRANSCRIPTOMES, run)
-    run_row = {
-        "status": "complete",
-        "started_at": "2025-01-01T00:00:00+00:00",
-        "finished_at": "2025-01-01T01:00:00+00:00",
-        "archive": "/a",
-        "output": out,
-        "n_slides": 1,
-        "n_scored": 1,
-        "n_failed": 0,
-        "n_tiles": 3,
-        "gene_panel_digest": "sha256:p",
-        "features_written": False,
-        "features_source_run": None,
-        "timings_json": "{}",
-        "config_json": "{}",
-        "code_version": "0",
-        **LIN.to_dict(),
-    }
+    run_row = _runs_record(out)(1, 0, 3)  # one slide scored, 3 tiles
     write_table(
         partition_uri(out, "runs", "r1"),
         records_table([run_row], "runs"),
@@ -445,6 +465,7 @@ def _score(layout: cm.RunLayout, src: SlideSource, value: float) -> bool:
     cm.write_slide_table(
         layout, src.slide_id, attempt_id, "transcriptomes", _tx(src.slide_id, value), RETRY
     )
+    cm.write_slide_table(layout, src.slide_id, attempt_id, "thumbnails", _thumb(src, value), RETRY)
     rec = prediction_record(
         **{**_pred_args(), "slide_id": src.slide_id, "source_uri": src.uri, "n_tiles": 4}
     )
@@ -455,22 +476,22 @@ def _score(layout: cm.RunLayout, src: SlideSource, value: float) -> bool:
         rec,
         attempt=attempt,
         attempt_id=attempt_id,
-        tables=["transcriptomes"],
+        tables=["transcriptomes", "thumbnails"],
         retry=RETRY,
     )
 
 
+def _thumb(src: SlideSource, value: float) -> pa.Table:
+    """A 4 x 6 px thumbnail of grey ``value`` and a mask with its left half tissue."""
+    mask = np.zeros((2, 3), dtype=bool)
+    mask[:, :2] = True
+    img = np.full((4, 6, 3), int(value) % 256, dtype=np.uint8)
+    return thumbnail_table(src.slide_id, img, (600, 400), 0.5, mask, None, LIN)
+
+
 def _fail(layout: cm.RunLayout, src: SlideSource, stage: str) -> bool:
     attempt, _ = cm.begin_attempt(layout, src.slide_id, RETRY)
-    rec = failure_record(
-        slide_id=src.slide_id,
-        source_uri=src.uri,
-        patient_id=None,
-        stage=stage,
-        error=OSError("disk"),
-        attempt=attempt,
-        lineage=LIN,
-    )
+    rec = _failure(stage, OSError("disk"), attempt, src.slide_id, src.uri)
     return cm.commit(
         layout, src.slide_id, "failed", rec, attempt=attempt, attempt_id=None, retry=RETRY
     )
@@ -528,6 +549,19 @@ def test_each_slide_ends_in_exactly_one_table(tmp_path: Path) -> None:
     means = {(r["slide_id"], r["gene"]): r["mean"] for r in tx.to_pylist()}
     assert means[("S1", "G1")] == 2.0  # the committed attempt's file, not the loser's
     assert len(tx) == 6
+    (part,) = tmp_path.glob("transcriptomes/run_id=r/part-*.parquet")
+    meta = pq.ParquetFile(part).metadata  # one row group per slide: min == max slide_id
+    stats = [meta.row_group(i).column(0).statistics for i in range(meta.num_row_groups)]
+    assert [(st.min, st.max) for st in stats] == [("S0", "S0"), ("S1", "S1")]
+    thumbs = read_table(out, "thumbnails").to_pylist()
+    assert [t["slide_id"] for t in thumbs] == ["S0", "S1"]  # one per scored slide, once
+    assert png_array(thumbs[1]["image_png"], "S1")[0, 0, 0] == 2  # the committed attempt's
+    np.testing.assert_array_equal(
+        png_array(thumbs[1]["mask_png"], "S1"), [[True, True, False], [True, True, False]]
+    )
+    assert (thumbs[1]["width_l0"], thumbs[1]["height_l0"]) == (600, 400)
+    assert thumbs[1]["tissue_fraction"] == pytest.approx(2 / 3)
+    assert thumbs[1]["excluded_png"] is None
     assert not (tmp_path / "_runs" / "run_id=r" / "slides").exists()
 
 
@@ -547,7 +581,7 @@ def test_interrupted_consolidation_reruns_to_the_same_tables(tmp_path: Path) -> 
         cm.consolidate(st, crash, None, RETRY)
     assert complete_runs(out) == []  # tables written, but the run is not visible yet
     first = {p: p.read_bytes() for p in tmp_path.glob("*/run_id=r/part-*.parquet")}
-    assert len(first) == 4
+    assert len(first) == 5  # predictions, failures, transcriptomes, tile_attention, thumbnails
     cm.consolidate(cm.RunState.begin(layout, IDENT, list, RETRY), _runs_record(out), None, RETRY)
     assert complete_runs(out) == ["r"]
     second = {p: p.read_bytes() for p in tmp_path.glob("*/run_id=r/part-*.parquet")}

@@ -353,6 +353,37 @@ def test_cli_init_then_validate(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no such cohort folder" in missing.output
 
 
+def test_command_line_settings_override_cohort_toml(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    (root / "cohort.toml").unlink()  # text grades and TPM values, undeclared
+    runner = CliRunner()
+    base = ["cohort", "validate", str(root), "--no-open-slides", "--folds", "2"]
+    bare = runner.invoke(main, base)
+    assert bare.exit_code == 2 and "grade" in bare.output
+    r = runner.invoke(main, [*base, "--expression-unit", "tpm", "--grade-classes", "low, high"])
+    assert r.exit_code == 0, r.output
+    assert "grade: low 4, high 4" in r.output and "expression tpm" in r.output
+    flipped = runner.invoke(
+        main, [*base, "--expression-unit", "tpm", "--grade-classes", "high,low"]
+    )
+    assert "grade: high 4, low 4" in flipped.output
+    same = runner.invoke(main, [*base, "--expression-unit", "", "--grade-classes", ""])
+    assert same.output == bare.output  # empty: not given, as mlflow run passes it
+    wrong = runner.invoke(main, [*base, "--expression-unit", "rpkm"])
+    assert wrong.exit_code == 2 and "expected one of log2, z, tpm, fpkm, counts" in wrong.output
+    one = runner.invoke(main, [*base, "--expression-unit", "tpm", "--grade-classes", "low"])
+    assert one.exit_code == 2 and "options: grade_classes: expected at least two" in one.output
+    data = load_cohort(root, settings={"expression_unit": "tpm", "grade_classes": ("low", "high")})
+    np.testing.assert_allclose(
+        data.expression.to_numpy(),
+        np.log2(pd.read_csv(root / "expression.csv").set_index("patient_id").to_numpy() + 1.0),
+    )
+    for command in (["evaluate"], ["train", "generator"], ["train", "fusion"]):
+        helped = runner.invoke(main, [*command, "--help"])
+        assert "--expression-unit" in helped.output and "--grade-classes" in helped.output
+
+
 def test_settings_are_strict_and_round_trip() -> None:
     from pathgen_batch.cohort import parse_settings
 
@@ -551,3 +582,106 @@ def test_a_cohort_on_s3_validates_and_names_a_missing_slide_object(
     np.testing.assert_allclose(c.expression.to_numpy(), load_cohort(local).expression.to_numpy())
     with pytest.raises(DataError, match="in object storage, not a local file"):
         c.slide_path("P3-A")
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+def test_a_real_world_shaped_cohort_trains_and_registers_through_mlflow_run(
+    real_world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    import json
+
+    from mlflow_runs import env, mlflow_run
+    from tiny_training import TINY_CV
+
+    from pathgen_batch.config import to_dict
+    from pathgen_batch.registry import (
+        RegistryConfig,
+        default_tracking_uri,
+        open_store,
+        resolve_version,
+    )
+
+    _, user, feats = real_world
+    ws = tmp_path / "ws"
+    store = open_store(RegistryConfig(workspace=str(ws), tracking_uri=default_tracking_uri(ws)))
+    store.experiment_id()
+    environ = env(store.tracking_uri)
+    config = tmp_path / "cv.json"
+    config.write_text(json.dumps(to_dict(TINY_CV)))
+    common = {"cohort": user, "features": feats, "config": config, "epochs": 1, "workspace": ws}
+    gen = tmp_path / "generator"
+    gen_run = mlflow_run("train_generator", common | {"out": gen}, environ)
+    fus_run = mlflow_run(
+        "train_fusion", common | {"generator": gen, "out": tmp_path / "f"}, environ
+    )
+    assert resolve_version(store, "pathgen-generator", "1").run_id == gen_run
+    assert resolve_version(store, "pathgen-fusion", "1").run_id == fus_run
+    run = store.client.get_run(fus_run)
+    assert run.info.status == "FINISHED" and run.data.params["calibrated_with"] == str(gen)
+    manifest = json.loads((tmp_path / "f" / "bundle.json").read_text())
+    assert manifest["grade_classes"] == list(load_cohort(user).grade_classes)
+
+
+def test_gene_families_are_ward_clusters_of_the_gene_correlation() -> None:
+    from scipy.cluster.hierarchy import cut_tree, linkage
+
+    from pathgen_batch.omics import GenePanel, cluster_families, with_clustered_families
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 24)) + np.repeat(rng.normal(size=(60, 4)), 6, axis=1)  # 4 blocks
+    ref = cut_tree(linkage(np.corrcoef(x.T), method="ward"), n_clusters=4).ravel()
+    first = {c: i for i, c in enumerate(dict.fromkeys(ref.tolist()))}
+    got = cluster_families(x, 4)
+    np.testing.assert_array_equal(got, [first[c] for c in ref])
+    np.testing.assert_array_equal(got, np.repeat(np.arange(4), 6))  # the blocks, found
+    bare = GenePanel.parse("gene\n" + "".join(f"G{i}\n" for i in range(24)))
+    assert bare.needs_families and bare.n_genes == 24
+    assert GenePanel.parse("gene,family\nA,\nB,\n").needs_families
+    with pytest.raises(DataError, match="empty family"):
+        GenePanel.parse("gene,family\nA,x\nB,\n")
+    panel = with_clustered_families(bare, x, n_families=4)
+    assert panel.family_names == ("family_1", "family_2", "family_3", "family_4")
+    assert panel.family_sizes == (6, 6, 6, 6) and not panel.needs_families
+    named = GenePanel.parse("gene,family\nA,x\nB,y\n")
+    assert with_clustered_families(named, x[:, :2]) is named
+    with pytest.raises(DataError, match="constant expression"):
+        cluster_families(np.ones((5, 3)), 2)
+
+
+def test_a_panel_without_families_validates(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    (root / "gene_panel.csv").write_text("gene\nG1\nG2\nG3\n")
+    r = CliRunner().invoke(main, ["cohort", "validate", str(root), "--no-open-slides"])
+    assert r.exit_code == 0, r.output
+    assert "genes 3 in 3 families clustered on each training fold" in r.output
+
+
+@pytest.mark.slow
+def test_families_are_clustered_on_the_training_patients_and_stored_with_the_models(
+    real_world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from tiny_training import GEN
+
+    from pathgen_batch.inference.bundle import load_bundle, save_generator
+    from pathgen_batch.omics import with_clustered_families
+    from pathgen_batch.training.trainers import train_generator
+
+    _, user, feats = real_world
+    mine = tmp_path / "no-families"
+    shutil.copytree(user, mine)
+    genes = pd.read_csv(user / "gene_panel.csv")["gene"]
+    (mine / "gene_panel.csv").write_text("gene\n" + "".join(f"{g}\n" for g in genes))
+    (mine / "cohort.toml").write_text((user / "cohort.toml").read_text() + "n_families = 3\n")
+    data = load_training_data(mine, feats)
+    assert data.panel.needs_families and data.n_families == 3
+    tr, va = np.arange(0, 30, 2), np.arange(1, 30, 2)
+    with threads(1):
+        gen = train_generator(data, tr, va, dataclasses.replace(GEN, epochs=1))
+        fus = train_predictor(data, tr, va, FUS)
+    want = with_clustered_families(data.panel, data.expression[tr], 3)
+    assert gen.panel == want == fus.panel and gen.panel.n_families == 3
+    assert want != with_clustered_families(data.panel, data.expression[va], 3)  # fold-specific
+    save_generator(gen, tmp_path / "gen")
+    assert load_bundle(tmp_path / "gen").panel == want  # stored with the model

@@ -11,17 +11,13 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny_training import FUS, GEN, build_training_cohort, threads
+from tiny_training import TINY_CV, build_training_cohort, threads
 
 from pathgen_batch.cohort import load_cohort
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import DataError
 from pathgen_batch.inference import TrainedFusion, TrainedGenerator
 from pathgen_batch.inference.bundle import load_bundle
-from pathgen_batch.training.config import (
-    CVConfig,
-    FusionTrainConfig,
-)
 from pathgen_batch.training.cv import (
     COMPARISONS,
     CONDITIONS,
@@ -33,6 +29,7 @@ from pathgen_batch.training.cv import (
     run_fold,
     train_final,
 )
+from pathgen_batch.training.cv_result import COUNTS
 from pathgen_batch.training.data import TrainingData, assemble, load_training_data
 
 
@@ -43,19 +40,7 @@ def one_thread():
         yield
 
 
-def _fus(model: str) -> FusionTrainConfig:
-    opts = dict(FUS.options) if model == "fusion" else {"width": 16}
-    return FusionTrainConfig(**{**FUS.__dict__, "model": model, "options": opts})
-
-
-CFG = CVConfig(
-    generator=GEN,
-    fusion=_fus("fusion"),
-    attention_mil=_fus("attention_mil"),
-    omics_mlp=_fus("omics_mlp"),
-    val_fraction=0.25,
-    alpha=0.25,
-)
+CFG = TINY_CV
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +84,17 @@ def test_every_metric_for_every_condition_and_fold(cv, data: TrainingData) -> No
     assert ((c["risk_coverage"] >= 0) & (c["risk_coverage"] <= 1)).all()
     assert (c["risk_width"] >= 0).all()
     assert list(c["n_test"]) == [int((data.folds == k).sum()) for k in (0, 1)]
+    for k in (0, 1):  # how many patients each metric and loss used
+        rows = m[m["fold"] == k]
+        test, train = data.folds == k, data.folds != k
+        assert (rows["n_survival"] == int(data.outcome_known[test].sum())).all()
+        assert (rows["n_grade"] == int((data.grade[test] >= 0).sum())).all()
+        assert (rows["n_train_survival"] < int(data.outcome_known[train].sum())).all()  # - val
+    summary = result.summary()
+    assert summary["metrics"]["synthetic"]["harrell_c"]["n"] == int(data.outcome_known.sum())
+    assert summary["metrics"]["omics_mlp"]["accuracy"]["n"] == int((data.grade >= 0).sum())
+    assert summary["patients"]["generator_train"] == list(f["n_train"])
+    assert all(0 < n < data.n_patients for n in summary["patients"]["generator_train"])
 
 
 def test_paired_tests_compare_folds(cv) -> None:
@@ -149,6 +145,9 @@ def test_outputs_are_written(cv, data: TrainingData) -> None:
     for label in CONDITIONS.values():
         assert label in table
     assert "Wilcoxon" in table and "2-fold patient-level CV, 48 patients" in table
+    assert "n surv/grade" in table and "training patients per fold: generator" in table
+    synthetic_line = next(x for x in table.splitlines() if x.startswith(CONDITIONS["synthetic"]))
+    assert synthetic_line.endswith("48/48")
 
 
 def test_progress_lines_match_the_histories(cv) -> None:
@@ -167,7 +166,7 @@ def test_scalers_and_bins_come_from_the_training_fold(data: TrainingData) -> Non
     assert (data.folds[np.concatenate([plan.train, plan.val])] != plan.fold).all()
     fold = run_fold(data, plan, CFG)
     assert fold.fold == plan.fold and list(fold.metrics) == list(CONDITIONS)
-    assert set(fold.metrics["synthetic"]) == set(METRICS)
+    assert set(fold.metrics["synthetic"]) == set(METRICS) | set(COUNTS)
     gen, fus = fold.generator, fold.fusion
     tiles = np.concatenate([data.bags[i] for i in plan.train]).astype(np.float64)
     np.testing.assert_allclose(gen.feature_scaler.mean, tiles.mean(0), rtol=1e-10)

@@ -512,6 +512,7 @@ def test_cli_encoders_and_help() -> None:
 
 
 # -- GPU ----------------------------------------------------------------------------------------
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_encoders_on_cuda_match_cpu(tmp_path: Path, he_png) -> None:
     tiles = np.stack([he_png[i : i + 128, j : j + 128] for i in (0, 400) for j in (0, 400)])

@@ -5,44 +5,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
 import yaml
 from click.testing import CliRunner
-from tiny_training import FUS, GEN
+from mlflow_runs import ROOT
+from mlflow_runs import check as _check
+from mlflow_runs import env as _env
+from mlflow_runs import mlflow_run as _mlflow_run
+from tiny_training import TINY_CV as TINY
 
 from pathgen_batch.cli import main
-from pathgen_batch.config import replace, to_dict
-from pathgen_batch.training.config import CVConfig, FusionTrainConfig
+from pathgen_batch.config import to_dict
+from pathgen_batch.training.config import CVConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = ("cohort", "features", "evaluate", "train_generator", "train_fusion", "register")
 NUMBER_TYPES = ("integer", "float", "integer range", "float range")
 
 
 def _project() -> dict:
     return yaml.safe_load((ROOT / "MLproject").read_text())
-
-
-def _baseline(model: str) -> FusionTrainConfig:
-    return replace(FUS, model=model, options={"width": 16})
-
-
-TINY = CVConfig(
-    generator=GEN,
-    fusion=FUS,
-    attention_mil=_baseline("attention_mil"),
-    omics_mlp=_baseline("omics_mlp"),
-    val_fraction=0.25,
-    alpha=0.25,
-)
 
 
 def _resolve(words: list[str]) -> tuple[list[click.Command], list[str], list[list[str]]]:
@@ -137,42 +123,6 @@ def test_empty_and_zero_mean_not_given_as_mlflow_passes_them(tmp_path: Path):
         f"--config {tmp_path / 'nope.json'}".split(),
     )
     assert r.exit_code == 2 and "nope.json: no such file" in r.output
-
-
-def _env(tracking_uri: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("MLFLOW_RUN_ID", None)
-    return env
-
-
-def _mlflow_run(entry: str, params: dict[str, object], env: dict[str, str]) -> str:
-    args = [f"-P{k}={v}" for k, v in params.items()]
-    out = _check(
-        [
-            *f"{sys.executable} -m mlflow run {ROOT} --env-manager local".split(),
-            *f"--experiment-name pathgen -e {entry}".split(),
-            *args,
-        ],
-        env,
-    )
-    ids = re.findall(r"Run \(ID '([0-9a-f]{32})'\) succeeded", out)
-    assert len(ids) == 1, out[-2000:]
-    return ids[0]
-
-
-def _check(cmd: list[str], env: dict[str, str]) -> str:
-    res = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False
-    )
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-4000:]
-    return out
 
 
 def _weights_digest(bundle: Path) -> str:

@@ -76,6 +76,7 @@ def _prediction(run: str, slide: str, risk: float) -> dict:
         risk_lo=None,
         risk_hi=None,
         risk_interval_alpha=None,
+        risk_cuts=None,
         gene_panel_digest="sha256:p",
         lineage=_lin(run),
     )
@@ -247,6 +248,38 @@ def test_duckdb_pandas_and_pyarrow_read_the_same_rows(out: str, store: OutputSto
             tuple(map(str, r)) for r in duck.itertuples(index=False)
         ]
     assert len(duck) == 12
+
+
+def test_polars_reads_the_same_rows_as_duckdb_and_pandas(out: str, store: OutputStore) -> None:
+    pl = pytest.importorskip("polars")  # in the test extra
+    for table, cols, key in (
+        (
+            "transcriptomes",
+            ["run_id", "slide_id", "gene", "mean", "std"],
+            ["run_id", "slide_id", "gene"],
+        ),
+        (
+            "predictions",
+            ["run_id", "slide_id", "risk", "grade_pred", "hazards"],
+            ["run_id", "slide_id"],
+        ),
+    ):
+        duck = store.query(f"SELECT {', '.join(cols)} FROM {table}").sort_values(key)
+        pdf = pd.read_parquet(
+            Path(out) / table, filters=[("run_id", "in", ["r1", "r2"])], columns=cols
+        ).sort_values(key)
+        polars = (
+            pl.scan_parquet(f"{out}/{table}/*/*.parquet", hive_partitioning=True)
+            .filter(pl.col("run_id").is_in(["r1", "r2"]))
+            .select(cols)
+            .collect()
+            .to_pandas()
+            .sort_values(key)
+        )
+        want = [tuple(map(str, r)) for r in duck.itertuples(index=False)]
+        assert want, table
+        for other in (pdf, polars):
+            assert [tuple(map(str, r)) for r in other.itertuples(index=False)] == want, table
 
 
 def test_run_and_model_version_filters(out: str) -> None:

@@ -27,6 +27,7 @@ from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.inference import TrainedFusion, TrainedGenerator, ZScoreScaler
 from pathgen_batch.inference.bundle import save_fusion, save_generator
+from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.models import FusionConfig, GeneratorConfig, build_model
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
 from pathgen_batch.omics.panel import GenePanel
@@ -74,9 +75,17 @@ def make_panel(n_genes: int = 6) -> GenePanel:
     return GenePanel.from_pairs([(f"G{i}", f"F{i % 2}") for i in range(n_genes)])
 
 
-def make_generator(out: Path, dim: int = 8, panel: GenePanel | None = None, seed: int = 0) -> Path:
-    """An untrained generator bundle: D = dim, 2 families, DDIM 4 steps, 2 samples."""
+def make_generator(
+    out: Path,
+    dim: int = 8,
+    panel: GenePanel | None = None,
+    seed: int = 0,
+    contract: FeatureContract | None = None,
+) -> Path:
+    """An untrained generator bundle: D = dim (``contract.dim`` when given), 2 families, DDIM
+    4 steps, 2 samples."""
     panel = panel or make_panel()
+    dim = contract.dim if contract is not None else dim
     torch.manual_seed(seed)
     fam = tuple(0 if f == "F0" else 1 for f in panel.families)
     sizes = (fam.count(0), fam.count(1))
@@ -90,7 +99,7 @@ def make_generator(out: Path, dim: int = 8, panel: GenePanel | None = None, seed
         expression_scaler=ZScoreScaler((5.0,) * panel.n_genes, (2.0,) * panel.n_genes),
         feature_scaler=ZScoreScaler((0.0,) * dim, (1.0,) * dim),
         panel=panel,
-        contract=FeatureContract("stain-texture", "v1", dim, 256, 0.5),
+        contract=contract or FeatureContract("stain-texture", "v1", dim, 256, 0.5),
         grade_classes=CLASSES,
         train_config=to_dict(GeneratorTrainConfig(diffusion=diffusion, sampler=sampler)),
         provenance={"cohort_digest": "sha256:" + "d" * 64},
@@ -98,9 +107,16 @@ def make_generator(out: Path, dim: int = 8, panel: GenePanel | None = None, seed
     return save_generator(gen, out)
 
 
-def make_fusion(out: Path, dim: int = 8, panel: GenePanel | None = None, seed: int = 0) -> Path:
+def make_fusion(
+    out: Path,
+    dim: int = 8,
+    panel: GenePanel | None = None,
+    seed: int = 0,
+    contract: FeatureContract | None = None,
+) -> Path:
     """An untrained fusion bundle with 2 time bins and no conformal states."""
     panel = panel or make_panel()
+    dim = contract.dim if contract is not None else dim
     torch.manual_seed(seed)
     fam = tuple(0 if f == "F0" else 1 for f in panel.families)
     sizes = (fam.count(0), fam.count(1))
@@ -111,10 +127,11 @@ def make_fusion(out: Path, dim: int = 8, panel: GenePanel | None = None, seed: i
         expression_scaler=ZScoreScaler((0.0,) * panel.n_genes, (1.0,) * panel.n_genes),
         feature_scaler=ZScoreScaler((0.0,) * dim, (1.0,) * dim),
         panel=panel,
-        contract=FeatureContract("stain-texture", "v1", dim, 256, 0.5),
+        contract=contract or FeatureContract("stain-texture", "v1", dim, 256, 0.5),
         grade_classes=CLASSES,
         bin_edges=np.array([0.0, 5.0, np.inf]),
         train_config=to_dict(FusionTrainConfig()),
+        risk_cuts=RiskCuts((1 / 3, 2 / 3), (-1.6, -1.2), 40),
         provenance={"cohort_digest": "sha256:" + "d" * 64},
     )
     return save_fusion(fus, out)
@@ -360,6 +377,14 @@ def test_register_tags_carry_contract_panel_metrics_and_code_version(store, bund
     assert tags["pathgen.code_version"].startswith("0.")
     run = store.client.get_run(mv.run_id)
     assert run.data.tags["pathgen.registered.pathgen-generator"] == "1"
+    assert "pathgen.risk_cuts" not in tags  # a generator has no risk groups
+
+
+def test_fusion_version_shows_its_risk_cuts(store, bundles):
+    reg = register(store, bundles["fus"], FUS_CV)
+    tags = resolve_version(store, reg.name, reg.version).tags
+    cuts = json.loads(tags["pathgen.risk_cuts"])
+    assert cuts == {"cuts": [-1.6, -1.2], "n": 40, "quantiles": [1 / 3, 2 / 3]}
 
 
 def test_promote_keeps_stages_and_aliases_in_step_and_loads_by_both_uris(store, bundles):

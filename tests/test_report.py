@@ -18,6 +18,7 @@ from scipy import stats
 from pathgen_batch.cli import main
 from pathgen_batch.cli.report import report
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.report import attention_map, blend, confusion_matrix, survival_summary
 from pathgen_batch.report.build import write_report
 from pathgen_batch.slides import TileSpec, open_slide, tile_grid, tissue_mask
@@ -25,6 +26,7 @@ from pathgen_batch.synth import write_pyramidal_tiff
 from pathgen_batch.tables import (
     PREDICTIONS,
     RUNS,
+    THUMBNAILS,
     TILE_ATTENTION,
     TRANSCRIPTOMES,
     Lineage,
@@ -32,6 +34,7 @@ from pathgen_batch.tables import (
     partition_uri,
     prediction_record,
     records_table,
+    thumbnail_table,
     transcriptome_table,
 )
 from pathgen_batch.tables.io import write_table
@@ -49,6 +52,7 @@ BOXES = [(64, 64, 832, 576), (640, 384, 1472, 960), (128, 512, 1024, 1000), (896
 RISKS = [-1.0, -3.5, -2.0, -2.8]  # slide order by risk, highest first: S0, S2, S3, S1
 TIME = [2.0, 9.0, 4.0, 7.0]
 EVENT = [True, False, True, True]
+CUTS = RiskCuts((0.5,), (-2.4,), 20)  # a median split: S0, S2 high; S1, S3 low
 
 
 def _chromium() -> str | None:
@@ -79,7 +83,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory, he_sources: tuple[Path, Pat
     he = np.array(Image.open(he_sources[1]).convert("RGB"))  # (1000, 1000, 3) real H&E
     he = np.tile(he, (2, 2, 1))  # (2000, 2000, 3)
     rng = np.random.default_rng(0)
-    preds, atts, txs, masks = [], [], [], {}
+    preds, atts, txs, thumbs, masks = [], [], [], [], {}
     for k, box in enumerate(BOXES):
         sid, pid = f"S{k}", f"P{k}"
         path = root / f"{sid}.tiff"
@@ -87,7 +91,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory, he_sources: tuple[Path, Pat
         with open_slide(path) as s:
             mask = tissue_mask(s)
             grid = tile_grid(s, TileSpec(tile_px=128, mpp=0.5, min_tissue=0.5), mask)
+            picture = s.thumbnail(1024)  # as the encoder stage stores it
         masks[sid] = mask
+        thumbs.append(thumbnail_table(sid, picture, (W0, H0), 0.5, mask.mask, None, LIN))
         att = rng.dirichlet(np.ones(len(grid)), size=2)  # (F=2, N)
         atts.append(
             attention_table(
@@ -113,6 +119,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory, he_sources: tuple[Path, Pat
                 risk_lo=RISKS[k] - 0.5,
                 risk_hi=RISKS[k] + 0.5,
                 risk_interval_alpha=0.1,
+                risk_cuts=CUTS,
                 gene_panel_digest="sha256:p",
                 lineage=LIN,
             )
@@ -133,6 +140,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory, he_sources: tuple[Path, Pat
     write_table(
         partition_uri(out, "transcriptomes", RUN), pa.concat_tables(txs), TRANSCRIPTOMES, RUN
     )
+    write_table(partition_uri(out, "thumbnails", RUN), pa.concat_tables(thumbs), THUMBNAILS, RUN)
+    for path in root.glob("S*.tiff"):  # the report needs the tables only
+        path.unlink()
     run_row = {
         "status": "complete",
         "started_at": "2025-01-01T00:00:00+00:00",

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pathgen_batch.cli import main
 from pathgen_batch.errors import (
     ConfigError,
+    DataError,
     MissingMPPError,
     NoTissueError,
     PathgenError,
@@ -26,17 +27,23 @@ from pathgen_batch.errors import (
     UnsupportedSlideError,
 )
 from pathgen_batch.slides import (
+    InkConfig,
+    QualityConfig,
     Slide,
     SlideNotFoundError,
+    TileGrid,
     TileSpec,
     TissueConfig,
+    ink_mask,
     inspect_slide,
     mask_from_rgb,
     open_slide,
     otsu_threshold,
+    read_exclusions,
     read_tiles,
     resolve_mpp,
     tile_grid,
+    tile_quality,
     tissue_mask,
 )
 from pathgen_batch.slides.reader import opaque_rgb
@@ -235,7 +242,7 @@ def test_undecodable_pixels_are_unreadable(openslide_fixtures: Path) -> None:
 def test_missing_empty_text_and_folder_paths(tmp_path: Path) -> None:
     with pytest.raises(SlideNotFoundError, match="no such file"):
         open_slide(tmp_path / "nope.svs")
-    with pytest.raises(SlideNotFoundError, match="not a regular file"):
+    with pytest.raises(SlideNotFoundError, match="a folder without DICOM instances"):
         open_slide(tmp_path)
     empty = tmp_path / "empty.svs"
     empty.write_bytes(b"")
@@ -520,3 +527,194 @@ def test_cli_inspect_with_mpp_override(openslide_fixtures: Path) -> None:
     d = json.loads(res.stdout)
     assert (d["mpp"], d["mpp_source"], d["tile_size_l0"]) == (2.0, "override", 8)
     assert d["n_candidate_tiles"] == (300 // 8) * (250 // 8)
+
+
+# --------------------------------------------------------------------------- large slides
+def test_streamed_writer_writes_the_array_writers_bytes_in_a_strip_of_memory(
+    he_sources: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import tracemalloc
+
+    from pathgen_batch.synth.writer import write_pyramidal_tiff, write_pyramidal_tiff_tiles
+
+    h, w = 6100, 4000  # edge tiles and rows that no downsample divides
+    img = _he_tissue(he_sources, h, w)
+    img[:, w // 2 :] = GLASS
+    dims = write_pyramidal_tiff(tmp_path / "a.svs", img, levels=3, downsample=3)
+    full = img.nbytes  # 73 MB
+    asked: list[tuple[int, int]] = []
+
+    def strips(r0: int, n: int) -> np.ndarray:
+        asked.append((r0, n))
+        return img[r0 : r0 + n].copy()  # a fresh strip, as a renderer would make
+
+    tracemalloc.start()
+    got = write_pyramidal_tiff_tiles(tmp_path / "b.svs", w, h, strips, levels=3, downsample=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got == dims == [(4000, 6100), (1334, 2034), (445, 678)]
+    assert (tmp_path / "a.svs").read_bytes() == (tmp_path / "b.svs").read_bytes()
+    assert asked == [(r, min(256, h - r)) for r in range(0, h, 256)]  # each row once, in order
+    assert peak < full / 4, (peak, full)  # a few strips of 256 rows, not the image
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.svs", "b.svs"]  # scratch removed
+    with open_slide(tmp_path / "b.svs") as s:
+        assert s.level_dimensions == tuple(dims) and s.mpp == 0.5
+
+
+def test_slides_that_cannot_be_rendered_in_memory_are_refused_in_one_line() -> None:
+    from pathgen_batch.synth.writer import check_fits_in_memory, memory_bytes
+
+    check_fits_in_memory(2048, 2048)
+    side = int((memory_bytes() / 24) ** 0.5) + 1024
+    with pytest.raises(ConfigError, match=rf"a {side}x{side} px slide needs about .* GiB") as e:
+        check_fits_in_memory(side, side)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="fewer workers"):
+        check_fits_in_memory(side // 3, side // 3, copies=16)
+
+
+# --------------------------------------------------------------------------- artefacts
+INK = {"blue": (35, 70, 175), "green": (45, 150, 75), "black": (28, 26, 32)}
+INK_PX = 4096  # 4 mm at 1 um/px: a view of 256 px at 16 um/px
+
+
+@pytest.fixture(scope="module")
+def inked(he_sources: tuple[Path, Path], slides_dir: Path) -> tuple[Path, np.ndarray]:
+    """A 4 mm slide, H&E on the left three quarters, crossed by a blue, a green and a black
+    marker stroke (120 um wide); and the level-0 mask of the strokes."""
+    img = np.empty((INK_PX, INK_PX, 3), dtype=np.uint8)
+    img[:] = GLASS
+    img[:, : 3 * INK_PX // 4] = _he_tissue(he_sources, INK_PX, 3 * INK_PX // 4)
+    pic = Image.fromarray(img)
+    marks = Image.new("1", pic.size, 0)
+    strokes = {
+        "blue": [(300, 500), (2600, 900)],
+        "green": [(600, 1800), (2200, 3300)],
+        "black": [(2800, 2200), (1500, 3700)],
+    }
+    for colour, line in strokes.items():
+        ImageDraw.Draw(pic).line(line, fill=INK[colour], width=120)
+        ImageDraw.Draw(marks).line(line, fill=1, width=120)
+    path = _write_tiff(slides_dir / "inked.svs", np.asarray(pic), (1, 4, 16), aperio_mpp=1.0)
+    return path, np.asarray(marks, dtype=bool)
+
+
+def _touches(grid: TileGrid, marks: np.ndarray) -> np.ndarray:
+    s = grid.size_l0
+    return np.array(
+        [marks[y : y + s, x : x + s].any() for x, y in zip(grid.x, grid.y, strict=True)]
+    )
+
+
+def test_no_kept_tile_lies_on_a_pen_mark(inked: tuple[Path, np.ndarray]) -> None:
+    path, marks = inked
+    spec = TileSpec(tile_px=128, mpp=1.0, min_tissue=0.5)
+    with open_slide(path) as s:
+        clean = tissue_mask(s)
+        grid = tile_grid(s, spec, clean)
+        kept_ink = tile_grid(s, spec, tissue_mask(s, TissueConfig(ink=InkConfig(enabled=False))))
+    assert _touches(kept_ink, marks).sum() > 30  # without ink removal strokes count as tissue
+    assert not _touches(grid, marks).any()
+    # tissue away from the strokes is still tiled
+    away = ~_touches(kept_ink, marks)
+    assert len(grid) >= 0.8 * away.sum()
+    assert 0.02 < clean.excluded_fraction < 0.2
+    info = inspect_slide(path, spec, overview_path=path.with_suffix(".png"), overview_px=512)
+    assert info.excluded_fraction == clean.excluded_fraction and info.n_tiles == len(grid)
+    over = np.asarray(Image.open(path.with_suffix(".png")).convert("RGB")).astype(int)
+    on = np.asarray(Image.fromarray(marks).resize(over.shape[1::-1]))  # (512, 512) bool
+    with open_slide(path) as s:
+        thumb = s.thumbnail(512).astype(int)
+    redder = over[..., 0] - thumb[..., 0] > 30  # excluded regions are tinted red
+    assert redder[on].mean() > 0.8 and redder[~on].mean() < 0.1
+
+
+def test_ink_mask_leaves_real_h_and_e_alone(he_sources: tuple[Path, Path]) -> None:
+    with open_slide(he_sources[0]) as s:
+        m = tissue_mask(s)
+        off = tissue_mask(s, TissueConfig(ink=InkConfig(enabled=False)))
+    assert m.excluded_fraction == 0.0 and np.array_equal(m.mask, off.mask)
+    view = np.asarray(Image.open(he_sources[1]).convert("RGB").reduce(8))
+    assert not ink_mask(view, view_mpp=4.0).any()
+    strip = view.copy()
+    strip[40:60, :] = INK["blue"]
+    assert ink_mask(strip, view_mpp=4.0)[50].all()
+
+
+def test_annotated_regions_are_not_tiled(aperio4: Path) -> None:
+    ring = [[0, 0], [1024, 0], [1024, 2048], [0, 2048], [0, 0]]  # the tissue half
+    hole = [[256, 768], [768, 768], [768, 1280], [256, 1280], [256, 768]]
+    polygon = {"type": "Polygon", "coordinates": [ring, hole]}
+    geo = {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": polygon}]}
+    spec = TileSpec(tile_px=64, mpp=0.5, min_tissue=0.5)
+    with open_slide(aperio4) as s:
+        full = tile_grid(s, spec, tissue_mask(s))
+        cut = tile_grid(s, spec, tissue_mask(s, exclude=read_exclusions(json.dumps(geo))))
+    inside_hole = (cut.x >= 256) & (cut.x + cut.size_l0 <= 768)
+    inside_hole &= (cut.y >= 768) & (cut.y + cut.size_l0 <= 1280)
+    assert len(full) > 100 and 4 <= len(cut) == inside_hole.sum()  # only tiles in the hole stay
+    bad = {
+        "{": "not JSON",
+        '{"type": "Point", "coordinates": [1, 2]}': "has no area",
+        '{"type": "Polygon", "coordinates": [[[0, 0], [1, "a"], [2, 2]]]}': r"\[x, y\] numbers",
+        '{"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]}': "at least 3",
+        '{"features": []}': "with a 'type'",
+    }
+    for text, words in bad.items():
+        with pytest.raises(DataError, match=words):
+            read_exclusions(text, "marks.geojson")
+
+
+def test_blank_and_blurred_tiles_are_flagged(he_sources: tuple[Path, Path], aperio2: Path) -> None:
+    from PIL import ImageFilter
+
+    tia = np.asarray(Image.open(he_sources[1]).convert("RGB"))
+    sharp = [tia[y : y + 256, x : x + 256] for y in (0, 400) for x in (0, 400)]
+    blurred = [np.asarray(Image.fromarray(t).filter(ImageFilter.GaussianBlur(3))) for t in sharp]
+    glass = np.full((256, 256, 3), GLASS, dtype=np.uint8)
+    q = tile_quality(np.stack([*sharp, *blurred, glass]))
+    assert q.blank.tolist() == [False] * 8 + [True]
+    assert q.out_of_focus.tolist() == [False] * 4 + [True] * 4 + [False]
+    assert q.focus[:4].min() > 10 * q.focus[4:8].max()
+    with open_slide(aperio2) as s:
+        grid = tile_grid(s, TileSpec(tile_px=128, mpp=0.5, min_tissue=0.0))
+        batches = list(read_tiles(s, grid, batch_size=512, quality=QualityConfig()))
+    blank = np.concatenate([b.quality.blank for b in batches if b.quality is not None])
+    right = np.concatenate([b.x for b in batches]) >= SIZE // 2  # the glass half
+    assert blank[right].all() and not blank[~right].any()
+
+
+def test_long_slides_report_progress_and_annotations_are_read_per_slide(
+    aperio4: Path, tmp_path: Path
+) -> None:
+    from pathgen_batch.features import build_encoder
+    from pathgen_batch.features.encode_slide import (
+        SlideProgress,
+        encode_slide,
+        exclusions_for,
+        spec_for,
+    )
+
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
+    seen: list[SlideProgress] = []
+    got = encode_slide(
+        aperio4, enc, spec_for(enc), batch_size=16, on_progress=seen.append, progress_every_s=0.0
+    )
+    n = len(got.grid)
+    assert [p.done for p in seen] == list(range(16, n, 16))  # after each batch but the last
+    assert all(p.total == n and p.slide == "aperio4.svs" for p in seen)
+    assert seen[-1].line().startswith(f"aperio4.svs: {seen[-1].done:,}/{n:,} tiles")
+    quiet: list[SlideProgress] = []
+    encode_slide(aperio4, enc, spec_for(enc), on_progress=quiet.append, progress_every_s=60.0)
+    assert quiet == []  # a short slide says nothing
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    half = {"type": "Polygon", "coordinates": [[[0, 0], [1024, 0], [1024, 1024], [0, 1024]]]}
+    (folder / "aperio4.geojson").write_text(json.dumps(half))
+    (folder / "broken.geojson").write_text("{not json")
+    assert exclusions_for(None, "aperio4") == [] and exclusions_for(str(folder), "other") == []
+    polys = exclusions_for(str(folder), "aperio4")
+    cut = encode_slide(aperio4, enc, spec_for(enc), exclude=polys)
+    assert 0 < len(cut.grid) < 0.7 * n and (cut.grid.y >= 1024).all()
+    with pytest.raises(DataError, match=r"broken\.geojson: not JSON"):
+        exclusions_for(str(folder), "broken")

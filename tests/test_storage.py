@@ -17,16 +17,8 @@ import torch
 
 from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError, DataError
+from pathgen_batch.features import store as feature_store
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.features.store import (
-    SlideFeatures,
-    feature_uri,
-    load_bags,
-    read_contract,
-    read_slide_features,
-    stored_slide_ids,
-    write_slide_features,
-)
 from pathgen_batch.inference.bundle import load_bundle, read_manifest, save_fusion, save_generator
 from pathgen_batch.storage import RetryPolicy, SlideSource, StorageError
 from pathgen_batch.storage import s3 as s3_store
@@ -131,6 +123,39 @@ def test_local_folder_listing(tmp_path: Path) -> None:
         storage.list_archive(str(tmp_path / "nope"))
     only_ndpi = storage.list_archive(str(root / "b" / "deep"), extensions=["ndpi"])
     assert [s.slide_id for s in only_ndpi] == ["c"]
+
+
+def test_multi_file_grouping_by_hand() -> None:
+    from pathgen_batch.storage.slide_files import group_files
+
+    files = {
+        "a/s1/0.dcm": 10, "a/s1/1.DCM": 20, "a/s1/sub/2.dcm": 5, "a/s1/DICOMDIR": 1,
+        "m.mrxs": 3, "m/Slidedat.ini": 4, "m/Data0000.dat": 50, "m/stray.dcm": 7,
+        "v.vms": 9, "v.jpg": 30, "v_map.jpg": 6, "other.jpg": 2,
+        "x.svs": 11, "notes.txt": 1,
+    }  # fmt: skip
+    index = b"[Virtual Microscope Specimen]\nImageFile = v.jpg\nMapFile=v_map.jpg\n"
+    index += b"MacroImage=gone.jpg\n"  # named but absent: the slide fails when staged
+    slides, skipped = group_files(
+        list(files.items()), frozenset(storage.SLIDE_EXTENSIONS), {"v.vms": index}.__getitem__
+    )
+    got = {s.location: (s.kind, s.size) for s in slides}
+    assert got == {
+        "a/s1/": ("dicom", 30),  # a folder's instances; the subfolder is its own series
+        "a/s1/sub/": ("dicom", 5),
+        "m.mrxs": ("mirax", 64),  # the data folder, whatever is in it
+        "v.vms": ("vms", 45),  # the files the index names and that exist
+        "x.svs": ("file", 11),
+    }
+    why = dict(skipped)
+    assert (
+        why["a/s1/1.DCM"] == "companion file of a/s1/"
+        and why["m/stray.dcm"] == "companion file of m.mrxs"
+    )
+    assert why["v_map.jpg"] == "companion file of v.vms"
+    assert why["other.jpg"] == why["notes.txt"] == why["a/s1/DICOMDIR"] == "not a slide extension"
+    only_svs, skipped = group_files(list(files.items()), frozenset({".svs"}), {}.__getitem__)
+    assert [s.location for s in only_svs] == ["x.svs"] and len(skipped) == len(files) - 1
 
 
 def test_manifest_tables(tmp_path: Path) -> None:
@@ -368,10 +393,12 @@ def test_outage_is_retried_and_credentials_stay_out_of_errors(
 
 
 # -- artefacts on S3: features and model bundles ---------------------------------------------------
-def _slide_features(slide_id: str, contract: FeatureContract, n: int = 5) -> SlideFeatures:
+def _slide_features(
+    slide_id: str, contract: FeatureContract, n: int = 5
+) -> feature_store.SlideFeatures:
     rng = np.random.default_rng(len(slide_id))
     x = np.arange(n, dtype=np.int64) * 256
-    return SlideFeatures(
+    return feature_store.SlideFeatures(
         slide_id,
         contract,
         x,
@@ -389,22 +416,22 @@ def test_features_folder_on_s3(s3_server, s3_bucket: str) -> None:
     folder = f"s3://{s3_bucket}/cohort/features"
     written = {s: _slide_features(s, contract, n) for s, n in (("A", 4), ("B-2", 7))}
     for sf in written.values():
-        assert write_slide_features(sf, folder) == f"{folder}/{sf.slide_id}.parquet"
+        assert feature_store.write_slide_features(sf, folder) == f"{folder}/{sf.slide_id}.parquet"
     storage.write_bytes(f"{folder}/nested/C.parquet", b"not a direct member")
-    assert stored_slide_ids(folder) == ("A", "B-2")
-    assert read_contract(feature_uri(folder, "A")) == contract
-    back = read_slide_features(feature_uri(folder, "B-2"), contract)
+    assert feature_store.stored_slide_ids(folder) == ("A", "B-2")
+    assert feature_store.read_contract(feature_store.feature_uri(folder, "A")) == contract
+    back = feature_store.read_slide_features(feature_store.feature_uri(folder, "B-2"), contract)
     np.testing.assert_array_equal(back.feats, written["B-2"].feats)
     assert back.extraction == {"slide_id": "B-2", "min_tissue": 0.5} and back.size_l0 == 512
-    bags = load_bags(folder, ["A", "B-2"], contract)
+    bags = feature_store.load_bags(folder, ["A", "B-2"], contract)
     np.testing.assert_array_equal(bags["A"][0], written["A"].coords)
     with pytest.raises(DataError, match=r"1 of 2 slide\(s\) have no features, e.g. \['Z'\]"):
-        load_bags(folder, ["A", "Z"])
+        feature_store.load_bags(folder, ["A", "Z"])
     other = FeatureContract("stain-texture", "v2", 6, 256, 0.5)
     with pytest.raises(DataError, match=r"slide A mismatch: version 'v2' vs 'v1'"):
-        load_bags(folder, ["A"], other)
+        feature_store.load_bags(folder, ["A"], other)
     with pytest.raises(DataError, match="feature file not found"):
-        read_contract(feature_uri(folder, "Z"))
+        feature_store.read_contract(feature_store.feature_uri(folder, "Z"))
 
 
 @pytest.mark.servers

@@ -363,6 +363,24 @@ def test_predict_outputs(data: TrainingData, fusion: TrainedFusion) -> None:
         fusion.predict(bags_of(data, idx), data.expression[:2])
 
 
+def test_risk_cuts_split_the_training_patients_into_tertiles(
+    data: TrainingData, split, fusion: TrainedFusion
+) -> None:
+    cuts = fusion.risk_cuts
+    both = np.concatenate(split)
+    assert cuts is not None and cuts.quantiles == pytest.approx((1 / 3, 2 / 3))
+    assert cuts.n == both.size
+    risk = fusion.predict(bags_of(data, both), data.expression[both]).risk
+    np.testing.assert_allclose(cuts.cuts, np.quantile(risk, [1 / 3, 2 / 3]))
+    groups = [fusion.risk_group(r) for r in risk]
+    counts = {g: groups.count(g) for g in ("low", "intermediate", "high")}
+    assert all(abs(c - both.size / 3) <= 2 for c in counts.values()), counts
+    assert fusion.risk_group(cuts.cuts[0] - 1e-9) == "low"
+    assert fusion.risk_group(cuts.cuts[1]) == "high"
+    with pytest.raises(ConfigError, match="risk_quantiles"):
+        FusionTrainConfig(risk_quantiles=(0.7, 0.3))
+
+
 def test_baselines_take_their_one_modality(data: TrainingData, split) -> None:
     opts = {"width": 16}
     omics = train_predictor(
@@ -407,6 +425,18 @@ def calibrated(data: TrainingData, split, generator, fusion) -> TrainedFusion:
         )
 
 
+def test_calibration_refits_the_risk_cuts_on_synthetic_transcriptomes(
+    data: TrainingData, split, generator, calibrated: TrainedFusion
+) -> None:
+    _, va = split
+    with threads(1):
+        syn, _ = generator.generate(bags_of(data, va))
+    risk = calibrated.predict(bags_of(data, va), syn).risk  # the scoring-time input
+    cuts = calibrated.risk_cuts
+    assert cuts is not None and cuts.n == va.size
+    np.testing.assert_allclose(cuts.cuts, np.quantile(risk, [1 / 3, 2 / 3]))
+
+
 def test_generator_bundle_round_trip(data: TrainingData, generator, tmp_path: Path) -> None:
     path = save_generator(generator, tmp_path / "gen")
     names = sorted(p.name for p in path.iterdir())
@@ -449,6 +479,11 @@ def test_fusion_bundle_round_trip(data: TrainingData, calibrated, tmp_path: Path
     np.testing.assert_array_equal(loaded.bin_edges, calibrated.bin_edges)
     assert loaded.grade_conformal == calibrated.grade_conformal
     assert loaded.risk_conformal == calibrated.risk_conformal
+    assert calibrated.risk_cuts is not None and loaded.risk_cuts == calibrated.risk_cuts
+    assert manifest["risk_cuts"]["quantiles"] == pytest.approx([1 / 3, 2 / 3])
+    del manifest["risk_cuts"]  # a bundle written before relative risk groups still loads
+    (path / "bundle.json").write_text(json.dumps(manifest))
+    assert load_bundle(path).risk_cuts is None  # type: ignore[union-attr]
     idx = [3, 4, 5, 6]
     a = calibrated.predict(bags_of(data, idx), data.expression[idx])
     b = loaded.predict(bags_of(data, idx), data.expression[idx])

@@ -11,7 +11,13 @@ import torch
 from pathgen_batch.features import build_encoder, extract_cohort
 from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
 from pathgen_batch.synth import CohortConfig, build_cohort
-from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
+from pathgen_batch.synth.cohort import SynthCohort
+from pathgen_batch.training.config import (
+    CVConfig,
+    FusionTrainConfig,
+    GeneratorArch,
+    GeneratorTrainConfig,
+)
 
 COHORT = CohortConfig(
     mode="synthetic", n_patients=48, n_genes=18, n_families=3, slide_px=768, levels=2, folds=2
@@ -32,6 +38,22 @@ FUS = FusionTrainConfig(
 )
 
 
+def _fus(model: str) -> FusionTrainConfig:
+    opts = dict(FUS.options) if model == "fusion" else {"width": 16}
+    return FusionTrainConfig(**{**FUS.__dict__, "model": model, "options": opts})
+
+
+# the tiny models as the CVConfig JSON that evaluate and train read (--config)
+TINY_CV = CVConfig(
+    generator=GEN,
+    fusion=_fus("fusion"),
+    attention_mil=_fus("attention_mil"),
+    omics_mlp=_fus("omics_mlp"),
+    val_fraction=0.25,
+    alpha=0.25,
+)
+
+
 def build_training_cohort(base: Path) -> tuple[Path, Path]:
     """The shared test cohort and its features (reused when already built in this session)."""
     cohort, feats = base / "training-cohort", base / "training-features"
@@ -48,3 +70,42 @@ def threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def tiny_bundles(root: Path) -> tuple[SynthCohort, Path, Path]:
+    """A 16-patient synthetic cohort and a tiny generator and calibrated fusion bundle trained
+    on it (stain-texture features, 64 px tiles): (cohort, generator folder, fusion folder)."""
+    import numpy as np
+
+    from pathgen_batch.inference.bundle import save_fusion, save_generator
+    from pathgen_batch.training.data import load_training_data
+    from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
+
+    cfg = CohortConfig(mode="synthetic", n_patients=16, n_genes=12, slide_px=512, levels=2, folds=2)
+    cohort = build_cohort(root / "cohort", cfg, workers=1)
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
+    extract_cohort(root / "cohort", root / "features", enc)
+    data = load_training_data(root / "cohort", root / "features")
+    tr, va = np.arange(10), np.arange(10, 16)
+    gen = train_generator(
+        data,
+        tr,
+        va,
+        GeneratorTrainConfig(
+            model=GeneratorArch(width=16, depth=1, heads=2, time_dim=16),
+            diffusion=DiffusionConfig(num_timesteps=50),
+            sampler=SamplerConfig(name="ddim", steps=5, n_samples=2),
+            epochs=2,
+            repeats=1,
+            val_draws=1,
+        ),
+    )
+    fus = train_predictor(
+        data, tr, va, FusionTrainConfig(options={"width": 16, "dropout": 0.0}, n_bins=2, epochs=2)
+    )
+    bags = [data.bags[i] for i in va]
+    syn, _ = gen.generate(bags)
+    fus = calibrate_fusion(fus, bags, syn, data.expression[va], data.grade[va], alpha=0.2)
+    save_generator(gen, root / "gen")
+    save_fusion(fus, root / "fus")
+    return cohort, root / "gen", root / "fus"

@@ -8,12 +8,15 @@ dataset readers)::
                                      once, at the first start; a resume must match it)
     inputs.parquet                   the run's input slides, frozen at the first start
     attempts/<slide>/<attempt id>    one empty marker per attempt at a slide
-    slides/<slide>/<attempt id>/     that attempt's per-slide tables (transcriptomes,
-                                     tile_attention, features), each written whole
+    slides/<slide>/<attempt id>/     that attempt's per-slide tables (thumbnails, written by
+                                     the encoder stage; transcriptomes, tile_attention,
+                                     features, by the scorer), each written whole
     commits/<slide>.json             THE commit: created once, never overwritten (local: hard
                                      link of a complete file; S3: conditional PUT). It holds
                                      the slide's predictions row or its failures row and names
                                      the attempt whose per-slide files belong to it.
+    patients/<sha256 of id>.json     a patient's commit, created once after all its slides
+                                     have theirs (:mod:`pathgen_batch.batch.patients`)
 
 The invariant follows from the commit file: a slide has a commit or not; its commit is either
 ``scored`` or ``failed``, never both; a second attempt (a Ray retry, a rerun) that finds the
@@ -31,6 +34,7 @@ A different run id writes only under its own ``run_id=`` folders and never touch
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import time
 import uuid
@@ -48,7 +52,12 @@ from pathgen_batch.tables.rows import Lineage, failure_record, records_table
 from pathgen_batch.tables.schemas import RUNS, features_schema, schema_for
 
 STAGING = "_runs"
-SLIDE_TABLES = ("transcriptomes", "tile_attention", "features")
+SLIDE_TABLES = ("transcriptomes", "tile_attention", "thumbnails", "features")
+# Parquet row groups: ``transcriptomes``, ``thumbnails`` and ``features`` keep one slide per row
+# group, so the min == max slide_id statistics let pyarrow (and DuckDB through it) skip every
+# other slide for ``slide_id IN (...)``, which range statistics of several slides cannot do
+# (benchmarks/bench_query.py); a report reads only the thumbnails it shows
+ONE_GROUP_PER_SLIDE = ("transcriptomes", "thumbnails")
 Status = Literal["scored", "failed"]
 T = TypeVar("T")
 U = TypeVar("U")
@@ -77,11 +86,21 @@ class RunLayout:
         return storage.join(self.root, "inputs.parquet")
 
     @property
+    def listing(self) -> str:
+        """What listing the archive found and skipped (``storage.ArchiveListing``, as JSON)."""
+        return storage.join(self.root, "listing.json")
+
+    @property
     def commits(self) -> str:
         return storage.join(self.root, "commits")
 
     def commit(self, slide_id: str) -> str:
         return storage.join(self.commits, f"{storage.check_slide_id(slide_id)}.json")
+
+    def patient_commit(self, patient_id: str) -> str:
+        """A patient's commit (named by a digest: a patient id is any text)."""
+        key = hashlib.sha256(patient_id.encode("utf-8")).hexdigest()[:40]
+        return storage.join(self.root, "patients", f"{key}.json")
 
     def attempts(self, slide_id: str) -> str:
         return storage.join(self.root, "attempts", storage.check_slide_id(slide_id))
@@ -127,8 +146,9 @@ def _inputs_bytes(sources: Sequence[SlideSource]) -> bytes:
     return tio.table_bytes(t)
 
 
-def _inputs_from(data: bytes, where: str) -> list[SlideSource]:
-    t = tio.read_parquet_bytes(data, where)
+def read_inputs(layout: RunLayout, retry: RetryPolicy) -> list[SlideSource]:
+    """The run's frozen input slides, in input order."""
+    t = tio.read_parquet_bytes(storage.read_bytes(layout.inputs, retry), layout.inputs)
     return [SlideSource(**row) for row in t.to_pylist()]
 
 
@@ -170,7 +190,7 @@ class RunState:
                     f"settings ({'; '.join(diffs)}); resume it with the same ones, or start a "
                     "new run id"
                 )
-            inputs = _inputs_from(storage.read_bytes(layout.inputs, retry), layout.inputs)
+            inputs = read_inputs(layout, retry)
             return cls(layout, ident, inputs, resumed=True, retry=retry)
         inputs = list(list_inputs())
         if not inputs:
@@ -317,6 +337,7 @@ class Consolidated:
     n_tiles: int
     parts: dict[str, list[str]]
     seconds: float
+    n_patients: int = 0
 
 
 def consolidate(
@@ -325,11 +346,14 @@ def consolidate(
     feature_dim: int | None,
     retry: RetryPolicy,
     tmp_dir: str | None = None,
+    patients: Iterable[Mapping[str, Any]] | None = None,
 ) -> Consolidated:
     """Stream all commits into the run's table partitions, then write the ``runs`` row.
 
     ``runs_record(n_scored, n_failed, n_tiles)`` gives the runs row; ``feature_dim`` set means
-    the run keeps a ``features`` table. Every input must have a commit (DataError otherwise).
+    the run keeps a ``features`` table; ``patients`` set (the committed patient records, see
+    :func:`pathgen_batch.batch.patients.patient_records`) means it keeps a ``patients`` table.
+    Every input must have a commit (DataError otherwise).
     """
     t0 = time.perf_counter()
     layout = state.layout
@@ -341,11 +365,12 @@ def consolidate(
         )
     run = layout.run_id
     writers: dict[str, tio.PartWriter] = {}
-    for table in ("predictions", "failures", "transcriptomes", "tile_attention"):
+    for table in ("predictions", "failures", "transcriptomes", "tile_attention", "thumbnails"):
         writers[table] = tio.PartWriter(
             tio.partition_uri(layout.output, table, run),
             schema_for(table),
             run,
+            group_per_write=table in ONE_GROUP_PER_SLIDE,
             tmp_dir=tmp_dir,
             retry=retry,
         )
@@ -370,7 +395,16 @@ def consolidate(
                 tables[table] = tio.read_parquet_bytes(storage.read_bytes(uri, retry), uri)
         return body, tables
 
-    n_scored = n_failed = n_tiles = 0
+    if patients is not None:
+        writers["patients"] = tio.PartWriter(
+            tio.partition_uri(layout.output, "patients", run),
+            schema_for("patients"),
+            run,
+            tmp_dir=tmp_dir,
+            retry=retry,
+        )
+
+    n_scored = n_failed = n_tiles = n_patients = 0
     try:
         for body, tables in ordered_map(load, state.inputs):
             if body["status"] == "scored":
@@ -382,6 +416,9 @@ def consolidate(
             else:
                 writers["failures"].write(records_table([body["record"]], "failures"))
                 n_failed += 1
+        for rec in patients or ():
+            writers["patients"].write(records_table([rec], "patients"))
+            n_patients += 1
         parts = {table: w.close() for table, w in writers.items()}
     except BaseException:
         for w in writers.values():
@@ -392,4 +429,6 @@ def consolidate(
         tio.partition_uri(layout.output, "runs", run), row, RUNS, run, name=tio.RUNS_FILE
     )
     storage.delete_prefix(storage.join(layout.root, "slides"), retry)
-    return Consolidated(n_scored, n_failed, n_tiles, parts, time.perf_counter() - t0)
+    return Consolidated(
+        n_scored, n_failed, n_tiles, parts, time.perf_counter() - t0, n_patients=n_patients
+    )

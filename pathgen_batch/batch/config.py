@@ -18,6 +18,11 @@ class ScoreConfig:
     output: ``s3://bucket/prefix`` or a local folder; tables go to ``<output>/<table>/``.
     run_id: names the run (None: a new id); the same id resumes the run.
     generator, fusion: bundle folders or registry URIs (default: the Production versions);
+    encoder_weights: the weights of the models' tile encoder when their feature contract names
+    one that has weights (``uni``, ``resnet50-trunc``, ...): a local file or a registry URI
+    (``models:/pathgen-encoder/3``, ``models:/pathgen-encoder@champion``); None: the newest
+    ``pathgen-encoder`` version registered with exactly that contract. Either is checked
+    against the contract before any slide is read.
     workspace, tracking_uri: the registry store (see ``pathgen_batch.registry``).
     ray_address: join this cluster (``auto``, ``ray://...``, ``host:port``); None starts a
     local Ray with ``num_cpus`` CPUs (None: all).
@@ -39,6 +44,10 @@ class ScoreConfig:
     slides still without a result before they are recorded as failed.
     extensions: slide file extensions listed in an S3 prefix or folder.
     progress_every_s: seconds between progress lines.
+    archive_profile, output_profile: named profiles of the shared AWS credentials/config files
+    for the S3 archive and the S3 output (None: boto3's standard chain); only the names travel.
+    pseudonym_key: a key file; slide ids, patient ids and source URIs in every table and log
+    line become keyed hashes (:mod:`pathgen_batch.tables.pseudonyms`). None: as given.
     """
 
     archive: str
@@ -46,6 +55,7 @@ class ScoreConfig:
     run_id: str | None = None
     generator: str = DEFAULT_GENERATOR
     fusion: str = DEFAULT_FUSION
+    encoder_weights: str | None = None
     workspace: str = "workspace"
     tracking_uri: str | None = None
     ray_address: str | None = None
@@ -70,6 +80,10 @@ class ScoreConfig:
     max_passes: int = 3
     extensions: tuple[str, ...] = tuple(sorted(SLIDE_EXTENSIONS))
     progress_every_s: float = 5.0
+    exclude_geojson: str | None = None  # folder / prefix of <slide_id>.geojson annotations
+    archive_profile: str | None = None
+    output_profile: str | None = None
+    pseudonym_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("archive", "output", "generator", "fusion", "workspace"):

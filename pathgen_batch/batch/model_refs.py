@@ -175,6 +175,62 @@ def check_pair(generator: ModelRef, fusion: ModelRef) -> PairInfo:
     return PairInfo(contract=gc, panel=gp, grade_classes=tuple(fm["grade_classes"]))
 
 
+@dataclass(frozen=True)
+class EncoderRef:
+    """The weights of the models' encoder: a file on the driver (None for an encoder without
+    weights) and, for a registry version, its pinned URI (workers elsewhere fetch it again)."""
+
+    path: str | None = None
+    pinned: str | None = None
+
+
+def resolve_encoder(
+    spec: str | None, contract: FeatureContract, access: RegistryAccess | None = None
+) -> EncoderRef:
+    """The weights of ``contract``'s encoder from ``spec`` (a file, a registry URI, or None:
+    the newest registered version with exactly this contract), checked against it."""
+    from pathgen_batch.features import check_weights
+    from pathgen_batch.features.encoders import get_entry
+
+    if not get_entry(contract.encoder).needs_weights:
+        if spec is not None:
+            raise ConfigError(
+                f"encoder_weights: the models' encoder {contract.encoder} takes no weights"
+            )
+        return EncoderRef()
+    if spec is not None and not is_registry_uri(spec):
+        check_weights(contract, spec)
+        return EncoderRef(path=str(Path(spec).expanduser().resolve()))
+    from pathgen_batch import registry
+
+    access = access or RegistryAccess()
+    store = registry.open_store(
+        registry.RegistryConfig(workspace=access.workspace, tracking_uri=access.tracking_uri)
+    )
+    if spec is None:
+        found = registry.find_encoder(store, contract)
+        if found is None:
+            raise ConfigError(
+                f"the models were trained on features of {contract.describe()}; give that "
+                "encoder's weights (--encoder-weights FILE or models:/pathgen-encoder/<version>) "
+                "or register them (pathgen-batch models register-encoder)"
+            )
+    else:
+        name, ref = parse_registry_uri(spec)
+        found = registry.fetch_encoder(store, name, ref, contract)
+    return EncoderRef(path=found.path, pinned=found.pinned)
+
+
+def local_encoder_weights(
+    ref: EncoderRef, contract: FeatureContract, access: RegistryAccess | None = None
+) -> str | None:
+    """The encoder's weights file on this machine (the pinned registry version fetched again
+    when the driver's file is not visible here)."""
+    if ref.path is None or Path(ref.path).is_file() or ref.pinned is None:
+        return ref.path
+    return resolve_encoder(ref.pinned, contract, access).path
+
+
 def local_bundle(ref: ModelRef, access: RegistryAccess | None = None) -> Path:
     """The bundle folder of ``ref`` on this machine: its path when it exists here (a shared
     file system, or the driver's machine), else the pinned registry version fetched again."""

@@ -18,7 +18,8 @@ scratch disk of the node whose encoder actor stages it (one slide per actor at a
 streaming executor's backpressure bounds what is in flight, so memory does not grow with the
 archive. Slides left without a commit (a pass that ended on an error) are retried in the next
 pass; after ``max_passes`` they are recorded as failures. Consolidation writes the tables and,
-last, the ``runs`` row.
+last, the ``runs`` row; when the input names patients, the driver first commits each patient
+from its slides (:mod:`.patients`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from typing import Any
 
 from pathgen_batch import __version__, storage
 from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch import patients as pt
 from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.encode_stage import TileEncoder
 from pathgen_batch.batch.prepare import Prepared, list_inputs, prepare, worker_context
 from pathgen_batch.batch.ray_runner import (
+    Resources,
     build_pipeline,
     configure_data,
     connect,
@@ -44,7 +47,7 @@ from pathgen_batch.batch.ray_runner import (
     pass_errors,
     plan_resources,
 )
-from pathgen_batch.batch.score_stage import SlideScorer
+from pathgen_batch.batch.score_stage import SlideScorer, union_predictor
 from pathgen_batch.batch.stage_rows import SlideRow, StageTimes, from_batch, to_batch
 from pathgen_batch.batch.summary import Progress, RunSummary
 from pathgen_batch.config import to_dict
@@ -75,10 +78,15 @@ def score_archive(
     if cfg.write_features:
         tables["features"] = tio.partition_uri(cfg.output, "features", p.run_id)
     state = cm.RunState.begin(layout, p.identity(), list_inputs(p), retry)
+    if pt.patient_groups(state.inputs):
+        tables["patients"] = tio.partition_uri(cfg.output, "patients", p.run_id)
     if state.resumed and state.is_complete():
         return _complete_summary(p, tables, time.perf_counter() - t0)
     totals, n_rows = StageTimes(), 0
     passes = 0
+    res = None
+    ray_stats = None
+    startup_s = 0.0
     pending = state.pending()
     last_error = "not processed"
     if pending:
@@ -95,16 +103,18 @@ def score_archive(
                 len(state.inputs),
                 res,
             )
+            startup_s = time.perf_counter() - t0  # models, checks, listing, Ray: before a pass
             while pending and passes < cfg.max_passes:
                 passes += 1
                 prog = Progress(total=len(pending))
                 try:
-                    consume(
+                    ray_stats = consume(
                         build_pipeline(ray, p, wctx, pending, res),
                         prog,
                         progress,
                         cfg.progress_every_s,
                     )
+                    log.debug("run %s, pass %d: Ray Data stats\n%s", p.run_id, passes, ray_stats)
                 except ends_a_pass as e:
                     last_error = (
                         f"pass {passes} ended on {type(e).__name__}: "
@@ -120,6 +130,12 @@ def score_archive(
                 ray.shutdown()
     if pending:
         cm.fail_leftovers(state, p.lineage, last_error, retry)
+    patients = None
+    if "patients" in tables:
+        pt.score_patients(
+            state, lambda: union_predictor(worker_context(p)), p.lineage, p.pair.panel.digest, retry
+        )
+        patients = pt.patient_records(state, retry)
     stage_times = totals if n_rows else None
 
     def runs_record(n_scored: int, n_failed: int, n_tiles: int) -> dict[str, Any]:
@@ -127,7 +143,7 @@ def score_archive(
             "status": "complete",
             "started_at": started.isoformat(),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "archive": storage.redact(cfg.archive),
+            "archive": storage.redact(p.public_config.archive),
             "output": storage.redact(cfg.output),
             "n_slides": len(state.inputs),
             "n_scored": n_scored,
@@ -143,13 +159,15 @@ def score_archive(
                     "wall_s": round(time.perf_counter() - t0, 3),
                 }
             ),
-            "config_json": storage.redact(json.dumps(to_dict(cfg), sort_keys=True)),
+            "config_json": storage.redact(json.dumps(to_dict(p.public_config), sort_keys=True)),
             "code_version": __version__,
             **p.lineage.to_dict(),
         }
 
     dim = p.pair.contract.dim if cfg.write_features else None
-    done = cm.consolidate(state, runs_record, dim, retry, tmp_dir=None)
+    t_cons = time.perf_counter()
+    done = cm.consolidate(state, runs_record, dim, retry, tmp_dir=None, patients=patients)
+    consolidate_s = time.perf_counter() - t_cons
     return RunSummary(
         run_id=p.run_id,
         output=cfg.output,
@@ -162,7 +180,20 @@ def score_archive(
         tables=tables,
         passes=passes,
         resumed=state.resumed,
+        encoder_actors=_pool(res, cfg.reuse_features, "encoder_actors"),
+        scorer_actors=_pool(res, cfg.reuse_features, "scorer_actors"),
+        ray_stats=ray_stats,
+        startup_s=startup_s,
+        consolidate_s=consolidate_s,
     )
+
+
+def _pool(res: Resources | None, reuse: bool, which: str) -> int:
+    """The actors of a kind a run's stage times were spent in (re-scoring: the one pool of
+    scorers reads the bags too)."""
+    if res is None:
+        return 1
+    return int(getattr(res, "scorer_actors" if reuse else which))
 
 
 def _complete_summary(p: Prepared, tables: dict[str, str], seconds: float) -> RunSummary:

@@ -3,27 +3,34 @@
 :func:`prepare` resolves the models (registry URIs pinned to version numbers), compares their
 feature contract and gene panel, checks the archive and the output for access, names the run
 and, with ``reuse_features``, finds the run whose stored features to score;
-:func:`worker_context` is what each stage is given.
+:func:`worker_context` is what each stage is given. With a pseudonym key, the run's inputs
+are the pseudonymised sources (:mod:`pathgen_batch.tables.pseudonyms`): tables, state files
+and logs see only those, and the workers get a map back to the real locations, not the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
+import logging
 import os
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pathgen_batch import storage
 from pathgen_batch.batch import commit as cm
 from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.model_refs import (
+    EncoderRef,
     ModelRef,
     PairInfo,
     RegistryAccess,
     check_pair,
+    resolve_encoder,
     resolve_model,
 )
 from pathgen_batch.batch.stages import WorkerContext
@@ -31,7 +38,35 @@ from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import SlideSource
 from pathgen_batch.tables import io as tio
+from pathgen_batch.tables.pseudonyms import Pseudonymiser, SourceMap
 from pathgen_batch.tables.rows import Lineage
+
+log = logging.getLogger(__name__)
+
+
+class Listing:
+    """The archive's slides, listed once (real sources) and as the run sees them."""
+
+    def __init__(self, cfg: ScoreConfig, pseudonyms: Pseudonymiser | None) -> None:
+        self.cfg = cfg
+        self.pseudonyms = pseudonyms
+        self._real: Sequence[SlideSource] | None = None
+        self.found: storage.ArchiveListing | None = None  # what the listing kept and skipped
+
+    def real(self) -> Sequence[SlideSource]:
+        if self._real is None:
+            cfg = self.cfg
+            self.found = storage.scan_archive(cfg.archive, cfg.extensions, cfg.retry)
+            self._real = self.found.slides
+        return self._real
+
+    def inputs(self) -> Sequence[SlideSource]:
+        ps = self.pseudonyms
+        return self.real() if ps is None else [ps.source(s) for s in self.real()]
+
+    def source_map(self) -> SourceMap | None:
+        ps = self.pseudonyms
+        return None if ps is None else SourceMap.build(self.real(), ps)
 
 
 def new_run_id() -> str:
@@ -53,10 +88,23 @@ class Prepared:
     lineage: Lineage
     features_run: str | None
     feature_index: dict[str, tuple[str, int]]
+    listing: Listing
+    encoder: EncoderRef = field(default_factory=EncoderRef)
 
     @property
     def layout(self) -> cm.RunLayout:
         return cm.RunLayout(self.cfg.output, self.run_id)
+
+    @property
+    def public_config(self) -> ScoreConfig:
+        """The settings as outputs record them: a pseudonymised run names its archive by
+        its pseudonym (an archive prefix can hold a patient's accession number)."""
+        ps = self.listing.pseudonyms
+        return (
+            self.cfg
+            if ps is None
+            else dataclasses.replace(self.cfg, archive=ps.token(self.cfg.archive))
+        )
 
     def identity(self) -> dict[str, Any]:
         c = self.cfg
@@ -70,6 +118,8 @@ class Prepared:
             "seed": c.seed,
             "write_features": c.write_features,
             "features_run": self.features_run,
+            "exclude_geojson": c.exclude_geojson,
+            **({"pseudonym_key_id": ps.key_id} if (ps := self.listing.pseudonyms) else {}),
         }
 
 
@@ -105,9 +155,25 @@ def _features_source(output: str, run: str | None, contract: FeatureContract) ->
     return run
 
 
+def check_storage(cfg: ScoreConfig) -> None:
+    """Use the profiles given for the archive and the output, then check that the output may be
+    listed, read, written and deleted in, and the archive listed and read (never written)."""
+    storage.use_profiles(
+        {cfg.archive: cfg.archive_profile, cfg.output: cfg.output_profile},
+        {cfg.archive: "--archive-profile", cfg.output: "--output-profile"},
+    )
+    for role, uri, write in (("output", cfg.output, True), ("archive", cfg.archive, False)):
+        try:
+            storage.check_access(uri, write=write, retry=cfg.retry)
+        except storage.StorageError as e:
+            raise storage.StorageError(f"{role} {e}") from e.__cause__
+
+
 def prepare(cfg: ScoreConfig) -> Prepared:
     """Everything that can fail before a slide is read: models, their fit, storage access."""
     run_id = tio.check_run_id(cfg.run_id) if cfg.run_id is not None else new_run_id()
+    key = cfg.pseudonym_key
+    pseudonyms = Pseudonymiser.from_file(key) if key is not None else None
     access = RegistryAccess(cfg.workspace, cfg.tracking_uri)
     gen = resolve_model(cfg.generator, "generator", access)
     fus = resolve_model(cfg.fusion, "fusion", access)
@@ -120,20 +186,55 @@ def prepare(cfg: ScoreConfig) -> Prepared:
         encoder_contract=pair.contract.to_json(),
         contract_digest=pair.contract.digest,
     )
-    storage.check_access(cfg.output, write=True, retry=cfg.retry)
-    storage.check_access(cfg.archive, write=False, retry=cfg.retry)
+    check_storage(cfg)
     features_run = None
     index: dict[str, tuple[str, int]] = {}
     if cfg.reuse_features:
         features_run = _features_source(cfg.output, cfg.features_run, pair.contract)
         index = tio.feature_index(cfg.output, features_run)
-    return Prepared(cfg, run_id, gen, fus, pair, lineage, features_run, index)
+    # the models' encoder, checked against their contract (not needed to reuse stored features)
+    encoder = (
+        EncoderRef()
+        if cfg.reuse_features
+        else resolve_encoder(cfg.encoder_weights, pair.contract, access)
+    )
+    listing = Listing(cfg, pseudonyms)
+    return Prepared(cfg, run_id, gen, fus, pair, lineage, features_run, index, listing, encoder)
 
 
 def list_inputs(p: Prepared) -> Callable[[], Sequence[SlideSource]]:
-    """The archive's listing, deferred (a resumed run keeps the inputs it froze)."""
+    """The archive's listing, deferred (a resumed run keeps the inputs it froze). What it
+    skipped, and why, is written to the run's ``listing.json`` and logged in one line (a
+    warning when files that are not slides were skipped); a pseudonymised run names the
+    skipped files by their pseudonyms."""
     cfg = p.cfg
-    return lambda: storage.list_archive(cfg.archive, cfg.extensions, cfg.retry)
+
+    def listing() -> Sequence[SlideSource]:
+        inputs = p.listing.inputs()
+        found = p.listing.found
+        assert found is not None
+        ps = p.listing.pseudonyms
+        report = {
+            "summary": found.summary(),
+            "kinds": found.kinds,
+            "skipped": [
+                {"uri": s.uri if ps is None else ps.token(s.uri), "reason": s.reason}
+                for s in found.skipped
+            ],
+        }
+        storage.write_bytes(p.layout.listing, json.dumps(report, indent=1).encode(), cfg.retry)
+        others = any(s.reason == "not a slide extension" for s in found.skipped)
+        log.log(logging.WARNING if others else logging.INFO, "%s", found.summary())
+        return inputs
+
+    return listing
+
+
+def listing_summary(p: Prepared) -> str | None:
+    """The one-line summary of the run's archive listing (None for a run begun without one)."""
+    if not storage.exists(p.layout.listing, p.cfg.retry):
+        return None
+    return str(json.loads(storage.read_bytes(p.layout.listing, p.cfg.retry))["summary"])
 
 
 def worker_context(p: Prepared, device: str = "auto") -> WorkerContext:
@@ -157,4 +258,7 @@ def worker_context(p: Prepared, device: str = "auto") -> WorkerContext:
         seed=cfg.seed,
         write_features=cfg.write_features,
         device=device,
+        encoder=p.encoder,
+        exclude_geojson=cfg.exclude_geojson,
+        sources=None if cfg.reuse_features else p.listing.source_map(),
     )

@@ -2,11 +2,14 @@
 
 ::
 
-    from_items(slide URIs)                        driver: locations only, one block per slide
-      -> map_batches(TileEncoder | FeatureReader)  actor pool: stage, tile, encode (GPU if any)
-      -> map_batches(SlideScorer)                  actor pool: generator, fusion, conformal,
-                                                   attention; per-slide files and the commit
-      -> iter_rows()                               driver: one small status row per slide
+    from_items(slide URIs)              driver: locations only, one block per slide
+      -> map_batches(TileEncoder)        actor pool, the cores: stage, tile, encode (GPU if any)
+      -> map_batches(SlideScorer)        actor pool, no CPU reserved: generator, fusion,
+                                         conformal, attention; per-slide files and the commit
+      -> iter_rows()                     driver: one small status row per slide
+
+Re-scoring runs one pool instead (:class:`.score_stage.StoredBagScorer`: stored bag read and
+scored in one actor).
 
 Ray is imported only here (lazily, when a run has slides to score).
 """
@@ -17,14 +20,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pathgen_batch import storage
 from pathgen_batch.batch.config import ScoreConfig
-from pathgen_batch.batch.encode_stage import FeatureReader, TileEncoder
+from pathgen_batch.batch.encode_stage import TileEncoder
 from pathgen_batch.batch.prepare import Prepared
-from pathgen_batch.batch.score_stage import SlideScorer
+from pathgen_batch.batch.score_stage import SlideScorer, StoredBagScorer
 from pathgen_batch.batch.stage_rows import from_ray_row, input_rows
 from pathgen_batch.batch.stages import WorkerContext
 from pathgen_batch.batch.summary import Progress
@@ -34,7 +37,7 @@ from pathgen_batch.storage import SlideSource, StorageError
 
 @dataclass(frozen=True)
 class Resources:
-    """Actor pools and the resources each actor asks Ray for."""
+    """Actor pools, the resources each actor asks Ray for, and its torch threads."""
 
     encoder_actors: int
     encoder_cpus: float
@@ -43,26 +46,33 @@ class Resources:
     scorer_cpus: float
     scorer_gpus: float
 
+    @property
+    def encoder_threads(self) -> int:
+        """One torch thread per CPU an encoder reserves (at least one)."""
+        return max(1, math.floor(self.encoder_cpus))
+
 
 def plan_resources(cfg: ScoreConfig, cluster: dict[str, float]) -> Resources:
     """Actor pool sizes from the config, filling what it leaves open from the cluster's
-    resources: with GPUs, one encoder per GPU sharing it with the scorer (0.5 GPU each);
-    without, one encoder per CPU (0.75 CPU each) beside a light scorer (0.25 CPU)."""
+    resources. The encoders get the cores: with GPUs, one encoder per GPU (0.5 GPU, the CPUs
+    split between them, up to 4 each for decoding); without, one encoder per CPU (1 CPU each).
+    The scorer reserves no CPU (0.5 GPU with GPUs): it works between the encoders' slides, on
+    the cores they leave idle, and takes from them only the time its work needs."""
     cpus = max(1.0, float(cluster.get("CPU", 1.0)))
     gpus = float(cluster.get("GPU", 0.0))
+    sc_cpus = 0.0 if cfg.scorer_num_cpus is None else cfg.scorer_num_cpus
     if gpus >= 1:
         enc_gpus = 0.5 if cfg.encoder_num_gpus is None else cfg.encoder_num_gpus
         sc_gpus = 0.5 if cfg.scorer_num_gpus is None else cfg.scorer_num_gpus
         n_enc = cfg.encoder_actors or max(1, int(gpus))
-        sc_cpus = 1.0 if cfg.scorer_num_cpus is None else cfg.scorer_num_cpus
-        spare = max(1.0, (cpus - sc_cpus * cfg.scorer_actors) / n_enc)
+        spare = max(1.0, math.floor(cpus - sc_cpus * cfg.scorer_actors) / n_enc)
         enc_cpus = min(4.0, spare) if cfg.encoder_num_cpus is None else cfg.encoder_num_cpus
     else:
         enc_gpus = cfg.encoder_num_gpus or 0.0
         sc_gpus = cfg.scorer_num_gpus or 0.0
         n_enc = cfg.encoder_actors or max(1, math.floor(cpus))
-        sc_cpus = 0.25 if cfg.scorer_num_cpus is None else cfg.scorer_num_cpus
-        enc_cpus = 0.75 if cfg.encoder_num_cpus is None else cfg.encoder_num_cpus
+        share = max(0.1, math.floor(cpus - sc_cpus * cfg.scorer_actors) / n_enc)
+        enc_cpus = share if cfg.encoder_num_cpus is None else cfg.encoder_num_cpus
     return Resources(n_enc, enc_cpus, enc_gpus, cfg.scorer_actors, sc_cpus, sc_gpus)
 
 
@@ -73,9 +83,7 @@ def connect(cfg: ScoreConfig) -> tuple[Any, bool]:
 
     if ray.is_initialized():
         return ray, False
-    forward = {
-        k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION") if k in os.environ
-    }
+    forward = {k: os.environ[k] for k in storage.WORKER_ENV if k in os.environ}
     runtime_env = {"env_vars": forward} if forward else None
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     try:
@@ -118,21 +126,38 @@ def build_pipeline(
     pending: Sequence[SlideSource],
     res: Resources,
 ) -> Any:
-    """The Ray Data pipeline of one pass over ``pending`` (lazy: nothing runs until consumed)."""
-    reuse = p.cfg.reuse_features  # the bag from stored features: no slide read, no GPU
-    items = input_rows(pending, p.feature_index if reuse else None)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    """The Ray Data pipeline of one pass over ``pending`` (lazy: nothing runs until consumed).
+
+    Scoring from slides: the encoder pool (``res.encoder_threads`` torch threads each), then
+    the scorer pool (one thread). Re-scoring (``reuse_features``): one pool of
+    ``res.scorer_actors`` actors (a CPU each) that read each stored bag and score it: the
+    work per slide is small, so what a re-scoring run costs is mostly starting processes.
+    """
+    enc_ctx = replace(wctx, threads=res.encoder_threads)
+    if p.cfg.reuse_features:  # the bag from stored features: no slide read
+        ds = ray.data.from_items(
+            input_rows(pending, p.feature_index), override_num_blocks=max(1, len(pending))
+        )
+        return ds.map_batches(
+            StoredBagScorer,
+            fn_constructor_kwargs={"ctx": enc_ctx},
+            batch_size=p.cfg.scorer_batch_size,
+            compute=ray.data.ActorPoolStrategy(size=res.scorer_actors),
+            num_cpus=min(1.0, res.encoder_cpus),
+            num_gpus=res.scorer_gpus,
+        )
+    ds = ray.data.from_items(input_rows(pending), override_num_blocks=max(1, len(pending)))
     ds = ds.map_batches(
-        FeatureReader if reuse else TileEncoder,
-        fn_constructor_kwargs={"ctx": wctx},
+        TileEncoder,
+        fn_constructor_kwargs={"ctx": enc_ctx},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=res.encoder_actors),
         num_cpus=res.encoder_cpus,
-        num_gpus=0.0 if reuse else res.encoder_gpus,
+        num_gpus=res.encoder_gpus,
     )
     return ds.map_batches(
         SlideScorer,
-        fn_constructor_kwargs={"ctx": wctx},
+        fn_constructor_kwargs={"ctx": replace(wctx, threads=1)},
         batch_size=p.cfg.scorer_batch_size,
         compute=ray.data.ActorPoolStrategy(size=res.scorer_actors),
         num_cpus=res.scorer_cpus,
@@ -145,12 +170,13 @@ def consume(
     prog: Progress,
     report: Callable[[Progress], None] | None,
     every_s: float,
-) -> None:
+) -> str:
     """Run ``ds``, counting each slide's status row into ``prog``; ``report(prog)`` every
-    ``every_s`` seconds."""
+    ``every_s`` seconds. Returns Ray Data's execution stats (time and CPU per operator)."""
     last = time.monotonic()
     for row in ds.iter_rows():
         prog.count(from_ray_row(row))
         if report is not None and time.monotonic() - last >= every_s:
             report(prog)
             last = time.monotonic()
+    return str(ds.stats())

@@ -4,20 +4,26 @@
 encoded slides of a batch together (one by one when that fails, so that only the slide that
 cannot be scored fails), writes each slide's per-slide tables and creates its commit
 (:mod:`pathgen_batch.batch.commit`). What flows on to the driver is a status row without the
-bag.
+bag. :class:`StoredBagScorer` is re-scoring's one stage: each slide's stored bag read and
+scored in the same actor, so no bag crosses processes. The bag of a slide whose patient has
+several slides in the run is kept (as its per-slide ``features`` table) for the patient's
+prediction (:mod:`pathgen_batch.batch.patients`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pathgen_batch.batch import commit as cm
+from pathgen_batch.batch.encode_stage import FeatureReader
 from pathgen_batch.batch.model_refs import RegistryAccess, load_models
+from pathgen_batch.batch.patients import shared_slides
 from pathgen_batch.batch.stage_rows import (
     SlideRow,
     SlideStatus,
@@ -69,6 +75,7 @@ class SlideScorer(SlideStage):
         self.families = list(panel.families)
         self.family_names = list(panel.family_names)
         self.panel_digest = panel.digest
+        self.shared = shared_slides(cm.read_inputs(self.layout, self.retry))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = from_batch(batch)
@@ -84,7 +91,7 @@ class SlideScorer(SlideStage):
         one, so that only the slide that cannot be scored fails."""
         t0 = time.perf_counter()
         try:
-            results = self._predict([_bag(r).feats for r in rows])
+            results = self.predict([_bag(r).feats for r in rows])
         except SLIDE_FAILURES as e:
             if len(rows) > 1:
                 return [done for r in rows for done in self._score([r])]
@@ -92,8 +99,8 @@ class SlideScorer(SlideStage):
         share = (time.perf_counter() - t0) / len(rows)
         return [self._write(r, res, share) for r, res in zip(rows, results, strict=True)]
 
-    def _predict(self, bags: Sequence[np.ndarray]) -> list[SlidePrediction]:
-        """bags: each (N_i, D) -> one prediction per slide."""
+    def predict(self, bags: Sequence[np.ndarray]) -> list[SlidePrediction]:
+        """bags: each (N_i, D) -> one prediction per bag."""
         mean, std = self.generator.generate(
             list(bags), n_samples=self.ctx.n_samples, seed=self.ctx.seed, batch_size=len(bags)
         )  # (B, G) each
@@ -144,23 +151,32 @@ class SlideScorer(SlideStage):
                 att,
                 self.lineage,
             )
-        if self.ctx.write_features:
+        if self.ctx.write_features or sid in self.shared:
             tables["features"] = features_table(
                 sid, bag.x, bag.y, r.size_l0, bag.tissue, bag.feats, self.lineage
             )
         return tables
 
-    def _write(self, r: SlideRow, res: SlidePrediction, score_s: float) -> SlideRow:
-        src = r.source
-        t0 = time.perf_counter()
+    def record(
+        self,
+        res: SlidePrediction,
+        *,
+        slide_id: str,
+        source_uri: str,
+        patient_id: str | None,
+        n_tiles: int,
+        slide_mpp: float | None = None,
+        mpp_source: str | None = None,
+    ) -> dict[str, Any]:
+        """The ``predictions`` record of a prediction."""
         fus = self.fusion
-        rec = prediction_record(
-            slide_id=src.slide_id,
-            source_uri=src.uri,
-            patient_id=src.patient_id,
-            n_tiles=r.n_tiles,
-            slide_mpp=r.slide_mpp,
-            mpp_source=r.mpp_source,
+        return prediction_record(
+            slide_id=slide_id,
+            source_uri=source_uri,
+            patient_id=patient_id,
+            n_tiles=n_tiles,
+            slide_mpp=slide_mpp,
+            mpp_source=mpp_source,
             grade_classes=fus.grade_classes,
             grade_probs=res.probs,
             grade_set=res.grade_set,
@@ -171,8 +187,22 @@ class SlideScorer(SlideStage):
             risk_lo=res.risk_lo,
             risk_hi=res.risk_hi,
             risk_interval_alpha=None if fus.risk_conformal is None else fus.risk_conformal.alpha,
+            risk_cuts=fus.risk_cuts,
             gene_panel_digest=self.panel_digest,
             lineage=self.lineage,
+        )
+
+    def _write(self, r: SlideRow, res: SlidePrediction, score_s: float) -> SlideRow:
+        src = r.source
+        t0 = time.perf_counter()
+        rec = self.record(
+            res,
+            slide_id=src.slide_id,
+            source_uri=src.uri,
+            patient_id=src.patient_id,
+            n_tiles=r.n_tiles,
+            slide_mpp=r.slide_mpp,
+            mpp_source=r.mpp_source,
         )
         tables = self._tables(r, res)
         times = replace(r.times, score=score_s)
@@ -190,7 +220,7 @@ class SlideScorer(SlideStage):
             rec,
             attempt=r.attempt,
             attempt_id=attempt_id,
-            tables=list(tables),
+            tables=[*tables, *(["thumbnails"] if r.has_thumbnail else [])],
             stats=times.to_dict(),
             retry=self.retry,
         )
@@ -199,7 +229,33 @@ class SlideScorer(SlideStage):
         )
 
 
+class StoredBagScorer:
+    """``reuse_features``: :class:`.encode_stage.FeatureReader` then :class:`SlideScorer`, in
+    one actor (a batch of slides read from the ``features`` table, then scored together)."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.reader = FeatureReader(ctx)
+        self.scorer = SlideScorer(ctx)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.scorer(self.reader(batch))
+
+
 def _bag(r: SlideRow) -> TileBag:
     if r.bag is None:  # an encoded row always has its bag
         raise ValueError(f"slide {r.source.slide_id}: encoded without a bag")
     return r.bag
+
+
+def union_predictor(ctx: WorkerContext) -> Callable[[str, np.ndarray], dict[str, Any]]:
+    """The models of run ``ctx`` as a function (patient id, union bag feats (N, D)) -> the
+    ``predictions`` record of that bag (for :func:`pathgen_batch.batch.patients.score_patients`)."""
+    scorer = SlideScorer(ctx)
+
+    def predict(patient_id: str, feats: np.ndarray) -> dict[str, Any]:
+        (res,) = scorer.predict([feats])
+        return scorer.record(
+            res, slide_id=patient_id, source_uri="", patient_id=patient_id, n_tiles=len(feats)
+        )
+
+    return predict

@@ -107,6 +107,7 @@ class SlideRow:
     size_l0: int = 0  # tile side in level-0 px
     slide_mpp: float | None = None
     mpp_source: str | None = None
+    has_thumbnail: bool = False  # the encoder wrote this attempt's thumbnails row
     bag: TileBag | None = None  # until scored: nothing but a status row flows to the driver
     times: StageTimes = field(default_factory=StageTimes)
 
@@ -135,6 +136,7 @@ def _scalars(row: SlideRow) -> str:
             "size_l0": row.size_l0,
             "slide_mpp": row.slide_mpp,
             "mpp_source": row.mpp_source,
+            "has_thumbnail": row.has_thumbnail,
             "has_bag": row.bag is not None,
             "times": row.times.to_dict(),
         }
@@ -177,6 +179,7 @@ def from_ray_row(row: Mapping[str, Any]) -> SlideRow:
         size_l0=int(d["size_l0"]),
         slide_mpp=d["slide_mpp"],
         mpp_source=d["mpp_source"],
+        has_thumbnail=bool(d["has_thumbnail"]),
         bag=bag,
         times=StageTimes.from_dict(d["times"]),
     )

@@ -29,14 +29,17 @@ stage goes on with the next slide.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from pathgen_batch.batch import commit as cm
-from pathgen_batch.batch.model_refs import ModelRef
+from pathgen_batch.batch.model_refs import EncoderRef, ModelRef
 from pathgen_batch.batch.stage_rows import SlideRow, SlideStatus, StageTimes
 from pathgen_batch.errors import PathgenError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import RetryPolicy
+from pathgen_batch.tables.pseudonyms import SourceMap
 from pathgen_batch.tables.rows import Lineage, failure_record
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,10 @@ class WorkerContext:
     seed: int
     write_features: bool
     device: str = "auto"
+    threads: int | None = None  # torch intra-op threads per stage (None: torch's default)
+    encoder: EncoderRef = field(default_factory=EncoderRef)  # the weights of its encoder
+    exclude_geojson: str | None = None  # folder of <slide_id>.geojson: regions not tiled
+    sources: SourceMap | None = None  # pseudonymised run: the real location of each slide
 
     @property
     def layout(self) -> cm.RunLayout:
@@ -76,6 +83,8 @@ class SlideStage:
     """What every stage shares: context, layout, retries, attempts and failure commits."""
 
     def __init__(self, ctx: WorkerContext) -> None:
+        if ctx.threads is not None:  # one per CPU the stage reserved: no oversubscription
+            torch.set_num_threads(ctx.threads)
         self.ctx = ctx
         self.layout = ctx.layout
         self.retry = ctx.retry
@@ -99,6 +108,7 @@ class SlideStage:
             patient_id=src.patient_id,
             stage=stage_name,
             error=error,
+            message=None if self.ctx.sources is None else self.ctx.sources.scrub(str(error), src),
             attempt=row.attempt,
             lineage=self.lineage,
         )

@@ -1,4 +1,11 @@
-"""What a scoring run tells its caller: progress while it runs, a summary when it is done."""
+"""What a scoring run tells its caller: progress while it runs, a summary when it is done.
+
+Both give tiles/s and slides/h; the summary adds the share of time per stage and which
+resource bounded the run (:func:`bound_by`): the encoder actors spend a slide's time
+downloading, decoding tiles (``tiles``: opening, masking and waiting for the reader thread) or
+encoding; the scorer actors scoring or writing. Each pool's summed busy time over its actors
+is its load; the busier pool bounded the run, and within it the stage that took most.
+"""
 
 from __future__ import annotations
 
@@ -49,12 +56,35 @@ class Progress:
         e = self.elapsed_s
         return self.tiles / e if e > 0 else 0.0
 
+    @property
+    def slides_per_h(self) -> float:
+        e = self.elapsed_s
+        return self.done * 3600.0 / e if e > 0 else 0.0
+
     def line(self) -> str:
         return (
             f"slides {self.done}/{self.total} (scored {self.scored}, failed {self.failed}"
             + (f", already done {self.skipped}" if self.skipped else "")
-            + f"), {self.tiles} tiles, {self.tiles_per_s:.1f} tiles/s, {self.elapsed_s:.0f} s"
+            + f"), {self.tiles} tiles, {self.tiles_per_s:.1f} tiles/s, "
+            f"{self.slides_per_h:.0f} slides/h, {self.elapsed_s:.0f} s"
         )
+
+
+ENCODER_STAGES = ("download", "tiles", "encode")  # in the encoder actors
+SCORER_STAGES = ("score", "write")  # in the scorer actors
+RESOURCE_OF = {"download": "download", "tiles": "decode", "encode": "encode", "score": "score"}
+
+
+def bound_by(times: StageTimes, encoder_actors: int, scorer_actors: int) -> tuple[str, float]:
+    """(the resource that bounded a run, its share of its pool's busy time): ``download``,
+    ``decode``, ``encode``, ``score`` or ``write`` (see the module docstring)."""
+    t = times.by_stage()
+    enc = sum(t[s] for s in ENCODER_STAGES) / max(1, encoder_actors)
+    sc = sum(t[s] for s in SCORER_STAGES) / max(1, scorer_actors)
+    stages = ENCODER_STAGES if enc >= sc else SCORER_STAGES
+    top = max(stages, key=lambda s: t[s])
+    busy = sum(t[s] for s in stages)
+    return RESOURCE_OF.get(top, top), (t[top] / busy if busy > 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -73,6 +103,19 @@ class RunSummary:
     passes: int = 0
     resumed: bool = False
     already_complete: bool = False
+    encoder_actors: int = 1
+    scorer_actors: int = 1
+    ray_stats: str | None = None  # Ray Data's stats of the last pass (time, CPU per operator)
+    startup_s: float = 0.0  # before the first pass: models, checks, listing, Ray
+    consolidate_s: float = 0.0  # after the last: the tables and the runs row
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def slides_per_h(self) -> float:
+        return (self.n_scored + self.n_failed) * 3600.0 / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def exit_code(self) -> int:
@@ -91,9 +134,25 @@ class RunSummary:
             f"  slides {self.n_slides}: scored {self.n_scored}, failed {self.n_failed}; "
             f"tiles {self.n_tiles}",
         ]
+        if not self.already_complete:
+            out.append(
+                f"  throughput: {self.tiles_per_s:.1f} tiles/s, {self.slides_per_h:.0f} slides/h "
+                f"(start-up included); start-up {self.startup_s:.1f} s (models, checks, "
+                f"Ray), consolidation {self.consolidate_s:.1f} s"
+            )
         if self.stage_times is not None:
-            parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_times.by_stage().items())
+            t = self.stage_times.by_stage()
+            total = sum(t.values())
+            parts = ", ".join(
+                f"{k} {v:.1f} s ({100 * v / total if total > 0 else 0:.0f}%)" for k, v in t.items()
+            )
             out.append(f"  time per stage (summed over slides): {parts}")
+            if total > 0:
+                what, share = bound_by(self.stage_times, self.encoder_actors, self.scorer_actors)
+                out.append(
+                    f"  bounded by: {what} ({100 * share:.0f}% of its actors' busy time; "
+                    f"{self.encoder_actors} encoder, {self.scorer_actors} scorer actor(s))"
+                )
         for name, uri in self.tables.items():
             out.append(f"  {name}: {uri}")
         if self.n_failed:

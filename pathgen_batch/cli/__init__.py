@@ -27,6 +27,7 @@ def main(verbose: int) -> None:
 def _register() -> None:
     from pathgen_batch.cli import cohort as _cohort
     from pathgen_batch.cli import evaluate as _evaluate
+    from pathgen_batch.cli import export as _export
     from pathgen_batch.cli import features as _features
     from pathgen_batch.cli import models as _models
     from pathgen_batch.cli import query as _query
@@ -46,6 +47,7 @@ def _register() -> None:
     main.add_command(_score.score)
     main.add_command(_query.query)
     main.add_command(_report.report)
+    main.add_command(_export.export)
 
 
 _register()

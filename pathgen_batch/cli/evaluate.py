@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from pathgen_batch.cli.cohort import cohort_settings, settings_options
 from pathgen_batch.cli.options import (
     Tracking,
     cohort_option,
@@ -31,6 +32,7 @@ from pathgen_batch.cli.options import (
 
 @click.command()
 @cohort_option
+@settings_options
 @features_option
 @out_option("Output folder of the result tables.")
 @cv_config_option
@@ -90,7 +92,7 @@ def evaluate(
     set_threads(threads)
     cfg = cv_config(config_file, epochs=epochs or None, folds=folds or None, seed=seed)
     t0 = time.perf_counter()
-    data = load_training_data(cohort_dir, features_dir)
+    data = load_training_data(cohort_dir, features_dir, settings=cohort_settings())
 
     def echo(line: str) -> None:
         click.echo(line, err=True)

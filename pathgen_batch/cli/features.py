@@ -13,6 +13,7 @@ from pathgen_batch.cli.options import (
     Tracking,
     cohort_option,
     device_option,
+    exclude_geojson_option,
     key_value_option,
     optional_text,
     out_option,
@@ -64,12 +65,14 @@ def encoders_cmd() -> None:
 @out_option("Folder for the per-slide feature files.", dest="out_dir")
 @click.option(
     "--encoder",
-    type=click.Choice(encoder_names()),
     default=DEFAULT_ENCODER,
     show_default=True,
+    metavar="NAME",
+    help=f"One of {', '.join(encoder_names())} (timm:<architecture> for any timm model).",
 )
 @optional_text(
-    "--weights", help="Local weights file (resnet50-trunc, torchscript); never downloaded."
+    "--weights",
+    help="Local weights file (safetensors, torch state dict or TorchScript); never downloaded.",
 )
 @key_value_option(
     "Encoder option, repeatable (see `features encoders`), e.g. -o dim=1024; one value may "
@@ -77,6 +80,7 @@ def encoders_cmd() -> None:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @device_option("auto")
+@exclude_geojson_option
 @click.option(
     "--min-tissue",
     type=click.FloatRange(0.0, 1.0),
@@ -104,6 +108,7 @@ def extract_cmd(
     out_dir: Path,
     encoder: str,
     weights: str | None,
+    exclude_geojson: str | None,
     options: dict[str, Any],
     batch_size: int,
     device: str,
@@ -149,6 +154,7 @@ def extract_cmd(
             overwrite=overwrite,
             on_error="record" if keep_going else "raise",
             progress=progress,
+            exclude_geojson=exclude_geojson,
         )
         if run is not None:
             from pathgen_batch.registry.step_logs import log_features

@@ -282,3 +282,12 @@ def progress(run: RunLog | None, quiet: bool = False) -> Callable[[EpochLog], No
             call(e)
 
     return each
+
+
+exclude_geojson_option = click.option(
+    "--exclude-geojson",
+    default=None,
+    metavar="FOLDER",
+    help="Folder or s3:// prefix of <slide_id>.geojson annotations: their polygons (level-0 px) "
+    "are not tiled.",
+)

@@ -36,6 +36,14 @@ from pathgen_batch.cli.options import out_option
     show_default=True,
     help="Longer side of slide thumbnails (px).",
 )
+@click.option(
+    "--pseudonymise",
+    "pseudonym_key",
+    default=None,
+    metavar="KEYFILE",
+    help="The key of a pseudonymised run: ids of --clinical and --expression are hashed the same "
+    "way before joining.",
+)
 @out_option("Folder for index.html and img/.", dest="out_dir")
 def report(
     output_root: str,
@@ -44,14 +52,18 @@ def report(
     expression: str | None,
     slides: int,
     thumb_px: int,
+    pseudonym_key: str | None,
     out_dir: Path,
 ) -> None:
     """Write OUT/index.html (+ OUT/img/*.png) for a run under OUTPUT_ROOT (folder or s3://).
 
-    Slides on S3 are not downloaded: their heatmaps are drawn on a blank canvas of the slide's
-    extent; local slides get their thumbnail.
+    Everything comes from the tables: heatmaps are drawn on the slide's stored thumbnail (the
+    thumbnails table), for folder and S3 archives alike; no slide is opened or downloaded.
     """
     from pathgen_batch.report import ReportConfig, write_report
+    from pathgen_batch.tables.pseudonyms import Pseudonymiser
+
+    pseudonyms = Pseudonymiser.from_file(pseudonym_key) if pseudonym_key is not None else None
 
     path = write_report(
         output_root,
@@ -60,5 +72,6 @@ def report(
         clinical=clinical,
         expression=expression,
         config=ReportConfig(slides=slides, thumb_px=thumb_px),
+        pseudonyms=pseudonyms,
     )
     click.echo(f"report written to {path}")

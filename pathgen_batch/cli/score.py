@@ -8,6 +8,7 @@ import click
 
 from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.model_refs import DEFAULT_FUSION, DEFAULT_GENERATOR
+from pathgen_batch.cli.options import exclude_geojson_option
 from pathgen_batch.errors import PathgenError
 from pathgen_batch.storage import SLIDE_EXTENSIONS
 
@@ -47,6 +48,11 @@ EXIT_SOME_FAILED = 3
     envvar="MLFLOW_TRACKING_URI",
     help="MLflow tracking/registry store URI.",
 )
+@click.option(
+    "--encoder-weights",
+    default=None,
+    help="Weights of the models' encoder (file or models:/pathgen-encoder/N). [registered one]",
+)
 @click.option("--ray-address", default=None, help="Join this Ray cluster (else a local Ray).")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray. [all]")
 @click.option("--scratch", "scratch_dir", default=None, help="Node-local folder for staged slides.")
@@ -75,6 +81,28 @@ EXIT_SOME_FAILED = 3
     help=f"Slide extensions to list (repeatable). [{' '.join(sorted(SLIDE_EXTENSIONS))}]",
 )
 @click.option("--progress-every", type=float, default=10.0, show_default=True, help="Seconds.")
+@click.option(
+    "--ray-stats", is_flag=True, help="Also print Ray Data's stats (time and CPU per operator)."
+)
+@exclude_geojson_option
+@click.option(
+    "--archive-profile",
+    default=None,
+    help="Profile of the shared AWS credentials/config files for an S3 archive. [standard chain]",
+)
+@click.option(
+    "--output-profile",
+    default=None,
+    help="Profile of the shared AWS credentials/config files for an S3 output. [standard chain]",
+)
+@click.option(
+    "--pseudonymise",
+    "pseudonym_key",
+    default=None,
+    metavar="KEYFILE",
+    help="Replace slide ids, patient ids and source URIs in every table and log line by keyed "
+    "hashes (HMAC-SHA256 with the key in KEYFILE, ps-<16 hex>).",
+)
 def score(**kw: object) -> None:
     """Score ARCHIVE (s3://bucket/prefix, a folder, or a manifest .csv/.parquet) into tables.
 
@@ -88,6 +116,7 @@ def score(**kw: object) -> None:
     encoder_gpus = kw.pop("encoder_gpus")
     scorer_gpus = kw.pop("scorer_gpus")
     every = kw.pop("progress_every")
+    ray_stats = kw.pop("ray_stats")
     try:
         cfg = ScoreConfig(
             **kw,  # type: ignore[arg-type]
@@ -105,4 +134,6 @@ def score(**kw: object) -> None:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_COULD_NOT_START)
     click.echo("\n".join(summary.lines()))
+    if ray_stats and summary.ray_stats:
+        click.echo(summary.ray_stats)
     sys.exit(summary.exit_code)

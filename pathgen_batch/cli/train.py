@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pathgen_batch.cli.cohort import cohort_settings, settings_options
 from pathgen_batch.cli.options import (
     Tracking,
     cohort_option,
@@ -70,7 +71,7 @@ class TrainingInputs:
         """The cohort's training data, less the --holdout-fold patients."""
         from pathgen_batch.training.data import load_training_data
 
-        data = load_training_data(self.cohort_dir, self.features_dir)
+        data = load_training_data(self.cohort_dir, self.features_dir, settings=cohort_settings())
         return data.without_fold(self.holdout_fold) if self.holdout_fold >= 0 else data
 
     def log(
@@ -100,6 +101,7 @@ training_options = packed(
     TrainingInputs,
     "inputs",
     cohort_option,
+    settings_options,
     features_option,
     out_option("Bundle folder to write."),
     cv_config_option,

@@ -7,13 +7,20 @@ writes a template to fill in. Training, feature extraction and the semi-syntheti
 builder all go through this package; it imports none of them.
 """
 
-from pathgen_batch.cohort.format import FORMAT_VERSION, CohortSettings, parse_settings
+from pathgen_batch.cohort.format import (
+    EXPRESSION_UNITS,
+    FORMAT_VERSION,
+    CohortSettings,
+    parse_settings,
+    with_overrides,
+)
 from pathgen_batch.cohort.model import Cohort
 from pathgen_batch.cohort.read import Problem
 from pathgen_batch.cohort.template import init_cohort
 from pathgen_batch.cohort.validate import Validation, load_cohort, validate_cohort
 
 __all__ = [
+    "EXPRESSION_UNITS",
     "FORMAT_VERSION",
     "Cohort",
     "CohortSettings",
@@ -23,4 +30,5 @@ __all__ = [
     "load_cohort",
     "parse_settings",
     "validate_cohort",
+    "with_overrides",
 ]

@@ -19,12 +19,14 @@ A cohort is a folder or an ``s3://`` prefix holding::
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pathgen_batch.config import from_dict
+from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError
+from pathgen_batch.omics.families import DEFAULT_FAMILIES
 
 _toml: ModuleType | None = None
 if sys.version_info >= (3, 11):
@@ -32,6 +34,7 @@ if sys.version_info >= (3, 11):
 
 FORMAT_VERSION = 1
 ExpressionUnit = Literal["log2", "z", "tpm", "fpkm", "counts"]
+EXPRESSION_UNITS: tuple[str, ...] = get_args(ExpressionUnit)
 LINEAR_UNITS = ("tpm", "fpkm", "counts")  # converted to log2(x + 1) on reading
 
 CLINICAL = "clinical"
@@ -62,6 +65,8 @@ class CohortSettings:
     CSV need it.
     folds, seed: the stratified cross-validation folds made when the clinical table has no
     ``fold`` column (and how many folds validation checks the cohort can fill).
+    n_families: how many gene families to cluster (on each training fold's expression) when
+    ``gene_panel.csv`` names none.
     """
 
     format_version: int = FORMAT_VERSION
@@ -69,6 +74,7 @@ class CohortSettings:
     grade_classes: tuple[str, ...] | None = None
     folds: int = 5
     seed: int = 0
+    n_families: int = DEFAULT_FAMILIES
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -83,6 +89,8 @@ class CohortSettings:
             )
         if self.folds < 2:
             raise ConfigError(f"folds: expected at least 2, got {self.folds}")
+        if self.n_families < 1:
+            raise ConfigError(f"n_families: expected at least 1, got {self.n_families}")
 
     def to_toml(self) -> str:
         """The settings as ``cohort.toml`` text (keys left at None are omitted)."""
@@ -94,12 +102,25 @@ class CohortSettings:
             quoted = ", ".join(_toml_string(c) for c in self.grade_classes)
             lines.append(f"grade_classes = [{quoted}]")
         lines += [f"folds = {self.folds}", f"seed = {self.seed}"]
+        if self.n_families != DEFAULT_FAMILIES:
+            lines.append(f"n_families = {self.n_families}")
         return "\n".join(lines) + "\n"
 
 
 def _toml_string(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+def with_overrides(
+    settings: CohortSettings, overrides: Mapping[str, Any] | None, source: str = "options"
+) -> CohortSettings:
+    """``settings`` with the keys of ``overrides`` that are not None replaced (the command
+    line's settings over ``cohort.toml``'s), checked as ``cohort.toml`` is."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not given:
+        return settings
+    return from_dict(CohortSettings, {**to_dict(settings), **given}, _where=source)
 
 
 def parse_settings(text: str, source: str = SETTINGS) -> CohortSettings:

@@ -132,15 +132,22 @@ class Cohort:
         unit = self.settings.expression_unit
         how = "log2(x + 1)" if unit in ("tpm", "fpkm", "counts") else "as given"
         extra = f"; {self.ignored_genes} expression column(s) not in the panel, unused"
+        k = self.settings.n_families
+        fams = (
+            f"{min(k, self.panel.n_genes)} families clustered on each training fold"
+            if self.panel.needs_families
+            else f"{self.panel.n_families} families"
+        )
         lines.append(
-            f"  genes {self.panel.n_genes} in {self.panel.n_families} families, expression "
+            f"  genes {self.panel.n_genes} in {fams}, expression "
             f"{unit} ({how}){extra if self.ignored_genes else ''}"
         )
-        fam = ", ".join(
-            f"{name} {size}"
-            for name, size in zip(self.panel.family_names, self.panel.family_sizes, strict=True)
-        )
-        lines.append(f"  families: {fam}")
+        if not self.panel.needs_families:
+            fam = ", ".join(
+                f"{name} {size}"
+                for name, size in zip(self.panel.family_names, self.panel.family_sizes, strict=True)
+            )
+            lines.append(f"  families: {fam}")
         if c["fold"].notna().all():
             sizes = c["fold"].value_counts().sort_index()
             lines.append(

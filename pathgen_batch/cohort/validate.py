@@ -11,9 +11,10 @@ panel genes absent from the expression table, and too few events or grade classe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,11 +29,12 @@ from pathgen_batch.cohort.format import (
     PATIENT,
     SLIDE_COLUMNS,
     SLIDE_REQUIRED,
+    with_overrides,
 )
 from pathgen_batch.cohort.model import Cohort
 from pathgen_batch.cohort.read import Problem, RawCohort, read_raw
 from pathgen_batch.cohort.slide_checks import check_slide_files
-from pathgen_batch.errors import DataError
+from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.omics.panel import GenePanel
 
 MAX_LINES = 8  # per kind of problem; the rest is counted on one more line
@@ -330,6 +332,7 @@ def validate_cohort(
     open_slides: bool = True,
     folds: int | None = None,
     check_folds: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> Validation:
     """Read and check the cohort at ``root`` (a folder or an ``s3://`` prefix).
 
@@ -337,14 +340,18 @@ def validate_cohort(
     missing or unreadable slides and slides without MPP. folds: check for this many folds
     instead of ``cohort.toml``'s (when the clinical table gives none). check_folds: report
     too few events or grade classes for the folds (training needs them; reading slides not).
+    settings: ``cohort.toml`` keys given on the command line (e.g. ``expression_unit``,
+    ``grade_classes``), over the file's; None values are not given.
     """
     root = storage.normalise(root)
     if not storage.is_s3(root) and not storage.local_path(root).is_dir():
         return Validation(root, [Problem(root, "no such cohort folder")])
     raw = read_raw(root)
-    if folds is not None:
-        raw.settings = replace(raw.settings, folds=folds)
     p = _Problems(list(raw.problems))
+    try:
+        raw.settings = with_overrides(raw.settings, {**(settings or {}), "folds": folds})
+    except ConfigError as e:
+        p.add("options", str(e).removeprefix("options: "))
     panel = None
     if raw.panel_text is not None:
         try:
@@ -403,11 +410,14 @@ def load_cohort(
     open_slides: bool = False,
     folds: int | None = None,
     check_folds: bool = False,
+    settings: Mapping[str, Any] | None = None,
 ) -> Cohort:
     """The checked cohort at ``root``; a DataError listing every problem, one per line.
 
     Slide files are not opened unless ``open_slides`` (training reads features, not slides);
     the folds are checked with ``check_folds`` (as training does).
     """
-    v = validate_cohort(root, open_slides=open_slides, folds=folds, check_folds=check_folds)
+    v = validate_cohort(
+        root, open_slides=open_slides, folds=folds, check_folds=check_folds, settings=settings
+    )
     return v.require()

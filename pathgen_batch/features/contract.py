@@ -5,6 +5,11 @@ weights digest), have the same dimension, and were cut at the same tile size and
 Every model records the contract of the features it was trained on, every feature file carries
 the contract of its features, and combining two different contracts is refused with an error
 that names the field that differs.
+
+An encoder whose features depend on more than its weights (a foundation model's architecture
+arguments, input size, normalisation constants and output rule) also records that ``recipe``, as
+canonical JSON; the recipe is left out of the serialised form when empty, so contracts of the
+encoders that have none keep their digests.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ class FeatureContract:
     dim: feature dimension D of every tile vector.
     tile_px: tile side in pixels at the target resolution.
     mpp: target resolution in microns per pixel.
+    recipe: canonical JSON (sorted keys, no spaces) of how tiles become vectors beyond the
+        weights, e.g. ``{"architecture": "vit_large_patch16_224", "args": {...}, "input_px": 224,
+        "mean": [...], "std": [...], "output": "cls"}``; ``""`` when the name and version say it
+        all.
     """
 
     encoder: str
@@ -35,6 +44,7 @@ class FeatureContract:
     dim: int
     tile_px: int
     mpp: float
+    recipe: str = ""
 
     def __post_init__(self) -> None:
         for name in ("encoder", "version"):
@@ -49,9 +59,23 @@ class FeatureContract:
         if isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m) or m <= 0:
             raise ConfigError(f"FeatureContract.mpp: expected a positive number, got {m!r}")
         object.__setattr__(self, "mpp", float(m))
+        if not isinstance(self.recipe, str):
+            raise ConfigError(f"FeatureContract.recipe: expected a string, got {self.recipe!r}")
+        if self.recipe and canonical_recipe(self.recipe) != self.recipe:
+            raise ConfigError(
+                "FeatureContract.recipe: expected canonical JSON of a mapping, "
+                f"got {self.recipe[:80]!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return config.to_dict(self)
+        out = config.to_dict(self)
+        if not self.recipe:
+            del out["recipe"]
+        return out
+
+    def recipe_dict(self) -> dict[str, Any]:
+        """The recipe as data (``{}`` when there is none)."""
+        return json.loads(self.recipe) if self.recipe else {}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureContract:
@@ -94,7 +118,24 @@ class FeatureContract:
         diffs = [
             f"{f.name} {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
             for f in fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
+            if f.name != "recipe" and getattr(self, f.name) != getattr(other, f.name)
         ]
+        if self.recipe != other.recipe:
+            a, b = self.recipe_dict(), other.recipe_dict()
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            diffs.append("recipe " + ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys))
         if diffs:
             raise DataError(f"{what} mismatch: " + "; ".join(diffs))
+
+
+def canonical_recipe(recipe: str | dict[str, Any]) -> str:
+    """Canonical JSON of a recipe mapping (or of a JSON text of one); ConfigError otherwise."""
+    data: Any = recipe
+    if isinstance(recipe, str):
+        try:
+            data = json.loads(recipe)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"FeatureContract.recipe: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"FeatureContract.recipe: expected a mapping, got {type(data).__name__}")
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -5,15 +5,18 @@ encoder's tile size and MPP, and encodes every kept tile ``batch_size`` at a tim
 runs in a background thread ``prefetch`` batches ahead (:func:`prefetch_batches`), so that
 decoding the next batch overlaps with encoding this one (OpenSlide and torch both release the
 GIL). :func:`pathgen_batch.features.extract.extract_slide` turns the result into a feature file;
-the batch scorer's encoder stage turns it into the bag it scores.
+the batch scorer's encoder stage turns it into the bag it scores. A long slide reports its
+progress (tiles done of the total, tiles/s) every ``progress_every_s`` seconds
+(:class:`SlideProgress`; logged at INFO unless the caller takes it).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +24,55 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.encoder import Encoder
-from pathgen_batch.slides import TileGrid, TileSpec, open_slide, read_tiles, tile_grid, tissue_mask
+from pathgen_batch.slides import (
+    TileGrid,
+    TileSpec,
+    TissueMask,
+    open_slide,
+    read_tiles,
+    tile_grid,
+    tissue_mask,
+)
+from pathgen_batch.slides.artefacts import Polygon, read_exclusions
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Phase = Literal["open", "tiles", "encode"]
+
+
+@dataclass(frozen=True)
+class SlideProgress:
+    """How far :func:`encode_slide` is through one slide."""
+
+    slide: str  # the slide file's name
+    done: int  # tiles encoded
+    total: int  # kept tiles of the slide
+    seconds: float  # since the slide was opened
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        share = self.done / max(self.total, 1)
+        return (
+            f"{self.slide}: {self.done:,}/{self.total:,} tiles ({share:.0%}), "
+            f"{self.tiles_per_s:.0f} tiles/s, {self.seconds:.0f} s"
+        )
+
+
+def exclusions_for(folder: str | None, slide_id: str) -> list[Polygon]:
+    """The polygons of ``<folder>/<slide_id>.geojson`` (a local folder or S3 prefix of a user's
+    annotations, level-0 px); none when ``folder`` is None or the slide has no file there."""
+    if folder is None:
+        return []
+    uri = storage.join(folder, f"{storage.check_slide_id(slide_id)}.geojson")
+    if not storage.exists(uri):
+        return []
+    return read_exclusions(storage.read_bytes(uri), uri)
 
 
 def spec_for(encoder: Encoder, min_tissue: float = 0.5) -> TileSpec:
@@ -96,6 +142,7 @@ class EncodedSlide:
     """The kept tiles of one slide and their features, in tile-grid order."""
 
     grid: TileGrid  # x, y, tissue (N,), size_l0, level, read_px, n_candidates
+    mask: TissueMask  # the tissue mask the grid was cut from
     feats: np.ndarray  # (N, D) float32
     slide_mpp: float  # level-0 um/px the tiling used
     mpp_source: str  # where that MPP came from (see pathgen_batch.slides.mpp)
@@ -117,13 +164,18 @@ def encode_slide(
     batch_size: int = 64,
     prefetch: int = 2,
     on_phase: Callable[[Phase], None] | None = None,
+    exclude: Sequence[Polygon] = (),
+    on_progress: Callable[[SlideProgress], None] | None = None,
+    progress_every_s: float = 10.0,
 ) -> EncodedSlide:
     """Tile the slide at ``path`` by ``spec`` and encode every kept tile with ``encoder``.
 
     ``spec`` must agree with the encoder's contract (ConfigError otherwise). Raises the slide
     errors of :mod:`pathgen_batch.slides` (unreadable file, no MPP, no tissue). ``on_phase`` is
     told what the loop does next (``open``, then ``tiles`` and ``encode`` in turn), so that a
-    caller can say where a slide failed.
+    caller can say where a slide failed. ``exclude``: polygons (level-0 px) not to be tiled
+    (see :func:`pathgen_batch.slides.tissue_mask`). Every ``progress_every_s`` seconds of a
+    slide, ``on_progress`` (default: an INFO log line) is told the tiles done so far.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -135,18 +187,27 @@ def encode_slide(
     phase("open")
     with open_slide(path, mpp_override=mpp_override) as slide:
         phase("tiles")
-        grid = tile_grid(slide, spec, tissue_mask(slide))
+        mask = tissue_mask(slide, exclude=exclude)
+        grid = tile_grid(slide, spec, mask)
         tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
+        report = on_progress or (lambda p: log.info("%s", p.line()))
+        done, next_report = 0, t0 + progress_every_s
         with closing(tiles):  # joins the reader thread before the slide closes
             for batch in tiles:
                 phase("encode")
                 te = time.perf_counter()
                 feats.append(encoder.encode(batch.images))  # (B, D)
-                encode_s += time.perf_counter() - te
+                now = time.perf_counter()
+                encode_s += now - te
+                done += len(batch)
+                if now >= next_report and done < len(grid):
+                    report(SlideProgress(Path(path).name, done, len(grid), now - t0))
+                    next_report = now + progress_every_s
                 phase("tiles")
         mpp, mpp_source = float(slide.mpp), str(slide.mpp_source)
     return EncodedSlide(
         grid=grid,
+        mask=mask,
         feats=np.concatenate(feats).astype(np.float32, copy=False)
         if feats
         else np.zeros((0, encoder.dim), np.float32),

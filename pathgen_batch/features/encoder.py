@@ -4,6 +4,11 @@ An encoder owns its :class:`~pathgen_batch.features.contract.FeatureContract` (n
 dim, tile size, resolution) and a ``torch.device``. ``encode`` checks its input, moves it to the
 device, runs the subclass's ``forward`` under ``torch.inference_mode()`` and returns a NumPy
 array on the CPU. Subclasses implement only ``forward`` on a uint8 tensor already on the device.
+
+On CUDA the tiles go through a pinned (page-locked) host buffer, reused from batch to batch and
+grown when a larger batch comes, and are copied to the device without blocking the host; the
+copy of the features back waits for the device, so the buffer is free again when ``encode``
+returns.
 """
 
 from __future__ import annotations
@@ -59,6 +64,13 @@ def file_sha256(path: str | Path, what: str = "weights file") -> str:
     return "sha256:" + storage.sha256(p)
 
 
+def place_module(module: torch.nn.Module, device: torch.device) -> None:
+    """Move ``module`` to ``device``; channels-last memory on CUDA (faster convolutions)."""
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    module.to(device=device)
+    module.to(memory_format=fmt)  # type: ignore[call-overload]
+
+
 def normalise(
     images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
@@ -75,6 +87,7 @@ class Encoder(ABC):
     def __init__(self, contract: FeatureContract, device: str | torch.device = "cpu") -> None:
         self._contract = contract
         self._device = resolve_device(device)
+        self._pinned: torch.Tensor | None = None  # uint8 host buffer for CUDA copies
 
     @property
     def contract(self) -> FeatureContract:
@@ -131,10 +144,22 @@ class Encoder(ABC):
         if images.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)  # (B, H, W, 3)
+            t = self._to_device(np.ascontiguousarray(images))  # (B, H, W, 3) uint8
             out = self.forward(t)  # (B, dim)
             self._check_output(out, images.shape[0])
             return out.to(device="cpu", dtype=torch.float32).numpy()
+
+    def _to_device(self, images: np.ndarray) -> torch.Tensor:
+        """Host tiles -> device tensor; through the pinned buffer on CUDA (non-blocking)."""
+        host = torch.from_numpy(images)
+        if self.device.type != "cuda":
+            return host
+        n = host.numel()
+        if self._pinned is None or self._pinned.numel() < n:
+            self._pinned = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+        buf = self._pinned[:n].view(host.shape)
+        buf.copy_(host)
+        return buf.to(self.device, non_blocking=True)
 
     def _check_output(self, out: torch.Tensor, batch: int) -> None:
         if tuple(out.shape) != (batch, self.dim):

@@ -2,8 +2,10 @@
 
 ``build_encoder("stain-texture")`` needs nothing; ``build_encoder("resnet50-trunc",
 weights="r50.pth")`` and ``build_encoder("torchscript", weights="uni.pt", options={"dim": 1024})``
-load local files only. Options are checked strictly against the encoder's config dataclass, so
-a misspelt option is an error, never a silent default.
+load local files only, and so do the foundation models built with timm (``build_encoder("uni",
+weights="pytorch_model.bin")``, ``"virchow2"``, ..., or ``"timm:<architecture>"`` with declared
+``mean`` and ``std``; see :mod:`.timm_encoder`). Options are checked strictly against the
+encoder's config dataclass, so a misspelt option is an error, never a silent default.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 import torch
 
 from pathgen_batch import config
-from pathgen_batch.errors import ConfigError
-from pathgen_batch.features import resnet, stain, torchscript
+from pathgen_batch.errors import ConfigError, DataError
+from pathgen_batch.features import hf_encoder, resnet, stain, timm_encoder, torchscript
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.features.encoder import Encoder
+from pathgen_batch.features.encoder import Encoder, file_sha256
 
 DEFAULT_ENCODER = stain.NAME
+TIMM_ANY = timm_encoder.PREFIX + "<architecture>"  # listed in help; any timm:NAME is accepted
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,24 @@ def encoder_entries() -> tuple[EncoderEntry, ...]:
     return tuple(_REGISTRY.values())
 
 
+def _timm_entry(name: str) -> EncoderEntry:
+    return EncoderEntry(
+        name=name,
+        config_cls=timm_encoder.TimmEncoderConfig,
+        build=lambda cfg, dev: timm_encoder.TimmEncoder(name, cfg, dev),
+        summary=(
+            timm_encoder.FOUNDATION_MODELS[name].summary
+            if name in timm_encoder.FOUNDATION_MODELS
+            else "any timm architecture from --weights; declare -o mean=[...] -o std=[...]"
+        ),
+        needs_weights=True,
+    )
+
+
 def get_entry(name: str) -> EncoderEntry:
+    """The registered encoder ``name``; ``timm:<architecture>`` names any timm architecture."""
+    if isinstance(name, str) and name.startswith(timm_encoder.PREFIX) and name != TIMM_ANY:
+        return _timm_entry(name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -92,6 +112,21 @@ def build_encoder(
     return entry.build(encoder_config(name, weights, options), device)
 
 
+def check_weights(contract: FeatureContract, weights: str) -> None:
+    """Cheaply (a digest, no model built) check that ``weights`` is the file ``contract`` was
+    made with: ConfigError when the encoder takes no weights or the file is missing, DataError
+    naming both digests when it is another file."""
+    if not get_entry(contract.encoder).needs_weights:
+        raise ConfigError(f"encoder {contract.encoder!r} takes no weights file, got {weights}")
+    digest = file_sha256(weights, what=f"{contract.encoder} weights file")
+    want = contract.version.split(";", 1)[0]
+    if digest != want:
+        raise DataError(
+            f"{weights}: not the weights of the feature contract {contract.describe()}: "
+            f"the file's digest is {digest}"
+        )
+
+
 def encoder_for_contract(
     contract: FeatureContract,
     *,
@@ -105,6 +140,11 @@ def encoder_for_contract(
         options.update(stain.options_for_version(contract.version))
     elif contract.encoder == torchscript.NAME:
         options.update({"dim": contract.dim, **torchscript.options_for_version(contract.version)})
+    elif get_entry(contract.encoder).config_cls is timm_encoder.TimmEncoderConfig:
+        recipe = contract.recipe_dict()
+        options.update(timm_encoder.options_for_recipe(contract.encoder, recipe))
+    elif contract.encoder in hf_encoder.MODELS:
+        options.update(hf_encoder.options_for_recipe(contract.recipe_dict()))
     enc = build_encoder(contract.encoder, weights=weights, device=device, options=options)
     contract.check_matches(enc.contract, what="requested feature contract vs built encoder")
     return enc
@@ -146,3 +186,20 @@ register_encoder(
         needs_weights=True,
     )
 )
+for _name in timm_encoder.FOUNDATION_MODELS:
+    register_encoder(_timm_entry(_name))
+register_encoder(_timm_entry(TIMM_ANY))
+
+
+def _hf_entry(name: str) -> EncoderEntry:
+    return EncoderEntry(
+        name=name,
+        config_cls=hf_encoder.HFEncoderConfig,
+        build=lambda cfg, dev: hf_encoder.HFEncoder(name, cfg, dev),
+        summary=hf_encoder.MODELS[name][2] + "; --weights model.safetensors, config.json beside",
+        needs_weights=True,
+    )
+
+
+for _name in hf_encoder.MODELS:
+    register_encoder(_hf_entry(_name))

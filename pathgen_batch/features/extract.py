@@ -10,6 +10,7 @@ the same contract and tiling settings is skipped; one with a different contract 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -23,7 +24,7 @@ import numpy as np
 
 from pathgen_batch.cohort import Cohort, load_cohort
 from pathgen_batch.errors import ConfigError, DataError, SlideError
-from pathgen_batch.features.encode_slide import encode_slide, spec_for
+from pathgen_batch.features.encode_slide import encode_slide, exclusions_for, spec_for
 from pathgen_batch.features.encoder import Encoder
 from pathgen_batch.features.store import (
     SlideFeatures,
@@ -34,6 +35,7 @@ from pathgen_batch.features.store import (
     write_slide_features,
 )
 from pathgen_batch.slides import TileSpec
+from pathgen_batch.slides.artefacts import Polygon
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,13 @@ def extract_slide(
     batch_size: int = 64,
     slide_id: str | None = None,
     prefetch: int = 2,
+    exclude: Sequence[Polygon] = (),
 ) -> SlideFeatures:
     """Tile ``path`` at the encoder's tile size and MPP and encode every kept tile.
 
     ``spec`` defaults to :func:`spec_for` (``min_tissue`` 0.5) and must agree with the
-    encoder's contract. ``slide_id`` defaults to the file name without its last suffix. Raises the
+    encoder's contract. ``exclude``: polygons (level-0 px) not to be tiled. ``slide_id``
+    defaults to the file name without its last suffix. Raises the
     slide errors of :mod:`pathgen_batch.slides` (unreadable file, no MPP, no tissue).
     Returns features in tile-grid order: x, y (N,), feats (N, D), tissue (N,).
     """
@@ -59,7 +63,13 @@ def extract_slide(
     p = Path(path)
     sid = check_slide_id(slide_id if slide_id is not None else p.stem)
     enc = encode_slide(
-        p, encoder, spec, mpp_override=mpp_override, batch_size=batch_size, prefetch=prefetch
+        p,
+        encoder,
+        spec,
+        mpp_override=mpp_override,
+        batch_size=batch_size,
+        prefetch=prefetch,
+        exclude=exclude,
     )
     grid = enc.grid
     info: dict[str, Any] = {
@@ -104,8 +114,13 @@ class SlideResult:
         return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
 
 
-def _settings(min_tissue: float, mpp_override: float | None) -> dict[str, Any]:
-    return {"min_tissue": float(min_tissue), "mpp_override": mpp_override}
+def _settings(
+    min_tissue: float, mpp_override: float | None, exclude_geojson: str | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"min_tissue": float(min_tissue), "mpp_override": mpp_override}
+    if exclude_geojson is not None:  # only then: files extracted before stay valid
+        out["exclude_geojson"] = exclude_geojson
+    return out
 
 
 def _existing_status(
@@ -146,18 +161,20 @@ def extract_slides(
     on_error: Literal["raise", "record"] = "raise",
     progress: Callable[[SlideResult], None] | None = None,
     prefetch: int = 2,
+    exclude_geojson: str | None = None,
 ) -> list[SlideResult]:
     """Extract each ``slide_id -> path`` into ``<out_dir>/<slide_id>.parquet``.
 
     Files already present with the same contract and settings are skipped (resume). Every
     existing file is checked before any slide is read, so a contract mismatch fails at once.
     ``on_error="record"`` turns a slide's SlideError/DataError into a "failed" result instead
-    of stopping. ``progress`` is called with each slide's result.
+    of stopping. ``progress`` is called with each slide's result. ``exclude_geojson``: a
+    folder (or S3 prefix) of ``<slide_id>.geojson`` annotations whose polygons are not tiled.
     """
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error: expected 'raise' or 'record', got {on_error!r}")
     spec = spec_for(encoder, min_tissue)
-    settings = _settings(min_tissue, mpp_override)
+    settings = _settings(min_tissue, mpp_override, exclude_geojson)
     out_root = Path(out_dir)
     out_root.mkdir(parents=True, exist_ok=True)
     done = {
@@ -180,7 +197,9 @@ def extract_slides(
                     batch_size=batch_size,
                     slide_id=sid,
                     prefetch=prefetch,
+                    exclude=exclusions_for(exclude_geojson, sid),
                 )
+                sf = dataclasses.replace(sf, extraction={**sf.extraction, **settings})
             except (SlideError, DataError) as e:
                 if on_error == "raise":
                     raise

@@ -6,16 +6,14 @@ v1.5 variant with the stride on the 3x3 convolution) truncated after its third s
 torchvision's ``resnet50`` so that its state dicts load as they are; ``layer4.*`` and ``fc.*``
 entries of a full ResNet-50 state dict are ignored.
 
-Weights come ONLY from a local file given by the user (``torch.load(..., weights_only=True)``);
+Weights come ONLY from a local file given by the user (see :mod:`.weights`: safetensors or
+``torch.load(..., weights_only=True)``);
 nothing is ever downloaded. The contract's version is the sha256 of that file.
 """
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,7 +26,9 @@ from pathgen_batch.features.encoder import (
     Encoder,
     file_sha256,
     normalise,
+    place_module,
 )
+from pathgen_batch.features.weights import check_state_dict, load_state_dict_file
 
 NAME = "resnet50-trunc"
 DIM = 1024
@@ -91,50 +91,6 @@ class ResNet50Trunc(nn.Module):
         return x.mean(dim=(2, 3))  # (B, 1024)
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict with ``torch.load(weights_only=True)``; errors name the path."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"weights file not found: {p}")
-    try:
-        obj = torch.load(p, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise ConfigError(f"{p}: not a loadable torch state dict ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise ConfigError(
-            f"{p}: expected a state dict (a mapping of parameter names to tensors), "
-            f"got {type(obj).__name__}"
-            + (f" with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, Mapping) else "")
-        )
-    return dict(obj)
-
-
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise ConfigError naming the keys missing, unexpected or of the wrong shape."""
-    expected = model.state_dict()
-    given = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s) {missing[:5]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
-    wrong = [
-        f"{k}: expected shape {tuple(expected[k].shape)}, got {tuple(v.shape)}"
-        for k, v in given.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:5]))
-    if problems:
-        raise ConfigError(
-            f"{source}: not a torchvision-style ResNet-50 state dict: " + "; ".join(problems)
-        )
-
-
 @dataclass(frozen=True)
 class ResNetTruncConfig:
     """weights: path of a local state dict; tile_px, mpp: the tiling the encoder expects."""
@@ -157,10 +113,10 @@ class ResNetTruncEncoder(Encoder):
         version = file_sha256(cfg.weights, what="resnet50-trunc weights file")
         state = load_state_dict_file(cfg.weights)
         model = ResNet50Trunc()
-        check_state_dict(model, state, cfg.weights)
-        model.load_state_dict(
-            {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}, strict=True
+        kept = check_state_dict(
+            model, state, cfg.weights, "a torchvision-style ResNet-50", IGNORED_PREFIXES
         )
+        model.load_state_dict(kept, strict=True)
         self.cfg = cfg
         self.model = model.eval()
         contract = FeatureContract(NAME, version, DIM, cfg.tile_px, cfg.mpp)
@@ -168,9 +124,7 @@ class ResNetTruncEncoder(Encoder):
         self._moved()
 
     def _moved(self) -> None:
-        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.model.to(device=self.device)
-        self.model.to(memory_format=fmt)  # type: ignore[call-overload]
+        place_module(self.model, self.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> (B, 1024)."""

@@ -8,7 +8,8 @@ A bundle is a folder::
     expression_scaler.json  per-gene z-score scaler fit on the training patients
     feature_scaler.json     per-dimension tile-feature scaler fit on the training patients
 
-``bundle.json`` holds exactly these keys (unknown or missing keys are refused):
+``bundle.json`` holds exactly these keys (unknown or missing keys are refused, but for
+``risk_cuts``):
 
 =====================  ==========================================================================
 format_version         2 (format 1 kept the output type in train_config; it is refused)
@@ -24,6 +25,10 @@ bin_edges              time-bin edges (K + 1), last one the string "inf"; null f
 diffusion, sampler     DiffusionConfig (schedule and the network's output type, ``prediction``)
                        and default SamplerConfig; null for a fusion model
 conformal              {"grade": ClassificationConformal | null, "risk": IntervalConformal | null}
+risk_cuts              cut points of the relative risk groups ({"quantiles", "cuts", "n"}, see
+                       ``RiskCuts``); null for a generator or a fusion model without them. A
+                       bundle written before risk groups were relative has no such key: it loads
+                       with no cut points
 provenance             cohort digest, folds, seed, metrics, history, created_at, ...
 files                  sha256 of every other file of the bundle
 =====================  ==========================================================================
@@ -52,7 +57,7 @@ from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError, PathgenError
 from pathgen_batch.evaluation.conformal import ClassificationConformal, IntervalConformal
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.inference.fusion import TrainedFusion
+from pathgen_batch.inference.fusion import RiskCuts, TrainedFusion
 from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models import build_model, model_name_of
@@ -81,9 +86,11 @@ KEYS = (
     "diffusion",
     "sampler",
     "conformal",
+    "risk_cuts",
     "provenance",
     "files",
 )
+OPTIONAL_KEYS = ("risk_cuts",)  # absent in bundles written before relative risk groups
 
 
 def _digest(uri: str | Path) -> str:
@@ -189,6 +196,7 @@ def save_generator(gen: TrainedGenerator, path: str | Path, overwrite: bool = Fa
         "diffusion": to_dict(gen.diffusion),
         "sampler": to_dict(gen.sampler),
         "conformal": {"grade": None, "risk": None},
+        "risk_cuts": None,
         "provenance": gen.provenance,
     }
     return _write(
@@ -218,6 +226,7 @@ def save_fusion(fus: TrainedFusion, path: str | Path, overwrite: bool = False) -
             "grade": None if fus.grade_conformal is None else fus.grade_conformal.to_dict(),
             "risk": None if fus.risk_conformal is None else fus.risk_conformal.to_dict(),
         },
+        "risk_cuts": None if fus.risk_cuts is None else fus.risk_cuts.to_dict(),
         "provenance": fus.provenance,
     }
     return _write(
@@ -243,7 +252,7 @@ def _read_manifest(root: str, verify: tuple[str, ...]) -> dict[str, Any]:
             "output type); retrain the model to write a new bundle"
         )
     unknown = sorted(set(manifest) - set(KEYS))
-    missing = [k for k in KEYS if k not in manifest]
+    missing = [k for k in KEYS if k not in manifest and k not in OPTIONAL_KEYS]
     if unknown or missing:
         raise DataError(f"{mf}: unknown key(s) {unknown}, missing key(s) {missing}")
     if manifest["kind"] not in ("generator", "fusion"):
@@ -331,8 +340,14 @@ def load_bundle(
         if m["kind"] == "generator":
             if not isinstance(model, TranscriptomeDenoiser):
                 raise DataError(f"kind 'generator' but model_name {m['model_name']!r}")
-            if m["bin_edges"] is not None or any(v is not None for v in conformal.values()):
-                raise DataError("a generator bundle has no bin_edges and no conformal states")
+            if (
+                m["bin_edges"] is not None
+                or any(v is not None for v in conformal.values())
+                or m.get("risk_cuts") is not None
+            ):
+                raise DataError(
+                    "a generator bundle has no bin_edges, conformal states or risk cuts"
+                )
             _load_weights(model, root, dev, weights_digest)
             return TrainedGenerator(
                 model=model,
@@ -354,6 +369,7 @@ def load_bundle(
         _load_weights(model, root, dev, weights_digest)
         grade = conformal["grade"]
         risk = conformal["risk"]
+        cuts = m.get("risk_cuts")
         return TrainedFusion(
             model=model,
             model_name=str(m["model_name"]),
@@ -366,6 +382,7 @@ def load_bundle(
             train_config=train_config,
             grade_conformal=None if grade is None else ClassificationConformal.from_dict(grade),
             risk_conformal=None if risk is None else IntervalConformal.from_dict(risk),
+            risk_cuts=None if cuts is None else RiskCuts.from_dict(cuts),
             provenance=provenance,
             name=str(m["name"]),
         ).to(dev)

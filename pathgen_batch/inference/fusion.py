@@ -3,14 +3,15 @@
 A :class:`TrainedFusion` turns raw tile bags (and a transcriptome in expression units, or none)
 into grade probabilities, survival hazards, risk, attention and, when calibrated, conformal
 grade sets and risk intervals (a :class:`FusionPrediction`). It carries its scalers, time-bin
-edges, gene panel, feature contract and provenance; :mod:`pathgen_batch.inference.bundle` saves
-and loads it.
+edges, gene panel, feature contract, the cut points of its relative risk groups
+(:class:`RiskCuts`) and provenance; :mod:`pathgen_batch.inference.bundle` saves and loads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
@@ -26,6 +27,70 @@ from pathgen_batch.inference.inputs import DEFAULT_BATCH, check_bags, check_batc
 from pathgen_batch.inference.scaling import ZScoreScaler, check_matrix
 from pathgen_batch.models.survival import hazards_from_logits, risk_from_hazards
 from pathgen_batch.omics.panel import GenePanel
+
+
+@dataclass(frozen=True)
+class RiskCuts:
+    """Cut points of the relative risk groups: quantiles of the risk the fusion model predicts
+    for the patients it was trained and validated on.
+
+    With two cuts (tertiles by default) a risk below ``cuts[0]`` is ``low``, at or above
+    ``cuts[1]`` ``high``, in between ``intermediate``; with one cut (e.g. the median) ``low`` or
+    ``high``. ``n`` is how many patients the quantiles were taken over.
+    """
+
+    quantiles: tuple[float, ...]
+    cuts: tuple[float, ...]
+    n: int
+
+    def __post_init__(self) -> None:
+        q, c = tuple(float(v) for v in self.quantiles), tuple(float(v) for v in self.cuts)
+        if len(q) not in (1, 2) or len(c) != len(q):
+            raise DataError(
+                f"risk cuts: expected 1 or 2 quantiles and as many cut points, got {q} and {c}"
+            )
+        if not all(0.0 < v < 1.0 for v in q) or list(q) != sorted(set(q)):
+            raise DataError(f"risk cuts: quantiles must be increasing, in (0, 1), got {q}")
+        if not all(math.isfinite(v) for v in c) or list(c) != sorted(c):
+            raise DataError(f"risk cuts: cut points must be finite and non-decreasing, got {c}")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise DataError(f"risk cuts: n must be a positive integer, got {self.n!r}")
+        object.__setattr__(self, "quantiles", q)
+        object.__setattr__(self, "cuts", c)
+
+    @classmethod
+    def fit(cls, risk: np.ndarray, quantiles: Sequence[float]) -> RiskCuts:
+        """The cut points of ``risk`` (N,) at ``quantiles``."""
+        r = np.asarray(risk, dtype=np.float64).ravel()
+        r = r[np.isfinite(r)]
+        if r.size < len(quantiles) + 1:
+            raise DataError(
+                f"risk cuts: {len(quantiles)} quantile(s) need at least {len(quantiles) + 1} "
+                f"patients with a finite risk, got {r.size}"
+            )
+        cuts = np.quantile(r, np.asarray(quantiles, dtype=np.float64))
+        return cls(tuple(quantiles), tuple(float(v) for v in cuts), int(r.size))
+
+    def group(self, risk: float) -> str:
+        """``low`` / ``intermediate`` / ``high`` (one cut: ``low`` / ``high``) of one risk."""
+        r = float(risk)
+        if r < self.cuts[0]:
+            return "low"
+        if r >= self.cuts[-1]:
+            return "high"
+        return "intermediate"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantiles": list(self.quantiles), "cuts": list(self.cuts), "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RiskCuts:
+        if not isinstance(d, Mapping) or sorted(d) != ["cuts", "n", "quantiles"]:
+            raise DataError(f"risk cuts: expected keys cuts, n, quantiles, got {d!r}")
+        q, c = d["quantiles"], d["cuts"]
+        if not isinstance(q, list) or not isinstance(c, list):
+            raise DataError(f"risk cuts: quantiles and cuts must be lists, got {q!r}, {c!r}")
+        return cls(tuple(q), tuple(c), d["n"])
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +136,7 @@ class TrainedFusion:
     train_config: dict[str, Any] = field(default_factory=dict)
     grade_conformal: ClassificationConformal | None = None
     risk_conformal: IntervalConformal | None = None
+    risk_cuts: RiskCuts | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     name: str = "pathgen-fusion"
 
@@ -113,6 +179,10 @@ class TrainedFusion:
     ) -> TrainedFusion:
         """A copy (sharing the weights) carrying these conformal states."""
         return dataclasses.replace(self, grade_conformal=grade, risk_conformal=risk)
+
+    def risk_group(self, risk: float) -> str | None:
+        """The relative risk group of ``risk`` (None for a model without cut points)."""
+        return None if self.risk_cuts is None else self.risk_cuts.group(risk)
 
     def _expression(self, expression: Any, B: int, noise_seed: int) -> np.ndarray | None:
         if not self.uses_expression:

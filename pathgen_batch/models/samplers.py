@@ -8,9 +8,9 @@ the sampler always reads the output as the type the network was trained to produ
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 
@@ -24,13 +24,15 @@ from pathgen_batch.models.diffusion import (
 from pathgen_batch.models.validation import check_floating, check_shape
 
 
-class Sampler(Protocol):
+class Sampler(abc.ABC):
     """``sample(model_fn, shape)`` -> x0 of ``shape``. ``model_fn`` is the network; the sampler's
     diffusion object turns its output into the noise. ``generator`` (on the device sampled on)
-    seeds x_T and any step noise; ``x_T`` fixes the start instead of drawing it."""
+    seeds x_T and any step noise; ``x_T`` fixes the start instead of drawing it. A sampler
+    implements :meth:`reverse`, the walk from x_T to x0."""
 
     diffusion: GaussianDiffusion
 
+    @torch.no_grad()
     def sample(
         self,
         model_fn: ModelFn,
@@ -39,7 +41,16 @@ class Sampler(Protocol):
         x_T: torch.Tensor | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """Draw x0 of ``shape`` (B, G); ``x_T`` fixes the starting noise."""
+        x = _start(shape, generator, x_T, device, dtype)  # (B, G)
+        return self.reverse(model_fn, x, generator)
+
+    @abc.abstractmethod
+    def reverse(
+        self, model_fn: ModelFn, x: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """x0 from the starting noise ``x`` (B, G); ``generator`` draws any step noise."""
 
 
 def _start(
@@ -60,7 +71,7 @@ def _eps(diffusion: GaussianDiffusion, model_fn: ModelFn, x: torch.Tensor, t: in
     return diffusion.eps(model_fn(x, tt), x, tt)  # (B, G)
 
 
-class DDPMSampler:
+class DDPMSampler(Sampler):
     """Ancestral sampling, all T steps (DDPM Algorithm 2), no clamping.
 
     x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps) + sqrt(var_t) z,
@@ -70,19 +81,10 @@ class DDPMSampler:
     def __init__(self, diffusion: GaussianDiffusion) -> None:
         self.diffusion = diffusion
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model_fn: ModelFn,
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        x_T: torch.Tensor | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
+    def reverse(
+        self, model_fn: ModelFn, x: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """Draw x0 of ``shape`` (B, G); ``x_T`` fixes the starting noise."""
         s = self.diffusion.schedule
-        x = _start(shape, generator, x_T, device, dtype)  # (B, G)
         for t in range(s.num_timesteps - 1, -1, -1):
             eps = _eps(self.diffusion, model_fn, x, t)  # (B, G)
             c_x = 1.0 / math.sqrt(float(s.alphas[t]))
@@ -94,7 +96,7 @@ class DDPMSampler:
         return x
 
 
-class DDIMSampler:
+class DDIMSampler(Sampler):
     """DDIM (Song et al. 2021, eq. 12) on ``steps`` timesteps 0, k, 2k, ... with k = T // steps.
 
     x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z, with
@@ -118,19 +120,10 @@ class DDIMSampler:
         grid = torch.arange(steps, dtype=torch.long) * (T // steps)  # (steps,)
         self.timesteps = grid.flip(0).tolist()  # descending
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model_fn: ModelFn,
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        x_T: torch.Tensor | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
+    def reverse(
+        self, model_fn: ModelFn, x: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """Draw x0 of ``shape`` (B, G); ``x_T`` fixes the starting noise."""
         abar = self.diffusion.schedule.alphas_cumprod
-        x = _start(shape, generator, x_T, device, dtype)  # (B, G)
         ts = self.timesteps
         for i, t in enumerate(ts):
             a_t = float(abar[t])

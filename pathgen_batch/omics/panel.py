@@ -5,7 +5,10 @@ groups genes into families (one token per family in the generator and the fusion
 digest is stored with every model and output row so that models trained on different panels are
 never combined.
 
-On disk a panel is a CSV with the header ``gene,family`` and one row per gene, in order.
+On disk a panel is a CSV with the header ``gene,family`` and one row per gene, in order. A
+panel that names no families (a ``gene`` column only, or every family empty) has all its genes
+in the placeholder family ``UNCLUSTERED``: a model trained on it clusters them first
+(:mod:`pathgen_batch.omics.families`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from pathgen_batch.errors import DataError
+
+UNCLUSTERED = "<unclustered>"  # the family of every gene of a panel that names none
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,11 @@ class GenePanel:
     @classmethod
     def from_pairs(cls, pairs: Sequence[tuple[str, str]]) -> GenePanel:
         return cls(tuple(g for g, _ in pairs), tuple(f for _, f in pairs))
+
+    @property
+    def needs_families(self) -> bool:
+        """True for a panel that names no families (they are clustered when a model trains)."""
+        return set(self.families) == {UNCLUSTERED}
 
     @property
     def n_genes(self) -> int:
@@ -90,15 +100,21 @@ class GenePanel:
     @classmethod
     def parse(cls, text: str, source: str = "<panel>") -> GenePanel:
         rows = list(csv.reader(io.StringIO(text)))
-        if not rows or [c.strip().lower() for c in rows[0][:2]] != ["gene", "family"]:
-            raise DataError(f"{source}: gene panel must start with the header 'gene,family'")
+        head = [c.strip().lower() for c in rows[0][:2]] if rows else []
+        if head not in (["gene", "family"], ["gene"]):
+            raise DataError(
+                f"{source}: gene panel must start with the header 'gene,family' (or 'gene' "
+                "for families clustered from the expression)"
+            )
         pairs = []
         for i, r in enumerate(rows[1:], start=2):
             if not r:
                 continue
-            if len(r) < 2:
+            if len(r) < len(head):
                 raise DataError(f"{source}: line {i} has {len(r)} column(s), expected gene,family")
-            pairs.append((r[0], r[1]))
+            pairs.append((r[0], r[1] if len(head) == 2 else ""))
+        if pairs and all(not f.strip() for _, f in pairs):
+            pairs = [(g, UNCLUSTERED) for g, _ in pairs]
         try:
             return cls.from_pairs(pairs)
         except DataError as e:

@@ -27,11 +27,13 @@ with warnings.catch_warnings():
     )
     import mlflow.pyfunc  # noqa: F401
 
+from pathgen_batch.registry.encoder import EncoderWeights, fetch_encoder, find_encoder
 from pathgen_batch.registry.errors import (
     GateRefusedError,
     MissingArtifactsError,
     RegistryConflictError,
     RegistryError,
+    RegistryPermissionError,
     RegistryUnavailableError,
     UnknownModelError,
 )
@@ -75,6 +77,7 @@ __all__ = [
     "GENERATOR_MODEL",
     "STAGE_ALIASES",
     "ChangeResult",
+    "EncoderWeights",
     "GateConfig",
     "GateRefusedError",
     "GateReport",
@@ -85,6 +88,7 @@ __all__ = [
     "RegistryConfig",
     "RegistryConflictError",
     "RegistryError",
+    "RegistryPermissionError",
     "RegistryUnavailableError",
     "RunLog",
     "Store",
@@ -97,6 +101,8 @@ __all__ = [
     "default_tracking_uri",
     "evaluate_gate",
     "fetch_bundle",
+    "fetch_encoder",
+    "find_encoder",
     "lineage",
     "list_models",
     "list_versions",

@@ -1,7 +1,9 @@
 """Registered tile encoders: a weights file plus its feature contract, as an MLflow pyfunc.
 
-Only encoders with a weights file are registered (``torchscript``, ``resnet50-trunc``); an
-encoder without weights (``stain-texture``) is fully identified by its contract. The bundle
+Only encoders with a weights file are registered (``torchscript``, ``resnet50-trunc`` and the
+timm-built foundation models: ``uni``, ``virchow2``, ..., ``timm:<architecture>``, whose recipe
+travels in the contract); an encoder without weights (``stain-texture``) is fully identified by
+its contract. The bundle
 artifact holds::
 
     encoder.json    {"format_version": 1, "kind": "encoder", "contract": {...}, "weights": NAME}
@@ -10,6 +12,10 @@ artifact holds::
 Loading rebuilds the encoder with :func:`pathgen_batch.features.encoder_for_contract`, which
 refuses a weights file whose digest is not the contract's. The pyfunc maps uint8 RGB tiles
 (B, tile_px, tile_px, 3) to float32 features (B, dim).
+
+The scorer finds the encoder of its models' feature contract here: :func:`fetch_encoder` gives
+the weights of a named version (checked against the contract), :func:`find_encoder` the newest
+version registered with exactly that contract.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,9 @@ from mlflow.types.schema import Schema, TensorSpec
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.registry.pyfunc import BUNDLE_ARTIFACT
+from pathgen_batch.registry.store import Store, call
+from pathgen_batch.registry.tags import ENCODER_MODEL, TAG_CONTRACT_DIGEST, TAG_KIND
+from pathgen_batch.registry.versions import fetch_bundle, list_versions, resolve_version
 
 ENCODER_CODE = Path(__file__).with_name("pyfunc_encoder.py")
 MANIFEST = "encoder.json"
@@ -67,10 +77,8 @@ def write_encoder_bundle(dest: Path, contract: FeatureContract, weights: Path) -
     return dest
 
 
-def load_encoder_bundle(path: str | Path, device: str = "cpu") -> Any:
-    """The encoder of a bundle folder, rebuilt and checked against its recorded contract."""
-    from pathgen_batch.features import encoder_for_contract
-
+def read_encoder_bundle(path: str | Path) -> tuple[FeatureContract, Path]:
+    """(contract, weights file) of a bundle folder; its manifest checked."""
     root = Path(path)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -87,7 +95,61 @@ def load_encoder_bundle(path: str | Path, device: str = "cpu") -> Any:
     weights = root / str(manifest["weights"])
     if not weights.is_file():
         raise DataError(f"{root}: encoder weights file {manifest['weights']} is missing")
+    return contract, weights
+
+
+def load_encoder_bundle(path: str | Path, device: str = "cpu") -> Any:
+    """The encoder of a bundle folder, rebuilt and checked against its recorded contract."""
+    from pathgen_batch.features import encoder_for_contract
+
+    contract, weights = read_encoder_bundle(path)
     return encoder_for_contract(contract, weights=str(weights), device=device)
+
+
+@dataclass(frozen=True)
+class EncoderWeights:
+    """A registered encoder version: its contract and its weights file on this machine."""
+
+    name: str
+    version: str
+    contract: FeatureContract
+    path: str
+
+    @property
+    def pinned(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def fetch_encoder(
+    store: Store, name: str, ref: str | int, contract: FeatureContract | None = None
+) -> EncoderWeights:
+    """Version ``ref`` (number, stage or ``@alias``) of encoder model ``name``; when
+    ``contract`` is given, a version with another contract is a DataError naming the fields."""
+    mv = resolve_version(store, name, ref)
+    if dict(mv.tags or {}).get(TAG_KIND) != "encoder":
+        raise ConfigError(f"{name} v{mv.version} is not a registered encoder")
+    found, weights = read_encoder_bundle(fetch_bundle(store, name, str(mv.version)))
+    if contract is not None:
+        contract.check_matches(found, what=f"models' feature contract vs {name} v{mv.version}")
+    return EncoderWeights(name, str(mv.version), found, str(weights))
+
+
+def find_encoder(
+    store: Store, contract: FeatureContract, name: str = ENCODER_MODEL
+) -> EncoderWeights | None:
+    """The newest version of ``name`` registered with exactly ``contract``; None if none is
+    (or ``name`` is not registered at all)."""
+    known = call("registered models", store.client.search_registered_models)
+    if name not in {m.name for m in known}:
+        return None
+    same = [
+        mv
+        for mv in list_versions(store, name)
+        if dict(mv.tags or {}).get(TAG_CONTRACT_DIGEST) == contract.digest
+    ]
+    if not same:
+        return None
+    return fetch_encoder(store, name, str(same[-1].version), contract)
 
 
 def encoder_signature(contract: FeatureContract) -> ModelSignature:

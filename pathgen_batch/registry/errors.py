@@ -18,6 +18,10 @@ class RegistryUnavailableError(RegistryError):
     """The tracking or registry store cannot be reached; nothing was written."""
 
 
+class RegistryPermissionError(RegistryError):
+    """The registry refused the credentials, or the user may not do what was asked."""
+
+
 class UnknownModelError(RegistryError):
     """No registered model, version, stage or alias of that name."""
 

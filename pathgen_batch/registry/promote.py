@@ -7,7 +7,8 @@ resolve to the same version. At most one version is in Staging and one in Produc
 one they replace is archived.
 
 Every change leaves an audit event on each version it touched (tag ``pathgen.audit.NNNN``,
-JSON: action, stage, who, host, when, why, forced, previous Production version, and for
+JSON: action, stage, who (the user an authenticated MLflow server knows, see :func:`who`),
+authenticated, host, when, why, forced, previous Production version, and for
 promotions to Production the gate's report with every metric compared).
 
 Concurrency: every change of one model runs under a lock (a thread lock plus an exclusive
@@ -79,8 +80,12 @@ _THREAD_LOCKS_GUARD = threading.Lock()
 MAX_REASON = 2000
 
 
-def who() -> str:
-    """The acting user: ``PATHGEN_USER``, else the login name."""
+def who(store: Store | None = None) -> str:
+    """The acting user: the user the MLflow server authenticated (a remote store with
+    ``MLFLOW_TRACKING_USERNAME``), else ``PATHGEN_USER``, else the login name."""
+    user = store.authenticated_user if store is not None else None
+    if user is not None:
+        return user
     env = os.environ.get("PATHGEN_USER", "").strip()
     if env:
         return env
@@ -143,8 +148,9 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _event(action: str, **fields: Any) -> dict[str, Any]:
-    return {"action": action, "who": who(), "host": socket.gethostname(), "when": _now()} | fields
+def _event(store: Store, action: str, **fields: Any) -> dict[str, Any]:
+    event = {"action": action, "who": who(store), "host": socket.gethostname(), "when": _now()}
+    return event | {"authenticated": store.authenticated_user is not None} | fields
 
 
 def _record(store: Store, name: str, version: str, event: dict[str, Any]) -> None:
@@ -324,6 +330,7 @@ def promote(
                 prev or "",
             )
         event = _event(
+            store,
             "promote" if target != ARCHIVED else "archive",
             stage=target,
             from_stage=source,
@@ -339,7 +346,7 @@ def promote(
                 store,
                 name,
                 old,
-                _event("superseded", stage=ARCHIVED, from_stage=target, by=v, why=reason),
+                _event(store, "superseded", stage=ARCHIVED, from_stage=target, by=v, why=reason),
             )
         archived = tuple(superseded)
         if target in (STAGING, PRODUCTION):
@@ -392,6 +399,7 @@ def rollback(
         _set_alias(store, name, STAGE_ALIASES[PRODUCTION], prev)
         _drop_stage_aliases(store, name, prev, keep=STAGE_ALIASES[PRODUCTION])
         event = _event(
+            store,
             "rollback",
             stage=PRODUCTION,
             from_stage=source,
@@ -406,7 +414,9 @@ def rollback(
             store,
             name,
             cur_v,
-            _event("rolled_back", stage=ARCHIVED, from_stage=PRODUCTION, by=prev, why=reason),
+            _event(
+                store, "rolled_back", stage=ARCHIVED, from_stage=PRODUCTION, by=prev, why=reason
+            ),
         )
         archived = (cur_v, *_settle(store, name, PRODUCTION, prev))
         return ChangeResult(

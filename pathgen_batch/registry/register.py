@@ -11,6 +11,7 @@ with the pinned requirements can load it.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -45,6 +46,7 @@ from pathgen_batch.registry.tags import (
     TAG_MODEL,
     TAG_N_GENES,
     TAG_PANEL_DIGEST,
+    TAG_RISK_CUTS,
     cv_for_kind,
     cv_from_run_metrics,
     cv_tags,
@@ -122,6 +124,9 @@ def version_tags(
         TAG_N_GENES: str(model.panel.n_genes),
         TAG_CODE_VERSION: code_version(),
     }
+    cuts = getattr(model, "risk_cuts", None)
+    if cuts is not None:
+        tags[TAG_RISK_CUTS] = json.dumps(cuts.to_dict(), sort_keys=True)
     digest = data_digest or prov.get("cohort_digest")
     if digest:
         tags[TAG_DATA_DIGEST] = str(digest)

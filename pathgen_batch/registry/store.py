@@ -12,6 +12,11 @@ tracking URI. Experiments this package creates in a local SQLite store keep thei
 
 An ``http(s)://`` store is probed (``GET /health``) before anything is read or written, so a
 server that is down gives one clear error and leaves no partial state.
+
+An authenticated server (``mlflow server --app-name basic-auth``) takes MLflow's standard
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``);
+mlflow reads them itself, this package never logs, tags or stores them, and a refused request is
+one error naming the user and what was refused (:func:`as_registry_error`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pathgen_batch.errors import ConfigError
-from pathgen_batch.registry.errors import RegistryError, RegistryUnavailableError
+from pathgen_batch.registry.errors import (
+    RegistryError,
+    RegistryPermissionError,
+    RegistryUnavailableError,
+)
 
 DEFAULT_WORKSPACE = "workspace"
 DEFAULT_EXPERIMENT = "pathgen"
@@ -169,6 +178,12 @@ class Store:
         return is_remote(self.tracking_uri) or is_remote(self.registry_uri)
 
     @property
+    def authenticated_user(self) -> str | None:
+        """The user name a remote store authenticates each request with, else None."""
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "").strip()
+        return user if self.is_remote and user else None
+
+    @property
     def artifact_root(self) -> str | None:
         return artifact_root_for(self.tracking_uri, self.config.workspace)
 
@@ -252,6 +267,17 @@ def as_registry_error(e: MlflowException, what: str) -> RegistryError:
     from pathgen_batch.registry.errors import UnknownModelError
 
     msg = str(e.message if hasattr(e, "message") else e).strip().splitlines()[0][:300]
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "").strip() or "anonymous"
+    if e.error_code == "PERMISSION_DENIED" or "error code 403" in msg:
+        return RegistryPermissionError(
+            f"{what}: permission denied for MLflow user {user!r} (ask the server's admin for "
+            "EDIT or MANAGE on this model)"
+        )
+    if e.error_code == "UNAUTHENTICATED" or "error code 401" in msg:
+        return RegistryPermissionError(
+            f"{what}: the MLflow server refused the credentials of user {user!r} (set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+        )
     if e.error_code in _NOT_FOUND:
         return UnknownModelError(f"{what}: {msg}")
     lowered = msg.lower()

@@ -13,6 +13,8 @@ Version tags (all strings):
 ``pathgen.data_digest``            digest of the training data (the cohort's ``cohort.json``)
 ``pathgen.eval_digest``            digest of the evaluation (cohort + patient folds)
 ``pathgen.code_version``           package version (+ git commit when known)
+``pathgen.risk_cuts``              fusion: cut points of the relative risk groups, JSON
+                                   ``{"quantiles": [...], "cuts": [...], "n": N}``
 ``pathgen.cv.<metric>``            cross-validated metrics the gate compares
 ``pathgen.previous_production``    the version that was Production before this one
 ``pathgen.audit.<NNNN>``           audit events (JSON), in order
@@ -49,6 +51,7 @@ TAG_COHORT = "pathgen.cohort"
 TAG_DATA_DIGEST = "pathgen.data_digest"
 TAG_EVAL_DIGEST = "pathgen.eval_digest"
 TAG_CODE_VERSION = "pathgen.code_version"
+TAG_RISK_CUTS = "pathgen.risk_cuts"
 TAG_PREVIOUS_PRODUCTION = "pathgen.previous_production"
 CV_PREFIX = "pathgen.cv."
 AUDIT_PREFIX = "pathgen.audit."

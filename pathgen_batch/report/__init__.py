@@ -9,7 +9,7 @@ risk, cohort distributions, Kaplan-Meier curves, grade confusion, expression fid
 
 from pathgen_batch.report.build import ReportConfig, write_report
 from pathgen_batch.report.data import RunTables, load_run, pick_run
-from pathgen_batch.report.heatmap import Canvas, attention_map, blend, slide_canvas
+from pathgen_batch.report.heatmap import Canvas, attention_map, blend, thumbnail_canvas
 from pathgen_batch.report.outcomes import confusion_matrix, survival_summary
 
 __all__ = [
@@ -21,7 +21,7 @@ __all__ = [
     "confusion_matrix",
     "load_run",
     "pick_run",
-    "slide_canvas",
     "survival_summary",
+    "thumbnail_canvas",
     "write_report",
 ]

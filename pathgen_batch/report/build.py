@@ -30,8 +30,9 @@ from pathgen_batch.report.data import (
     read_frame,
     synthetic_vs_real,
 )
-from pathgen_batch.report.heatmap import attention_map, blend, slide_canvas, tile_extent
+from pathgen_batch.report.heatmap import attention_map, blend, thumbnail_canvas, tile_extent
 from pathgen_batch.report.outcomes import confusion_matrix, risk_groups, survival_summary
+from pathgen_batch.tables.pseudonyms import Pseudonymiser
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _slide_section(page: _Page, i: int, row: pd.Series, run: RunTables, cfg: Rep
     else:
         size_l0 = int(att["size_l0"].iloc[0])
         extent = tile_extent(att["x"].to_numpy(), att["y"].to_numpy(), size_l0)
-        canvas = slide_canvas(str(row["source_uri"]), cfg.thumb_px, extent)
+        canvas = thumbnail_canvas(run.thumbnails.get(sid), cfg.thumb_px, extent)
         figs.append(page.array(canvas.image, f"slide{i:03d}_thumb.png", "slide"))
         for f, fam in enumerate(sorted(att["family"].unique())):
             sub = att[att["family"] == fam]
@@ -173,11 +174,26 @@ def _slide_section(page: _Page, i: int, row: pd.Series, run: RunTables, cfg: Rep
         ),
         ("risk", _fmt(float(row["risk"]))),
         ("risk interval", f"{interval} (alpha {_fmt(row.get('risk_interval_alpha'))})"),
-        ("risk group", str(row["risk_group"])),
-        ("median survival bin", _fmt(row.get("median_survival_bin"))),
+        ("risk group (relative)", _fmt(row.get("risk_group"))),
+        (
+            "median survival",
+            f"bin {_fmt(row.get('median_survival_bin'))} "
+            f"({_fmt(row.get('median_survival_group'))})",
+        ),
         ("source", str(row["source_uri"])),
     ]
     page.add('<div class="row">' + probs_fig + _table(info) + "</div>")
+
+
+def _cut_values(preds: pd.DataFrame) -> list[float]:
+    """The fusion model's risk-group cut points (one model per run: the first row's)."""
+    cuts = preds["risk_cuts"].iloc[0] if "risk_cuts" in preds else None
+    return [] if cuts is None else [float(c) for c in cuts]
+
+
+def _cuts(preds: pd.DataFrame) -> str:
+    cuts = _cut_values(preds)
+    return ", ".join(_fmt(c) for c in cuts) if cuts else "none (model without cut points)"
 
 
 def _outcomes(page: _Page, run: RunTables, clinical: pd.DataFrame) -> None:
@@ -193,12 +209,21 @@ def _outcomes(page: _Page, run: RunTables, clinical: pd.DataFrame) -> None:
             groups,
             how,
         )
-        note = "the run's risk groups" if how == "risk_group" else "a split at the median risk"
+        note = (
+            "relative risk group (the fusion model's risk cut points)"
+            if how == "risk_group"
+            else "a split at the median risk (the fusion model has no risk cut points)"
+        )
         page.add(page.figure(plots.kaplan_meier(s), "km.png", f"Kaplan-Meier by {note}"))
         page.add(
             _table(
                 [
                     ("slides with outcome", str(s.n)),
+                    ("risk cut points", _cuts(preds)),
+                    (
+                        "slides per group",
+                        ", ".join(f"{c.group} {c.n} ({c.n_events} events)" for c in s.curves),
+                    ),
                     ("log-rank chi2 / p", f"{_fmt(s.logrank_chi2)} / {_fmt(s.logrank_p)}"),
                     ("Harrell C-index (risk)", _fmt(s.c_index)),
                 ]
@@ -260,17 +285,23 @@ def write_report(
     clinical: str | None = None,
     expression: str | None = None,
     config: ReportConfig | None = None,
+    pseudonyms: Pseudonymiser | None = None,
 ) -> Path:
     """Write the report of ``run_id`` (default: the latest complete run) under ``output``.
 
     clinical: CSV/Parquet with slide_id or patient_id, time, event, grade or grade_index;
     expression: CSV/Parquet with patient_id (or slide_id) and one column per gene.
+    pseudonyms: the key of a pseudonymised run: the ids of the clinical and expression tables
+    are pseudonymised the same way before they are joined, so none reaches the page.
     Returns the path of ``index.html``.
     """
     cfg = config or ReportConfig()
-    run = load_run(output, run_id)
+    run = load_run(output, run_id, thumbnails=cfg.slides)
     clin = read_frame(clinical, "clinical table") if clinical is not None else None
     expr = read_frame(expression, "expression table") if expression is not None else None
+    if pseudonyms is not None:
+        clin = pseudonyms.frame(clin) if clin is not None else None
+        expr = pseudonyms.frame(expr) if expr is not None else None
     if clin is not None:
         fill_patient_ids(run.predictions, clin)
     page = _Page(Path(out_dir))
@@ -283,7 +314,11 @@ def write_report(
     page.add(
         '<div class="row">'
         + page.figure(
-            plots.risk_distribution(preds["risk"].to_numpy(), preds["risk_group"].to_numpy()),
+            plots.risk_distribution(
+                preds["risk"].to_numpy(),
+                preds["risk_group"].fillna("no cut points").to_numpy(),
+                _cut_values(preds),
+            ),
             "risk.png",
             "risk",
         )

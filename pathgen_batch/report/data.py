@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pathgen_batch import storage
 from pathgen_batch.errors import DataError
@@ -27,7 +28,8 @@ CLINICAL_EVENT = "event"
 
 @dataclass(frozen=True, eq=False)  # holds frames: compared by identity
 class RunTables:
-    """One complete run: its ``runs`` row, predictions (one row per slide) and tile attention."""
+    """One complete run: its ``runs`` row, predictions (one row per slide), tile attention and
+    thumbnails."""
 
     output: str
     run_id: str
@@ -35,6 +37,7 @@ class RunTables:
     predictions: pd.DataFrame  # (S rows) sorted by risk, highest first
     attention: pa.Table  # tile_attention rows of the run
     transcriptomes: pa.Table | None  # long (slide, gene) rows; None when the run wrote none
+    thumbnails: dict[str, dict[str, Any]]  # slide id -> its thumbnails row (none: no picture)
 
 
 def _check_output(output: str) -> str:
@@ -65,8 +68,9 @@ def pick_run(output: str, run_id: str | None) -> str:
     return run_id
 
 
-def load_run(output: str, run_id: str | None = None) -> RunTables:
-    """The tables of ``run_id`` (default: the latest complete run) under ``output``."""
+def load_run(output: str, run_id: str | None = None, thumbnails: int = 0) -> RunTables:
+    """The tables of ``run_id`` (default: the latest complete run) under ``output``, with the
+    thumbnails of its ``thumbnails`` highest-risk slides (read with a filter, not all)."""
     rid = pick_run(output, run_id)
     root = storage.normalise(output)
     run = read_table(root, "runs", [rid]).to_pylist()[0]
@@ -79,7 +83,22 @@ def load_run(output: str, run_id: str | None = None) -> RunTables:
         tx: pa.Table | None = read_table(root, "transcriptomes", [rid])
     except DataError:
         tx = None
-    return RunTables(root, rid, run, preds, att, tx)
+    top = preds["slide_id"].head(thumbnails).astype(str).tolist()
+    thumbs = read_thumbnails(root, rid, top) if top else {}
+    return RunTables(root, rid, run, preds, att, tx, thumbs)
+
+
+def read_thumbnails(
+    output: str, run_id: str, slides: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Slide id -> ``thumbnails`` row of run ``run_id`` (of ``slides`` only when given); empty
+    for a run scored before thumbnails were stored."""
+    flt = None if slides is None else pc.field("slide_id").isin(slides)
+    try:
+        t = read_table(output, "thumbnails", [run_id], filter=flt)
+    except DataError:
+        return {}
+    return {str(r["slide_id"]): r for r in t.to_pylist()}
 
 
 def read_frame(uri: str, what: str) -> pd.DataFrame:

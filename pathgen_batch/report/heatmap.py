@@ -6,23 +6,25 @@ of H x W pixels of a slide of level-0 size W0 x H0 maps level-0 ``(x, y)`` to th
 is alpha-blended over the thumbnail where it is non-zero, so pixels without attention keep the
 thumbnail's colours.
 
-Local slides are opened for their thumbnail. Slides on S3 are not downloaded: their heatmap is
-drawn on a blank canvas of the slide's extent (the union of its tiles), as is any slide whose
-file can no longer be opened.
+The picture is the slide's row of the ``thumbnails`` table (written when the slide was tiled),
+so heatmaps need only the tables, whether the archive is a folder or on S3; slides are never
+opened or downloaded. A slide without a thumbnail (re-scored from stored features, or scored
+before thumbnails were stored) is drawn on a blank canvas of its extent (the union of its
+tiles).
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from PIL import Image
 
-from pathgen_batch import storage
-from pathgen_batch.errors import DataError, SlideError
-
-log = logging.getLogger(__name__)
+from pathgen_batch.errors import DataError
+from pathgen_batch.tables.thumbnails import png_array
 
 CANVAS_GREY = 236  # blank-canvas colour (0..255) when the slide itself is not drawn
 
@@ -59,21 +61,21 @@ def tile_extent(x: np.ndarray, y: np.ndarray, size_l0: int) -> tuple[int, int]:
     return int(np.max(x)) + int(size_l0), int(np.max(y)) + int(size_l0)
 
 
-def slide_canvas(source_uri: str, max_px: int, fallback_dims: tuple[int, int]) -> Canvas:
-    """The thumbnail of a local slide, or a blank canvas of ``fallback_dims`` (level-0 W0, H0)
-    for an S3 slide or one that cannot be opened (the reason is in ``Canvas.source``)."""
-    if storage.is_s3(source_uri):
-        return blank_canvas(fallback_dims, max_px, "slide on S3: drawn on a blank canvas")
-    from pathgen_batch.slides import open_slide
-
-    try:
-        with open_slide(storage.local_path(source_uri)) as s:
-            thumb = s.thumbnail(max_px)  # (H, W, 3) uint8
-            dims = s.dimensions
-    except (SlideError, storage.StorageError) as e:
-        log.warning("%s: no thumbnail (%s); drawing on a blank canvas", source_uri, e)
-        return blank_canvas(fallback_dims, max_px, f"slide not readable: {e}")
-    return Canvas(thumb, (int(dims[0]), int(dims[1])), "thumbnail")
+def thumbnail_canvas(
+    thumbnail: Mapping[str, Any] | None, max_px: int, fallback_dims: tuple[int, int]
+) -> Canvas:
+    """The slide's stored thumbnail (a ``thumbnails`` row) scaled to ``max_px`` on its longer
+    side, or a blank canvas of ``fallback_dims`` (level-0 W0, H0) when there is none."""
+    if thumbnail is None:
+        return blank_canvas(fallback_dims, max_px, "no stored thumbnail: drawn on a blank canvas")
+    dims = (int(thumbnail["width_l0"]), int(thumbnail["height_l0"]))
+    rgb = png_array(thumbnail["image_png"], f"thumbnail of {thumbnail['slide_id']}")
+    if rgb.ndim != 3:
+        raise DataError(f"thumbnail of {thumbnail['slide_id']}: expected an RGB image")
+    w, h = _fit(dims, max_px)
+    if (rgb.shape[1], rgb.shape[0]) != (w, h):
+        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.LANCZOS))
+    return Canvas(rgb, dims, "thumbnail")
 
 
 def attention_map(
@@ -113,24 +115,39 @@ def attention_map(
     return out
 
 
+def colour_map(
+    amap: np.ndarray, *, alpha: float = 0.6, cmap: str = "inferno"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``amap`` (H, W) >= 0 coloured by ``cmap`` (scaled to its maximum): colours (H, W, 3) in
+    0..255 and opacity (H, W) ``alpha * (0.35 + 0.65 * a / max)`` where ``a > 0``, else 0."""
+    if not 0.0 < alpha <= 1.0:
+        raise DataError(f"heatmap: alpha must be in (0, 1], got {alpha}")
+    top = float(amap.max()) if amap.size else 0.0
+    norm = np.clip(amap / top, 0.0, 1.0) if top > 0 else np.zeros_like(amap)  # (H, W)
+    colour = colormaps[cmap](norm)[..., :3] * 255.0  # (H, W, 3)
+    opacity = np.where(norm > 0, alpha * (0.35 + 0.65 * norm), 0.0)  # (H, W)
+    return colour, opacity
+
+
 def blend(
     image: np.ndarray, amap: np.ndarray, *, alpha: float = 0.6, cmap: str = "inferno"
 ) -> np.ndarray:
-    """``amap`` (H, W) >= 0 coloured by ``cmap`` (scaled to its maximum) and blended over
-    ``image`` (H, W, 3) uint8 with opacity ``alpha * (0.35 + 0.65 * a / max)`` where ``a > 0``;
+    """The heatmap of ``amap`` (see :func:`colour_map`) blended over ``image`` (H, W, 3) uint8;
     pixels with ``a == 0`` are left untouched. Returns (H, W, 3) uint8."""
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != amap.shape:
         raise DataError(
             f"blend: expected image (H, W, 3) matching map {amap.shape}, got {img.shape}"
         )
-    if not 0.0 < alpha <= 1.0:
-        raise DataError(f"blend: alpha must be in (0, 1], got {alpha}")
-    top = float(amap.max()) if amap.size else 0.0
-    if top <= 0:
-        return img.astype(np.uint8, copy=True)
-    norm = np.clip(amap / top, 0.0, 1.0)  # (H, W)
-    colour = colormaps[cmap](norm)[..., :3] * 255.0  # (H, W, 3)
-    a = np.where(norm > 0, alpha * (0.35 + 0.65 * norm), 0.0)[..., None]  # (H, W, 1)
+    colour, opacity = colour_map(amap, alpha=alpha, cmap=cmap)
+    a = opacity[..., None]  # (H, W, 1)
     out = img.astype(np.float64) * (1.0 - a) + colour * a
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def overlay_rgba(amap: np.ndarray, *, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:
+    """The heatmap of ``amap`` (H, W) alone, as (H, W, 4) uint8 RGBA (transparent where
+    ``a == 0``), to lay over the slide in a viewer."""
+    colour, opacity = colour_map(amap, alpha=alpha, cmap=cmap)
+    out = np.concatenate([colour, 255.0 * opacity[..., None]], axis=2)  # (H, W, 4)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -36,9 +36,12 @@ class SurvivalSummary:
 
 
 def risk_groups(risk: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, str]:
-    """The run's risk groups when at least two are present, else a split at the median risk."""
+    """The run's relative risk groups (cut at the fusion model's risk quantiles) when every
+    slide has one and at least two are present, else a split at the median risk (a model
+    without cut points leaves ``risk_group`` null)."""
     stored = np.asarray(stored, dtype=object)
-    if np.unique(stored).size >= 2:
+    known = [g for g in stored.tolist() if isinstance(g, str)]
+    if len(known) == stored.size and len(set(known)) >= 2:
         return stored, "risk_group"
     r = np.asarray(risk, dtype=np.float64)
     med = float(np.median(r))

@@ -48,8 +48,8 @@ def grade_probs(classes: Sequence[str], probs: Sequence[float], in_set: Sequence
     return fig
 
 
-def risk_distribution(risk: np.ndarray, groups: np.ndarray) -> Figure:
-    """Histogram of risk (N,), stacked by risk group."""
+def risk_distribution(risk: np.ndarray, groups: np.ndarray, cuts: Sequence[float] = ()) -> Figure:
+    """Histogram of risk (N,), stacked by risk group, with the groups' cut points as lines."""
     fig = _figure(5.5, 3.2)
     ax = fig.add_subplot()
     r = np.asarray(risk, dtype=np.float64)
@@ -64,7 +64,9 @@ def risk_distribution(risk: np.ndarray, groups: np.ndarray) -> Figure:
         label=names,
         color=[GROUP_COLOURS.get(k, "#7f8c8d") for k in names],
     )
-    ax.set_xlabel("risk (higher is worse)")
+    for c in cuts:
+        ax.axvline(float(c), color="#333333", linestyle="--", linewidth=1)
+    ax.set_xlabel("risk (higher is worse); dashed: risk-group cut points")
     ax.set_ylabel("slides")
     ax.legend(title="risk group", fontsize=8)
     return fig

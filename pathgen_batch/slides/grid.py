@@ -1,4 +1,5 @@
-"""The tile grid: square tiles at a target physical resolution, kept by tissue fraction.
+"""The tile grid: square tiles at a target physical resolution, kept by tissue fraction (and
+dropped when they touch a region the mask excludes: pen ink, a user's annotation).
 
 A tile of ``tile_px`` pixels at ``mpp`` um/px covers ``size_l0 = round(tile_px * mpp / mpp0)``
 level-0 pixels (mpp0: the slide's level-0 resolution). Tiles sit on a non-overlapping grid
@@ -128,7 +129,7 @@ def tile_grid(
     )  # (ny, nx) each, row-major
     x, y = gx.ravel(), gy.ravel()  # (ny * nx,)
     tissue = mask.fraction_in(x, y, size_l0) if x.size else np.zeros(0, dtype=np.float32)
-    keep = tissue >= spec.min_tissue
+    keep = (tissue >= spec.min_tissue) & ~mask.excluded_in(x, y, size_l0)
     grid = TileGrid(
         x=x[keep],
         y=y[keep],

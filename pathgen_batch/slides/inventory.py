@@ -17,6 +17,7 @@ from pathgen_batch.slides.tissue import TissueMask, tissue_mask
 
 _TINT = np.array([0, 200, 70], dtype=np.float32)  # tissue overlay colour (green)
 _TINT_ALPHA = 0.35
+_EXCLUDED = np.array([230, 30, 30], dtype=np.float32)  # pen ink and annotated regions (red)
 _GRID_COLOUR = (20, 60, 220)
 
 
@@ -51,6 +52,7 @@ class SlideInfo:
     tile_read_px: int
     n_candidate_tiles: int
     n_tiles: int
+    excluded_fraction: float = 0.0  # pen ink and annotated regions, share of the slide
 
     @property
     def level_count(self) -> int:
@@ -68,12 +70,19 @@ class SlideInfo:
 def render_overview(
     slide: Slide, mask: TissueMask, grid: TileGrid | None, max_px: int = 1024
 ) -> Image.Image:
-    """Thumbnail with the tissue mask as a tinted overlay and the kept tiles outlined."""
+    """Thumbnail with the tissue mask (green) and the excluded regions (red: pen ink,
+    annotations) as tinted overlays and the kept tiles outlined."""
     thumb = slide.thumbnail(max_px).astype(np.float32)  # (H, W, 3)
     th, tw = thumb.shape[:2]
-    m = Image.fromarray(mask.mask.astype(np.uint8) * 255).resize((tw, th), Image.Resampling.NEAREST)
-    tissue = (np.asarray(m) > 0)[..., None]  # (H, W, 1)
-    blended = np.where(tissue, (1 - _TINT_ALPHA) * thumb + _TINT_ALPHA * _TINT, thumb)
+
+    def scaled(a: np.ndarray) -> np.ndarray:  # (h, w) bool -> (H, W, 1) bool
+        m = Image.fromarray(a.astype(np.uint8) * 255).resize((tw, th), Image.Resampling.NEAREST)
+        return (np.asarray(m) > 0)[..., None]
+
+    blended = np.where(scaled(mask.mask), (1 - _TINT_ALPHA) * thumb + _TINT_ALPHA * _TINT, thumb)
+    if mask.excluded is not None and mask.excluded.any():
+        tint = (1 - _TINT_ALPHA) * blended + _TINT_ALPHA * _EXCLUDED
+        blended = np.where(scaled(mask.excluded), tint, blended)
     img = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
     if grid is not None and len(grid):
         w0, h0 = slide.dimensions
@@ -117,7 +126,7 @@ def inspect_slide(
             path=str(p),
             format=s.format,
             vendor=s.vendor,
-            file_bytes=p.stat().st_size,
+            file_bytes=s.path.stat().st_size,
             dimensions=s.dimensions,
             levels=levels,
             mpp=mpp,
@@ -133,4 +142,5 @@ def inspect_slide(
             tile_read_px=grid.read_px,
             n_candidate_tiles=grid.n_candidates,
             n_tiles=len(grid),
+            excluded_fraction=mask.excluded_fraction,
         )

@@ -10,6 +10,12 @@ file and what is wrong:
   :class:`~pathgen_batch.errors.UnreadableSlideError`;
 - MPP needed but unknown: :class:`~pathgen_batch.errors.MissingMPPError` (raised lazily, by
   :attr:`Slide.mpp`, so slides without MPP can still be inspected and thumbnailed).
+
+Vendor files carry patient identifiers: a label and a macro image (the glass label), and free
+text properties (Aperio's ``ImageDescription``, file names, scanner users, dates). Nothing here
+reads an associated image, and what may leave a slide for an output or a report is
+:meth:`Slide.public_properties`, an allow-list (MPP, dimensions, vendor, objective), never
+:attr:`Slide.properties`.
 """
 
 from __future__ import annotations
@@ -164,6 +170,17 @@ class Slide:
         except ValueError:
             return None
 
+    def public_properties(self) -> dict[str, object]:
+        """What outputs may copy from the slide (no free text, no associated image): vendor,
+        level-0 width and height, MPP (None when unknown) and objective power."""
+        return {
+            "vendor": self.vendor,
+            "width": self.dimensions[0],
+            "height": self.dimensions[1],
+            "mpp": self.mpp if self.has_mpp else None,
+            "objective_power": self.objective_power,
+        }
+
     # -- pixels ---------------------------------------------------------------------------
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.level_count:
@@ -282,6 +299,7 @@ def open_slide(
     path: str | Path, mpp_override: float | None = None, *, direct: bool = True
 ) -> Slide:
     """Open a whole-slide image in any format OpenSlide reads. Use ``with open_slide(p) as s``.
+    A folder of DICOM instances (one DICOM WSI series) opens as its slide.
 
     ``mpp_override`` (um/px at level 0) replaces whatever the slide records. ``direct=False``
     makes every pixel go through OpenSlide (no direct TIFF tile decoding).
@@ -290,8 +308,15 @@ def open_slide(
     mpp_check = resolve_mpp({}, mpp_override)  # validates the override before any I/O
     if not p.exists():
         raise SlideNotFoundError(p, "no such file")
+    if p.is_dir():
+        instances = sorted(f for f in p.iterdir() if f.suffix.lower() == ".dcm" and f.is_file())
+        if not instances:
+            raise SlideNotFoundError(
+                p, "a folder without DICOM instances (.dcm); give the slide file itself"
+            )
+        p = instances[0]  # OpenSlide finds the other instances of its series beside it
     if not p.is_file():
-        raise SlideNotFoundError(p, "not a regular file (a folder?); give the slide file itself")
+        raise SlideNotFoundError(p, "not a regular file; give the slide file itself")
     size = p.stat().st_size
     if size == 0:
         raise UnreadableSlideError(p, "file is empty (0 bytes)")

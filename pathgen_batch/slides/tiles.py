@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from pathgen_batch.slides.artefacts import QualityConfig, TileQuality, tile_quality
 from pathgen_batch.slides.grid import TileGrid
 from pathgen_batch.slides.reader import Slide, opaque_rgb
 
@@ -31,6 +32,7 @@ class TileBatch:
     y: np.ndarray  # (B,) int64 level-0 px
     index: np.ndarray  # (B,) int64 position of each tile in the grid
     images: np.ndarray  # (B, tile_px, tile_px, 3) uint8 RGB
+    quality: TileQuality | None = None  # blank / out-of-focus flags, when asked for
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -57,12 +59,18 @@ def _resize(img: Image.Image, px: int) -> Image.Image:
 
 
 def read_tiles(
-    slide: Slide, grid: TileGrid, batch_size: int = 64, *, max_run: int = 32
+    slide: Slide,
+    grid: TileGrid,
+    batch_size: int = 64,
+    *,
+    max_run: int = 32,
+    quality: QualityConfig | None = None,
 ) -> Iterator[TileBatch]:
     """Yield the grid's tiles in grid order, ``batch_size`` at a time (the last may be short).
 
     ``max_run`` caps how many adjacent tiles one read covers (memory: about
-    ``max_run * read_px**2 * 4`` bytes).
+    ``max_run * read_px**2 * 4`` bytes). With ``quality``, each batch carries its tiles'
+    blank and out-of-focus flags (:func:`~pathgen_batch.slides.artefacts.tile_quality`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -95,4 +103,5 @@ def read_tiles(
             y=ys.copy(),
             index=np.arange(b0, b1, dtype=np.int64),
             images=images,
+            quality=None if quality is None else tile_quality(images, quality),
         )

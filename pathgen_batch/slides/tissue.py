@@ -14,19 +14,25 @@ grey, so the HSV saturation ``(max - min) / max`` of a pixel separates them well
 3. morphology (scipy.ndimage, square structuring elements), with sizes given in microns and
    converted at the view's resolution: closing joins nearby fragments, small holes are filled
    (large enclosed white areas, such as fat or lumens, stay background), opening and a minimum
-   object size remove specks.
+   object size remove specks;
+4. pen ink (blue, green, black: :func:`~pathgen_batch.slides.artefacts.ink_mask`) is left out
+   of Otsu's histogram and removed from the mask after the morphology, and, with the polygons
+   of a user's annotation (``exclude``, level-0 px), kept as :attr:`TissueMask.excluded`: the
+   tile grid drops every tile that touches an excluded pixel.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from pathgen_batch.errors import ConfigError
+from pathgen_batch.slides.artefacts import InkConfig, Polygon, ink_mask, rasterise
 from pathgen_batch.slides.reader import Slide
 
 _STRIP_PX = 1 << 22  # level pixels read per strip when building the low-resolution view
@@ -45,6 +51,7 @@ class TissueConfig:
     open_um: float = 8.0  # opening radius: removes strands thinner than about twice this
     min_object_um2: float = 1024.0  # smaller pieces are dropped (debris)
     max_hole_um2: float = 4096.0  # enclosed background up to this area counts as tissue
+    ink: InkConfig = field(default_factory=InkConfig)  # pen marks (enabled=False: kept)
 
     def __post_init__(self) -> None:
         if not self.mask_mpp > 0:
@@ -73,6 +80,7 @@ class TissueMask:
     level: int  # pyramid level the view was read from
     threshold: float  # saturation threshold used, 0..1
     mpp: float | None = None  # um per mask px (None when the slide's MPP is unknown)
+    excluded: np.ndarray | None = None  # (h, w) bool: pen ink and annotated regions
 
     @property
     def downsample(self) -> float:
@@ -87,22 +95,41 @@ class TissueMask:
     def fraction_in(self, x: np.ndarray, y: np.ndarray, size_l0: int) -> np.ndarray:
         """Tissue fraction of square level-0 boxes ``[x, x + size_l0) x [y, y + size_l0)``.
 
-        x, y: (n,) level-0 px. Returns (n,) float32 in 0..1, from an integral image of the mask
-        with box edges rounded to the nearest mask pixel (at least one mask pixel per box).
+        x, y: (n,) level-0 px. Returns (n,) float32 in 0..1 (see :func:`_box_fraction`).
         """
-        h, w = self.mask.shape
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        dx, dy = self.downsample_xy
-        c0 = np.clip(np.rint(x / dx), 0, w - 1).astype(np.int64)  # (n,)
-        r0 = np.clip(np.rint(y / dy), 0, h - 1).astype(np.int64)
-        c1 = np.clip(np.rint((x + size_l0) / dx), c0 + 1, w).astype(np.int64)
-        r1 = np.clip(np.rint((y + size_l0) / dy), r0 + 1, h).astype(np.int64)
-        integral = np.zeros((h + 1, w + 1), dtype=np.int64)  # (h+1, w+1)
-        np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.int64), axis=1, out=integral[1:, 1:])
-        inside = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-        area = (r1 - r0) * (c1 - c0)
-        return (inside / area).astype(np.float32)
+        return _box_fraction(self.mask, self.downsample_xy, x, y, size_l0)
+
+    @property
+    def excluded_fraction(self) -> float:
+        """Fraction of the slide's area excluded (pen ink, annotated regions)."""
+        return float(self.excluded.mean()) if self.excluded is not None and self.mask.size else 0.0
+
+    def excluded_in(self, x: np.ndarray, y: np.ndarray, size_l0: int) -> np.ndarray:
+        """(n,) bool: whether each box of :meth:`fraction_in` touches an excluded pixel."""
+        if self.excluded is None or not self.excluded.any():
+            return np.zeros(np.shape(x), dtype=bool)
+        return _box_fraction(self.excluded, self.downsample_xy, x, y, size_l0) > 0
+
+
+def _box_fraction(
+    mask: np.ndarray, downsample_xy: tuple[float, float], x: np.ndarray, y: np.ndarray, size: int
+) -> np.ndarray:
+    """Share of ``mask`` pixels set in level-0 boxes ``[x, x + size) x [y, y + size)``: (n,)
+    float32, from an integral image, box edges rounded to the nearest mask pixel (at least
+    one mask pixel per box)."""
+    h, w = mask.shape
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    dx, dy = downsample_xy
+    c0 = np.clip(np.rint(x / dx), 0, w - 1).astype(np.int64)  # (n,)
+    r0 = np.clip(np.rint(y / dy), 0, h - 1).astype(np.int64)
+    c1 = np.clip(np.rint((x + size) / dx), c0 + 1, w).astype(np.int64)
+    r1 = np.clip(np.rint((y + size) / dy), r0 + 1, h).astype(np.int64)
+    integral = np.zeros((h + 1, w + 1), dtype=np.int64)  # (h+1, w+1)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=integral[1:, 1:])
+    inside = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+    area = (r1 - r0) * (c1 - c0)
+    return (inside / area).astype(np.float32)
 
 
 def otsu_threshold(hist: np.ndarray) -> int:
@@ -186,27 +213,39 @@ def mask_from_rgb(
     rgb: np.ndarray, cfg: TissueConfig = TissueConfig(), view_mpp: float | None = None
 ) -> tuple[np.ndarray, float]:
     """Tissue mask (H, W) bool of an (H, W, 3) uint8 RGB view at ``view_mpp`` um/px (default
-    ``cfg.mask_mpp``), and the saturation threshold used (0..1)."""
+    ``cfg.mask_mpp``), and the saturation threshold used (0..1). Pen ink is not tissue."""
+    mask, t, _ = masks_from_rgb(rgb, cfg, view_mpp)
+    return mask, t
+
+
+def masks_from_rgb(
+    rgb: np.ndarray, cfg: TissueConfig = TissueConfig(), view_mpp: float | None = None
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """(tissue mask, saturation threshold, pen ink mask) of a view; see :func:`mask_from_rgb`."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb: expected (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     um = view_mpp if view_mpp is not None else cfg.mask_mpp  # um per view px
     close_r, open_r = round(cfg.close_um / um), round(cfg.open_um / um)
     min_object, max_hole = cfg.min_object_um2 / um**2, cfg.max_hole_um2 / um**2  # px
+    ink = ink_mask(rgb, um, cfg.ink)  # (H, W)
     sat = saturation_u8(rgb)  # (H, W)
-    t = max(otsu_threshold(np.bincount(sat.ravel(), minlength=256)), cfg.min_saturation * 255)
-    mask = sat > t
+    hist = np.bincount(sat[~ink].ravel() if ink.any() else sat.ravel(), minlength=256)
+    t = max(otsu_threshold(hist), cfg.min_saturation * 255)
+    mask = (sat > t) & ~ink
     if close_r > 0:
         mask = _erode(_dilate(mask, close_r), close_r)
     if max_hole >= 1:
         mask = _fill_holes(mask, int(max_hole))
     if open_r > 0:
         mask = _dilate(_erode(mask, open_r), open_r)
+    if ink.any():
+        mask &= ~ink
     if min_object > 1 and mask.any():
         labels, n = ndimage.label(mask)
         keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_object  # (n + 1,)
         keep[0] = False
         mask = keep[labels]
-    return mask, float(t) / 255.0
+    return mask, float(t) / 255.0, ink
 
 
 def _view_level(slide: Slide, cfg: TissueConfig) -> tuple[int, int]:
@@ -247,12 +286,18 @@ def low_res_view(slide: Slide, level: int, factor: int) -> np.ndarray:
     return np.concatenate(strips, axis=0)  # (h, w, 3)
 
 
-def tissue_mask(slide: Slide, cfg: TissueConfig = TissueConfig()) -> TissueMask:
-    """Detect tissue on a low-resolution view of ``slide``; see the module docstring."""
+def tissue_mask(
+    slide: Slide, cfg: TissueConfig = TissueConfig(), exclude: Sequence[Polygon] = ()
+) -> TissueMask:
+    """Detect tissue on a low-resolution view of ``slide``; see the module docstring.
+    ``exclude``: polygons (level-0 px, e.g. from
+    :func:`~pathgen_batch.slides.artefacts.read_exclusions`) whose area is not to be tiled."""
     level, factor = _view_level(slide, cfg)
     rgb = low_res_view(slide, level, factor)  # (h, w, 3)
     w0, h0 = slide.dimensions
     h, w = rgb.shape[:2]
     view_mpp = slide.mpp * 0.5 * (w0 / w + h0 / h) if slide.has_mpp else None
-    mask, threshold = mask_from_rgb(rgb, cfg, view_mpp)
-    return TissueMask(mask, (w0 / w, h0 / h), level, threshold, view_mpp)
+    mask, threshold, ink = masks_from_rgb(rgb, cfg, view_mpp)
+    ds = (w0 / w, h0 / h)
+    excluded = ink | rasterise(exclude, (h, w), ds) if exclude else ink
+    return TissueMask(mask & ~excluded, ds, level, threshold, view_mpp, excluded)

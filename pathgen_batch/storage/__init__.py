@@ -6,18 +6,24 @@ picks the :class:`Store` once from the URI (:class:`LocalStore` or :class:`S3Sto
 code that talks to boto3); the module-level functions (:func:`read_bytes`,
 :func:`write_bytes`, :func:`create_exclusive`, ...) are the short form of its methods. Every
 write is whole (local: temporary name then rename; S3: one PUT or a completed multipart
-upload) and :func:`create_exclusive` has exactly one winner. Slide archives (listing,
+upload) and :func:`create_exclusive` has exactly one winner. Which credentials reach which
+location (one profile for the archive, another for the output) is
+:mod:`pathgen_batch.storage.credentials`. Slide archives (listing,
 manifests, staging) are in :mod:`pathgen_batch.storage.archive`.
 """
 
 from pathgen_batch.storage.archive import (
     MANIFEST_SUFFIXES,
+    ArchiveListing,
+    SkippedFile,
     SlideSource,
     list_archive,
     read_manifest,
+    scan_archive,
     stage,
 )
 from pathgen_batch.storage.base import DEFAULT_RETRY, RetryPolicy, Staged, StorageError, Store
+from pathgen_batch.storage.credentials import WORKER_ENV, profile_for, use_profiles
 from pathgen_batch.storage.files import (
     arrow_filesystem,
     check_access,
@@ -54,9 +60,12 @@ __all__ = [
     "DEFAULT_RETRY",
     "MANIFEST_SUFFIXES",
     "SLIDE_EXTENSIONS",
+    "WORKER_ENV",
+    "ArchiveListing",
     "LocalStore",
     "RetryPolicy",
     "S3Store",
+    "SkippedFile",
     "SlideSource",
     "Staged",
     "StorageError",
@@ -76,9 +85,11 @@ __all__ = [
     "list_files",
     "local_path",
     "normalise",
+    "profile_for",
     "read_bytes",
     "read_manifest",
     "redact",
+    "scan_archive",
     "scratch_name",
     "sha256",
     "slide_id_for",
@@ -87,5 +98,6 @@ __all__ = [
     "stage_file",
     "store_for",
     "upload_file",
+    "use_profiles",
     "write_bytes",
 ]

@@ -1,7 +1,9 @@
 """Slide archives: listing the slides of an S3 prefix, a local folder or a manifest table, and
 staging one slide to local scratch for OpenSlide (which reads only local files).
 
-Slide extensions are filtered and every slide gets a slide id that is safe as a file name.
+Slide extensions are filtered, the files of a multi-file slide (a DICOM series, MIRAX,
+VMS/VMU) make one slide, every file that is not listed is reported with the reason, and every
+slide gets a slide id that is safe as a file name.
 Object keys are untrusted: a staged copy gets a hashed name, so ``..``, absolute paths, spaces
 or non-ASCII never reach the file system.
 """
@@ -10,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +23,26 @@ import pyarrow.parquet as pq
 
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.storage.base import DEFAULT_RETRY, RetryPolicy, Staged, StorageError
-from pathgen_batch.storage.files import read_bytes, stage_file
+from pathgen_batch.storage.files import read_bytes, stage_file, store_for
 from pathgen_batch.storage.local import walk_files
 from pathgen_batch.storage.locations import (
     SLIDE_EXTENSIONS,
+    basename,
     check_slide_id,
+    folder_slide_id,
     is_s3,
     local_path,
     slide_id_for,
     split_s3,
 )
 from pathgen_batch.storage.s3 import S3Store
+from pathgen_batch.storage.slide_files import (
+    DICOM,
+    FILE,
+    group_files,
+    slide_kind,
+    stage_slide_files,
+)
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 MANIFEST_COLUMNS = ("uri", "slide_id", "patient_id", "mpp")
@@ -46,11 +57,6 @@ class SlideSource:
     size: int | None = None  # bytes, when the listing says
     patient_id: str | None = None
     mpp: float | None = None  # um/px override from a manifest
-
-
-def _has_extension(name: str, extensions: frozenset[str]) -> bool:
-    lower = name.lower()
-    return any(lower.endswith(e) for e in extensions)
 
 
 def _unique(sources: list[SlideSource], where: str) -> list[SlideSource]:
@@ -133,38 +139,114 @@ def read_manifest(uri: str, retry: RetryPolicy = DEFAULT_RETRY) -> list[SlideSou
     return _unique(out, uri)
 
 
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file of an archive that is not listed as a slide, and why."""
+
+    uri: str
+    reason: str  # "not a slide extension", or "companion file of <slide key>"
+
+
+@dataclass(frozen=True)
+class ArchiveListing:
+    """What listing an archive found: its slides and the files it skipped."""
+
+    uri: str
+    slides: list[SlideSource]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)  # slides per format kind
+
+    def summary(self) -> str:
+        """One line: slides by kind and the skipped files by reason."""
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items()))
+        line = f"{self.uri}: {len(self.slides)} slide(s)" + (f" ({kinds})" if kinds else "")
+        companions = sum(s.reason.startswith("companion") for s in self.skipped)
+        others = [s for s in self.skipped if not s.reason.startswith("companion")]
+        parts = []
+        if companions:
+            parts.append(f"{companions} companion file(s) counted with their slides")
+        if others:
+            exts = sorted({_suffix(s.uri) for s in others})
+            parts.append(f"{len(others)} file(s) that are not slides ({' '.join(exts)})")
+        return line + ("; skipped " + " and ".join(parts) if parts else "")
+
+
+def _suffix(uri: str) -> str:
+    name = basename(uri)
+    return name[name.rfind(".") :].lower() if "." in name.strip(".") else "(no extension)"
+
+
+def _archive_files(
+    uri: str, retry: RetryPolicy, page_size: int
+) -> tuple[str, list[tuple[str, int]]]:
+    """(root URI ending in '/', [(key relative to it, bytes)]) of every file under ``uri``."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri.rstrip("/"))
+        prefix = f"{key}/" if key else ""
+        files = [
+            (k[len(prefix) :], n)
+            for k, n in S3Store(retry).list_objects(uri, page_size)
+            if not k.endswith("/")
+        ]
+        return f"s3://{bucket}/{prefix}", files
+    root = local_path(uri)
+    if not root.exists():
+        raise StorageError(f"{root}: archive folder not found")
+    if not root.is_dir():
+        raise ConfigError(
+            f"{root}: expected a folder of slides or a manifest (.csv/.parquet), got a file"
+        )
+    root = root.resolve()
+    return str(root) + "/", [(p.relative_to(root).as_posix(), n) for p, n in walk_files(root)]
+
+
+def scan_archive(
+    uri: str,
+    extensions: Sequence[str] = tuple(sorted(SLIDE_EXTENSIONS)),
+    retry: RetryPolicy = DEFAULT_RETRY,
+    page_size: int = 1000,
+) -> ArchiveListing:
+    """The slides of an archive (an S3 prefix, a local folder, or a manifest table .csv or
+    .parquet) and the files it skipped. Multi-file slides (a DICOM series, MIRAX, VMS/VMU:
+    :mod:`.slide_files`) are one slide each, their size the sum of their files. Sorted by
+    location; slide ids unique (a clash is a DataError)."""
+    exts = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    if uri.lower().endswith(MANIFEST_SUFFIXES):
+        slides = read_manifest(uri, retry)
+        return ArchiveListing(uri, slides, [], _kinds(s.uri for s in slides))
+    root, files = _archive_files(uri, retry, page_size)
+    groups, skipped = group_files(files, exts, lambda key: read_bytes(root + key, retry))
+    sources = []
+    for g in groups:
+        if g.kind == DICOM:
+            where = g.location.rstrip("/") or root.rstrip("/")
+            sid = folder_slide_id(where)
+        else:
+            sid = slide_id_for(g.location)
+        sources.append(SlideSource(uri=root + g.location, slide_id=sid, size=g.size))
+    sources = _unique(sorted(sources, key=lambda s: s.uri), uri)
+    kinds: dict[str, int] = {}
+    for g in groups:
+        kinds[g.kind] = kinds.get(g.kind, 0) + 1
+    return ArchiveListing(uri, sources, [SkippedFile(root + k, why) for k, why in skipped], kinds)
+
+
+def _kinds(uris: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for u in uris:
+        k = slide_kind(u)
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
 def list_archive(
     uri: str,
     extensions: Sequence[str] = tuple(sorted(SLIDE_EXTENSIONS)),
     retry: RetryPolicy = DEFAULT_RETRY,
     page_size: int = 1000,
 ) -> list[SlideSource]:
-    """The slides of an archive: an S3 prefix, a local folder, or a manifest table (.csv or
-    .parquet). Sorted by location; slide ids unique (a clash is a DataError)."""
-    exts = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    if uri.lower().endswith(MANIFEST_SUFFIXES):
-        return read_manifest(uri, retry)
-    if is_s3(uri):
-        bucket, _ = split_s3(uri)
-        sources = [
-            SlideSource(uri=f"s3://{bucket}/{key}", slide_id=slide_id_for(key), size=n)
-            for key, n in S3Store(retry).list_objects(uri, page_size)
-            if _has_extension(key, exts) and not key.endswith("/")
-        ]
-    else:
-        root = local_path(uri)
-        if not root.exists():
-            raise StorageError(f"{root}: archive folder not found")
-        if not root.is_dir():
-            raise ConfigError(
-                f"{root}: expected a folder of slides or a manifest (.csv/.parquet), got a file"
-            )
-        sources = [
-            SlideSource(uri=str(p.resolve()), slide_id=slide_id_for(p.name), size=n)
-            for p, n in walk_files(root)
-            if _has_extension(p.name, exts)
-        ]
-    return _unique(sorted(sources, key=lambda s: s.uri), uri)
+    """The slides of :func:`scan_archive` (without the report of skipped files)."""
+    return scan_archive(uri, extensions, retry, page_size).slides
 
 
 def stage(
@@ -174,6 +256,12 @@ def stage(
 
     S3 objects are downloaded into ``scratch_dir`` under a hashed name (size checked against
     the listing or the object, retried per ``retry``) and deleted afterwards; local files are
-    used in place (their size checked against the listing).
+    used in place (their size checked against the listing). A multi-file slide (a DICOM
+    series folder, MIRAX, VMS/VMU) is staged whole: every file, size-checked, in one hashed
+    scratch folder; the staged path is the file OpenSlide opens.
     """
-    return stage_file(source.uri, scratch_dir, source.size, retry)
+    kind = slide_kind(source.uri)
+    if kind == FILE:
+        return stage_file(source.uri, scratch_dir, source.size, retry)
+    store = store_for(source.uri, retry)
+    return stage_slide_files(source.uri, kind, store, scratch_dir, source.size)

@@ -72,6 +72,10 @@ class Store(ABC):
         """True when ``uri`` is a file."""
 
     @abstractmethod
+    def size(self, uri: str) -> int:
+        """A file's size in bytes; StorageError when it does not exist."""
+
+    @abstractmethod
     def read_bytes(self, uri: str) -> bytes:
         """A whole file; StorageError when it does not exist or cannot be read."""
 

@@ -55,6 +55,12 @@ class LocalStore(Store):
     def exists(self, uri: str) -> bool:
         return local_path(uri).is_file()
 
+    def size(self, uri: str) -> int:
+        p = local_path(uri)
+        if not p.is_file():
+            raise StorageError(f"{uri}: file not found")
+        return p.stat().st_size
+
     def read_bytes(self, uri: str) -> bytes:
         try:
             return local_path(uri).read_bytes()

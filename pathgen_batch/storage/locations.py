@@ -11,7 +11,19 @@ from urllib.parse import unquote
 from pathgen_batch.errors import ConfigError, DataError
 
 SLIDE_EXTENSIONS: frozenset[str] = frozenset(
-    {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif"}
+    {
+        ".svs",
+        ".tif",
+        ".tiff",
+        ".ndpi",
+        ".vms",
+        ".vmu",
+        ".scn",
+        ".mrxs",
+        ".svslide",
+        ".bif",
+        ".dcm",  # the instances of a DICOM WSI series: one slide per folder
+    }
 )
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -113,6 +125,17 @@ def slide_id_for(name: str) -> str:
     stem with unsafe characters replaced and a short hash of the name appended (unique)."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     stem = base.rsplit(".", 1)[0] if "." in base.strip(".") else base
+    return _safe_id(stem, name)
+
+
+def folder_slide_id(name: str) -> str:
+    """A slide id from a folder or prefix holding one slide's files (a DICOM series): the
+    folder's own name, whole, when that is a safe file name (as :func:`slide_id_for` else)."""
+    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return _safe_id(base, name)
+
+
+def _safe_id(stem: str, name: str) -> str:
     if is_safe_name(stem):
         return stem
     clean = _UNSAFE.sub("_", stem).replace("..", "_").strip("._-") or "slide"

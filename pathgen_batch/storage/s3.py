@@ -5,8 +5,9 @@ creation is a conditional PUT (``If-None-Match: *``). Transient failures (connec
 or reset, timeouts, throttling, 5xx) are retried with exponential backoff
 (:class:`~pathgen_batch.storage.base.RetryPolicy`); what still fails becomes a StorageError
 naming the location. Credentials come from boto3's standard chain (environment, shared files,
-instance roles) and ``AWS_ENDPOINT_URL`` selects an S3-compatible server; this module never
-reads, logs or stores a credential.
+instance roles), or from the profile named for the location
+(:mod:`pathgen_batch.storage.credentials`); ``AWS_ENDPOINT_URL`` selects an S3-compatible
+server. This module never logs or stores a credential.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 import pyarrow.fs as pafs
 
 from pathgen_batch.storage.base import DEFAULT_RETRY, RetryPolicy, Staged, StorageError, Store
+from pathgen_batch.storage.credentials import profile_for
 from pathgen_batch.storage.locations import join, scratch_name, split_s3
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ _RETRYABLE_CODES = frozenset(
 )
 _MISSING_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
 _PRECONDITION_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict")
-_CLIENTS: dict[tuple[int, str | None], Any] = {}
+_DENIED_CODES = ("AccessDenied", "403", "Forbidden", "AllAccessDisabled")
+_CLIENTS: dict[tuple[int, str | None, str | None], Any] = {}
 _CLIENT_LOCK = threading.Lock()
 # at DEBUG these libraries log signed request headers (which name the access key id)
 _QUIET = ("botocore", "boto3", "s3transfer", "urllib3")
@@ -60,14 +63,21 @@ def _quiet_transport_logs() -> None:
             logger.setLevel(logging.INFO)
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client for this process (standard credential chain; ``AWS_ENDPOINT_URL``)."""
-    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"))
+def _session(profile: str | None) -> Any:
+    import boto3
+
+    return boto3.session.Session(profile_name=profile)
+
+
+def s3_client(uri: str = "") -> Any:
+    """A boto3 S3 client for ``uri`` in this process: the profile named for its location, else
+    the standard credential chain; ``AWS_ENDPOINT_URL``."""
+    profile = profile_for(uri)
+    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"), profile)
     with _CLIENT_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
             _quiet_transport_logs()
-            import boto3
             from botocore.config import Config
 
             cfg = Config(
@@ -76,8 +86,7 @@ def s3_client() -> Any:
                 read_timeout=60,
                 s3={"addressing_style": "path"},
             )
-            session = boto3.session.Session()
-            client = session.client("s3", config=cfg)
+            client = _session(profile).client("s3", config=cfg)
             _CLIENTS[key] = client
         return client
 
@@ -136,6 +145,11 @@ def with_retries(what: str, fn: Callable[[], T], retry: RetryPolicy = DEFAULT_RE
     raise StorageError(f"{what}: {_reason(last)}{tries}") from last
 
 
+def _identity(uri: str) -> str:
+    profile = profile_for(uri)
+    return f"profile {profile!r}" if profile else "the default credentials"
+
+
 def _inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
@@ -156,7 +170,7 @@ class S3Store(Store):
         bucket, prefix = split_s3(uri.rstrip("/"))
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        client = s3_client()
+        client = s3_client(uri)
 
         def pages() -> list[dict[str, Any]]:
             pager = client.get_paginator("list_objects_v2")
@@ -169,7 +183,7 @@ class S3Store(Store):
 
     def exists(self, uri: str) -> bool:
         bucket, key = split_s3(uri)
-        client = s3_client()
+        client = s3_client(uri)
         from botocore.exceptions import ClientError
 
         def head() -> bool:
@@ -183,28 +197,43 @@ class S3Store(Store):
 
         return self._call(f"checking {uri}", head)
 
-    def read_bytes(self, uri: str) -> bytes:
+    def size(self, uri: str) -> int:
         bucket, key = split_s3(uri)
         client = s3_client()
+        from botocore.exceptions import ClientError
+
+        def head() -> int:
+            try:
+                return int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            except ClientError as e:
+                if _is_missing(e):
+                    raise StorageError(f"{uri}: no such object") from None
+                raise
+
+        return self._call(f"reading the size of {uri}", head)
+
+    def read_bytes(self, uri: str) -> bytes:
+        bucket, key = split_s3(uri)
+        client = s3_client(uri)
         return self._call(
             f"reading {uri}", lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read()
         )
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3(uri)
-        client = s3_client()
+        client = s3_client(uri)
         self._call(f"writing {uri}", lambda: client.put_object(Bucket=bucket, Key=key, Body=data))
 
     def upload_file(self, src: Path, uri: str) -> None:
         bucket, key = split_s3(uri)
-        client = s3_client()
+        client = s3_client(uri)
         self._call(f"writing {uri}", lambda: client.upload_file(str(src), bucket, key))
 
     def create_exclusive(self, uri: str, data: bytes) -> bool:
         if self.exists(uri):
             return False
         bucket, key = split_s3(uri)
-        client = s3_client()
+        client = s3_client(uri)
         from botocore.exceptions import ClientError
 
         def put() -> bool:
@@ -224,12 +253,12 @@ class S3Store(Store):
 
     def delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)
-        client = s3_client()
+        client = s3_client(uri)
         self._call(f"deleting {uri}", lambda: client.delete_object(Bucket=bucket, Key=key))
 
     def delete_prefix(self, prefix: str) -> int:
         bucket, _ = split_s3(prefix)
-        client = s3_client()
+        client = s3_client(prefix)
         keys = [k for k, _ in self.list_objects(prefix)]
         for i in range(0, len(keys), 1000):
             chunk = [{"Key": k} for k in keys[i : i + 1000]]
@@ -240,22 +269,68 @@ class S3Store(Store):
         return len(keys)
 
     def check_access(self, uri: str, write: bool) -> None:
+        """List ``uri`` and read one object under it; with ``write``, also write, read back
+        and delete a probe object. A denied request is a StorageError naming the permission."""
         bucket, key = split_s3(uri)
-        client = s3_client()
-        self._call(
-            f"reaching {uri}",
+        client = s3_client(uri)
+        who = _identity(uri)
+        needs = "list, read, write and delete" if write else "list and read"
+
+        def check(what: str, action: str, fn: Callable[[], T]) -> T:
+            from botocore.exceptions import ClientError, NoCredentialsError
+
+            try:
+                return with_retries(f"reaching {uri}", fn, RetryPolicy(1))
+            except StorageError as e:
+                if isinstance(e.__cause__, NoCredentialsError):
+                    raise StorageError(
+                        f"{uri}: no credentials found for {who} (environment, shared "
+                        "credentials file, or a profile for this location)"
+                    ) from None
+                if isinstance(e.__cause__, ClientError) and _error_code(e.__cause__) in (
+                    _DENIED_CODES
+                ):
+                    raise StorageError(
+                        f"{uri}: {who} may not {what} ({action} denied); this location needs "
+                        f"{needs}"
+                    ) from None
+                raise
+
+        listed = check(
+            "list objects",
+            "s3:ListBucket",
             lambda: client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1),
         )
+        first = (listed.get("Contents") or [{}])[0].get("Key")
+        if first is not None and not write:
+            check(
+                "read objects",
+                "s3:GetObject",
+                lambda: client.get_object(Bucket=bucket, Key=first, Range="bytes=0-0"),
+            )
         if write:
-            probe = join(uri, f"_access-check-{uuid.uuid4().hex[:12]}")
-            self.write_bytes(probe, b"")
-            self.delete(probe)
+            probe = split_s3(join(uri, f"_access-check-{uuid.uuid4().hex[:12]}"))[1]
+            check(
+                "write objects",
+                "s3:PutObject",
+                lambda: client.put_object(Bucket=bucket, Key=probe, Body=b""),
+            )
+            check(
+                "read objects",
+                "s3:GetObject",
+                lambda: client.get_object(Bucket=bucket, Key=probe)["Body"].read(),
+            )
+            check(
+                "delete objects",
+                "s3:DeleteObject",
+                lambda: client.delete_object(Bucket=bucket, Key=probe),
+            )
 
-    def _download(self, uri: str, dest: Path, expected: int | None) -> int:
+    def download(self, uri: str, dest: Path, expected: int | None) -> int:
         """Download ``uri`` to ``dest`` (whole: a hidden part file renamed), its size checked
         against ``expected`` or the object's; the whole transfer is retried."""
         bucket, key = split_s3(uri)
-        client = s3_client()
+        client = s3_client(uri)
         retry = self.retry
         last: StorageError | None = None
         for k in range(retry.attempts):
@@ -301,7 +376,7 @@ class S3Store(Store):
         if not _inside(dest, scratch):  # cannot happen with hashed names; kept as a guard
             raise StorageError(f"{uri}: refusing to stage outside {scratch}")
         try:
-            got = self._download(uri, dest, size)
+            got = self.download(uri, dest, size)
             yield Staged(dest, got, owned=True, seconds=time.perf_counter() - t0)
         finally:
             dest.unlink(missing_ok=True)
@@ -318,4 +393,15 @@ class S3Store(Store):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             kwargs["region"] = region
+        profile = profile_for(uri)
+        if profile is not None:  # pyarrow knows no profiles: hand it that profile's keys
+            creds = _session(profile).get_credentials()
+            if creds is None:
+                raise StorageError(f"{uri}: profile {profile!r} holds no credentials")
+            frozen = creds.get_frozen_credentials()
+            kwargs.update(
+                access_key=frozen.access_key,
+                secret_key=frozen.secret_key,
+                session_token=frozen.token,
+            )
         return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")

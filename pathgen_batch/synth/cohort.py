@@ -47,6 +47,7 @@ from pathgen_batch.synth.data import GRADE_CLASSES, CohortData, cohort_data, fol
 from pathgen_batch.synth.render import RenderParams
 from pathgen_batch.synth.texture import TextureLibrary, build_library, default_sources
 from pathgen_batch.synth.workers import SlideJob, run_jobs
+from pathgen_batch.synth.writer import check_fits_in_memory
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ def build_cohort(
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers < 1:
         raise ConfigError(f"workers: expected >= 1, got {n_workers}")
+    check_fits_in_memory(cfg.slide_px, cfg.slide_px, min(n_workers, cfg.resolved_patients))
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root}: exists and is not a folder")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pathgen_batch.cohort.splits import grade_event_strata
-from pathgen_batch.errors import DataError
+from pathgen_batch.omics.families import cluster_families, family_names
 from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.synth.config import CohortConfig
 
@@ -57,26 +57,6 @@ def patient_ids(indices: np.ndarray) -> list[str]:
 def grade_index(grades: pd.Series) -> pd.Series:
     """Grade labels -> nullable Int64 (0 well, 1 intermediate, 2 poorly differentiated)."""
     return grades.map({g: i for i, g in enumerate(GRADE_CLASSES)}).astype("Int64")
-
-
-def gene_families(expression: np.ndarray, n_families: int) -> np.ndarray:
-    """(N, G) expression -> (G,) int family index, numbered by first appearance.
-
-    Ward clustering of each gene's correlation profile (its row of the (G, G) correlation
-    matrix), cut into exactly ``n_families`` clusters.
-    """
-    from scipy.cluster.hierarchy import cut_tree, linkage
-
-    g = expression.shape[1]
-    if n_families == 1:
-        return np.zeros(g, dtype=np.int64)
-    sd = expression.std(0)
-    if (sd <= 0).any():
-        raise DataError(f"gene_families: {(sd <= 0).sum()} gene(s) have constant expression")
-    corr = np.corrcoef(expression.T)  # (G, G)
-    lab = cut_tree(linkage(corr, method="ward"), n_clusters=n_families).ravel()
-    first = {c: i for i, c in enumerate(dict.fromkeys(lab.tolist()))}
-    return np.array([first[c] for c in lab], dtype=np.int64)
 
 
 def order_by_grade(programs: np.ndarray, grade_idx: np.ndarray) -> np.ndarray:
@@ -128,8 +108,8 @@ def semi_data(cfg: CohortConfig) -> CohortData:
         keep = np.sort(np.argsort(-expr.var(0).to_numpy(), kind="stable")[:n_genes])
         expr = expr.iloc[:, keep]
     values = expr.to_numpy()
-    fam = gene_families(values, cfg.n_families)
-    panel = GenePanel(tuple(expr.columns), tuple(f"family_{i + 1}" for i in fam))
+    fam = cluster_families(values, cfg.n_families)
+    panel = GenePanel(tuple(expr.columns), family_names(fam))
 
     grades = x["grade"].astype(object).where(x["grade"].isin(GRADE_CLASSES), None)
     gidx = grade_index(grades)
@@ -173,7 +153,7 @@ def synthetic_data(cfg: CohortConfig) -> CohortData:
     amp = rng.uniform(0.5, 2.0, g)
     expr = base + amp * np.log2(1.0 + 4.0 * a @ load) + rng.normal(0.0, 0.3, (n, g))  # (N, G)
     genes = tuple(f"G{i + 1:05d}" for i in range(g))
-    panel = GenePanel(genes, tuple(f"family_{i + 1}" for i in fam))
+    panel = GenePanel(genes, family_names(fam))
 
     score = 3.0 * a[:, -1] - 1.5 * a[:, 0] + rng.normal(0.0, 0.4, n)  # (N,)
     cuts = np.quantile(score, [0.2, 0.6]) if n > 1 else np.array([np.inf, np.inf])

@@ -13,7 +13,9 @@ never sees a half-written slide.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,94 @@ def pyramid(rgb: np.ndarray, levels: int, downsample: int) -> list[np.ndarray]:
     return out
 
 
+# about what rendering one synthetic slide in memory holds at its peak, per level-0 pixel
+# (measured: a 32,768 px square slide needed about 24 GB)
+RENDER_BYTES_PER_PX = 24
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine in bytes (0 when unknown)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_fits_in_memory(
+    height: int, width: int, copies: int = 1, bytes_per_px: int = RENDER_BYTES_PER_PX
+) -> None:
+    """ConfigError when ``copies`` whole ``width`` x ``height`` slides held in memory at once
+    (about ``bytes_per_px`` per pixel each) would not fit in 80% of this machine's memory."""
+    have = 0.8 * memory_bytes()
+    need = height * width * bytes_per_px * copies
+    if have and need > have:
+        side = int(math.sqrt(have / bytes_per_px / copies))
+        at_once = f", {copies} slides at once (--workers)" if copies > 1 else ""
+        raise ConfigError(
+            f"a {width}x{height} px slide needs about {need / copies / 2**30:.1f} GiB to render "
+            f"in memory{at_once}: more than 80% of this machine's {have / 0.8 / 2**30:.0f} GiB; "
+            f"use at most about {max(256, side - side % 256)} px per side"
+            + (" or fewer workers" if copies > 1 else "")
+        )
+
+
+class _Reducer:
+    """Level ``i + 1`` from the rows of level ``i`` as they stream past: rows are reduced by an
+    integer box ``factor`` in strips (a multiple of ``factor`` rows; the last strip may be
+    shorter, as in PIL's ``reduce``) and appended, raw (H, W, 3) uint8, to a file."""
+
+    def __init__(self, path: Path, factor: int) -> None:
+        self.path, self.factor = path, factor
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by finish)
+        self._pending: list[np.ndarray] = []
+        self._rows = 0
+        self.width = 0
+
+    def feed(self, rows: np.ndarray) -> None:  # (r, W, 3)
+        self._pending.append(rows)
+        self._rows += rows.shape[0]
+        if self._rows >= self.factor:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._pending:
+            return
+        strip = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        n = strip.shape[0] if final else strip.shape[0] - strip.shape[0] % self.factor
+        rest = strip[n:]
+        if n:
+            out = np.asarray(Image.fromarray(np.ascontiguousarray(strip[:n])).reduce(self.factor))
+            self.width = out.shape[1]
+            self._f.write(out.tobytes())
+        self._pending = [rest] if rest.shape[0] else []
+        self._rows = rest.shape[0]
+
+    def finish(self) -> None:
+        self._flush(final=True)
+        self._f.close()
+
+
+def _file_rows(path: Path, height: int, width: int, rows: int) -> Iterator[np.ndarray]:
+    """Strips of ``rows`` rows of a raw (height, width, 3) uint8 file, top to bottom."""
+    with open(path, "rb") as f:
+        for r0 in range(0, height, rows):
+            n = min(rows, height - r0)
+            buf = f.read(n * width * 3)
+            yield np.frombuffer(buf, np.uint8).reshape(n, width, 3)
+
+
+def _tiles_of(
+    strips: Iterator[np.ndarray], width: int, tile: int, reducer: _Reducer | None
+) -> Iterator[np.ndarray]:
+    """The tiles of each ``tile``-row strip in row-major order (edge tiles smaller), each
+    strip fed to ``reducer`` (the next level) as it passes."""
+    for strip in strips:  # (<= tile, width, 3)
+        if reducer is not None:
+            reducer.feed(strip)
+        for x0 in range(0, width, tile):
+            yield strip[:, x0 : x0 + tile]
+
+
 def check_pyramid_args(
     height: int, width: int, levels: int, downsample: int, tile: int, quality: int
 ) -> None:
@@ -63,6 +153,9 @@ def check_pyramid_args(
             f"slide size {width}x{height} px is too small for {levels} levels at downsample "
             f"{downsample} (the last level would be empty)"
         )
+
+
+Strips = Callable[[int, int], np.ndarray]  # (row, n rows) -> (n, W, 3) uint8 of level 0
 
 
 def write_pyramidal_tiff(
@@ -90,24 +183,80 @@ def write_pyramidal_tiff(
         raise DataError(f"write_pyramidal_tiff: expected an (H, W, 3) array, got {got}")
     if rgb.dtype != np.uint8:
         raise DataError(f"write_pyramidal_tiff: expected uint8 pixels, got {rgb.dtype}")
+    h, w = rgb.shape[:2]
+    arr = np.ascontiguousarray(rgb)
+    return write_pyramidal_tiff_tiles(
+        path,
+        w,
+        h,
+        lambda r0, n: arr[r0 : r0 + n],
+        mpp,
+        magnification,
+        levels,
+        tile,
+        quality,
+        downsample,
+        threads,
+    )
+
+
+def write_pyramidal_tiff_tiles(
+    path: str | Path,
+    width: int,
+    height: int,
+    strips: Strips,
+    mpp: float = 0.5,
+    magnification: float = 20.0,
+    levels: int = 3,
+    tile: int = 256,
+    quality: int = 80,
+    downsample: int = 4,
+    threads: int | None = None,
+) -> list[tuple[int, int]]:
+    """Write a pyramidal Aperio-style TIFF of ``width`` x ``height`` px without ever holding
+    more than one strip of ``tile`` rows of it in memory: ``strips(row, n)`` returns level-0
+    rows ``row .. row + n`` as (n, width, 3) uint8. Each level below is reduced from the one
+    above as its tiles stream into the file (by strips, into a raw scratch file beside the
+    target, deleted afterwards), so a 100,000 px square slide needs about
+    ``tile * width * 3`` bytes of pixels at a time plus tifffile's compression buffers.
+    Arguments as :func:`write_pyramidal_tiff`; the same pixels for the same image.
+    """
     if not (mpp > 0 and np.isfinite(mpp)):
         raise ConfigError(f"write_pyramidal_tiff: mpp must be a positive number, got {mpp}")
     if not (magnification > 0 and np.isfinite(magnification)):
         raise ConfigError(
             f"write_pyramidal_tiff: magnification must be a positive number, got {magnification}"
         )
-    h, w = rgb.shape[:2]
-    check_pyramid_args(h, w, levels, downsample, tile, quality)
+    check_pyramid_args(height, width, levels, downsample, tile, quality)
     target = Path(path)
     tmp = target.with_name(f".{target.name}.part")
-    desc = aperio_description(w, h, tile, quality, mpp, magnification)
+    scratch = [target.with_name(f".{target.name}.level{i}.raw") for i in range(1, levels)]
+    desc = aperio_description(width, height, tile, quality, mpp, magnification)
     dims: list[tuple[int, int]] = []
+
+    def level0() -> Iterator[np.ndarray]:
+        for r0 in range(0, height, tile):
+            n = min(tile, height - r0)
+            strip = strips(r0, n)
+            if strip.shape != (n, width, 3) or strip.dtype != np.uint8:
+                raise DataError(
+                    f"write_pyramidal_tiff_tiles: rows {r0}..{r0 + n} came as {strip.shape} "
+                    f"{strip.dtype}, expected ({n}, {width}, 3) uint8"
+                )
+            yield strip
+
     try:
-        with tifffile.TiffWriter(tmp, bigtiff=rgb.nbytes > 2**31) as tw:
-            for i, level in enumerate(pyramid(np.ascontiguousarray(rgb), levels, downsample)):
-                px_per_cm = 1e4 / (mpp * level_scale(w, level.shape[1]))
+        big = height * width * 3 > 2**31
+        with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
+            rows: Iterator[np.ndarray] = level0()
+            w, h = width, height
+            for i in range(levels):
+                reducer = _Reducer(scratch[i], downsample) if i + 1 < levels else None
+                px_per_cm = 1e4 / (mpp * level_scale(width, w))
                 tw.write(
-                    level,
+                    _tiles_of(rows, w, tile, reducer),
+                    shape=(h, w, 3),
+                    dtype=np.uint8,
                     photometric="rgb",
                     tile=(tile, tile),
                     compression="jpeg",
@@ -119,10 +268,16 @@ def write_pyramidal_tiff(
                     metadata=None,
                     maxworkers=threads,
                 )
-                dims.append((int(level.shape[1]), int(level.shape[0])))
+                dims.append((w, h))
+                if reducer is not None:
+                    reducer.finish()
+                    w, h = -(-w // downsample), -(-h // downsample)
+                    rows = _file_rows(scratch[i], h, w, tile)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        for f in scratch:
+            f.unlink(missing_ok=True)
     return dims
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +18,7 @@ import pyarrow as pa
 from pathgen_batch.errors import DataError
 from pathgen_batch.tables.schemas import (
     LINEAGE_COLUMNS,
+    PATIENT_PREDICTION_COLUMNS,
     STAGES,
     TILE_ATTENTION,
     TRANSCRIPTOMES,
@@ -25,6 +26,9 @@ from pathgen_batch.tables.schemas import (
     features_schema,
     schema_for,
 )
+
+if TYPE_CHECKING:
+    from pathgen_batch.inference.fusion import RiskCuts
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,11 @@ def median_survival_bin(survival: np.ndarray) -> int:
     return int(hit[0]) if hit.size else int(s.size)
 
 
-def risk_group(median_bin: int, n_bins: int) -> str:
-    """``high`` when the median survival falls in the first bin, ``low`` when in the last or
-    beyond, ``intermediate`` otherwise."""
+def median_survival_group(median_bin: int, n_bins: int) -> str:
+    """The absolute group of a predicted median survival: ``high`` when it falls in the first
+    time bin, ``low`` when in the last or beyond, ``intermediate`` otherwise."""
     if n_bins < 1:
-        raise DataError(f"risk_group: expected n_bins >= 1, got {n_bins}")
+        raise DataError(f"median_survival_group: expected n_bins >= 1, got {n_bins}")
     if median_bin <= 0:
         return "high"
     if median_bin >= n_bins - 1:
@@ -108,13 +112,15 @@ def prediction_record(
     risk_lo: float | None,
     risk_hi: float | None,
     risk_interval_alpha: float | None,
+    risk_cuts: RiskCuts | None,
     gene_panel_digest: str,
     lineage: Lineage,
     scored_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """One ``predictions`` row as a JSON-safe dict.
 
-    grade_probs (C,); grade_set (C,) bool or None; bin_edges (K + 1,); hazards (K,).
+    grade_probs (C,); grade_set (C,) bool or None; bin_edges (K + 1,); hazards (K,);
+    risk_cuts: the fusion model's relative risk-group cut points (None: no ``risk_group``).
     """
     probs = np.asarray(grade_probs, dtype=np.float64)
     classes = [str(c) for c in grade_classes]
@@ -159,7 +165,9 @@ def prediction_record(
         "risk_hi": _opt_float(risk_hi),
         "risk_interval_alpha": _opt_float(risk_interval_alpha),
         "median_survival_bin": mbin,
-        "risk_group": risk_group(mbin, hz.size),
+        "median_survival_group": median_survival_group(mbin, hz.size),
+        "risk_cuts": None if risk_cuts is None else list(risk_cuts.cuts),
+        "risk_group": None if risk_cuts is None else risk_cuts.group(float(risk)),
         "gene_panel_digest": gene_panel_digest,
         "scored_at": when.isoformat(),
         **lineage.to_dict(),
@@ -198,6 +206,52 @@ def failure_record(
     }
 
 
+def patient_record(
+    *,
+    patient_id: str,
+    slide_ids: Sequence[str],
+    failed_slide_ids: Sequence[str],
+    n_tiles: int,
+    prediction: Mapping[str, Any] | None,
+    message: str | None,
+    gene_panel_digest: str,
+    lineage: Lineage,
+    scored_at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """One ``patients`` row as a JSON-safe dict.
+
+    ``prediction`` is a ``predictions`` record (:func:`prediction_record`) made from the
+    patient's union bag, whose prediction columns the patient takes; None for a patient that
+    could not be predicted (status ``failed``, ``message`` says why).
+    """
+    slides = [str(s) for s in slide_ids]
+    failed = [str(s) for s in failed_slide_ids]
+    if not slides or len(set(slides)) != len(slides) or not set(failed) <= set(slides):
+        raise DataError(
+            f"patient {patient_id}: slide_ids must be unique and non-empty and hold the failed "
+            f"ones, got {slides} and {failed}"
+        )
+    n_scored = len(slides) - len(failed)
+    if prediction is not None and n_scored == 0:
+        raise DataError(f"patient {patient_id}: a prediction needs at least one scored slide")
+    cols = {n: None if prediction is None else prediction[n] for n in PATIENT_PREDICTION_COLUMNS}
+    return {
+        "patient_id": str(patient_id),
+        "status": "failed" if prediction is None else "scored",
+        "slide_ids": slides,
+        "failed_slide_ids": failed,
+        "n_slides": len(slides),
+        "n_slides_scored": n_scored,
+        "n_slides_failed": len(failed),
+        "n_tiles": int(n_tiles),
+        **cols,
+        "message": message,
+        "gene_panel_digest": gene_panel_digest,
+        "scored_at": (scored_at or utc_now()).isoformat(),
+        **lineage.to_dict(),
+    }
+
+
 def _timestamp(v: Any) -> dt.datetime:
     if isinstance(v, dt.datetime):
         return v
@@ -207,7 +261,8 @@ def _timestamp(v: Any) -> dt.datetime:
 
 
 def records_table(records: Sequence[Mapping[str, Any]], table: str) -> pa.Table:
-    """``predictions``/``failures``/``runs`` records -> an Arrow table of that schema."""
+    """``predictions``/``failures``/``patients``/``runs`` records -> an Arrow table of that
+    schema."""
     schema = schema_for(table)
     rows = []
     for r in records:

@@ -22,8 +22,12 @@ Tables (columns besides lineage):
   prediction set; null without a calibrated model) and its alpha, bin_edges (K + 1, the last
   +inf), hazards (K), survival (K, S_k = prod_{j<=k}(1 - h_j)), risk (= -sum_k S_k, higher is
   worse), risk_lo/risk_hi (conformal interval) and its alpha, median_survival_bin (first bin
-  with S_k <= 0.5, K when none), risk_group (``high`` when that is bin 0, ``low`` when it is
-  the last bin or none, ``intermediate`` otherwise), gene_panel_digest, scored_at (UTC).
+  with S_k <= 0.5, K when none), median_survival_group (the absolute group: ``high`` when that
+  is bin 0, ``low`` when it is the last bin or none, ``intermediate`` otherwise), risk_cuts
+  (the fusion model's cut points of relative risk: quantiles, tertiles by default, of the
+  risk of its training and validation patients) and risk_group (``low`` below the first cut,
+  ``high`` at or above the last, ``intermediate`` in between; both null for a model without
+  cut points), gene_panel_digest, scored_at (UTC).
 - ``transcriptomes``: long layout, one row per (slide, gene): gene, family, gene_index (panel
   order), mean and std over the generator's samples (expression units), n_samples. Long rather
   than wide because a panel of thousands of genes as columns makes every schema panel-specific
@@ -34,11 +38,29 @@ Tables (columns besides lineage):
   top-left corner), size_l0 (tile side in level-0 px), tile_px and mpp (the tiling), family,
   attention (the fusion model's co-attention weight; each family sums to 1 over a slide's
   tiles). Enough to draw a heatmap without reading the slide again.
+- ``thumbnails``: one row per scored slide read from its file (none when re-scored from stored
+  features): width_l0, height_l0 (the slide's level-0 extent), slide_mpp, image_png (the whole
+  slide scaled to at most ``THUMBNAIL_PX`` on its longer side, RGB PNG), image_width,
+  image_height, mask_png (the tissue mask the tiling used, a 1-bit PNG at the mask's own
+  resolution: mask pixel (i, j) covers level-0 ``[j * width_l0 / mask_width, ...)``),
+  mask_width, mask_height, tissue_fraction, excluded_png (regions the tissue step excluded,
+  such as pen marks, as a 1-bit PNG on the mask's grid; null when the tissue step reports
+  none). Written with the slide's commit, so reports and exports need only the tables.
 - ``failures``: one row per slide that could not be scored: stage (``download``, ``open``,
   ``tiles``, ``encode``, ``features``, ``score``, ``write``, ``pipeline``), error_type,
   message, attempt (how many times the run tried the slide), failed_at.
 - ``features`` (optional): one row per tile: x, y, size_l0, tissue, feature (float32 x D);
   one Parquet row group per slide, for re-scoring with new model versions without the slides.
+- ``patients`` (when the input names patients, e.g. a manifest's ``patient_id`` column): one
+  row per patient, predicted from the union bag of the patient's slides in the run. patient_id,
+  status (``scored``; ``failed`` when none of its slides was scored or their union bag could
+  not be, with null prediction columns), slide_ids (all its slides in the run, input order),
+  failed_slide_ids, n_slides, n_slides_scored, n_slides_failed, n_tiles (of the union bag), the
+  prediction columns of ``predictions`` (grade_classes ... risk_group) from the generator and the
+  fusion model applied to the concatenated bag of its *scored* slides (a patient with one
+  scored slide has that slide's prediction), message (why a patient failed), gene_panel_digest,
+  scored_at. A patient with a failed slide is still predicted from its other slides: check
+  ``n_slides_failed`` (its slides' failures are in ``failures``).
 - ``runs``: one row per run, written last: status, timestamps, archive, output, counts,
   timings (JSON: seconds per stage summed over slides, ``download_s``, ``tiles_s``,
   ``encode_s``, ``score_s``, ``write_s``, when any slide went through the pipeline; ``passes``;
@@ -58,7 +80,7 @@ RUN_KEY = b"pathgen.run_id"
 PARTITION = "run_id"
 
 STAGES = ("download", "open", "tiles", "encode", "features", "score", "write", "pipeline")
-RISK_GROUPS = ("high", "intermediate", "low")
+RISK_GROUPS = ("high", "intermediate", "low")  # risk_group and median_survival_group values
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -101,7 +123,9 @@ PREDICTIONS = _schema(
         pa.field("risk_hi", pa.float64()),
         pa.field("risk_interval_alpha", pa.float64()),
         pa.field("median_survival_bin", pa.int32(), nullable=False),
-        pa.field("risk_group", pa.string(), nullable=False),
+        pa.field("median_survival_group", pa.string(), nullable=False),
+        pa.field("risk_cuts", pa.list_(pa.float64())),
+        pa.field("risk_group", pa.string()),
         pa.field("gene_panel_digest", pa.string(), nullable=False),
         pa.field("scored_at", _TS, nullable=False),
     ],
@@ -135,6 +159,25 @@ TILE_ATTENTION = _schema(
     ],
 )
 
+THUMBNAILS = _schema(
+    "thumbnails",
+    [
+        pa.field("slide_id", pa.string(), nullable=False),
+        pa.field("width_l0", pa.int64(), nullable=False),
+        pa.field("height_l0", pa.int64(), nullable=False),
+        pa.field("slide_mpp", pa.float64()),
+        pa.field("image_png", pa.binary(), nullable=False),
+        pa.field("image_width", pa.int32(), nullable=False),
+        pa.field("image_height", pa.int32(), nullable=False),
+        pa.field("mask_png", pa.binary(), nullable=False),
+        pa.field("mask_width", pa.int32(), nullable=False),
+        pa.field("mask_height", pa.int32(), nullable=False),
+        pa.field("tissue_fraction", pa.float32(), nullable=False),
+        pa.field("excluded_png", pa.binary()),
+    ],
+)
+THUMBNAIL_PX = 1024  # longer side of a stored thumbnail
+
 FAILURES = _schema(
     "failures",
     [
@@ -146,6 +189,44 @@ FAILURES = _schema(
         pa.field("message", pa.string(), nullable=False),
         pa.field("attempt", pa.int32(), nullable=False),
         pa.field("failed_at", _TS, nullable=False),
+    ],
+)
+
+# the columns a patient row takes from a prediction (nullable: a failed patient has none)
+PATIENT_PREDICTION_COLUMNS = (
+    "grade_classes",
+    "grade_probs",
+    "grade_pred",
+    "grade_pred_index",
+    "grade_set",
+    "grade_set_alpha",
+    "bin_edges",
+    "hazards",
+    "survival",
+    "risk",
+    "risk_lo",
+    "risk_hi",
+    "risk_interval_alpha",
+    "median_survival_bin",
+    "risk_group",
+)
+PATIENT_STATUSES = ("scored", "failed")
+
+PATIENTS = _schema(
+    "patients",
+    [
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("slide_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("failed_slide_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("n_slides", pa.int32(), nullable=False),
+        pa.field("n_slides_scored", pa.int32(), nullable=False),
+        pa.field("n_slides_failed", pa.int32(), nullable=False),
+        pa.field("n_tiles", pa.int64(), nullable=False),
+        *(PREDICTIONS.field(n).with_nullable(True) for n in PATIENT_PREDICTION_COLUMNS),
+        pa.field("message", pa.string()),
+        pa.field("gene_panel_digest", pa.string(), nullable=False),
+        pa.field("scored_at", _TS, nullable=False),
     ],
 )
 
@@ -192,10 +273,21 @@ SCHEMAS: dict[str, pa.Schema] = {
     "predictions": PREDICTIONS,
     "transcriptomes": TRANSCRIPTOMES,
     "tile_attention": TILE_ATTENTION,
+    "thumbnails": THUMBNAILS,
     "failures": FAILURES,
     "runs": RUNS,
+    "patients": PATIENTS,
 }
-TABLES = ("predictions", "transcriptomes", "tile_attention", "failures", "features", "runs")
+TABLES = (
+    "predictions",
+    "transcriptomes",
+    "tile_attention",
+    "thumbnails",
+    "failures",
+    "features",
+    "runs",
+    "patients",
+)
 
 
 def schema_for(table: str, dim: int | None = None) -> pa.Schema:

@@ -62,6 +62,11 @@ def _check_optim(cfg: Any) -> None:
         )
 
 
+def _optim_of(cfg: Any) -> OptimConfig:
+    """The optimiser fields of a training config (which carries them flat, as in its JSON)."""
+    return OptimConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(OptimConfig)})
+
+
 def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
     for name in names:
         v = getattr(cfg, name)
@@ -124,15 +129,7 @@ class GeneratorTrainConfig:
 
     @property
     def optim(self) -> OptimConfig:
-        return OptimConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            grad_clip=self.grad_clip,
-            max_tiles=self.max_tiles,
-            patience=self.patience,
-        )
+        return _optim_of(self)
 
 
 @dataclass(frozen=True)
@@ -143,7 +140,9 @@ class FusionTrainConfig:
     other than the data-dependent ones (e.g. ``{"width": 64, "dropout": 0.25}``); unknown
     names are errors. The loss is ``survival_weight`` x survival NLL + ``grade_weight`` x grade
     cross-entropy (unknown grades left out), with ``n_bins`` time bins whose edges are fit on
-    the training patients' event times.
+    the training patients' event times. ``risk_quantiles`` (one or two, increasing in (0, 1);
+    tertiles by default) are where the relative risk groups are cut: at those quantiles of the
+    risk the trained model predicts for its training and validation patients.
     """
 
     model: FusionModelName = "fusion"
@@ -160,8 +159,15 @@ class FusionTrainConfig:
     patience: int = 12
     val_fraction: float = 0.2
     seed: int = 0
+    risk_quantiles: tuple[float, ...] = (1 / 3, 2 / 3)
 
     def __post_init__(self) -> None:
+        q = self.risk_quantiles
+        if len(q) not in (1, 2) or not all(0.0 < v < 1.0 for v in q) or list(q) != sorted(set(q)):
+            raise ConfigError(
+                "FusionTrainConfig.risk_quantiles: expected 1 or 2 increasing numbers in (0, 1) "
+                f"(e.g. [0.3333, 0.6667] for tertiles), got {list(q)}"
+            )
         if self.model not in FUSION_MODELS:
             raise ConfigError(
                 f"FusionTrainConfig.model: expected one of {list(FUSION_MODELS)}, "
@@ -199,15 +205,7 @@ class FusionTrainConfig:
 
     @property
     def optim(self) -> OptimConfig:
-        return OptimConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            grad_clip=self.grad_clip,
-            max_tiles=self.max_tiles,
-            patience=self.patience,
-        )
+        return _optim_of(self)
 
 
 def _mil_default() -> FusionTrainConfig:

@@ -183,8 +183,15 @@ def run_fold(
     edges["attention_mil"] = models["attention_mil"].bin_edges
     edges["omics_mlp"] = models["omics_mlp"].bin_edges
     trn = np.concatenate([plan.train, plan.val])
+    fitted = {  # the training patients each loss of the fusion-like models saw
+        "n_train_survival": int(data.outcome_known[plan.train].sum()),
+        "n_train_grade": int((data.grade[plan.train] >= 0).sum()),
+    }
     metrics = {
-        cond: condition_metrics(data, trn, plan.test, pred, edges[cond], notes, f"{tag} {cond}")
+        cond: {
+            **condition_metrics(data, trn, plan.test, pred, edges[cond], notes, f"{tag} {cond}"),
+            **fitted,
+        }
         for cond, pred in preds.items()
     }
     oof = {cond: oof_rows(data, plan.fold, plan.test, cond, pred) for cond, pred in preds.items()}
@@ -193,7 +200,11 @@ def run_fold(
         oof[cond]["risk_lo"] = np.nan
         oof[cond]["risk_hi"] = np.nan
     fid = expression_fidelity(real_test, syn_test, data.panel.genes)
-    fid_row = {"fold": plan.fold, **{k: float(fid.summary[k]) for k in fid.summary}}
+    fid_row = {
+        "fold": plan.fold,
+        "n_train": len(plan.train),  # the generator's training patients
+        **{k: float(fid.summary[k]) for k in fid.summary},
+    }
     conf_row = conformal_row(
         data, plan.fold, plan.test, len(plan.val), preds["synthetic"], preds["real"].risk
     )

@@ -37,6 +37,14 @@ METRICS: dict[str, str] = {
     "macro_f1": "macro F1",
     "qwk": "QWK",
 }
+# how many patients each condition's metrics and models used, per fold (beside ``METRICS``)
+COUNTS: dict[str, str] = {
+    "n_survival": "test patients with an outcome (survival metrics)",
+    "n_grade": "test patients with a known grade (grade metrics)",
+    "n_train_survival": "training patients with an outcome (survival loss)",
+    "n_train_grade": "training patients with a known grade (grade loss)",
+}
+SURVIVAL_METRICS = ("harrell_c", "uno_c", "td_auc", "ibs")
 COMPARISONS = (("synthetic", "wsi_only"), ("synthetic", "real"), ("synthetic", "attention_mil"))
 COMPARED_METRICS = ("harrell_c", "macro_auc", "balanced_accuracy")
 
@@ -46,11 +54,12 @@ class FoldResult:
     """Everything one outer fold produced.
 
     metrics: condition (``CONDITIONS``) -> metric (``METRICS``) -> value, NaN where it could
-    not be computed; oof: one row per (test patient, condition); fidelity, conformal: the
-    fold's synthetic-vs-real fidelity summary and conformal coverage (each with ``fold``);
-    synthetic: the test patients' synthetic expression (mean over samples) and mean spread;
-    histories: one fit history per model; generator, fusion: the fold's trained models (the
-    fusion model calibrated on the validation patients).
+    not be computed, and the patient counts ``COUNTS``; oof: one row per (test patient,
+    condition); fidelity, conformal: the fold's synthetic-vs-real fidelity summary (with the
+    generator's ``n_train``) and conformal coverage (each with ``fold``); synthetic: the test
+    patients' synthetic expression (mean over samples) and mean spread; histories: one fit
+    history per model; generator, fusion: the fold's trained models (the fusion model
+    calibrated on the validation patients).
     """
 
     fold: int
@@ -73,10 +82,10 @@ class FoldResult:
 class CVResult:
     """Everything a cross-validation run measured.
 
-    metrics: one row per (fold, condition) with ``METRICS``; fidelity, conformal: one row per
-    fold; pooled_fidelity: synthetic vs real over all out-of-fold patients; paired: tests
-    across folds; oof: one row per (patient, condition); synthetic: out-of-fold synthetic
-    expression (mean over samples) per patient.
+    metrics: one row per (fold, condition) with ``METRICS`` and ``COUNTS``; fidelity (with the
+    generator's ``n_train``), conformal: one row per fold; pooled_fidelity: synthetic vs real
+    over all out-of-fold patients; paired: tests across folds; oof: one row per (patient,
+    condition); synthetic: out-of-fold synthetic expression (mean over samples) per patient.
     """
 
     config: CVConfig
@@ -149,15 +158,33 @@ class CVResult:
         """Per-fold metrics: columns fold, condition, and one per metric."""
         return self.metrics.copy()
 
+    def patients_used(self, cond: str, metric: str) -> int:
+        """Test patients, summed over folds, that ``metric`` of ``cond`` was computed on (the
+        folds where it could not be computed count none)."""
+        rows = self.metrics[self.metrics["condition"] == cond]
+        n = rows["n_survival" if metric in SURVIVAL_METRICS else "n_grade"]
+        return int(n[rows[metric].notna()].sum())
+
     def summary(self) -> dict[str, Any]:
-        """Mean and sd across folds of every metric, fidelity, conformal; paired tests."""
+        """Mean and sd across folds of every metric (with ``n``: the test patients it used,
+        over all folds), fidelity, conformal; the training patients of each model per fold
+        (``patients``); paired tests."""
         agg: dict[str, Any] = {}
         for cond in CONDITIONS:
             rows = self.metrics[self.metrics["condition"] == cond]
             agg[cond] = {
-                m: {"mean": float(rows[m].mean()), "sd": float(rows[m].std(ddof=1))}
+                m: {
+                    "mean": float(rows[m].mean()),
+                    "sd": float(rows[m].std(ddof=1)),
+                    "n": self.patients_used(cond, m),
+                }
                 for m in METRICS
             }
+        per_fold = self.metrics.drop_duplicates("fold").sort_values("fold")
+        patients = {
+            "generator_train": [int(v) for v in self.fidelity.sort_values("fold")["n_train"]],
+            **{k: [int(v) for v in per_fold[k]] for k in ("n_train_survival", "n_train_grade")},
+        }
         fid = {
             k: {"mean": float(self.fidelity[k].mean()), "sd": float(self.fidelity[k].std(ddof=1))}
             for k in self.fidelity.columns
@@ -173,6 +200,7 @@ class CVResult:
             "data": self.data_summary,
             "cohort_digest": self.cohort_digest,
             "metrics": agg,
+            "patients": patients,
             "fidelity": fid,
             "pooled_fidelity": self.pooled_fidelity,
             "conformal": conf,
@@ -196,12 +224,28 @@ class CVResult:
             f"{self.seconds:.0f} s",
             "",
         ]
-        head = f"{'condition':<34}" + "".join(f"{v:>15}" for v in METRICS.values())
+        head = (
+            f"{'condition':<34}"
+            + "".join(f"{v:>15}" for v in METRICS.values())
+            + f"{'n surv/grade':>15}"
+        )
         lines += [head, "-" * len(head)]
         for cond, label in CONDITIONS.items():
             rows = self.metrics[self.metrics["condition"] == cond]
             cells = [_pm(rows[m]) for m in METRICS]
-            lines.append(f"{label:<34}" + "".join(f"{c:>15}" for c in cells))
+            used = f"{self.patients_used(cond, 'harrell_c')}/{self.patients_used(cond, 'accuracy')}"
+            lines.append(f"{label:<34}" + "".join(f"{c:>15}" for c in cells) + f"{used:>15}")
+        per_fold = self.metrics.drop_duplicates("fold").sort_values("fold")
+        lines += [
+            "n surv/grade: test patients, over all folds, that the survival and the grade "
+            "metrics used (those with an outcome, with a known grade)",
+            "training patients per fold: generator "
+            + "/".join(str(int(v)) for v in self.fidelity.sort_values("fold")["n_train"])
+            + "; fusion and baselines, survival loss "
+            + "/".join(str(int(v)) for v in per_fold["n_train_survival"])
+            + ", grade loss "
+            + "/".join(str(int(v)) for v in per_fold["n_train_grade"]),
+        ]
         g = self.data_summary["genes"]
         f = self.fidelity
         p = self.pooled_fidelity

@@ -24,6 +24,7 @@ from pathgen_batch.cohort.splits import grade_event_strata
 from pathgen_batch.errors import DataError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.store import feature_uri, load_bags, read_contract
+from pathgen_batch.omics.families import DEFAULT_FAMILIES, with_clustered_families
 from pathgen_batch.omics.panel import GenePanel
 
 CLINICAL_COLUMNS = ("patient_id", "grade_index", "time", "event", "fold")
@@ -54,6 +55,7 @@ class TrainingData:
     panel: GenePanel
     contract: FeatureContract
     grade_classes: tuple[str, ...]
+    n_families: int = DEFAULT_FAMILIES  # clustered per training part when the panel names none
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -117,7 +119,14 @@ class TrainingData:
             panel=self.panel,
             contract=self.contract,
             grade_classes=self.grade_classes,
+            n_families=self.n_families,
         )
+
+    def panel_for(self, idx: Sequence[int] | np.ndarray) -> GenePanel:
+        """The panel of a model trained on the patients at ``idx``: the cohort's, or, when it
+        names no families, its genes in families clustered on those patients' expression."""
+        ix = np.asarray(idx, dtype=np.int64)
+        return with_clustered_families(self.panel, self.expression[ix], self.n_families)
 
 
 def _validate(d: TrainingData) -> None:
@@ -219,6 +228,7 @@ def assemble(
     source: str = "cohort",
     *,
     slides: pd.DataFrame | None = None,
+    n_families: int = DEFAULT_FAMILIES,
 ) -> TrainingData:
     """Build training data from tables and bags, checking every input.
 
@@ -305,6 +315,7 @@ def assemble(
         panel=panel,
         contract=contract,
         grade_classes=tuple(str(c) for c in grade_classes),
+        n_families=n_families,
     )
 
 
@@ -328,12 +339,14 @@ def load_training_data(
     cohort_dir: str | Path,
     features_dir: str | Path,
     contract: FeatureContract | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> TrainingData:
     """Validate a cohort (its problem lines in one DataError) and assemble it with its features.
 
     Folds are the clinical table's, else stratified folds from the cohort's settings.
+    settings: ``cohort.toml`` keys given on the command line, over the file's.
     """
-    cohort = load_cohort(cohort_dir, check_folds=True)
+    cohort = load_cohort(cohort_dir, check_folds=True, settings=settings)
     sids = cohort.slide_ids
     bags = load_bags(features_dir, sids, contract)
     found = contract if contract is not None else read_contract(feature_uri(features_dir, sids[0]))
@@ -346,6 +359,7 @@ def load_training_data(
         cohort.grade_classes,
         source=str(cohort_dir),
         slides=cohort.slides,
+        n_families=cohort.settings.n_families,
     )
 
 

@@ -36,12 +36,16 @@ def condition_metrics(
     where: str,
 ) -> dict[str, float]:
     """``METRICS`` of one condition's predictions ``pred`` of the test patients, NaN where a
-    metric cannot be computed (with a note saying why). ``train_idx``: the training part
+    metric cannot be computed (with a note saying why), and ``COUNTS``: how many test
+    patients the survival and the grade metrics used. ``train_idx``: the training part
     (train and validation), whose censoring distribution the IPCW metrics use."""
     trn = train_idx[data.outcome_known[train_idx]]  # survival metrics: patients with an outcome
     has = data.outcome_known[test_idx]
     te = test_idx[has]
-    out: dict[str, float] = {}
+    out: dict[str, float] = {
+        "n_survival": int(has.sum()),
+        "n_grade": int((data.grade[test_idx] >= 0).sum()),
+    }
     try:
         rep = survival_report(
             data.event[trn],

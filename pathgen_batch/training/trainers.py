@@ -8,6 +8,7 @@ nothing else is seen. ``calibrate_fusion`` adds split-conformal states fit on he
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from pathgen_batch.evaluation.conformal import (
     fit_interval,
     min_calibration_size,
 )
-from pathgen_batch.inference.fusion import TrainedFusion
+from pathgen_batch.inference.fusion import RiskCuts, TrainedFusion
 from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models import build_model
@@ -32,6 +33,7 @@ from pathgen_batch.models.diffusion import GaussianDiffusion
 from pathgen_batch.models.families import family_ids
 from pathgen_batch.models.generator import GeneratorConfig, TranscriptomeDenoiser
 from pathgen_batch.models.survival import fit_bin_edges, to_bins
+from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, check_training_part
 from pathgen_batch.training.loops import Examples, Progress, fit_generator, fit_predictor, seeded
@@ -79,11 +81,13 @@ def provenance(
     return out
 
 
-def generator_config(data: TrainingData, cfg: GeneratorTrainConfig) -> GeneratorConfig:
-    """The denoiser config for this data: data-dependent sizes plus ``cfg.model``."""
-    return cfg.model.for_data(
-        data.feature_dim, data.panel.family_sizes, family_ids(data.panel.families)
-    )
+def generator_config(
+    data: TrainingData, cfg: GeneratorTrainConfig, panel: GenePanel | None = None
+) -> GeneratorConfig:
+    """The denoiser config for this data and ``panel`` (default: the data's): data-dependent
+    sizes plus ``cfg.model``."""
+    p = panel or data.panel
+    return cfg.model.for_data(data.feature_dim, p.family_sizes, family_ids(p.families))
 
 
 def train_generator(
@@ -110,8 +114,9 @@ def train_generator(
         )
 
     dev = torch.device(device)
+    panel = data.panel_for(tr)
     with seeded(cfg.seed, dev):
-        model = TranscriptomeDenoiser(generator_config(data, cfg))
+        model = TranscriptomeDenoiser(generator_config(data, cfg, panel))
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     hist = fit_generator(
         model, diffusion, examples(tr), examples(va), cfg, device=dev, progress=progress
@@ -122,7 +127,7 @@ def train_generator(
         sampler=cfg.sampler,
         expression_scaler=escaler,
         feature_scaler=fscaler,
-        panel=data.panel,
+        panel=panel,
         contract=data.contract,
         grade_classes=data.grade_classes,
         train_config=to_dict(cfg),
@@ -131,14 +136,18 @@ def train_generator(
     )
 
 
-def predictor_config(data: TrainingData, cfg: FusionTrainConfig) -> dict[str, Any]:
-    """The model config dict for this data: data-dependent sizes plus ``cfg.options``."""
+def predictor_config(
+    data: TrainingData, cfg: FusionTrainConfig, panel: GenePanel | None = None
+) -> dict[str, Any]:
+    """The model config dict for this data and ``panel`` (default: the data's): data-dependent
+    sizes plus ``cfg.options``."""
     sizes: dict[str, Any]
+    p = panel or data.panel
     if cfg.model == "fusion":
         sizes = {
             "feature_dim": data.feature_dim,
-            "family_sizes": list(data.panel.family_sizes),
-            "gene_families": list(family_ids(data.panel.families)),
+            "family_sizes": list(p.family_sizes),
+            "gene_families": list(family_ids(p.families)),
         }
     elif cfg.model == "attention_mil":
         sizes = {"feature_dim": data.feature_dim}
@@ -183,24 +192,38 @@ def train_predictor(
         )
 
     dev = torch.device(device)
+    panel = data.panel_for(tr)
     with seeded(cfg.seed, dev):
-        model = build_model(cfg.model, predictor_config(data, cfg))
+        model = build_model(cfg.model, predictor_config(data, cfg, panel))
     hist = fit_predictor(
         model, cfg.model, examples(tr), examples(va), cfg, device=dev, progress=progress
     )
-    return TrainedFusion(
+    fus = TrainedFusion(
         model=model,
         model_name=cfg.model,
         expression_scaler=escaler,
         feature_scaler=fscaler,
-        panel=data.panel,
+        panel=panel,
         contract=data.contract,
         grade_classes=data.grade_classes,
         bin_edges=edges,
         train_config=to_dict(cfg),
         provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
         name=name,
+    ).to(dev)
+    return dataclasses.replace(
+        fus, risk_cuts=fit_risk_cuts(fus, data, np.concatenate([tr, va]), cfg)
     )
+
+
+def fit_risk_cuts(
+    fusion: TrainedFusion, data: TrainingData, idx: np.ndarray, cfg: FusionTrainConfig
+) -> RiskCuts:
+    """Cut points of the relative risk groups: ``cfg.risk_quantiles`` of the risk ``fusion``
+    predicts for patients ``idx`` (its training and validation patients) from their bags and
+    real transcriptomes (:func:`calibrate_fusion` refits them on synthetic ones)."""
+    pred = fusion.predict([data.bags[i] for i in idx], data.expression[idx])
+    return RiskCuts.fit(pred.risk, cfg.risk_quantiles)
 
 
 def calibrate_fusion(
@@ -216,7 +239,10 @@ def calibrate_fusion(
 
     Grade sets: scores of the predictions made with the SYNTHETIC transcriptome (B, G) against
     the known grades (B,) (-1 = unknown, left out). Risk intervals: around the risk predicted
-    with the synthetic transcriptome, covering the risk the REAL transcriptome gives.
+    with the synthetic transcriptome, covering the risk the REAL transcriptome gives. The risk
+    cut points are refit at the same quantiles on these held-out patients' risk with the
+    synthetic transcriptome: the input the model gets at scoring time, whose risks are spread
+    less widely than with the real one.
     """
     syn = fusion.predict(bags, synthetic)
     ref = fusion.predict(bags, real)
@@ -233,6 +259,8 @@ def calibrate_fusion(
     grade_state = fit_classification(syn.grade_probs[known], g[known], alpha, method)
     risk_state = fit_interval(syn.risk, ref.risk, alpha)
     out = fusion.with_conformal(grade_state, risk_state)
+    if fusion.risk_cuts is not None:
+        out.risk_cuts = RiskCuts.fit(syn.risk, fusion.risk_cuts.quantiles)
     out.provenance = {
         **fusion.provenance,
         "conformal": {"n_cal": int(g.size), "inputs": "synthetic", "alpha": alpha},
@@ -284,8 +312,8 @@ def train_calibrated_fusion(
     """
     cfg = cfg or FusionTrainConfig()
     gen.contract.check_matches(data.contract, what="generator bundle vs cohort features")
-    gen.panel.check_matches(data.panel, what="generator bundle vs cohort gene panel")
     tr, va = generator_split(data, gen)
+    gen.panel.check_matches(data.panel_for(tr), what="generator bundle vs cohort gene panel")
     check_training_part(data, tr, "training patients", cfg.n_bins)
     fus = train_predictor(data, tr, va, cfg, device=device, progress=progress, name=name)
     val_bags = [data.bags[i] for i in va]

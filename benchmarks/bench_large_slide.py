@@ -1,0 +1,134 @@
+"""One slide of real size, written and scored in bounded memory.
+
+Writes a pyramidal Aperio-style TIFF of ``--slide-px`` square (default 100,000 px at
+0.25 um/px, a 40x scan of 25 mm) with :func:`pathgen_batch.synth.writer.write_pyramidal_tiff_tiles`
+(strips of real H&E texture inside a large tissue ellipse, glass around it), then runs the
+scorer's encoder stage on it: :func:`pathgen_batch.features.encode_slide.encode_slide` (tissue
+mask, tile grid at the encoder's MPP, tile reads, encoder) with the ``stain-texture`` encoder.
+Each phase runs in its own process so that its peak resident memory (``ru_maxrss``) is its own:
+the writer's and one encoder actor's.
+
+    python benchmarks/bench_large_slide.py                    # 100,000 px: minutes
+    python benchmarks/bench_large_slide.py --slide-px 32768   # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pathgen_batch.assets import he_texture_sources
+from pathgen_batch.features import build_encoder
+from pathgen_batch.features.encode_slide import encode_slide, spec_for
+from pathgen_batch.synth.writer import Strips, write_pyramidal_tiff_tiles
+
+GLASS = np.array([236, 234, 238], dtype=np.uint8)
+
+
+def _atlas() -> np.ndarray:
+    """(2000, 2000, 3) uint8 of real H&E (the tiatoolbox image and its mirror images)."""
+    _, png = he_texture_sources()
+    tia = np.asarray(Image.open(png).convert("RGB"))  # (1000, 1000, 3)
+    top = np.concatenate([tia, tia[:, ::-1]], axis=1)
+    return np.concatenate([top, top[::-1]], axis=0)
+
+
+def strips_of(size: int) -> Strips:
+    """Rows of a ``size`` square slide: H&E texture inside an ellipse covering ~55% of it."""
+    atlas = _atlas()
+    ah, aw = atlas.shape[:2]
+    cols = np.arange(size)
+    u = (cols - size / 2) / (0.45 * size)  # (W,)
+
+    def strips(r0: int, n: int) -> np.ndarray:
+        rows = np.arange(r0, r0 + n)
+        v = (rows - size / 2) / (0.40 * size)  # (n,)
+        inside = u[None, :] ** 2 + v[:, None] ** 2 < 1.0  # (n, W)
+        tex = atlas[(rows % ah)[:, None], (cols % aw)[None, :]]  # (n, W, 3)
+        return np.where(inside[..., None], tex, GLASS)
+
+    return strips
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def write_phase(path: Path, size: int, mpp: float) -> dict[str, float]:
+    t0 = time.perf_counter()
+    dims = write_pyramidal_tiff_tiles(
+        path, size, size, strips_of(size), mpp=mpp, magnification=40, levels=4, downsample=4
+    )
+    return {
+        "write_s": time.perf_counter() - t0,
+        "file_mib": path.stat().st_size / 2**20,
+        "levels": len(dims),
+        "write_peak_mib": _peak_mib(),
+    }
+
+
+def encode_phase(path: Path, batch_size: int) -> dict[str, float]:
+    enc = build_encoder("stain-texture")
+    t0 = time.perf_counter()
+    got = encode_slide(path, enc, spec_for(enc, 0.5), batch_size=batch_size)
+    s = time.perf_counter() - t0
+    n = len(got.grid)
+    return {
+        "tiles": n,
+        "candidates": got.grid.n_candidates,
+        "encode_s": s,
+        "tiles_per_s": n / s,
+        "encoder_s": got.encode_s,
+        "actor_peak_mib": _peak_mib(),
+    }
+
+
+def _child(phase: str, args: argparse.Namespace, path: Path) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--phase", phase, "--path", str(path)]
+    cmd += ["--slide-px", str(args.slide_px), "--mpp", str(args.mpp)]
+    cmd += ["--batch-size", str(args.batch_size)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slide-px", type=int, default=100_000)
+    ap.add_argument("--mpp", type=float, default=0.25)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--dir", type=Path, default=None, help="Where to write the slide.")
+    ap.add_argument("--phase", choices=["write", "encode"], default=None)
+    ap.add_argument("--path", type=Path, default=None)
+    args = ap.parse_args()
+    if args.phase == "write":
+        print(json.dumps(write_phase(args.path, args.slide_px, args.mpp)))
+        return
+    if args.phase == "encode":
+        print(json.dumps(encode_phase(args.path, args.batch_size)))
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        path = Path(d) / "large.svs"
+        w = _child("write", args, path)
+        print(
+            f"write: {args.slide_px:,} px square at {args.mpp} um/px, {w['levels']:.0f} levels, "
+            f"{w['file_mib']:,.0f} MiB in {w['write_s']:.1f} s, peak {w['write_peak_mib']:,.0f} MiB"
+        )
+        e = _child("encode", args, path)
+        print(
+            f"score (encoder stage, stain-texture, 256 px at 0.5 um/px): {e['tiles']:,.0f} of "
+            f"{e['candidates']:,.0f} tiles in {e['encode_s']:.1f} s = {e['tiles_per_s']:.0f} "
+            f"tiles/s (encoder {e['encoder_s']:.1f} s), actor peak {e['actor_peak_mib']:,.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
