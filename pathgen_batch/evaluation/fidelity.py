@@ -25,6 +25,7 @@ from scipy import stats
 
 from pathgen_batch.errors import DataError
 from pathgen_batch.evaluation._checks import float_array
+from pathgen_batch.evaluation.multiplicity import benjamini_hochberg
 
 PER_GENE_COLUMNS = (
     "gene",
@@ -37,27 +38,6 @@ PER_GENE_COLUMNS = (
     "mae",
     "wasserstein",
 )
-
-
-def benjamini_hochberg(pvalues: Any) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values), same shape as ``pvalues`` (M,).
-
-    ``q_(i) = min_{j >= i} min(1, m * p_(j) / j)`` over the p-values sorted ascending, with
-    ``m`` the number of non-NaN p-values. NaN p-values stay NaN and do not count in ``m``.
-    """
-    p = float_array("pvalues", pvalues, 1, allow_nan=True, min_len=0)
-    if np.isinf(p).any() or (p[~np.isnan(p)] < 0).any() or (p[~np.isnan(p)] > 1).any():
-        raise DataError("pvalues: expected values in [0, 1] (or NaN)")
-    q = np.full_like(p, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    m = valid.size
-    if m == 0:
-        return q
-    order = valid[np.argsort(p[valid], kind="stable")]  # indices of valid p, ascending
-    ranked = p[order] * m / np.arange(1, m + 1)  # (m,)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]  # running min from the largest rank
-    q[order] = np.minimum(ranked, 1.0)
-    return q
 
 
 def _columnwise_pearson(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +56,21 @@ def _columnwise_pearson(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     p = 2.0 * stats.t.sf(np.abs(t), df)
     p[constant] = np.nan
     return r, p
+
+
+def mean_per_gene_pearson(real: Any, synthetic: Any) -> float:
+    """The mean over genes of the Pearson correlation across patients of ``real`` and
+    ``synthetic`` (n_patients, n_genes), constant genes left out (NaN if all are): the
+    ``mean_pearson`` of :func:`expression_fidelity` without the rest of its report."""
+    x = float_array("real", real, 2)
+    y = float_array("synthetic", synthetic, 2)
+    if x.shape != y.shape or x.shape[0] < 3:
+        raise DataError(
+            f"synthetic: expected the shape of real {x.shape} with at least 3 patients, "
+            f"got {y.shape}"
+        )
+    r, _ = _columnwise_pearson(x, y)
+    return float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
 
 
 @dataclass(frozen=True, eq=False)

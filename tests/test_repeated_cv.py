@@ -1,0 +1,110 @@
+"""Repeated CV end to end on the tiny cohort (``evaluate --repeats 2``): 2 repeats x 2 folds
+with seeds recorded, the baselines on the same folds, corrected tests Holm-adjusted across the
+table, TOST, pooled C."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_baselines import cohort as synthetic_cohort
+from test_cv import CFG as CV_CFG
+from tiny_training import build_training_cohort, threads
+
+from pathgen_batch.config import to_dict
+from pathgen_batch.errors import ConfigError
+from pathgen_batch.evaluation import corrected_resampled_t, holm
+from pathgen_batch.training.data import TrainingData, load_training_data
+from pathgen_batch.training.repeated_cv import (
+    PROTOCOL_COMPARISONS,
+    held_out_patients,
+    plan_repeats,
+)
+
+CFG = dataclasses.replace(CV_CFG, seed=5)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> TrainingData:
+    with threads(1):
+        return load_training_data(*build_training_cohort(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(scope="module")
+def repeated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pathgen-batch evaluate --repeats 2`` of the tiny config, seed 5."""
+    from pathgen_batch.cli.evaluate import evaluate
+
+    tmp = tmp_path_factory.mktemp("repeated")
+    (tmp / "cv.json").write_text(json.dumps(to_dict(CFG)))
+    cohort, feats = build_training_cohort(tmp_path_factory.getbasetemp())
+    args = ["--cohort", str(cohort), "--features", str(feats), "--config", str(tmp / "cv.json")]
+    with threads(1):
+        r = CliRunner().invoke(
+            evaluate, [*args, "--out", str(tmp / "out"), "--repeats", "2", "--seed", "5"]
+        )
+    assert r.exit_code == 0, r.output
+    assert "2 x 2 CV (4 folds)" in r.stdout and "repeat 2/2 (seed 6)" in r.stderr
+    return tmp / "out"
+
+
+def test_repeats_draw_new_folds_with_recorded_seeds() -> None:
+    data = synthetic_cohort()  # 120 patients, the fold column alternates 0, 1
+    plans = plan_repeats(data, CFG, 3)
+    assert [r.seed for r in plans] == [5, 6, 7]
+    assert all(len(r.plans) == 2 for r in plans)  # K = the cohort's number of folds
+    for r in plans:  # each repeat covers everyone once
+        covered = sorted(np.concatenate([p.test for p in r.plans]).tolist())
+        assert covered == list(range(data.n_patients))
+    assert [p.test.tolist() for p in plans[0].plans] != [p.test.tolist() for p in plans[1].plans]
+    one = plan_repeats(data, CFG, 1)[0]  # R = 1: the cohort's own folds, as run_cv uses
+    assert one.seed == 5
+    assert one.plans[0].test.tolist() == np.flatnonzero(data.folds == 0).tolist()
+    five = plan_repeats(data, dataclasses.replace(CFG, folds=5), 2)
+    assert [len(r.plans) for r in five] == [5, 5]
+    assert set(held_out_patients(data, plans[:2])) == {0, 1, 1000, 1001}
+    with pytest.raises(ConfigError, match="repeats"):
+        plan_repeats(data, CFG, 0)
+
+
+@pytest.mark.slow
+def test_repeated_cv_summary(repeated: Path) -> None:
+    out = repeated
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["repeats"]["n"] == 2 and summary["repeats"]["seeds"] == [5, 6]
+    for cond in ("real", "synthetic", "coxnet", "cox_grade", "km_null", "ridge_synthetic"):
+        assert summary["metrics"][cond]["harrell_c"]["folds"] == 4  # 2 x 2 folds
+    assert summary["metrics"]["km_null"]["harrell_c"]["mean"] == 0.5
+    assert set(summary["fidelity_baselines"]) == {"ridge", "mean_expression"}
+    assert set(summary["paired"]) == {f"{a} vs {b}" for a, b in PROTOCOL_COMPARISONS}
+    # p_holm is Holm over every p_corrected of the table; each p_corrected is the corrected t
+    cells = [(k, m) for k, per in summary["paired"].items() for m in per]
+    np.testing.assert_allclose(
+        [summary["paired"][k][m]["p_holm"] for k, m in cells],
+        holm([summary["paired"][k][m]["p_corrected"] for k, m in cells]),
+    )
+    rows = pd.read_csv(out / "metrics_per_fold.csv").sort_values(["repeat", "fold"])
+    d = (
+        rows[rows["condition"] == "synthetic"]["harrell_c"].to_numpy()
+        - rows[rows["condition"] == "real"]["harrell_c"].to_numpy()
+    )
+    sizes = summary["repeats"]
+    want = corrected_resampled_t(d, n_train=sizes["n_train_mean"], n_test=sizes["n_test_mean"])
+    got = summary["paired"]["synthetic vs real"]["harrell_c"]
+    assert got["p_corrected"] == pytest.approx(want.p)
+    eq = summary["equivalence"]["synthetic vs real"]
+    assert eq["harrell_c"]["margin"] == 0.03 and eq["macro_auc"]["margin"] == 0.03
+    assert eq["harrell_c"]["p_tost"] == pytest.approx(
+        max(eq["harrell_c"]["p_lower"], eq["harrell_c"]["p_upper"])
+    )
+    ci = summary["pooled_c"]["synthetic"]
+    assert ci["lo"] <= ci["estimate"] <= ci["hi"] and ci["n_boot"] == 1000
+    assert summary["power"]["detectable_hazard_ratio"] > 1
+    for name in ("metrics_per_fold.csv", "baseline_oof.parquet", "repeat_1/summary.json"):
+        assert (out / name).exists()
+    assert "corrected resampled t" in (out / "table.txt").read_text()
