@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_INDEX) '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,encoders]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,encoders,cluster]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TORCH_INDEX) '$(TORCHVISION_SPEC)'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps '$(TIMM_SPEC)'
 	touch $(STAMP)

@@ -153,6 +153,7 @@ class Cluster:
     address: str
     temp_dir: str
     env: dict[str, str]
+    dashboard: str  # the head's dashboard and job server, for `ray job submit --address`
 
     def processes(self, needle: str) -> list[int]:
         """Pids of this cluster's processes whose command line (title) contains ``needle``."""
@@ -165,12 +166,15 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster(s3_server: S3Server) -> Iterator[Cluster]:
-    """``ray start --head`` plus a second ``ray start --address``, 1 CPU each, on 127.0.0.1;
-    the S3 server's endpoint and credentials are in the nodes' environment."""
+    """``ray start --head`` (with its dashboard and job server) plus a second ``ray start
+    --address``, 1 CPU each, on 127.0.0.1; the S3 server's endpoint and credentials are in the
+    nodes' environment, and the project's virtual environment is first on their PATH (as on a
+    cluster image, where ``python`` is the project's)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     port, dash = free_ports(2)
     temp = f"/tmp/ray_pgb_{os.getpid()}"
     env = {**os.environ, **RAY_ENV, **s3_server.env}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     common = [
         "--num-cpus=1",
         "--node-ip-address=127.0.0.1",
@@ -183,11 +187,12 @@ def ray_cluster(s3_server: S3Server) -> Iterator[Cluster]:
         "--head",
         f"--port={port}",
         f"--temp-dir={temp}",
-        "--include-dashboard=false",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         *common,
     ]
-    cluster = Cluster(f"127.0.0.1:{port}", temp, env)
+    cluster = Cluster(f"127.0.0.1:{port}", temp, env, f"http://127.0.0.1:{dash}")
     try:
         subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
         worker = [ray_bin, "start", f"--address=127.0.0.1:{port}", *common]
@@ -638,6 +643,61 @@ def test_reuse_features_rescores_without_the_slides(
 
 
 @pytest.mark.ray
+def test_ray_job_submit_runs_the_score_job_with_the_shipped_runtime_env(
+    trained: Trained, ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    """``ray job submit`` to the head's job server, as the README and jobs/score_archive.py
+    say: jobs/runtime_env.yaml as shipped (only its node-local scratch TMPDIR pointed at this
+    machine's), the working directory uploaded, the driver joining the cluster through the
+    RAY_ADDRESS the job server sets; every slide scored exactly once, exit status 0."""
+    import yaml
+
+    shipped = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
+    assert shipped["working_dir"] == "." and "TMPDIR" in shipped["env_vars"]
+    scratch_tmp = tmp_path / "node-scratch"
+    scratch_tmp.mkdir()
+    runtime_env = {**shipped, "env_vars": {**shipped["env_vars"], "TMPDIR": str(scratch_tmp)}}
+    env_file = tmp_path / "runtime_env.yaml"
+    env_file.write_text(yaml.safe_dump(runtime_env))
+    ids = _linked_archive(trained, tmp_path / "archive", 4)
+    out = str(tmp_path / "out")
+    job = [
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_cluster.dashboard,
+        "--runtime-env",
+        str(env_file),
+        "--",
+        "python",
+        "jobs/score_archive.py",
+        str(tmp_path / "archive"),
+        "--out",
+        out,
+        "--run-id",
+        "submitted",
+        "--generator",
+        str(trained.gen),
+        "--fusion",
+        str(trained.fus),
+    ]
+    deadline = time.monotonic() + 180
+    while True:  # the head's job agent registers a while after `ray start` returns
+        done = subprocess.run(
+            job, cwd=REPO, env=ray_cluster.env, capture_output=True, text=True, timeout=600
+        )
+        log = done.stdout + done.stderr
+        if "No available agent to submit job" not in log or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert done.returncode == 0, log
+    assert "succeeded" in log, log
+    preds, fails = assert_exactly_once(out, "submitted", ids)
+    assert not fails and sorted(preds) == sorted(ids)
+    assert not any(scratch_tmp.iterdir()), "staged slides left in the node's scratch"
+
+
 def test_default_models_are_the_production_versions_of_the_registry(
     ray_driver: Cluster, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

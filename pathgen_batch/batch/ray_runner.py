@@ -16,6 +16,7 @@ Ray is imported only here (lazily, when a run has slides to score).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -84,6 +85,7 @@ def connect(cfg: ScoreConfig) -> tuple[Any, bool]:
     if ray.is_initialized():
         return ray, False
     forward = {k: os.environ[k] for k in storage.WORKER_ENV if k in os.environ}
+    forward = {k: v for k, v in forward.items() if k not in _job_env_vars()}
     runtime_env = {"env_vars": forward} if forward else None
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     try:
@@ -100,6 +102,22 @@ def connect(cfg: ScoreConfig) -> tuple[Any, bool]:
         where = address or "a local instance"
         raise ConfigError(f"Ray: cannot connect to {storage.redact(where)} ({e})") from e
     return ray, True
+
+
+def _job_env_vars() -> set[str]:
+    """Environment variables the runtime env of a ``ray job submit`` job already sets.
+
+    Inside a submitted job the driver's environment holds them, and Ray refuses a driver
+    runtime env that names one of them again (even with the same value), so they are not
+    forwarded: the job's runtime env gives them to every worker already."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return set()
+    try:
+        env_vars = (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        return set()
+    return set(env_vars)
 
 
 def configure_data(ray: Any) -> None:
