@@ -287,6 +287,33 @@ def test_cli_extracts_features_with_a_named_encoder(tiny_cohort: Path, tmp_path:
     assert "virchow2: Virchow2" in r.output and "timm:<architecture>" in r.output
 
 
+def test_batch_size_from_memory_is_the_largest_power_of_two_that_fits() -> None:
+    from pathgen_batch.features.encoder import CPU_BATCH, MAX_BATCH, batch_for_memory
+
+    gib = 2**30
+    assert batch_for_memory(10 * gib, 0.1 * gib) == 32  # half of 10 GiB holds 50 tiles
+    assert batch_for_memory(10 * gib, 0.1 * gib, share=1.0) == 64
+    assert batch_for_memory(140 * gib, 1e6) == MAX_BATCH  # capped
+    assert batch_for_memory(gib, 4 * gib) == 1  # never zero
+    with pytest.raises(ConfigError, match="share must be in"):
+        batch_for_memory(gib, gib, share=0)
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
+    assert enc.auto_batch_size() == CPU_BATCH  # the CPU default
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_batch_size_on_cuda_fits_and_encodes(tmp_path: Path) -> None:
+    _save_random("uni2-h", tmp_path / "w.bin")
+    gpu = build_encoder(
+        "uni2-h", weights=str(tmp_path / "w.bin"), options=_tiny_options("uni2-h"), device="cuda"
+    )
+    b = gpu.auto_batch_size()
+    assert b >= 8 and b & (b - 1) == 0, b  # a tiny ViT: many tiles fit, a power of two
+    tiles = _tiles(b, 28)
+    assert gpu.encode(tiles).shape == (b, gpu.dim)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_timm_encoder_on_cuda_matches_cpu_at_bf16(tmp_path: Path) -> None:

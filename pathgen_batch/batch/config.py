@@ -30,7 +30,8 @@ class ScoreConfig:
     encoder_actors: tile+encode actors; each holds at most one staged slide, so this bounds
     the slides on scratch at once (per node: the actors placed there). None: one per GPU when
     the cluster has GPUs, else one per CPU.
-    encoder_batch_size: tiles per encoder forward pass.
+    encoder_batch_size: tiles per encoder forward pass; None: chosen by each encoder actor from
+    its device's free memory (64 on a CPU).
     encoder_num_cpus/gpus, scorer_num_cpus/gpus: Ray resources per actor; None: derived
     from the cluster (GPUs when it has them).
     scorer_actors: actors running generator + fusion + conformal + attention;
@@ -62,7 +63,7 @@ class ScoreConfig:
     num_cpus: int | None = None
     scratch_dir: str | None = None
     encoder_actors: int | None = None
-    encoder_batch_size: int = 64
+    encoder_batch_size: int | None = None
     encoder_num_cpus: float | None = None
     encoder_num_gpus: float | None = None
     scorer_actors: int = 1
@@ -91,7 +92,6 @@ class ScoreConfig:
             if not isinstance(v, str) or not v.strip():
                 raise ConfigError(f"ScoreConfig.{name}: expected a non-empty string, got {v!r}")
         ints = {
-            "encoder_batch_size": 1,
             "scorer_actors": 1,
             "scorer_batch_size": 1,
             "retries": 1,
@@ -102,7 +102,7 @@ class ScoreConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"ScoreConfig.{name}: expected an integer >= {low}, got {v!r}")
-        for name in ("encoder_actors", "num_cpus", "n_samples"):
+        for name in ("encoder_actors", "encoder_batch_size", "num_cpus", "n_samples"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(

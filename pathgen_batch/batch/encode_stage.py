@@ -60,6 +60,8 @@ class TileEncoder(SlideStage):
             ctx.contract, weights=weights, device=resolve_device(ctx.device)
         )
         self.spec = spec_for(self.encoder, ctx.min_tissue)
+        self.batch_size = ctx.encoder_batch_size or self.encoder.auto_batch_size()
+        print(f"encoder {self.encoder!r}: {self.batch_size} tiles per batch", flush=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return to_batch([self.encode(r) for r in from_batch(batch)])
@@ -89,7 +91,7 @@ class TileEncoder(SlideStage):
                     self.encoder,
                     self.spec,
                     mpp_override=src.mpp,
-                    batch_size=self.ctx.encoder_batch_size,
+                    batch_size=self.batch_size,
                     prefetch=PREFETCH,
                     on_phase=now_in,
                     exclude=exclude,

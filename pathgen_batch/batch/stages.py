@@ -64,7 +64,7 @@ class WorkerContext:
     scratch_dir: str
     retry: RetryPolicy
     min_tissue: float
-    encoder_batch_size: int
+    encoder_batch_size: int | None  # None: from the device's free memory
     n_samples: int | None
     seed: int
     write_features: bool

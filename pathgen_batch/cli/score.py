@@ -57,7 +57,12 @@ EXIT_SOME_FAILED = 3
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray. [all]")
 @click.option("--scratch", "scratch_dir", default=None, help="Node-local folder for staged slides.")
 @click.option("--encoder-actors", type=int, default=None, help="Tile+encode actors. [per GPU/CPU]")
-@click.option("--encoder-batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--encoder-batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tiles per encoder pass. [from GPU memory; 64 on a CPU]",
+)
 @click.option("--encoder-gpus", type=float, default=None, help="GPUs per encoder actor.")
 @click.option("--scorer-actors", type=int, default=1, show_default=True)
 @click.option(

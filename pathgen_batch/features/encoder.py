@@ -9,6 +9,11 @@ On CUDA the tiles go through a pinned (page-locked) host buffer, reused from bat
 grown when a larger batch comes, and are copied to the device without blocking the host; the
 copy of the features back waits for the device, so the buffer is free again when ``encode``
 returns.
+
+Batch size from memory (:meth:`Encoder.auto_batch_size`): on CUDA one probe batch measures the
+device memory a tile costs (peak allocated over the batch), and the batch is the largest power
+of two whose tiles fit in a share of the memory free at that moment; on the CPU it is
+:data:`CPU_BATCH` (memory is not the limit there, and features do not depend on batch size).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.contract import FeatureContract
 
+CPU_BATCH = 64  # tiles per forward pass on the CPU
+MAX_BATCH = 1024  # the most tiles one forward pass takes on a GPU
+PROBE_BATCH = 8  # tiles of the probe batch that measures a tile's device memory
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -62,6 +70,20 @@ def file_sha256(path: str | Path, what: str = "weights file") -> str:
     if not p.is_file():
         raise ConfigError(f"{what} not found: {p}")
     return "sha256:" + storage.sha256(p)
+
+
+def batch_for_memory(
+    free_bytes: float, per_tile_bytes: float, share: float = 0.5, max_batch: int = MAX_BATCH
+) -> int:
+    """The largest power of two ``b <= max_batch`` with ``b * per_tile_bytes`` within ``share``
+    of ``free_bytes``; at least 1 (a tile that does not fit fails loudly on its own)."""
+    if not 0 < share <= 1:
+        raise ConfigError(f"batch_for_memory: share must be in (0, 1], got {share}")
+    fits = int(share * max(free_bytes, 0.0) // max(per_tile_bytes, 1.0))
+    b = 1
+    while b * 2 <= min(fits, max_batch):
+        b *= 2
+    return b
 
 
 def place_module(module: torch.nn.Module, device: torch.device) -> None:
@@ -148,6 +170,21 @@ class Encoder(ABC):
             out = self.forward(t)  # (B, dim)
             self._check_output(out, images.shape[0])
             return out.to(device="cpu", dtype=torch.float32).numpy()
+
+    def auto_batch_size(self, share: float = 0.5) -> int:
+        """Tiles per forward pass for this encoder on its device (see the module docstring);
+        ``share``: the part of the device's free memory the batch may use."""
+        if self.device.type != "cuda":
+            return CPU_BATCH
+        probe = np.zeros((PROBE_BATCH, self.tile_px, self.tile_px, 3), dtype=np.uint8)
+        self.encode(probe[:1])  # warm-up: lazy workspaces and kernels are not per-tile costs
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self.encode(probe)
+        per_tile = (torch.cuda.max_memory_allocated(self.device) - base) / PROBE_BATCH
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return batch_for_memory(free, per_tile, share)
 
     def _to_device(self, images: np.ndarray) -> torch.Tensor:
         """Host tiles -> device tensor; through the pinned buffer on CUDA (non-blocking)."""
