@@ -90,7 +90,7 @@ def score_archive(
     pending = state.pending()
     last_error = "not processed"
     if pending:
-        ray, owned = connect(cfg)
+        ray, owned = connect(cfg.ray_address, cfg.num_cpus)
         try:
             configure_data(ray)
             ends_a_pass = pass_errors(ray)
