@@ -133,7 +133,12 @@ def score_archive(
     patients = None
     if "patients" in tables:
         pt.score_patients(
-            state, lambda: union_predictor(worker_context(p)), p.lineage, p.pair.panel.digest, retry
+            state,
+            lambda: union_predictor(worker_context(p)),
+            p.lineage,
+            p.pair.panel.digest,
+            retry,
+            batch_size=cfg.scorer_batch_size,
         )
         patients = pt.patient_records(state, retry)
     stage_times = totals if n_rows else None
