@@ -24,6 +24,7 @@ from pathgen_batch.features.store import feature_uri, stored_slide_ids
 
 RAY_ENV = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 ROOT = Path(__file__).resolve().parents[1]
+CLI = "from pathgen_batch.cli import main; main()"  # `pathgen-batch`, from this checkout
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_a_killed_extraction_rerun_gives_the_same_files(
 ) -> None:
     ids = load_cohort(small_cohort).slide_ids
     out = tmp_path / "feats"
-    cmd = [sys.executable, "-m", "pathgen_batch.cli", "features", "extract", str(small_cohort)]
+    cmd = [sys.executable, "-c", CLI, "features", "extract", str(small_cohort)]
     cmd += ["--out", str(out), "--no-ray", "--device", "cpu", "--batch-size", "4"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -144,9 +145,11 @@ def test_a_killed_extraction_rerun_gives_the_same_files(
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0].decode()  # still extracting
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
     before = set(stored_slide_ids(out)) if out.exists() else set()
     assert len(before) < len(ids), "the run was killed before its end"
     code, text = _extract(str(small_cohort), "--out", str(out))
