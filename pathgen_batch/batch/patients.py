@@ -186,9 +186,9 @@ def score_patients(
         elif scored:
             n += commit(pid, slide_ids, scored, failed, scored[0]["record"], None)
         else:
-            why = bodies[0]["record"]
+            first = bodies[0]["record"]
             message = (
-                f"no slide of the patient was scored (e.g. {why['slide_id']}: {why['message']})"
+                f"no slide of the patient was scored (e.g. {first['slide_id']}: {first['message']})"
             )
             n += commit(pid, slide_ids, scored, failed, None, message)
     predict: UnionPredictor | None = None
@@ -208,16 +208,15 @@ def score_patients(
                     predict = predictor()
                 done, failures = _predict_each(predict, bags)
             except PATIENT_FAILURES as e:  # the models could not be loaded
-                failures = {
-                    pid: f"the models could not be loaded: {_first_line(e)}" for pid, _ in bags
-                }
+                unloaded = f"could not be scored (models not loaded): {_first_line(e)}"
+                failures = {pid: unloaded for pid, _ in bags}
             why.update(failures)
         for pid, slide_ids, scored, failed in part:
-            message = None
+            said: str | None = None
             if pid in why:
-                message = f"the union bag of {len(scored)} slides {why[pid]}"
-                log.warning("patient %s: %s", pid, message)
-            n += commit(pid, slide_ids, scored, failed, done.get(pid), message)
+                said = f"the union bag of {len(scored)} slides {why[pid]}"
+                log.warning("patient %s: %s", pid, said)
+            n += commit(pid, slide_ids, scored, failed, done.get(pid), said)
     return n
 
 
