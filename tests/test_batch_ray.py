@@ -33,6 +33,7 @@ from pathgen_batch.tables import complete_runs, read_table
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+CLI = "from pathgen_batch.cli import main; main()"  # `pathgen-batch`, from this checkout
 RAY_ENV = {
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "RAY_AUTH_MODE": "disabled",
@@ -698,6 +699,46 @@ def test_ray_job_submit_runs_the_score_job_with_the_shipped_runtime_env(
     assert not any(scratch_tmp.iterdir()), "staged slides left in the node's scratch"
 
 
+@pytest.mark.ray
+@pytest.mark.servers
+def test_features_extract_on_the_cluster_from_s3_gives_the_bags_scoring_encoded(
+    s3_run: S3Run, ray_cluster: Cluster, s3_server: S3Server, trained: Trained
+) -> None:
+    from pathgen_batch.features import read_slide_features
+    from pathgen_batch.features.store import feature_uri
+    from pathgen_batch.tables.io import feature_index, read_row_group
+    from pathgen_batch.tables.rows import bag_from_features
+
+    client = s3_server.client()
+    local = trained.root / "cohort"
+    for p in local.rglob("*"):
+        if p.is_file():
+            _upload(client, s3_run.bucket, f"cohort/{p.relative_to(local).as_posix()}", p)
+    ids = list(s3_run.good)
+    out = f"s3://{s3_run.bucket}/cohort-features"
+    cmd = [sys.executable, "-c", CLI, "features", "extract"]
+    cmd += [f"s3://{s3_run.bucket}/cohort", "--out", out, "--ray-address", ray_cluster.address]
+    cmd += ["-o", "tile_px=64 scales=2", "--device", "cpu", "--slides", ",".join(ids)]
+    env = {**ray_cluster.env, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"in Ray ({ray_cluster.address})" in r.stdout
+    assert f"done {len(ids)}, skipped 0, failed 0" in r.stdout
+    index = feature_index(s3_run.out, "e2e")
+    for sid in ids:  # the scoring run's bag, the local loop's and the cluster's are one
+        got = read_slide_features(feature_uri(out, sid))
+        ref = read_slide_features(feature_uri(trained.root / "features", sid))
+        x, y, feats, size_l0 = bag_from_features(read_row_group(*index[sid]))
+        np.testing.assert_array_equal(got.x, x)
+        np.testing.assert_array_equal(got.y, y)
+        assert got.size_l0 == size_l0 == ref.size_l0
+        np.testing.assert_allclose(got.feats, feats, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.feats, ref.feats, rtol=1e-5, atol=1e-6)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"done 0, skipped {len(ids)}, failed 0" in r.stdout, r.stdout
+
+
+@pytest.mark.ray
 def test_default_models_are_the_production_versions_of_the_registry(
     ray_driver: Cluster, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

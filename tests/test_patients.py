@@ -172,12 +172,22 @@ def test_patients_are_predicted_from_their_union_bags(trained: Trained, tmp_path
     with pytest.raises(DataError, match="patient 'P-A' has no commit yet"):
         list(pt.patient_records(state, cfg.retry))
 
+    batches: list[list[str]] = []
+
+    def predictor() -> pt.UnionPredictor:
+        predict = union_predictor(ctx)
+
+        def counted(items):  # the real models; the patients of each call noted
+            batches.append([pid for pid, _ in items])
+            return predict(items)
+
+        return counted
+
     def score() -> int:
-        return pt.score_patients(
-            state, lambda: union_predictor(ctx), p.lineage, p.pair.panel.digest, cfg.retry
-        )
+        return pt.score_patients(state, predictor, p.lineage, p.pair.panel.digest, cfg.retry)
 
     assert score() == 4 and score() == 0  # a second driver finds every commit
+    assert batches == [["P-A"]]  # only a patient with two scored slides needs the models
     records = list(pt.patient_records(state, cfg.retry))
 
     def runs_record(n_scored: int, n_failed: int, n_tiles: int) -> dict:

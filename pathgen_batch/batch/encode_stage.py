@@ -12,7 +12,9 @@ that has no commit yet, and commit a failure when the slide cannot give a bag.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,16 +39,82 @@ from pathgen_batch.features.encode_slide import (
     exclusions_for,
     spec_for,
 )
-from pathgen_batch.features.encoder import resolve_device
+from pathgen_batch.features.encoder import Encoder, resolve_device
 from pathgen_batch.features.encoders import encoder_for_contract
-from pathgen_batch.slides import open_slide
-from pathgen_batch.storage import StorageError, stage
+from pathgen_batch.slides import TileSpec, open_slide
+from pathgen_batch.storage import RetryPolicy, SlideSource, StorageError, stage
 from pathgen_batch.tables.io import read_row_group
 from pathgen_batch.tables.rows import bag_from_features
 from pathgen_batch.tables.schemas import THUMBNAIL_PX
 from pathgen_batch.tables.thumbnails import thumbnail_table
 
 PREFETCH = 2  # tile batches read ahead of the encoder
+T = TypeVar("T")
+
+
+class SlideEncoding:
+    """One slide staged to local scratch and run through the one slide -> tiles -> encoder
+    loop (:func:`~pathgen_batch.features.encode_slide.encode_slide`): the path from a slide
+    to its bag that scoring (:class:`TileEncoder`) and feature extraction
+    (:class:`pathgen_batch.batch.features_job.FeatureWriter`) share. ``phase`` says how far
+    it got, for a failure's stage."""
+
+    def __init__(self, scratch_dir: str, retry: RetryPolicy, batch_size: int) -> None:
+        self.scratch_dir = scratch_dir
+        self.retry = retry
+        self.batch_size = batch_size
+        self.phase: str = "download"
+        self.download_s = 0.0
+
+    def _now_in(self, p: Phase) -> None:
+        self.phase = p
+
+    def encode(
+        self,
+        src: SlideSource,
+        real: SlideSource,
+        encoder: Encoder,
+        spec: TileSpec,
+        exclude_geojson: str | None,
+        while_staged: Callable[[Path, EncodedSlide], T],
+    ) -> tuple[EncodedSlide, T]:
+        """Encode ``src`` (read from ``real``, its location); ``while_staged(path, encoded)``
+        runs while the slide is still staged. Raises what staging, reading or encoding
+        raise."""
+
+        def report(p: SlideProgress) -> None:  # a worker's stdout reaches Ray's logs
+            print(f"slide {src.slide_id}: {p.line()}", flush=True)
+
+        exclude = exclusions_for(exclude_geojson, src.slide_id)
+        with stage(real, self.scratch_dir, self.retry) as staged:
+            self.download_s = staged.seconds
+            enc = encode_slide(
+                staged.path,
+                encoder,
+                spec,
+                mpp_override=src.mpp,
+                batch_size=self.batch_size,
+                prefetch=PREFETCH,
+                on_phase=self._now_in,
+                exclude=exclude,
+                on_progress=report,
+            )
+            self.phase = "tiles"
+            return enc, while_staged(Path(staged.path), enc)
+
+    def failed_at(self, e: BaseException) -> str:
+        """The stage a failure ``e`` is recorded at."""
+        if isinstance(e, StorageError):
+            return "download"
+        if isinstance(e, SlideError) and self.phase == "encode":
+            return "tiles"
+        return self.phase
+
+
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
 
 
 class TileEncoder(SlideStage):
@@ -72,41 +140,21 @@ class TileEncoder(SlideStage):
             return row.but(status=SlideStatus.SKIPPED)
         src = started.source
         times = StageTimes()
-        phase: str = "download"
-
-        def now_in(p: Phase) -> None:
-            nonlocal phase
-            phase = p
-
-        def report(p: SlideProgress) -> None:  # a worker's stdout reaches Ray's logs
-            print(f"slide {src.slide_id}: {p.line()}", flush=True)
-
+        run = SlideEncoding(self.ctx.scratch_dir, self.retry, self.batch_size)
         try:
-            exclude = exclusions_for(self.ctx.exclude_geojson, src.slide_id)
             real = src if self.ctx.sources is None else self.ctx.sources.locate(src)
-            with stage(real, self.ctx.scratch_dir, self.retry) as staged:
-                times.download = staged.seconds
-                enc = encode_slide(
-                    staged.path,
-                    self.encoder,
-                    self.spec,
-                    mpp_override=src.mpp,
-                    batch_size=self.batch_size,
-                    prefetch=PREFETCH,
-                    on_phase=now_in,
-                    exclude=exclude,
-                    on_progress=report,
-                )
-                phase = "tiles"
-                t_thumb = time.perf_counter()
-                thumbnail = self._thumbnail(started, staged.path, enc)
-                thumb_s = time.perf_counter() - t_thumb
+            enc, (thumbnail, thumb_s) = run.encode(
+                src,
+                real,
+                self.encoder,
+                self.spec,
+                self.ctx.exclude_geojson,
+                while_staged=lambda path, e: _timed(lambda: self._thumbnail(started, path, e)),
+            )
+            times.download = run.download_s
         except SLIDE_FAILURES as e:
-            if isinstance(e, StorageError):
-                phase = "download"
-            elif isinstance(e, SlideError) and phase == "encode":
-                phase = "tiles"
-            return self.fail(started, phase, e, times)
+            times.download = run.download_s
+            return self.fail(started, run.failed_at(e), e, times)
         times.tiles, times.encode = enc.tiles_s + thumb_s, enc.encode_s
         t_write = time.perf_counter()
         try:

@@ -19,9 +19,10 @@ What a patient gets:
 
 Exactly once, as for slides: a patient's commit (``patients/<digest>.json`` beside the slide
 commits) is created once; a rerun finds it and does nothing, and the table's rows come from the
-commits only. The driver scores the patients one at a time in its own process, after the
-slides: the models are loaded there once, and only when some patient has two or more scored
-slides.
+commits only. The driver scores the patients in its own process, after the slides, their
+union bags ``batch_size`` patients at a time (one by one when a batch fails, so that only the
+patient that cannot be scored fails): the models are loaded there once, and only when some
+patient has two or more scored slides.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from pathgen_batch.tables.rows import Lineage, bag_from_features, patient_record
 
 log = logging.getLogger(__name__)
 
-# (patient id, union bag feats (N, D)) -> a ``predictions`` record of that bag
-UnionPredictor = Callable[[str, np.ndarray], Mapping[str, Any]]
+# [(patient id, union bag feats (N, D))] -> the ``predictions`` record of each bag, in order
+UnionPredictor = Callable[[Sequence[tuple[str, np.ndarray]]], list[Mapping[str, Any]]]
+PATIENT_BATCH = 4  # union bags scored together
 # errors the union bag of a patient can cause (as for a slide: anything else is a bug)
 PATIENT_FAILURES: tuple[type[BaseException], ...] = (
     PathgenError,
@@ -108,17 +110,39 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:2000]
 
 
+def _predict_each(
+    predict: UnionPredictor, items: Sequence[tuple[str, np.ndarray]]
+) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
+    """(patient id -> record, patient id -> why it failed): the bags together, else one by
+    one."""
+    try:
+        records = predict(items)
+    except PATIENT_FAILURES as e:
+        if len(items) == 1:
+            return {}, {items[0][0]: f"could not be scored: {_first_line(e)}"}
+        done: dict[str, Mapping[str, Any]] = {}
+        why: dict[str, str] = {}
+        for item in items:
+            d, w = _predict_each(predict, [item])
+            done.update(d)
+            why.update(w)
+        return done, why
+    return {pid: r for (pid, _), r in zip(items, records, strict=True)}, {}
+
+
 def score_patients(
     state: cm.RunState,
     predictor: Callable[[], UnionPredictor],
     lineage: Lineage,
     gene_panel_digest: str,
     retry: RetryPolicy,
+    batch_size: int = PATIENT_BATCH,
 ) -> int:
     """Commit every patient of the run without a commit; how many this call committed.
 
     Every slide must have its commit. ``predictor()`` (called once, on the first patient with
-    two or more scored slides) gives the function that predicts a union bag.
+    two or more scored slides) gives the function that predicts union bags, ``batch_size``
+    patients per call.
     """
     layout = state.layout
     pending = state.pending()
@@ -127,35 +151,16 @@ def score_patients(
             f"run {layout.run_id}: patients are scored once every slide has its commit; "
             f"{len(pending)} have none"
         )
-    predict: UnionPredictor | None = None
-    n = 0
-    for pid, slide_ids in patient_groups(state.inputs).items():
-        if storage.exists(layout.patient_commit(pid), retry):
-            continue
-        bodies = [cm.read_commit(layout, sid, retry) for sid in slide_ids]
-        scored = [b for b in bodies if b["status"] == "scored"]
-        failed = [b["slide_id"] for b in bodies if b["status"] != "scored"]
-        prediction: Mapping[str, Any] | None = None
-        message = None
+
+    def commit(
+        pid: str,
+        slide_ids: list[str],
+        scored: list[dict[str, Any]],
+        failed: list[str],
+        prediction: Mapping[str, Any] | None,
+        message: str | None,
+    ) -> bool:
         n_tiles = sum(int(b["record"]["n_tiles"]) for b in scored)
-        if not scored:
-            why = bodies[0]["record"]
-            message = (
-                f"no slide of the patient was scored (e.g. {why['slide_id']}: {why['message']})"
-            )
-        elif len(scored) == 1:
-            prediction = scored[0]["record"]
-        else:
-            try:
-                feats = _union_bag(layout, scored, retry)
-                if predict is None:
-                    predict = predictor()
-                prediction = predict(pid, feats)
-            except PATIENT_FAILURES as e:
-                message = (
-                    f"the union bag of {len(scored)} slides could not be scored: {_first_line(e)}"
-                )
-                log.warning("patient %s: %s", pid, message)
         rec = patient_record(
             patient_id=pid,
             slide_ids=slide_ids,
@@ -166,7 +171,52 @@ def score_patients(
             gene_panel_digest=gene_panel_digest,
             lineage=lineage,
         )
-        n += commit_patient(layout, rec, retry)
+        return commit_patient(layout, rec, retry)
+
+    n = 0
+    unions = []  # patients with two or more scored slides
+    for pid, slide_ids in patient_groups(state.inputs).items():
+        if storage.exists(layout.patient_commit(pid), retry):
+            continue
+        bodies = [cm.read_commit(layout, sid, retry) for sid in slide_ids]
+        scored = [b for b in bodies if b["status"] == "scored"]
+        failed = [b["slide_id"] for b in bodies if b["status"] != "scored"]
+        if len(scored) > 1:
+            unions.append((pid, slide_ids, scored, failed))
+        elif scored:
+            n += commit(pid, slide_ids, scored, failed, scored[0]["record"], None)
+        else:
+            first = bodies[0]["record"]
+            message = (
+                f"no slide of the patient was scored (e.g. {first['slide_id']}: {first['message']})"
+            )
+            n += commit(pid, slide_ids, scored, failed, None, message)
+    predict: UnionPredictor | None = None
+    for start in range(0, len(unions), max(1, batch_size)):
+        part = unions[start : start + max(1, batch_size)]
+        bags: list[tuple[str, np.ndarray]] = []
+        why: dict[str, str] = {}
+        for pid, _, scored, _ in part:
+            try:
+                bags.append((pid, _union_bag(layout, scored, retry)))
+            except PATIENT_FAILURES as e:
+                why[pid] = f"could not be read: {_first_line(e)}"
+        done: dict[str, Mapping[str, Any]] = {}
+        if bags:
+            try:
+                if predict is None:
+                    predict = predictor()
+                done, failures = _predict_each(predict, bags)
+            except PATIENT_FAILURES as e:  # the models could not be loaded
+                unloaded = f"could not be scored (models not loaded): {_first_line(e)}"
+                failures = {pid: unloaded for pid, _ in bags}
+            why.update(failures)
+        for pid, slide_ids, scored, failed in part:
+            said: str | None = None
+            if pid in why:
+                said = f"the union bag of {len(scored)} slides {why[pid]}"
+                log.warning("patient %s: %s", pid, said)
+            n += commit(pid, slide_ids, scored, failed, done.get(pid), said)
     return n
 
 

@@ -90,7 +90,7 @@ def score_archive(
     pending = state.pending()
     last_error = "not processed"
     if pending:
-        ray, owned = connect(cfg)
+        ray, owned = connect(cfg.ray_address, cfg.num_cpus)
         try:
             configure_data(ray)
             ends_a_pass = pass_errors(ray)
@@ -133,7 +133,12 @@ def score_archive(
     patients = None
     if "patients" in tables:
         pt.score_patients(
-            state, lambda: union_predictor(worker_context(p)), p.lineage, p.pair.panel.digest, retry
+            state,
+            lambda: union_predictor(worker_context(p)),
+            p.lineage,
+            p.pair.panel.digest,
+            retry,
+            batch_size=cfg.scorer_batch_size,
         )
         patients = pt.patient_records(state, retry)
     stage_times = totals if n_rows else None

@@ -77,8 +77,9 @@ def plan_resources(cfg: ScoreConfig, cluster: dict[str, float]) -> Resources:
     return Resources(n_enc, enc_cpus, enc_gpus, cfg.scorer_actors, sc_cpus, sc_gpus)
 
 
-def connect(cfg: ScoreConfig) -> tuple[Any, bool]:
-    """(the ray module, whether this call started Ray and must shut it down)."""
+def connect(ray_address: str | None, num_cpus: int | None = None) -> tuple[Any, bool]:
+    """(the ray module, whether this call started Ray and must shut it down): the cluster at
+    ``ray_address`` (else ``RAY_ADDRESS``), else a local Ray of ``num_cpus`` CPUs."""
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
@@ -87,13 +88,13 @@ def connect(cfg: ScoreConfig) -> tuple[Any, bool]:
     forward = {k: os.environ[k] for k in storage.WORKER_ENV if k in os.environ}
     forward = {k: v for k, v in forward.items() if k not in _job_env_vars()}
     runtime_env = {"env_vars": forward} if forward else None
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    address = ray_address or os.environ.get("RAY_ADDRESS")
     try:
         if address:  # an existing cluster (also inside `ray job submit`, which sets RAY_ADDRESS)
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         else:
             ray.init(
-                num_cpus=cfg.num_cpus,
+                num_cpus=num_cpus,
                 include_dashboard=False,
                 log_to_driver=False,
                 runtime_env=runtime_env,

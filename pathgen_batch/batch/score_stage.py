@@ -13,7 +13,7 @@ prediction (:mod:`pathgen_batch.batch.patients`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -247,15 +247,19 @@ def _bag(r: SlideRow) -> TileBag:
     return r.bag
 
 
-def union_predictor(ctx: WorkerContext) -> Callable[[str, np.ndarray], dict[str, Any]]:
-    """The models of run ``ctx`` as a function (patient id, union bag feats (N, D)) -> the
-    ``predictions`` record of that bag (for :func:`pathgen_batch.batch.patients.score_patients`)."""
+def union_predictor(
+    ctx: WorkerContext,
+) -> Callable[[Sequence[tuple[str, np.ndarray]]], list[Mapping[str, Any]]]:
+    """The models of run ``ctx`` as a function [(patient id, union bag feats (N, D))] -> the
+    ``predictions`` record of each bag, scored together (for
+    :func:`pathgen_batch.batch.patients.score_patients`)."""
     scorer = SlideScorer(ctx)
 
-    def predict(patient_id: str, feats: np.ndarray) -> dict[str, Any]:
-        (res,) = scorer.predict([feats])
-        return scorer.record(
-            res, slide_id=patient_id, source_uri="", patient_id=patient_id, n_tiles=len(feats)
-        )
+    def predict(items: Sequence[tuple[str, np.ndarray]]) -> list[Mapping[str, Any]]:
+        results = scorer.predict([feats for _, feats in items])
+        return [
+            scorer.record(res, slide_id=pid, source_uri="", patient_id=pid, n_tiles=len(feats))
+            for (pid, feats), res in zip(items, results, strict=True)
+        ]
 
     return predict

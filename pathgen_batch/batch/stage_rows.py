@@ -103,6 +103,7 @@ class SlideRow:
     attempt_id: str | None = None  # the attempt whose per-slide files a commit would name
     stage: str | None = None  # where the slide failed
     error_type: str | None = None
+    message: str | None = None  # feature extraction: a failure's message, for its report line
     n_tiles: int = 0
     size_l0: int = 0  # tile side in level-0 px
     slide_mpp: float | None = None
@@ -132,6 +133,7 @@ def _scalars(row: SlideRow) -> str:
             "attempt_id": row.attempt_id,
             "stage": row.stage,
             "error_type": row.error_type,
+            "message": row.message,
             "n_tiles": row.n_tiles,
             "size_l0": row.size_l0,
             "slide_mpp": row.slide_mpp,
@@ -175,6 +177,7 @@ def from_ray_row(row: Mapping[str, Any]) -> SlideRow:
         attempt_id=d["attempt_id"],
         stage=d["stage"],
         error_type=d["error_type"],
+        message=d.get("message"),
         n_tiles=int(d["n_tiles"]),
         size_l0=int(d["size_l0"]),
         slide_mpp=d["slide_mpp"],

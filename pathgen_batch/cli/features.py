@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+import time
 from typing import Any
 
 import click
 
+from pathgen_batch import storage
+from pathgen_batch.batch.features_job import FeatureJob, cohort_sources, extract_features
 from pathgen_batch.cli.options import (
     Tracking,
-    cohort_option,
     device_option,
     exclude_geojson_option,
     key_value_option,
     optional_text,
-    out_option,
     tracking_options,
 )
+from pathgen_batch.cohort import load_cohort
 from pathgen_batch.features import (
     DEFAULT_ENCODER,
     SlideResult,
     build_encoder,
-    cohort_slides,
     encoder_entries,
     encoder_names,
-    extract_slides,
 )
 
 
@@ -61,8 +60,21 @@ def encoders_cmd() -> None:
 
 
 @features.command("extract")
-@cohort_option
-@out_option("Folder for the per-slide feature files.", dest="out_dir")
+@click.argument("cohort", required=False, metavar="[COHORT]")
+@click.option(
+    "--cohort",
+    "cohort_opt",
+    default=None,
+    metavar="DIR|s3://...",
+    help="Cohort folder or S3 prefix (or give it as the argument).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    metavar="DIR|s3://...",
+    help="Folder or S3 prefix for the per-slide feature files.",
+)
 @click.option(
     "--encoder",
     default=DEFAULT_ENCODER,
@@ -72,7 +84,8 @@ def encoders_cmd() -> None:
 )
 @optional_text(
     "--weights",
-    help="Local weights file (safetensors, torch state dict or TorchScript); never downloaded.",
+    help="Local weights file (safetensors, torch state dict or TorchScript); never downloaded. "
+    "With Ray, every node reads it at this path.",
 )
 @key_value_option(
     "Encoder option, repeatable (see `features encoders`), e.g. -o dim=1024; one value may "
@@ -88,7 +101,9 @@ def encoders_cmd() -> None:
     show_default=True,
     help="Minimum tissue fraction of a kept tile.",
 )
-@click.option("--mpp", type=float, default=None, help="Level-0 um/px for every slide (override).")
+@click.option(
+    "--mpp", type=float, default=None, help="Level-0 um/px of slides the cohort gives none."
+)
 @click.option(
     "--slides",
     "slide_ids",
@@ -98,14 +113,42 @@ def encoders_cmd() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Re-extract slides that already have features.")
 @click.option(
-    "--keep-going", is_flag=True, help="Record slides that fail and go on (exit status 1)."
+    "--ray/--no-ray",
+    "use_ray",
+    default=None,
+    help="Run the slides on a Ray actor pool (the scoring job's encoder stage), or the same "
+    "stage in this process. [Ray with --ray-address, else in process]",
+)
+@click.option(
+    "--ray-mode",
+    type=click.Choice(["auto", "ray", "no-ray"]),
+    default="auto",
+    show_default=True,
+    help="--ray/--no-ray as one value (the MLflow entry point's `ray` parameter).",
+)
+@optional_text("--ray-address", help="Join this Ray cluster (else a local Ray).")
+@click.option(
+    "--num-cpus", type=click.IntRange(min=0), default=0, help="CPUs of a local Ray (0: all)."
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Encoder actors (0: one per GPU, else one per CPU).",
+)
+@optional_text("--scratch", help="Node-local folder for slides staged from S3. [temp folder]")
+@click.option(
+    "--keep-going",
+    is_flag=True,
+    help="Accepted for older scripts: a failed slide is always reported and the rest go on.",
 )
 @tracking_options
 @click.pass_context
 def extract_cmd(
     ctx: click.Context,
-    cohort_dir: Path,
-    out_dir: Path,
+    cohort: str | None,
+    cohort_opt: str | None,
+    out_dir: str,
     encoder: str,
     weights: str | None,
     exclude_geojson: str | None,
@@ -116,19 +159,57 @@ def extract_cmd(
     mpp: float | None,
     slide_ids: tuple[str, ...],
     overwrite: bool,
+    use_ray: bool | None,
+    ray_mode: str,
+    ray_address: str | None,
+    num_cpus: int,
+    actors: int,
+    scratch: str | None,
     keep_going: bool,
     tracking: Tracking,
 ) -> None:
     """Tile and embed every slide of a cohort; one Parquet file per slide (resumable).
 
-    The MLflow entry point ``features`` runs this command; inside ``mlflow run`` (or with
-    --track) it logs the settings, the encoder's feature contract and the tile counts.
+    Slides are local files or ``s3://`` objects (staged to scratch); the path from slide to
+    bag is the scoring job's. A rerun skips slides whose features are complete; each failed
+    slide is reported in one line (exit status 1). The MLflow entry point ``features`` runs
+    this command; inside ``mlflow run`` (or with --track) it logs the settings, the encoder's
+    feature contract and the tile counts.
     """
+    if (cohort is None) == (cohort_opt is None):
+        raise click.UsageError("give the cohort once: as the argument COHORT or with --cohort")
+    cohort_dir = str(cohort if cohort is not None else cohort_opt)
+    if use_ray is None and ray_mode != "auto":
+        use_ray = ray_mode == "ray"
+    if use_ray is False and ray_address:
+        raise click.UsageError("--ray-address needs --ray")
+    ray = bool(ray_address) if use_ray is None else use_ray
     enc = build_encoder(encoder, weights=weights, device=device, options=options)
     ids = [s for item in slide_ids for s in item.split(",") if s] or None
-    slides = cohort_slides(cohort_dir, ids)
-    click.echo(f"encoder {enc.contract.describe()} on {enc.device}; {len(slides)} slide(s)")
-    n = len(slides)
+    sources = [
+        s if s.mpp is not None or mpp is None else dataclasses.replace(s, mpp=mpp)
+        for s in cohort_sources(load_cohort(cohort_dir), ids)
+    ]
+    where = f"Ray ({ray_address or 'local'})" if ray else "this process"
+    click.echo(
+        f"encoder {enc.contract.describe()} on {enc.device}; {len(sources)} slide(s), in {where}"
+    )
+    job = FeatureJob(
+        output=out_dir,
+        contract=enc.contract,
+        weights=weights,
+        min_tissue=min_tissue,
+        batch_size=batch_size,
+        exclude_geojson=exclude_geojson,
+        overwrite=overwrite,
+        use_ray=ray,
+        ray_address=ray_address,
+        num_cpus=num_cpus or None,
+        actors=actors or None,
+        device=device,
+        scratch_dir=scratch,
+    )
+    n = len(sources)
     counter = {"i": 0}
 
     def progress(r: SlideResult) -> None:
@@ -143,19 +224,9 @@ def extract_cmd(
         else:
             click.echo(f"{head} FAILED {r.error}", err=True)
 
+    t0 = time.perf_counter()
     with tracking.run("features") as run:
-        results = extract_slides(
-            slides,
-            out_dir,
-            enc,
-            min_tissue=min_tissue,
-            mpp_override=mpp,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            on_error="record" if keep_going else "raise",
-            progress=progress,
-            exclude_geojson=exclude_geojson,
-        )
+        results = extract_features(job, sources, progress)
         if run is not None:
             from pathgen_batch.registry.step_logs import log_features
 
@@ -165,9 +236,10 @@ def extract_cmd(
                 "options": options,
                 "batch_size": batch_size,
                 "min_tissue": min_tissue,
-                "device": str(enc.device),
-                "cohort": str(cohort_dir),
-                "out": str(out_dir),
+                "device": device,
+                "ray": ray,
+                "cohort": storage.redact(cohort_dir),
+                "out": storage.redact(out_dir),
             }
             log_features(run, settings, enc.contract, results)
             click.echo(f"features run {run.run_id}")
@@ -178,7 +250,10 @@ def extract_cmd(
     rate = f" ({tiles / secs:.0f} tiles/s)" if secs > 0 else ""
     click.echo(
         f"done {len(done)}, skipped {n - len(done) - len(failed)}, failed {len(failed)}; "
-        f"{tiles} tiles in {secs:.1f}s{rate}; features in {out_dir}"
+        f"{tiles} tiles in {secs:.1f}s{rate}; wall {time.perf_counter() - t0:.1f}s; "
+        f"features in {out_dir}"
     )
     if failed:
+        for r in failed:
+            click.echo(f"failed: {r.slide_id}: {r.error}", err=True)
         ctx.exit(1)

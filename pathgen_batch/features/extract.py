@@ -10,21 +10,27 @@ the same contract and tiling settings is skipped; one with a different contract 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from pathgen_batch import storage
 from pathgen_batch.cohort import Cohort, load_cohort
 from pathgen_batch.errors import ConfigError, DataError, SlideError
-from pathgen_batch.features.encode_slide import encode_slide, exclusions_for, spec_for
+from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.features.encode_slide import (
+    EncodedSlide,
+    encode_slide,
+    exclusions_for,
+    spec_for,
+)
 from pathgen_batch.features.encoder import Encoder
 from pathgen_batch.features.store import (
     SlideFeatures,
@@ -71,10 +77,24 @@ def extract_slide(
         prefetch=prefetch,
         exclude=exclude,
     )
+    return slide_features(sid, str(p), enc, spec, encoder.contract, mpp_override)
+
+
+def slide_features(
+    slide_id: str,
+    source: str,
+    enc: EncodedSlide,
+    spec: TileSpec,
+    contract: FeatureContract,
+    mpp_override: float | None,
+    settings: Mapping[str, Any] | None = None,
+) -> SlideFeatures:
+    """The feature file's content for a slide :func:`encode_slide` encoded (``source``: where
+    the slide was read from; ``settings``: extraction settings recorded with it)."""
     grid = enc.grid
     info: dict[str, Any] = {
-        "slide_id": sid,
-        "source": str(p),
+        "slide_id": slide_id,
+        "source": source,
         "slide_mpp": enc.slide_mpp,
         "mpp_source": enc.mpp_source,
         "mpp_override": mpp_override,
@@ -85,10 +105,11 @@ def extract_slide(
         "n_tiles": len(grid),
         "seconds": round(enc.seconds, 4),
         "encode_seconds": round(enc.encode_s, 4),
+        **(settings or {}),
     }
     return SlideFeatures(
-        slide_id=sid,
-        contract=encoder.contract,
+        slide_id=slide_id,
+        contract=contract,
         x=grid.x.astype(np.int64),
         y=grid.y.astype(np.int64),
         feats=enc.feats,
@@ -106,7 +127,7 @@ class SlideResult:
     status: Literal["done", "skipped", "failed"]
     n_tiles: int = 0
     seconds: float = 0.0
-    path: Path | None = None
+    path: str | Path | None = None  # the feature file
     error: str | None = None
 
     @property
@@ -114,35 +135,39 @@ class SlideResult:
         return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
 
 
-def _settings(
+def extraction_settings(
     min_tissue: float, mpp_override: float | None, exclude_geojson: str | None = None
 ) -> dict[str, Any]:
+    """The settings a feature file records and a resumed extraction must match."""
     out: dict[str, Any] = {"min_tissue": float(min_tissue), "mpp_override": mpp_override}
     if exclude_geojson is not None:  # only then: files extracted before stay valid
         out["exclude_geojson"] = exclude_geojson
     return out
 
 
-def _existing_status(
-    out: Path, encoder: Encoder, settings: Mapping[str, Any], overwrite: bool
+def existing_features(
+    uri: str | Path, contract: FeatureContract, settings: Mapping[str, Any], overwrite: bool
 ) -> bool:
-    """True when ``out`` already holds this slide's features for the same contract and
-    settings; DataError when it holds different ones (unless ``overwrite``)."""
-    if not out.is_file():
-        return False
-    if overwrite:
+    """True when ``uri`` (a path or an S3 URI) already holds a complete feature file for the
+    same contract and settings; False when there is none, or one that cannot be read (it is
+    extracted again); DataError when it holds other features (unless ``overwrite``)."""
+    where = str(uri)
+    if overwrite or not storage.exists(where):
         return False
     try:
-        encoder.contract.check_matches(
-            read_contract(out), what=f"requested encoder vs features already in {out}"
-        )
+        stored = read_contract(where)
+    except DataError as e:
+        log.warning("%s; extracting it again", e)
+        return False
+    try:
+        contract.check_matches(stored, what=f"requested encoder vs features already in {where}")
     except DataError as e:
         raise DataError(f"{e}; use overwrite to replace them") from e
-    stored = read_extraction(out)
-    diffs = [f"{k} {stored.get(k)!r} vs {v!r}" for k, v in settings.items() if stored.get(k) != v]
+    done = read_extraction(where)
+    diffs = [f"{k} {done.get(k)!r} vs {v!r}" for k, v in settings.items() if done.get(k) != v]
     if diffs:
         raise DataError(
-            f"{out}: features were extracted with other settings ("
+            f"{where}: features were extracted with other settings ("
             + "; ".join(diffs)
             + "); use overwrite to replace them"
         )
@@ -174,11 +199,11 @@ def extract_slides(
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error: expected 'raise' or 'record', got {on_error!r}")
     spec = spec_for(encoder, min_tissue)
-    settings = _settings(min_tissue, mpp_override, exclude_geojson)
+    settings = extraction_settings(min_tissue, mpp_override, exclude_geojson)
     out_root = Path(out_dir)
     out_root.mkdir(parents=True, exist_ok=True)
     done = {
-        sid: _existing_status(feature_file(out_root, sid), encoder, settings, overwrite)
+        sid: existing_features(feature_file(out_root, sid), encoder.contract, settings, overwrite)
         for sid in slides
     }
     results: list[SlideResult] = []
@@ -199,7 +224,7 @@ def extract_slides(
                     prefetch=prefetch,
                     exclude=exclusions_for(exclude_geojson, sid),
                 )
-                sf = dataclasses.replace(sf, extraction={**sf.extraction, **settings})
+                sf = replace(sf, extraction={**sf.extraction, **settings})
             except (SlideError, DataError) as e:
                 if on_error == "raise":
                     raise

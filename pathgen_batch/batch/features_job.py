@@ -1,0 +1,304 @@
+"""Feature extraction for training through the scoring job's encoder stage.
+
+A cohort's slides (local paths or ``s3://`` URIs) go through the same stage -> tile -> encode
+path as a scoring run (:class:`~pathgen_batch.batch.encode_stage.SlideEncoding`), and each
+bag is written to the feature store the trainers read (:mod:`pathgen_batch.features.store`,
+a folder or an S3 prefix, one file per slide, written whole)::
+
+    from pathgen_batch.batch.features_job import FeatureJob, cohort_sources, extract_features
+
+    job = FeatureJob(output="features/", contract=encoder.contract, ray_address="auto")
+    results = extract_features(job, cohort_sources(load_cohort("cohort/")))
+
+With ``use_ray`` the slides run on an actor pool of :class:`FeatureWriter` (one per CPU, or one
+per GPU), on a local Ray or the cluster at ``ray_address``; without, the same stage runs in this
+process. Resumable: a slide whose file exists with the same contract and settings is skipped, a
+file with other features is an error (unless ``overwrite``), and since each file appears
+whole, a run killed part-way and run again writes the same files. A slide that fails gets a
+``failed`` result naming its stage and error; slides a pass left without a result (a lost
+worker) are retried in the next pass, then reported failed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from pathgen_batch import storage
+from pathgen_batch.batch.encode_stage import SlideEncoding
+from pathgen_batch.batch.ray_runner import configure_data, connect, pass_errors
+from pathgen_batch.batch.stage_rows import (
+    SlideRow,
+    SlideStatus,
+    StageTimes,
+    from_batch,
+    from_ray_row,
+    input_rows,
+    to_batch,
+)
+from pathgen_batch.batch.stages import SLIDE_FAILURES
+from pathgen_batch.cohort import Cohort
+from pathgen_batch.errors import ConfigError
+from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.features.encode_slide import spec_for
+from pathgen_batch.features.encoder import resolve_device
+from pathgen_batch.features.encoders import encoder_for_contract
+from pathgen_batch.features.extract import (
+    SlideResult,
+    existing_features,
+    extraction_settings,
+    slide_features,
+)
+from pathgen_batch.features.store import feature_uri, write_slide_features
+from pathgen_batch.storage import DEFAULT_RETRY, RetryPolicy, SlideSource
+
+
+@dataclass(frozen=True)
+class FeatureJob:
+    """One extraction: where the feature files go, the encoder (its contract and local
+    weights file), tiling, and how it runs (Ray or in process; pool sizes)."""
+
+    output: str
+    contract: FeatureContract
+    weights: str | None = None
+    min_tissue: float = 0.5
+    batch_size: int = 64
+    exclude_geojson: str | None = None
+    overwrite: bool = False
+    use_ray: bool = True
+    ray_address: str | None = None
+    num_cpus: int | None = None  # CPUs of a local Ray (None: all)
+    actors: int | None = None  # encoder actors (None: one per GPU, else one per CPU)
+    device: str = "auto"
+    scratch_dir: str | None = None  # node-local folder for staged slides
+    retry: RetryPolicy = DEFAULT_RETRY
+    max_passes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_passes < 1:
+            raise ConfigError(f"max_passes: expected >= 1, got {self.max_passes}")
+        if self.actors is not None and self.actors < 1:
+            raise ConfigError(f"actors: expected >= 1, got {self.actors}")
+
+
+@dataclass(frozen=True)
+class WriterContext:
+    """What a :class:`FeatureWriter` needs, small and picklable (sent to each actor once)."""
+
+    output: str
+    contract: FeatureContract
+    weights: str | None
+    min_tissue: float
+    batch_size: int
+    exclude_geojson: str | None
+    device: str
+    scratch_dir: str
+    retry: RetryPolicy
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+
+
+class FeatureWriter:
+    """Stage + tile + encode one slide at a time and write its feature file (a Ray Data
+    ``map_batches`` class, also called directly); rows out carry a status, never a bag."""
+
+    def __init__(self, ctx: WriterContext) -> None:
+        if ctx.threads is not None:
+            torch.set_num_threads(ctx.threads)
+        self.ctx = ctx
+        self.encoder = encoder_for_contract(
+            ctx.contract, weights=ctx.weights, device=resolve_device(ctx.device)
+        )
+        self.spec = spec_for(self.encoder, ctx.min_tissue)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return to_batch([self.write(r) for r in from_batch(batch)])
+
+    def write(self, row: SlideRow) -> SlideRow:
+        ctx, src = self.ctx, row.source
+        run = SlideEncoding(ctx.scratch_dir, ctx.retry, ctx.batch_size)
+        settings = extraction_settings(ctx.min_tissue, src.mpp, ctx.exclude_geojson)
+        times = StageTimes()
+        after: str | None = None  # once encoded, a failure is the write's
+        try:
+            enc, _ = run.encode(
+                src, src, self.encoder, self.spec, ctx.exclude_geojson, lambda p, e: None
+            )
+            after = "write"
+            times = StageTimes(download=run.download_s, tiles=enc.tiles_s, encode=enc.encode_s)
+            sf = slide_features(
+                src.slide_id,
+                storage.redact(src.uri),
+                enc,
+                self.spec,
+                self.encoder.contract,
+                src.mpp,
+                settings,
+            )
+            t0 = time.perf_counter()
+            write_slide_features(sf, ctx.output)
+            times.write = time.perf_counter() - t0
+        except SLIDE_FAILURES as e:
+            times.download = run.download_s
+            return row.but(
+                status=SlideStatus.FAILED,
+                stage=after or run.failed_at(e),
+                error_type=type(e).__name__,
+                message=storage.redact(str(e)),
+                times=times,
+            )
+        return row.but(
+            status=SlideStatus.ENCODED,
+            n_tiles=len(sf),
+            size_l0=int(sf.size_l0),
+            slide_mpp=enc.slide_mpp,
+            mpp_source=enc.mpp_source,
+            times=times,
+        )
+
+
+def cohort_sources(cohort: Cohort, slide_ids: Sequence[str] | None = None) -> list[SlideSource]:
+    """The cohort's slides as sources (all, or ``slide_ids`` in that order): location, patient
+    and the slides table's MPP (None where it gives none). An unknown id is a DataError."""
+    t = cohort.slides
+    mpps = dict(zip(t["slide_id"], t["mpp"].astype(float), strict=True))
+    patients = dict(zip(t["slide_id"], t["patient_id"], strict=True))
+    ids = list(dict.fromkeys(cohort.slide_ids if slide_ids is None else slide_ids))
+    out = []
+    for sid in ids:
+        uri = cohort.slide_uri(sid)  # names the cohort when the id is unknown
+        mpp = float(mpps[sid])
+        out.append(
+            SlideSource(
+                uri=uri,
+                slide_id=sid,
+                patient_id=str(patients[sid]),
+                mpp=None if math.isnan(mpp) else mpp,
+            )
+        )
+    return out
+
+
+def writer_pool(
+    job: FeatureJob, cluster: dict[str, float], n_slides: int
+) -> tuple[int, float, float]:
+    """(actors, CPUs each, GPUs each): one actor per GPU (a GPU and up to 4 CPUs each), else
+    one per CPU (more actors than CPUs share them); never more actors than slides."""
+    cpus = max(1, math.floor(cluster.get("CPU", 1.0)))
+    gpus = float(cluster.get("GPU", 0.0))
+    if gpus >= 1 and job.device != "cpu":
+        n = min(job.actors or int(gpus), max(1, n_slides))
+        return n, min(4.0, max(1.0, float(cpus // n))), min(1.0, gpus / n)
+    n = min(job.actors or cpus, max(1, n_slides))
+    return n, (cpus / n if n > cpus else float(cpus // n)), 0.0
+
+
+def extract_features(
+    job: FeatureJob,
+    sources: Sequence[SlideSource],
+    progress: Callable[[SlideResult], None] | None = None,
+) -> list[SlideResult]:
+    """Extract every slide of ``sources`` into ``job.output``; one result per slide, in order
+    (see the module docstring). ``progress`` is called with each slide's result as it comes.
+    Every existing file is checked before a slide is read (a contract mismatch fails at once).
+    """
+    out = storage.normalise(job.output)
+    results: dict[str, SlideResult] = {}
+
+    def record(r: SlideResult) -> None:
+        if r.slide_id not in results:  # a retried task may report a slide twice
+            results[r.slide_id] = r
+            if progress is not None:
+                progress(r)
+
+    pending = []
+    for s in sources:
+        uri = feature_uri(out, s.slide_id)
+        settings = extraction_settings(job.min_tissue, s.mpp, job.exclude_geojson)
+        if existing_features(uri, job.contract, settings, job.overwrite):
+            record(SlideResult(s.slide_id, "skipped", path=uri))
+        else:
+            pending.append(s)
+    scratch = job.scratch_dir or os.path.join(tempfile.gettempdir(), "pathgen-scratch")
+    ctx = WriterContext(
+        output=out,
+        contract=job.contract,
+        weights=job.weights,
+        min_tissue=job.min_tissue,
+        batch_size=job.batch_size,
+        exclude_geojson=job.exclude_geojson,
+        device=job.device,
+        scratch_dir=os.path.join(scratch, f"features-{uuid.uuid4().hex[:8]}"),
+        retry=job.retry,
+    )
+    last_error = "not processed"
+    if pending and not job.use_ray:
+        writer = FeatureWriter(ctx)
+        for s in pending:
+            for row in from_batch(writer(to_batch([SlideRow(s)]))):
+                record(_result(row, out))
+    elif pending:
+        last_error = _run_ray(job, ctx, pending, out, record, results)
+    for s in sources:
+        if s.slide_id not in results:
+            record(SlideResult(s.slide_id, "failed", error=f"not extracted: {last_error}"))
+    return [results[s.slide_id] for s in sources]
+
+
+def _run_ray(
+    job: FeatureJob,
+    ctx: WriterContext,
+    pending: list[SlideSource],
+    out: str,
+    record: Callable[[SlideResult], None],
+    results: dict[str, SlideResult],
+) -> str:
+    """Passes of the Ray Data pipeline over the slides still without a result; the error
+    that ended the last pass ("not processed" when none did)."""
+    ray, owned = connect(job.ray_address, job.num_cpus)
+    last_error = "not processed"
+    try:
+        configure_data(ray)
+        ends_a_pass = pass_errors(ray)
+        for _ in range(job.max_passes):
+            if not pending:
+                break
+            n, cpus, gpus = writer_pool(job, ray.cluster_resources(), len(pending))
+            actor_ctx = replace(ctx, threads=max(1, math.floor(cpus)))
+            ds = ray.data.from_items(input_rows(pending), override_num_blocks=len(pending))
+            ds = ds.map_batches(
+                FeatureWriter,
+                fn_constructor_kwargs={"ctx": actor_ctx},
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=n),
+                num_cpus=cpus,
+                num_gpus=gpus,
+            )
+            try:
+                for row in ds.iter_rows():
+                    record(_result(from_ray_row(row), out))
+            except ends_a_pass as e:
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                last_error = f"the pass ended on {type(e).__name__}: {first}"
+            pending = [s for s in pending if s.slide_id not in results]
+    finally:
+        if owned:
+            ray.shutdown()
+    return last_error
+
+
+def _result(row: SlideRow, out: str) -> SlideResult:
+    sid = row.source.slide_id
+    seconds = sum(row.times.by_stage().values())
+    if row.status is SlideStatus.ENCODED:
+        return SlideResult(sid, "done", row.n_tiles, seconds, feature_uri(out, sid))
+    return SlideResult(
+        sid, "failed", seconds=seconds, error=f"{row.stage}: {row.error_type}: {row.message}"
+    )
