@@ -20,7 +20,7 @@ TIER_FIXTURES: dict[str, frozenset[str]] = {
         {"cohort_dirs", "small_cohort", "semi", "trained", "training_cohort", "cv", "scored"}
     ),
     # starts a real server on loopback (SeaweedFS S3, MLflow)
-    "servers": frozenset({"s3_server", "server", "mlflow_server"}),
+    "servers": frozenset({"s3_server", "server", "mlflow_server", "auth_server"}),
     # starts a local Ray instance or a two-node cluster
     "ray": frozenset({"ray_cluster", "ray_driver", "ray_local"}),
 }

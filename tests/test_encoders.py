@@ -256,11 +256,10 @@ def test_contract_recipe_guards_against_other_features(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pathgen_batch.synth import CohortConfig, build_cohort
+    from tiny_training import render_tiny_cohort
 
     root = tmp_path_factory.mktemp("cohort")
-    cfg = CohortConfig(mode="synthetic", n_patients=2, n_genes=12, slide_px=512, levels=2, folds=2)
-    build_cohort(root, cfg, workers=1)
+    render_tiny_cohort(root, 2)
     return root
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from output_fixtures import LIN, runs_row
 from PIL import Image
 
 from pathgen_batch.cli import main
-from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.report.export import load_slide, overlay_image, slide_geojson
 from pathgen_batch.tables import (
@@ -21,7 +21,6 @@ from pathgen_batch.tables import (
     RUNS,
     THUMBNAILS,
     TILE_ATTENTION,
-    Lineage,
     attention_table,
     partition_uri,
     prediction_record,
@@ -30,8 +29,6 @@ from pathgen_batch.tables import (
 )
 from pathgen_batch.tables.io import write_table
 
-CONTRACT = FeatureContract("stain-texture", "v1", 4, 64, 0.5)
-LIN = Lineage("pathgen-generator", "3", "pathgen-fusion", "7", CONTRACT.to_json(), CONTRACT.digest)
 W0, H0 = 800, 400  # level-0 extent
 SIZE = 100  # tile side, level-0 px
 # three tiles (x, y) and their attention per family (each family sums to 1)
@@ -40,24 +37,7 @@ ATT = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])  # (F=2, N=3)
 
 
 def _run_row(out: str, run: str, finished: str) -> dict:
-    return {
-        "status": "complete",
-        "started_at": "2025-01-01T00:00:00+00:00",
-        "finished_at": finished,
-        "archive": "s3://bucket/slides",
-        "output": out,
-        "n_slides": 1,
-        "n_scored": 1,
-        "n_failed": 0,
-        "n_tiles": 3,
-        "gene_panel_digest": "sha256:p",
-        "features_written": False,
-        "features_source_run": None,
-        "timings_json": "{}",
-        "config_json": "{}",
-        "code_version": "0",
-        **LIN.to_dict(),
-    }
+    return runs_row(out, archive="s3://bucket/slides", finished_at=finished)
 
 
 def _write_run(out: str, run: str, risk: float, finished: str, thumbnail: bool) -> None:

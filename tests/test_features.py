@@ -460,11 +460,10 @@ def test_extract_slides_records_failures(tmp_path: Path, canvas, stain_enc, open
 
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pathgen_batch.synth import CohortConfig, build_cohort
+    from tiny_training import render_tiny_cohort
 
     root = tmp_path_factory.mktemp("cohort")
-    cfg = CohortConfig(mode="synthetic", n_patients=3, n_genes=12, slide_px=1024, levels=2, folds=2)
-    build_cohort(root, cfg, workers=1)
+    render_tiny_cohort(root, 3, slide_px=1024)
     return root
 
 
