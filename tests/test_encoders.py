@@ -111,7 +111,16 @@ def test_named_recipes_have_the_published_sizes(name: str) -> None:
     assert total / 1e6 == pytest.approx(millions, abs=0.1)
 
 
-@pytest.mark.parametrize("name", [*PUBLISHED, *GENERIC])
+FAST_FAMILIES = ("uni", "uni2-h")  # one .safetensors and one .bin family in the fast tier
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in FAST_FAMILIES else pytest.param(n, marks=pytest.mark.slow)
+        for n in [*PUBLISHED, *GENERIC]
+    ],
+)
 def test_each_family_loads_local_weights_and_is_batch_size_invariant(
     name: str, tmp_path: Path
 ) -> None:
@@ -350,6 +359,7 @@ def _have_transformers() -> bool:
 
 
 @pytest.mark.skipif(not _have_transformers(), reason="transformers is not installed")
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_phikon_v2_is_built_by_transformers_from_its_folder(tmp_path: Path) -> None:
     from pathgen_batch.features.hf_encoder import import_transformers
 

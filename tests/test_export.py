@@ -88,17 +88,17 @@ def _write_run(out: str, run: str, risk: float, finished: str, thumbnail: bool) 
 
 
 @pytest.fixture()
-def scored(tmp_path: Path) -> str:
+def written(tmp_path: Path) -> str:
     out = str(tmp_path / "scores")
     _write_run(out, "old", -2.0, "2025-01-01T01:00:00+00:00", thumbnail=False)
     _write_run(out, "new", -0.5, "2025-01-02T01:00:00+00:00", thumbnail=True)
     return out
 
 
-def test_geojson_has_one_polygon_per_tile_in_level0_px(scored: str, tmp_path: Path) -> None:
+def test_geojson_has_one_polygon_per_tile_in_level0_px(written: str, tmp_path: Path) -> None:
     out = tmp_path / "S1.geojson"
     res = CliRunner().invoke(
-        main, ["export", "geojson", scored, "--slide", "S1", "--out", str(out)]
+        main, ["export", "geojson", written, "--slide", "S1", "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
@@ -122,14 +122,14 @@ def test_geojson_has_one_polygon_per_tile_in_level0_px(scored: str, tmp_path: Pa
         assert all(isinstance(v, float) for v in m.values())  # QuPath measurements: numbers
         assert props["metadata"]["run_id"] == "new"
         assert props["metadata"]["risk_group"] == "high"  # -0.5 >= the upper cut -1.0
-    old = slide_geojson(load_slide(scored, "S1", "old"), "detection")
+    old = slide_geojson(load_slide(written, "S1", "old"), "detection")
     assert old["features"][0]["properties"]["measurements"]["slide risk"] == pytest.approx(-2.0)
     assert old["features"][0]["properties"]["objectType"] == "detection"
 
 
-def test_geojson_is_valid_by_the_geojson_library(scored: str) -> None:
+def test_geojson_is_valid_by_the_geojson_library(written: str) -> None:
     geojson = pytest.importorskip("geojson")  # in the test extra
-    text = json.dumps(slide_geojson(load_slide(scored, "S1")))
+    text = json.dumps(slide_geojson(load_slide(written, "S1")))
     obj = geojson.loads(text)
     assert isinstance(obj, geojson.FeatureCollection)
     assert obj.is_valid, obj.errors()
@@ -137,9 +137,9 @@ def test_geojson_is_valid_by_the_geojson_library(scored: str) -> None:
     assert all(isinstance(f.geometry, geojson.Polygon) and f.is_valid for f in obj["features"])
 
 
-def test_overlay_at_a_level_puts_attention_on_the_tiles(scored: str, tmp_path: Path) -> None:
+def test_overlay_at_a_level_puts_attention_on_the_tiles(written: str, tmp_path: Path) -> None:
     out = tmp_path / "overlay.png"
-    args = ["export", "overlay", scored, "--slide", "S1", "--level", "2", "--out", str(out)]
+    args = ["export", "overlay", written, "--slide", "S1", "--level", "2", "--out", str(out)]
     res = CliRunner().invoke(main, [*args, "--family", "stroma", "--no-background"])
     assert res.exit_code == 0, res.output
     with Image.open(out) as im:
@@ -151,7 +151,7 @@ def test_overlay_at_a_level_puts_attention_on_the_tiles(scored: str, tmp_path: P
     # stroma weights 0.6 > 0.3 > 0.1: more attention, more opaque
     a = [int(alpha[y // 4 + 1, x // 4 + 1]) for x, y in XY]
     assert a[0] > a[1] > a[2]
-    view = load_slide(scored, "S1")
+    view = load_slide(written, "S1")
     over = overlay_image(view, 3)  # over the stored thumbnail, scaled to the level
     assert over.shape == (H0 // 8, W0 // 8, 3)
     assert (over[30:, 0:5] == 230).all()  # no tile there: the thumbnail's own pixels
@@ -166,8 +166,8 @@ def test_overlay_at_a_level_puts_attention_on_the_tiles(scored: str, tmp_path: P
         (["geojson", "--slide", "S1", "--run", "zzz"], "'zzz': not a complete run"),
     ],
 )
-def test_errors_are_one_line(scored: str, tmp_path: Path, args: list[str], message: str) -> None:
-    cmd = ["export", args[0], scored, *args[1:], "--out", str(tmp_path / "o")]
+def test_errors_are_one_line(written: str, tmp_path: Path, args: list[str], message: str) -> None:
+    cmd = ["export", args[0], written, *args[1:], "--out", str(tmp_path / "o")]
     res = CliRunner().invoke(main, cmd)
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
