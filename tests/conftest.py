@@ -15,12 +15,22 @@ pytest_plugins = ["s3_server"]
 # marker to remember: a test that uses one of these fixtures (directly or through another
 # fixture) gets the marker. `make test-fast` runs `-m "not slow and not servers and not ray"`.
 TIER_FIXTURES: dict[str, frozenset[str]] = {
-    # renders a cohort, extracts its features or trains models
+    # renders a cohort, extracts its features, trains models or migrates an MLflow database
     "slow": frozenset(
-        {"cohort_dirs", "small_cohort", "semi", "trained", "training_cohort", "cv", "scored"}
+        {
+            "cohort_dirs",
+            "small_cohort",
+            "tiny_cohort",
+            "semi",
+            "trained",
+            "training_cohort",
+            "cv",
+            "scored",
+            "empty_db",
+        }
     ),
     # starts a real server on loopback (SeaweedFS S3, MLflow)
-    "servers": frozenset({"s3_server", "server", "mlflow_server"}),
+    "servers": frozenset({"s3_server", "server", "mlflow_server", "auth_server"}),
     # starts a local Ray instance or a two-node cluster
     "ray": frozenset({"ray_cluster", "ray_driver", "ray_local"}),
 }

@@ -141,6 +141,7 @@ def test_listing_groups_multi_file_slides_and_reports_what_it_skipped(archive: A
     assert sum(s.reason == "not a slide extension" for s in only_svs.skipped) == 7
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_multi_file_slides_are_encoded_or_fail_with_one_clear_error(
     archive: Archive, tmp_path: Path
 ) -> None:
@@ -185,6 +186,7 @@ def test_vms_naming_a_missing_file_fails_when_staged(archive: Archive, tmp_path:
         _encode(src, tmp_path)
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_manifest_rows_may_name_multi_file_slides(archive: Archive, tmp_path: Path) -> None:
     m = tmp_path / "m.csv"
     m.write_text(f"uri,slide_id\n{archive.root}/dicom/case-7,D1\n{archive.root}/vms/v.vms,V1\n")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -57,7 +58,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """Tiny generator and fusion bundles trained on a 16-patient synthetic cohort."""
     from tiny_training import tiny_bundles
 
-    root = tmp_path_factory.mktemp("trained")
+    root = tmp_path_factory.getbasetemp() / "tiny-bundles"  # shared by the modules that use it
     cohort, gen, fus = tiny_bundles(root)
     clinical = cohort.slides
     return Trained(
@@ -580,19 +581,24 @@ def test_s3_run_bounds_scratch_and_keeps_credentials_out(
         assert secret not in s3_run.logs
 
 
+def _rerun_config(s3_run: S3Run, trained: Trained, run_id: str, **options: Any) -> ScoreConfig:
+    """A run over the end-to-end run's archive and output with the shared models."""
+    return ScoreConfig(
+        archive=f"s3://{s3_run.bucket}/manifest.csv",
+        output=s3_run.out,
+        run_id=run_id,
+        generator=str(trained.gen),
+        fusion=str(trained.fus),
+        **options,
+    )
+
+
 @pytest.mark.ray
 @pytest.mark.servers
 def test_rerun_is_a_no_op_and_other_models_need_a_new_run(
     s3_run: S3Run, trained: Trained, tmp_path: Path
 ) -> None:
-    cfg = ScoreConfig(
-        archive=f"s3://{s3_run.bucket}/manifest.csv",
-        output=s3_run.out,
-        run_id="e2e",
-        generator=str(trained.gen),
-        fusion=str(trained.fus),
-        write_features=True,
-    )
+    cfg = _rerun_config(s3_run, trained, "e2e", write_features=True)
     before = read_table(s3_run.out, "predictions", ["e2e"])
     again = score_archive(cfg)
     assert again.already_complete and (again.n_scored, again.n_failed) == (N_GOOD, 7)
@@ -618,16 +624,7 @@ def test_reuse_features_rescores_without_the_slides(
     ):
         for obj in page.get("Contents", []):  # the slides are gone: only features remain
             client.delete_object(Bucket=s3_run.bucket, Key=obj["Key"])
-    summary = score_archive(
-        ScoreConfig(
-            archive=f"s3://{s3_run.bucket}/manifest.csv",
-            output=s3_run.out,
-            run_id="rescored",
-            generator=str(trained.gen),
-            fusion=str(trained.fus),
-            reuse_features=True,
-        )
-    )
+    summary = score_archive(_rerun_config(s3_run, trained, "rescored", reuse_features=True))
     assert summary.n_scored == N_GOOD and summary.n_failed == 7
     old = read_table(s3_run.out, "predictions", ["e2e"]).to_pandas().set_index("slide_id")
     new = read_table(s3_run.out, "predictions", ["rescored"]).to_pandas().set_index("slide_id")

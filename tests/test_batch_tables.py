@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from output_fixtures import CONTRACT, runs_row
 
 from pathgen_batch.batch import commit as cm
 from pathgen_batch.batch.config import ScoreConfig
@@ -27,7 +28,6 @@ from pathgen_batch.batch.stage_rows import (
 )
 from pathgen_batch.batch.summary import Progress, RunSummary, bound_by
 from pathgen_batch.errors import ConfigError, DataError
-from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.storage import RetryPolicy, SlideSource
 from pathgen_batch.tables import (
@@ -61,7 +61,6 @@ from pathgen_batch.tables import (
 from pathgen_batch.tables.io import write_table
 
 RETRY = RetryPolicy(attempts=1)
-CONTRACT = FeatureContract("stain-texture", "v1", 4, 64, 0.5)
 LIN = Lineage("gen", "3", "fus", "7", CONTRACT.to_json(), CONTRACT.digest)
 GENES, FAMILIES = ["G1", "G2", "G3"], ["fa", "fa", "fb"]
 
@@ -295,15 +294,8 @@ def _pred_args() -> dict:
 def _failure(
     stage: str, error: Exception, attempt: int, slide_id: str = "S", source_uri: str = "/s.svs"
 ) -> dict:
-    return failure_record(
-        slide_id=slide_id,
-        source_uri=source_uri,
-        patient_id=None,
-        stage=stage,
-        error=error,
-        attempt=attempt,
-        lineage=LIN,
-    )
+    slide = {"slide_id": slide_id, "source_uri": source_uri, "patient_id": None}
+    return failure_record(**slide, stage=stage, error=error, attempt=attempt, lineage=LIN)
 
 
 def test_failure_record_keeps_the_first_line() -> None:
@@ -499,24 +491,7 @@ def _fail(layout: cm.RunLayout, src: SlideSource, stage: str) -> bool:
 
 def _runs_record(out: str):
     def make(n_scored: int, n_failed: int, n_tiles: int) -> dict:
-        return {
-            "status": "complete",
-            "started_at": "2025-01-01T00:00:00+00:00",
-            "finished_at": "2025-01-01T00:10:00+00:00",
-            "archive": "/archive",
-            "output": out,
-            "n_slides": n_scored + n_failed,
-            "n_scored": n_scored,
-            "n_failed": n_failed,
-            "n_tiles": n_tiles,
-            "gene_panel_digest": "sha256:p",
-            "features_written": False,
-            "features_source_run": None,
-            "timings_json": "{}",
-            "config_json": "{}",
-            "code_version": "0",
-            **LIN.to_dict(),
-        }
+        return runs_row(out, LIN, n_scored=n_scored, n_failed=n_failed, n_tiles=n_tiles)
 
     return make
 

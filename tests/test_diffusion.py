@@ -353,6 +353,7 @@ def test_ddim_eta0_with_exact_eps_is_the_affine_map_computed_by_hand(steps: int)
     assert slope < 1.0
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_seeded_full_loop_is_reproducible() -> None:
     diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
     eps_fn = gaussian_eps_fn(0.0, 1.0, hand_abar())
@@ -379,6 +380,7 @@ def test_sampler_registry_and_config() -> None:
     assert isinstance(build_sampler(SamplerConfig("ddpm"), diff), DDPMSampler)
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_sample_n_tiles_each_item_and_summarises_its_samples() -> None:
     """Item b has data N(mu_b, sd^2); the per-item mean and std of n samples recover them."""
     mus = torch.tensor([-2.0, 0.0, 3.0])  # (B,)

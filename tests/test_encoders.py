@@ -111,7 +111,16 @@ def test_named_recipes_have_the_published_sizes(name: str) -> None:
     assert total / 1e6 == pytest.approx(millions, abs=0.1)
 
 
-@pytest.mark.parametrize("name", [*PUBLISHED, *GENERIC])
+FAST_FAMILIES = ("uni", "uni2-h")  # one .safetensors and one .bin family in the fast tier
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in FAST_FAMILIES else pytest.param(n, marks=pytest.mark.slow)
+        for n in [*PUBLISHED, *GENERIC]
+    ],
+)
 def test_each_family_loads_local_weights_and_is_batch_size_invariant(
     name: str, tmp_path: Path
 ) -> None:
@@ -256,11 +265,10 @@ def test_contract_recipe_guards_against_other_features(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pathgen_batch.synth import CohortConfig, build_cohort
+    from tiny_training import render_tiny_cohort
 
     root = tmp_path_factory.mktemp("cohort")
-    cfg = CohortConfig(mode="synthetic", n_patients=2, n_genes=12, slide_px=512, levels=2, folds=2)
-    build_cohort(root, cfg, workers=1)
+    render_tiny_cohort(root, 2)
     return root
 
 
@@ -378,6 +386,7 @@ def _have_transformers() -> bool:
 
 
 @pytest.mark.skipif(not _have_transformers(), reason="transformers is not installed")
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_phikon_v2_is_built_by_transformers_from_its_folder(tmp_path: Path) -> None:
     from pathgen_batch.features.hf_encoder import import_transformers
 

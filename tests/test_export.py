@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from output_fixtures import LIN, runs_row
 from PIL import Image
 
 from pathgen_batch.cli import main
-from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.report.export import load_slide, overlay_image, slide_geojson
 from pathgen_batch.tables import (
@@ -21,7 +21,6 @@ from pathgen_batch.tables import (
     RUNS,
     THUMBNAILS,
     TILE_ATTENTION,
-    Lineage,
     attention_table,
     partition_uri,
     prediction_record,
@@ -30,8 +29,6 @@ from pathgen_batch.tables import (
 )
 from pathgen_batch.tables.io import write_table
 
-CONTRACT = FeatureContract("stain-texture", "v1", 4, 64, 0.5)
-LIN = Lineage("pathgen-generator", "3", "pathgen-fusion", "7", CONTRACT.to_json(), CONTRACT.digest)
 W0, H0 = 800, 400  # level-0 extent
 SIZE = 100  # tile side, level-0 px
 # three tiles (x, y) and their attention per family (each family sums to 1)
@@ -40,24 +37,7 @@ ATT = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])  # (F=2, N=3)
 
 
 def _run_row(out: str, run: str, finished: str) -> dict:
-    return {
-        "status": "complete",
-        "started_at": "2025-01-01T00:00:00+00:00",
-        "finished_at": finished,
-        "archive": "s3://bucket/slides",
-        "output": out,
-        "n_slides": 1,
-        "n_scored": 1,
-        "n_failed": 0,
-        "n_tiles": 3,
-        "gene_panel_digest": "sha256:p",
-        "features_written": False,
-        "features_source_run": None,
-        "timings_json": "{}",
-        "config_json": "{}",
-        "code_version": "0",
-        **LIN.to_dict(),
-    }
+    return runs_row(out, archive="s3://bucket/slides", finished_at=finished)
 
 
 def _write_run(out: str, run: str, risk: float, finished: str, thumbnail: bool) -> None:
@@ -108,17 +88,17 @@ def _write_run(out: str, run: str, risk: float, finished: str, thumbnail: bool) 
 
 
 @pytest.fixture()
-def scored(tmp_path: Path) -> str:
+def written(tmp_path: Path) -> str:
     out = str(tmp_path / "scores")
     _write_run(out, "old", -2.0, "2025-01-01T01:00:00+00:00", thumbnail=False)
     _write_run(out, "new", -0.5, "2025-01-02T01:00:00+00:00", thumbnail=True)
     return out
 
 
-def test_geojson_has_one_polygon_per_tile_in_level0_px(scored: str, tmp_path: Path) -> None:
+def test_geojson_has_one_polygon_per_tile_in_level0_px(written: str, tmp_path: Path) -> None:
     out = tmp_path / "S1.geojson"
     res = CliRunner().invoke(
-        main, ["export", "geojson", scored, "--slide", "S1", "--out", str(out)]
+        main, ["export", "geojson", written, "--slide", "S1", "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
@@ -142,14 +122,14 @@ def test_geojson_has_one_polygon_per_tile_in_level0_px(scored: str, tmp_path: Pa
         assert all(isinstance(v, float) for v in m.values())  # QuPath measurements: numbers
         assert props["metadata"]["run_id"] == "new"
         assert props["metadata"]["risk_group"] == "high"  # -0.5 >= the upper cut -1.0
-    old = slide_geojson(load_slide(scored, "S1", "old"), "detection")
+    old = slide_geojson(load_slide(written, "S1", "old"), "detection")
     assert old["features"][0]["properties"]["measurements"]["slide risk"] == pytest.approx(-2.0)
     assert old["features"][0]["properties"]["objectType"] == "detection"
 
 
-def test_geojson_is_valid_by_the_geojson_library(scored: str) -> None:
+def test_geojson_is_valid_by_the_geojson_library(written: str) -> None:
     geojson = pytest.importorskip("geojson")  # in the test extra
-    text = json.dumps(slide_geojson(load_slide(scored, "S1")))
+    text = json.dumps(slide_geojson(load_slide(written, "S1")))
     obj = geojson.loads(text)
     assert isinstance(obj, geojson.FeatureCollection)
     assert obj.is_valid, obj.errors()
@@ -157,9 +137,9 @@ def test_geojson_is_valid_by_the_geojson_library(scored: str) -> None:
     assert all(isinstance(f.geometry, geojson.Polygon) and f.is_valid for f in obj["features"])
 
 
-def test_overlay_at_a_level_puts_attention_on_the_tiles(scored: str, tmp_path: Path) -> None:
+def test_overlay_at_a_level_puts_attention_on_the_tiles(written: str, tmp_path: Path) -> None:
     out = tmp_path / "overlay.png"
-    args = ["export", "overlay", scored, "--slide", "S1", "--level", "2", "--out", str(out)]
+    args = ["export", "overlay", written, "--slide", "S1", "--level", "2", "--out", str(out)]
     res = CliRunner().invoke(main, [*args, "--family", "stroma", "--no-background"])
     assert res.exit_code == 0, res.output
     with Image.open(out) as im:
@@ -171,7 +151,7 @@ def test_overlay_at_a_level_puts_attention_on_the_tiles(scored: str, tmp_path: P
     # stroma weights 0.6 > 0.3 > 0.1: more attention, more opaque
     a = [int(alpha[y // 4 + 1, x // 4 + 1]) for x, y in XY]
     assert a[0] > a[1] > a[2]
-    view = load_slide(scored, "S1")
+    view = load_slide(written, "S1")
     over = overlay_image(view, 3)  # over the stored thumbnail, scaled to the level
     assert over.shape == (H0 // 8, W0 // 8, 3)
     assert (over[30:, 0:5] == 230).all()  # no tile there: the thumbnail's own pixels
@@ -186,8 +166,8 @@ def test_overlay_at_a_level_puts_attention_on_the_tiles(scored: str, tmp_path: P
         (["geojson", "--slide", "S1", "--run", "zzz"], "'zzz': not a complete run"),
     ],
 )
-def test_errors_are_one_line(scored: str, tmp_path: Path, args: list[str], message: str) -> None:
-    cmd = ["export", args[0], scored, *args[1:], "--out", str(tmp_path / "o")]
+def test_errors_are_one_line(written: str, tmp_path: Path, args: list[str], message: str) -> None:
+    cmd = ["export", args[0], written, *args[1:], "--out", str(tmp_path / "o")]
     res = CliRunner().invoke(main, cmd)
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()

@@ -212,6 +212,7 @@ def test_stain_texture_separates_nuclei_stroma_and_glass() -> None:
     assert nuc[y_new == 0].min() > 5 * max(nuc[y_new == 1].max(), nuc[y_new == 2].max(), 0.01)
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_stain_texture_rotation_invariant_deterministic_batch_independent(he_png) -> None:
     enc = build_encoder("stain-texture", options={"tile_px": 128})
     tiles = np.stack([he_png[i : i + 128, j : j + 128] for i in (0, 300, 600) for j in (50, 700)])
@@ -259,6 +260,7 @@ def test_resnet50_trunc_parameter_count() -> None:
     assert n == 25_557_032 - 14_964_736 - 2_049_000
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_resnet50_trunc_loads_local_weights_through_registry(tmp_path: Path) -> None:
     model = _random_resnet(0)
     state = dict(model.state_dict())
@@ -377,6 +379,7 @@ def test_pad_bags_rejects_bad_bags() -> None:
 
 
 # -- extraction and feature files ---------------------------------------------------------------
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_extract_slide_encodes_the_slide_pixels(tmp_path: Path, canvas, stain_enc) -> None:
     slide = write_aperio(tmp_path / "S1.svs", canvas, mpp=0.5)
     sf = extract_slide(slide, stain_enc, batch_size=4)
@@ -402,6 +405,7 @@ def test_extract_slide_coordinates_are_level0_when_reading_a_coarser_level(
     np.testing.assert_allclose(sf.feats, enc.encode(crops), atol=1e-5)
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_extract_slides_writes_resumes_and_guards_the_contract(
     tmp_path: Path, canvas, stain_enc
 ) -> None:
@@ -460,11 +464,10 @@ def test_extract_slides_records_failures(tmp_path: Path, canvas, stain_enc, open
 
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pathgen_batch.synth import CohortConfig, build_cohort
+    from tiny_training import render_tiny_cohort
 
     root = tmp_path_factory.mktemp("cohort")
-    cfg = CohortConfig(mode="synthetic", n_patients=3, n_genes=12, slide_px=1024, levels=2, folds=2)
-    build_cohort(root, cfg, workers=1)
+    render_tiny_cohort(root, 3, slide_px=1024)
     return root
 
 

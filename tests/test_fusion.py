@@ -143,6 +143,7 @@ def test_omics_mlp_outputs() -> None:
 
 
 @pytest.mark.parametrize("name", ["fusion", "attention_mil"])
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_models_learn_a_grade_carried_by_the_slide(name: str) -> None:
     """Grade 1 bags hold a majority of real tiles of prototype A, grade 0 bags do not (the
     padding holds tiles too, which must not count); the omics are noise. Training with the

@@ -158,6 +158,7 @@ def test_registry_round_trip_rebuilds_the_same_model() -> None:
         build_model("generator", {**json.loads(cfg_json), "widht": 3})
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_paper_scale_parameter_count() -> None:
     """Construction only, on the meta device; the count follows from the architecture."""
     cfg = GeneratorConfig.paper()
@@ -192,6 +193,7 @@ def one_thread():
 
 
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_toy_problem_target_is_recovered_by_training_then_ddim() -> None:
     """x0 = W @ mean(bag) for a fixed W: a few hundred diffusion training steps, then DDIM
     sampling from held-out bags recovers x0 (the mean of 4 samples per bag)."""

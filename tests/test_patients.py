@@ -116,7 +116,7 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     from tiny_training import tiny_bundles
 
-    root = tmp_path_factory.mktemp("patients")
+    root = tmp_path_factory.getbasetemp() / "tiny-bundles"  # shared by the modules that use it
     cohort, gen, fus = tiny_bundles(root)
     return Trained(gen, fus, [cohort.slide_path(s) for s in cohort.slide_ids])
 

@@ -14,10 +14,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from output_fixtures import CONTRACT, runs_row
 
 from pathgen_batch.cli.query import query as query_cli
 from pathgen_batch.errors import DataError
-from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.tables import (
     FAILURES,
     PREDICTIONS,
@@ -35,7 +35,6 @@ from pathgen_batch.tables import (
 from pathgen_batch.tables.io import write_table
 from pathgen_batch.tables.query import OutputStore, connect, parse_model_version, query
 
-CONTRACT = FeatureContract("stain-texture", "v1", 4, 64, 0.5)
 GENES, FAMILIES = ["G1", "G2", "G3"], ["fa", "fa", "fb"]
 # run -> fusion version; r0 never gets its runs row (an interrupted run)
 FUSION = {"r1": "7", "r2": "8", "r0": "7"}
@@ -83,24 +82,15 @@ def _prediction(run: str, slide: str, risk: float) -> dict:
 
 
 def _runs_row(run: str, root: str, n: int) -> dict:
-    return {
-        "status": "complete",
-        "started_at": f"2025-01-0{run[1:] or 1}T00:00:00+00:00",
-        "finished_at": f"2025-01-0{run[1:] or 1}T01:00:00+00:00",
-        "archive": "/archive",
-        "output": root,
-        "n_slides": n,
-        "n_scored": n,
-        "n_failed": 0,
-        "n_tiles": 4 * n,
-        "gene_panel_digest": "sha256:p",
-        "features_written": False,
-        "features_source_run": None,
-        "timings_json": "{}",
-        "config_json": "{}",
-        "code_version": "0",
-        **_lin(run).to_dict(),
-    }
+    day = run[1:] or 1
+    return runs_row(
+        root,
+        _lin(run),
+        n_scored=n,
+        n_tiles=4 * n,
+        started_at=f"2025-01-0{day}T00:00:00+00:00",
+        finished_at=f"2025-01-0{day}T01:00:00+00:00",
+    )
 
 
 def build_output(root: str) -> None:

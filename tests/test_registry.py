@@ -12,7 +12,9 @@ import json
 import shutil
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -75,20 +77,30 @@ def make_panel(n_genes: int = 6) -> GenePanel:
     return GenePanel.from_pairs([(f"G{i}", f"F{i % 2}") for i in range(n_genes)])
 
 
-def make_generator(
-    out: Path,
-    dim: int = 8,
-    panel: GenePanel | None = None,
-    seed: int = 0,
-    contract: FeatureContract | None = None,
-) -> Path:
-    """An untrained generator bundle: D = dim (``contract.dim`` when given), 2 families, DDIM
-    4 steps, 2 samples."""
-    panel = panel or make_panel()
-    dim = contract.dim if contract is not None else dim
-    torch.manual_seed(seed)
-    fam = tuple(0 if f == "F0" else 1 for f in panel.families)
-    sizes = (fam.count(0), fam.count(1))
+@dataclass(frozen=True)
+class BundleSpec:
+    """What an untrained test bundle is made of: D = dim (``contract.dim`` when given), the
+    gene panel (:func:`make_panel` by default) and the seed of its weights."""
+
+    dim: int = 8
+    panel: GenePanel | None = None
+    seed: int = 0
+    contract: FeatureContract | None = None
+
+    def prepare(self) -> tuple[GenePanel, int, FeatureContract, tuple[int, ...], tuple[int, int]]:
+        """Seed torch; (panel, D, contract, gene -> family, family sizes)."""
+        panel = self.panel or make_panel()
+        dim = self.contract.dim if self.contract is not None else self.dim
+        torch.manual_seed(self.seed)
+        fam = tuple(0 if f == "F0" else 1 for f in panel.families)
+        contract = self.contract or FeatureContract("stain-texture", "v1", dim, 256, 0.5)
+        return panel, dim, contract, fam, (fam.count(0), fam.count(1))
+
+
+def make_generator(out: Path, **spec: Any) -> Path:
+    """An untrained generator bundle (``spec``: :class:`BundleSpec`), 2 families, DDIM 4 steps,
+    2 samples."""
+    panel, dim, contract, fam, sizes = BundleSpec(**spec).prepare()
     cfg = GeneratorConfig(dim, sizes, fam, width=16, depth=1, heads=2, mlp_ratio=2, time_dim=16)
     diffusion = DiffusionConfig(num_timesteps=40)
     sampler = SamplerConfig(name="ddim", steps=4, eta=0.0, n_samples=2)
@@ -99,7 +111,7 @@ def make_generator(
         expression_scaler=ZScoreScaler((5.0,) * panel.n_genes, (2.0,) * panel.n_genes),
         feature_scaler=ZScoreScaler((0.0,) * dim, (1.0,) * dim),
         panel=panel,
-        contract=contract or FeatureContract("stain-texture", "v1", dim, 256, 0.5),
+        contract=contract,
         grade_classes=CLASSES,
         train_config=to_dict(GeneratorTrainConfig(diffusion=diffusion, sampler=sampler)),
         provenance={"cohort_digest": "sha256:" + "d" * 64},
@@ -107,19 +119,10 @@ def make_generator(
     return save_generator(gen, out)
 
 
-def make_fusion(
-    out: Path,
-    dim: int = 8,
-    panel: GenePanel | None = None,
-    seed: int = 0,
-    contract: FeatureContract | None = None,
-) -> Path:
-    """An untrained fusion bundle with 2 time bins and no conformal states."""
-    panel = panel or make_panel()
-    dim = contract.dim if contract is not None else dim
-    torch.manual_seed(seed)
-    fam = tuple(0 if f == "F0" else 1 for f in panel.families)
-    sizes = (fam.count(0), fam.count(1))
+def make_fusion(out: Path, **spec: Any) -> Path:
+    """An untrained fusion bundle (``spec``: :class:`BundleSpec`) with 2 time bins and no
+    conformal states."""
+    panel, dim, contract, fam, sizes = BundleSpec(**spec).prepare()
     cfg = FusionConfig(dim, sizes, 3, fam, n_bins=2, width=16, heads=2)
     fus = TrainedFusion(
         model=build_model("fusion", cfg),
@@ -127,7 +130,7 @@ def make_fusion(
         expression_scaler=ZScoreScaler((0.0,) * panel.n_genes, (1.0,) * panel.n_genes),
         feature_scaler=ZScoreScaler((0.0,) * dim, (1.0,) * dim),
         panel=panel,
-        contract=contract or FeatureContract("stain-texture", "v1", dim, 256, 0.5),
+        contract=contract,
         grade_classes=CLASSES,
         bin_edges=np.array([0.0, 5.0, np.inf]),
         train_config=to_dict(FusionTrainConfig()),

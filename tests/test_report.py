@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from output_fixtures import CONTRACT, LIN, runs_row
 from PIL import Image
 from scipy import stats
 
 from pathgen_batch.cli import main
 from pathgen_batch.cli.report import report
-from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.inference.fusion import RiskCuts
 from pathgen_batch.report import attention_map, blend, confusion_matrix, survival_summary
 from pathgen_batch.report.build import write_report
@@ -29,7 +29,6 @@ from pathgen_batch.tables import (
     THUMBNAILS,
     TILE_ATTENTION,
     TRANSCRIPTOMES,
-    Lineage,
     attention_table,
     partition_uri,
     prediction_record,
@@ -39,8 +38,6 @@ from pathgen_batch.tables import (
 )
 from pathgen_batch.tables.io import write_table
 
-CONTRACT = FeatureContract("stain-texture", "v1", 4, 64, 0.5)
-LIN = Lineage("pathgen-generator", "3", "pathgen-fusion", "7", CONTRACT.to_json(), CONTRACT.digest)
 CLASSES = ["well differentiated", "intermediate", "poorly differentiated"]
 GENES = ["G1", "G2", "G3", "G4", "G5"]
 FAMILIES = ["immune", "immune", "stroma", "stroma", "stroma"]
@@ -143,24 +140,15 @@ def scored(tmp_path_factory: pytest.TempPathFactory, he_sources: tuple[Path, Pat
     write_table(partition_uri(out, "thumbnails", RUN), pa.concat_tables(thumbs), THUMBNAILS, RUN)
     for path in root.glob("S*.tiff"):  # the report needs the tables only
         path.unlink()
-    run_row = {
-        "status": "complete",
-        "started_at": "2025-01-01T00:00:00+00:00",
-        "finished_at": "2025-01-01T00:10:00+00:00",
-        "archive": str(root),
-        "output": out,
-        "n_slides": 4,
-        "n_scored": 4,
-        "n_failed": 0,
-        "n_tiles": 100,
-        "gene_panel_digest": "sha256:p",
-        "features_written": False,
-        "features_source_run": None,
-        "timings_json": '{"score": 1.5}',
-        "config_json": '{"batch_size": 8}',
-        "code_version": "0.1",
-        **LIN.to_dict(),
-    }
+    run_row = runs_row(
+        out,
+        archive=str(root),
+        n_scored=4,
+        n_tiles=100,
+        timings_json='{"score": 1.5}',
+        config_json='{"batch_size": 8}',
+        code_version="0.1",
+    )
     write_table(
         partition_uri(out, "runs", RUN),
         records_table([run_row], "runs"),

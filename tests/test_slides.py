@@ -684,6 +684,7 @@ def test_blank_and_blurred_tiles_are_flagged(he_sources: tuple[Path, Path], aper
     assert blank[right].all() and not blank[~right].any()
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_long_slides_report_progress_and_annotations_are_read_per_slide(
     aperio4: Path, tmp_path: Path
 ) -> None:

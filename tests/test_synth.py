@@ -300,6 +300,7 @@ def test_inventory_reports_counts(semi: SynthCohort) -> None:
 # ----------------------------------------------------------------------------- build behaviour
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_same_seed_gives_identical_files_whatever_the_workers(tmp_path: Path) -> None:
     cfg = CohortConfig(n_patients=5, slide_px=512, folds=2, seed=7)
     a = build_cohort(tmp_path / "a", cfg, workers=1)
@@ -315,6 +316,7 @@ def test_same_seed_gives_identical_files_whatever_the_workers(tmp_path: Path) ->
     assert not slides_a & {v for k, v in dc.items() if k.startswith("slides/")}
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_rebuild_reuses_refuses_or_overwrites(tmp_path: Path) -> None:
     out = tmp_path / "c"
     cfg = CohortConfig(n_patients=4, slide_px=256, folds=2)
@@ -345,6 +347,7 @@ def test_rebuild_reuses_refuses_or_overwrites(tmp_path: Path) -> None:
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_synthetic_mode_produces_the_requested_sizes(tmp_path: Path) -> None:
     cfg = CohortConfig(
         mode="synthetic", n_patients=9, n_genes=37, n_families=5, n_programs=3,
@@ -406,6 +409,7 @@ def test_unknown_config_key_is_named() -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow  # over ~2 s: the full suite runs it
 def test_cli_builds_reuses_and_summarises(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "cli"

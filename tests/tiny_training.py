@@ -62,6 +62,14 @@ def build_training_cohort(base: Path) -> tuple[Path, Path]:
     return cohort, feats
 
 
+def render_tiny_cohort(root: Path, n_patients: int, slide_px: int = 512) -> SynthCohort:
+    """A synthetic cohort of ``n_patients`` (12 genes, 2 levels, 2 folds) rendered in-process."""
+    cfg = CohortConfig(
+        mode="synthetic", n_patients=n_patients, n_genes=12, slide_px=slide_px, levels=2, folds=2
+    )
+    return build_cohort(root, cfg, workers=1)
+
+
 @contextlib.contextmanager
 def threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -74,15 +82,19 @@ def threads(n: int) -> Iterator[None]:
 
 def tiny_bundles(root: Path) -> tuple[SynthCohort, Path, Path]:
     """A 16-patient synthetic cohort and a tiny generator and calibrated fusion bundle trained
-    on it (stain-texture features, 64 px tiles): (cohort, generator folder, fusion folder)."""
+    on it (stain-texture features, 64 px tiles): (cohort, generator folder, fusion folder).
+
+    Reused when ``root`` already holds them (the fusion bundle is saved last), so test modules
+    that pass the same ``root`` (e.g. under the session's base temp) render and train once."""
     import numpy as np
 
     from pathgen_batch.inference.bundle import save_fusion, save_generator
     from pathgen_batch.training.data import load_training_data
     from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
 
-    cfg = CohortConfig(mode="synthetic", n_patients=16, n_genes=12, slide_px=512, levels=2, folds=2)
-    cohort = build_cohort(root / "cohort", cfg, workers=1)
+    cohort = render_tiny_cohort(root / "cohort", 16)
+    if (root / "fus" / "bundle.json").is_file():
+        return cohort, root / "gen", root / "fus"
     enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
     extract_cohort(root / "cohort", root / "features", enc)
     data = load_training_data(root / "cohort", root / "features")

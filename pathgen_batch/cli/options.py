@@ -108,19 +108,19 @@ def optional_file(*names: str, help: str) -> Decorator:
     return click.option(*names, default=None, callback=_optional_file, metavar="FILE", help=help)
 
 
-cohort_option = click.option(
-    "--cohort",
-    "cohort_dir",
-    required=True,
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Cohort folder (clinical, expression, gene panel, slides).",
+def existing_dir_option(flag: str, dest: str, help: str) -> Decorator:
+    """A required option naming a folder that exists."""
+    folder = click.Path(file_okay=False, exists=True, path_type=Path)
+    return click.option(flag, dest, required=True, type=folder, help=help)
+
+
+cohort_option = existing_dir_option(
+    "--cohort", "cohort_dir", "Cohort folder (clinical, expression, gene panel, slides)."
 )
-features_option = click.option(
+features_option = existing_dir_option(
     "--features",
     "features_dir",
-    required=True,
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Folder of per-slide feature files (`pathgen-batch features extract`).",
+    "Folder of per-slide feature files (`pathgen-batch features extract`).",
 )
 
 

@@ -14,6 +14,7 @@ is skipped and counted; the interval is NaN when fewer than half the resamples a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,15 +39,7 @@ class BootstrapCI:
     seed: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "estimate": self.estimate,
-            "lo": self.lo,
-            "hi": self.hi,
-            "level": self.level,
-            "n_boot": self.n_boot,
-            "n_failed": self.n_failed,
-            "seed": self.seed,
-        }
+        return dataclasses.asdict(self)
 
 
 def bootstrap_ci(

@@ -17,6 +17,7 @@ p-value with n non-zero differences is ``2 / 2**n`` (0.0625 for 5 folds); the no
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +40,7 @@ class PairedTest:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "mean_difference": self.mean_difference,
-            "wilcoxon_statistic": self.wilcoxon_statistic,
-            "wilcoxon_p": self.wilcoxon_p,
-            "t_statistic": self.t_statistic,
-            "t_p": self.t_p,
-            "note": self.note,
-        }
+        return dataclasses.asdict(self)
 
 
 def paired_comparison(a: Any, b: Any) -> PairedTest:

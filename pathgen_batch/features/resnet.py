@@ -19,15 +19,9 @@ import torch
 from torch import nn
 
 from pathgen_batch.errors import ConfigError
+from pathgen_batch.features import encoder as base
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.features.encoder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Encoder,
-    file_sha256,
-    normalise,
-    place_module,
-)
+from pathgen_batch.features.encoder import Encoder, file_sha256, normalise, place_module
 from pathgen_batch.features.weights import check_state_dict, load_state_dict_file
 
 NAME = "resnet50-trunc"
@@ -128,7 +122,7 @@ class ResNetTruncEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> (B, 1024)."""
-        x = normalise(images, IMAGENET_MEAN, IMAGENET_STD)  # (B, 3, H, W)
+        x = normalise(images, base.IMAGENET_MEAN, base.IMAGENET_STD)  # (B, 3, H, W)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)  # (B, 1024)

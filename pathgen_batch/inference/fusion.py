@@ -23,7 +23,12 @@ from pathgen_batch.errors import DataError
 from pathgen_batch.evaluation.conformal import ClassificationConformal, IntervalConformal
 from pathgen_batch.features.bags import padded
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.inference.inputs import DEFAULT_BATCH, check_bags, check_batch_size
+from pathgen_batch.inference.inputs import (
+    DEFAULT_BATCH,
+    OnDevice,
+    check_bags,
+    check_batch_size,
+)
 from pathgen_batch.inference.scaling import ZScoreScaler, check_matrix
 from pathgen_batch.models.survival import hazards_from_logits, risk_from_hazards
 from pathgen_batch.omics.panel import GenePanel
@@ -117,7 +122,7 @@ class FusionPrediction:
 
 
 @dataclass(eq=False)
-class TrainedFusion:
+class TrainedFusion(OnDevice):
     """A fusion model or baseline with its scalers, time bins, classes and conformal states.
 
     ``train_config`` is the training configuration as plain data, kept for provenance only.
@@ -165,14 +170,6 @@ class TrainedFusion:
     @property
     def uses_expression(self) -> bool:
         return self.model_name != "attention_mil"
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: str | torch.device) -> TrainedFusion:
-        self.model.to(torch.device(device))
-        return self
 
     def with_conformal(
         self, grade: ClassificationConformal | None, risk: IntervalConformal | None

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -19,7 +19,12 @@ import torch
 from pathgen_batch.errors import DataError
 from pathgen_batch.features.bags import padded
 from pathgen_batch.features.contract import FeatureContract
-from pathgen_batch.inference.inputs import DEFAULT_BATCH, check_bags, check_batch_size
+from pathgen_batch.inference.inputs import (
+    DEFAULT_BATCH,
+    OnDevice,
+    check_bags,
+    check_batch_size,
+)
 from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models.diffusion import DiffusionConfig, GaussianDiffusion, SamplerConfig
 from pathgen_batch.models.generator import TranscriptomeDenoiser
@@ -36,8 +41,17 @@ def _bag_seed(seed: int, bag: np.ndarray) -> int:
     return int.from_bytes(h.digest(), "little") >> 1
 
 
+class GenerateOptions(TypedDict, total=False):
+    """The keyword options of :meth:`TrainedGenerator.generate_scaled` (and ``generate``)."""
+
+    n_samples: int | None
+    sampler: SamplerConfig | None
+    seed: int
+    batch_size: int
+
+
 @dataclass(eq=False)
-class TrainedGenerator:
+class TrainedGenerator(OnDevice):
     """The conditional diffusion generator with its process, sampler, scalers and contract.
 
     ``diffusion`` says what the network outputs (``diffusion.prediction``); ``train_config`` is
@@ -72,14 +86,6 @@ class TrainedGenerator:
             raise DataError("generator: expression scaler and gene panel differ in length")
         check_sampler(self.sampler, self.diffusion, "generator sampler")
         self.model.eval()
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: str | torch.device) -> TrainedGenerator:
-        self.model.to(torch.device(device))
-        return self
 
     @torch.no_grad()
     def generate_scaled(
@@ -133,19 +139,15 @@ class TrainedGenerator:
         return np.concatenate(means).astype(np.float32), np.concatenate(stds).astype(np.float32)
 
     def generate(
-        self,
-        bags: Sequence[np.ndarray],
-        n_samples: int | None = None,
-        sampler: SamplerConfig | None = None,
-        seed: int = 0,
-        batch_size: int = DEFAULT_BATCH,
+        self, bags: Sequence[np.ndarray], **options: Unpack[GenerateOptions]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Synthetic transcriptomes of raw bags (each (N_i, D)) in expression units.
 
         Returns (mean (B, G), std (B, G)) over ``n_samples`` samples per slide (default: the
-        stored sampler's), drawn with ``sampler`` (default: the stored one).
+        stored sampler's), drawn with ``sampler`` (default: the stored one); the options are
+        :meth:`generate_scaled`'s.
         """
-        mean_z, std_z = self.generate_scaled(bags, n_samples, sampler, seed, batch_size)
+        mean_z, std_z = self.generate_scaled(bags, **options)
         return (
             self.expression_scaler.inverse_transform(mean_z),
             self.expression_scaler.inverse_scale(std_z),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Self
 
 import numpy as np
+import torch
+from torch import nn
 
 from pathgen_batch.errors import ConfigError, DataError
 
@@ -31,3 +34,17 @@ def check_bags(bags: Sequence[np.ndarray], dim: int) -> list[np.ndarray]:
 def check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+
+
+class OnDevice:
+    """``device`` and ``to`` of a scoring-time model whose network is its ``model``."""
+
+    model: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> Self:
+        self.model.to(torch.device(device))
+        return self

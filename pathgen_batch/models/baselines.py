@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from pathgen_batch.errors import ConfigError
-from pathgen_batch.models.fusion import FusionOutput, PredictionHeads, check_heads, require
+from pathgen_batch.models.fusion import (
+    FusionOutput,
+    MaybeTensor,
+    PredictionHeads,
+    check_heads,
+    require,
+)
 from pathgen_batch.models.layers import GatedAttentionPool, SNNBlock
 from pathgen_batch.models.validation import check_bag, check_floating, check_shape
 
@@ -52,12 +58,7 @@ class AttentionMIL(nn.Module):
         self.rho = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(c.dropout))
         self.heads = PredictionHeads(d, c.n_bins, c.n_grades)
 
-    def forward(
-        self,
-        omics: torch.Tensor | None,
-        feats: torch.Tensor | None,
-        mask: torch.Tensor | None,
-    ) -> FusionOutput:
+    def forward(self, omics: MaybeTensor, feats: MaybeTensor, mask: MaybeTensor) -> FusionOutput:
         f, m = check_bag(
             require("feats", feats, "attention_mil"),
             require("mask", mask, "attention_mil"),

@@ -28,6 +28,8 @@ from pathgen_batch.models.layers import (
 from pathgen_batch.models.survival import hazards_from_logits, risk_from_hazards
 from pathgen_batch.models.validation import check_bag, check_floating, check_shape
 
+MaybeTensor = torch.Tensor | None  # an input a model may go without (omics, feats, mask)
+
 
 @dataclass
 class FusionOutput:
@@ -149,12 +151,7 @@ class FusionModel(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Dropout(c.dropout))
         self.heads = PredictionHeads(d, c.n_bins, c.n_grades)
 
-    def forward(
-        self,
-        omics: torch.Tensor | None,
-        feats: torch.Tensor | None,
-        mask: torch.Tensor | None,
-    ) -> FusionOutput:
+    def forward(self, omics: MaybeTensor, feats: MaybeTensor, mask: MaybeTensor) -> FusionOutput:
         c = self.config
         x = check_floating(
             "omics",

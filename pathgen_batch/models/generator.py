@@ -36,6 +36,11 @@ from pathgen_batch.models.validation import (
 
 # An illustrative 6-family panel of about 4,300 genes, the size of the paper's cohorts.
 PAPER_FAMILY_SIZES: tuple[int, ...] = (320, 520, 480, 1010, 1490, 480)
+# the denoiser sizes of GeneratorConfig.small and .paper
+_SIZES: dict[str, dict[str, int]] = {
+    "small": {"width": 128, "depth": 2, "heads": 4, "time_dim": 128},
+    "paper": {"width": 1024, "depth": 4, "heads": 16, "time_dim": 256},
+}
 
 
 @dataclass(frozen=True)
@@ -72,15 +77,7 @@ class GeneratorConfig:
         cls, feature_dim: int, family_sizes: tuple[int, ...], gene_families: tuple[int, ...] = ()
     ) -> GeneratorConfig:
         """Trains in minutes on a laptop CPU."""
-        return cls(
-            feature_dim,
-            tuple(family_sizes),
-            tuple(gene_families),
-            width=128,
-            depth=2,
-            heads=4,
-            time_dim=128,
-        )
+        return cls(feature_dim, tuple(family_sizes), tuple(gene_families), **_SIZES["small"])
 
     @classmethod
     def paper(
@@ -90,15 +87,7 @@ class GeneratorConfig:
         gene_families: tuple[int, ...] = (),
     ) -> GeneratorConfig:
         """The published scale: UNI 1024-d features, 6 families, width 1024."""
-        return cls(
-            feature_dim,
-            tuple(family_sizes),
-            tuple(gene_families),
-            width=1024,
-            depth=4,
-            heads=16,
-            time_dim=256,
-        )
+        return cls(feature_dim, tuple(family_sizes), tuple(gene_families), **_SIZES["paper"])
 
 
 @dataclass(frozen=True)

@@ -150,28 +150,18 @@ class RunLog:
         self._batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
-        p = Path(path)
-        if not p.is_file():
-            raise RegistryError(f"log_file: {p} is not a file")
-        call(
-            f"artifact {p.name}",
-            self.store.client.log_artifact,
-            self.run_id,
-            str(p),
-            artifact_dir,
-        )
+        self._log_artifact(Path(path), artifact_dir, folder=False)
 
     def log_dir(self, path: str | Path, artifact_dir: str | None = None) -> None:
-        p = Path(path)
-        if not p.is_dir():
-            raise RegistryError(f"log_dir: {p} is not a folder")
-        call(
-            f"artifacts {p.name}",
-            self.store.client.log_artifacts,
-            self.run_id,
-            str(p),
-            artifact_dir,
-        )
+        self._log_artifact(Path(path), artifact_dir, folder=True)
+
+    def _log_artifact(self, p: Path, artifact_dir: str | None, *, folder: bool) -> None:
+        if not (p.is_dir() if folder else p.is_file()):
+            kind = "folder" if folder else "file"
+            raise RegistryError(f"log_{'dir' if folder else 'file'}: {p} is not a {kind}")
+        client = self.store.client
+        log = client.log_artifacts if folder else client.log_artifact
+        call(f"artifact{'s' if folder else ''} {p.name}", log, self.run_id, str(p), artifact_dir)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         call(

@@ -57,20 +57,18 @@ class CohortConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("semi", "synthetic"):
             raise ConfigError(f"mode: expected 'semi' or 'synthetic', got {self.mode!r}")
-        if self.n_patients is not None and self.n_patients < 1:
-            raise ConfigError(f"n_patients: expected >= 1, got {self.n_patients}")
-        if self.mode == "semi" and self.n_patients is not None and self.n_patients > SEMI_PATIENTS:
-            raise ConfigError(
-                f"n_patients: the semi-synthetic cohort has {SEMI_PATIENTS} real patients, "
-                f"got {self.n_patients} (use mode 'synthetic' for larger cohorts)"
-            )
-        if self.n_genes is not None and self.n_genes < 1:
-            raise ConfigError(f"n_genes: expected >= 1, got {self.n_genes}")
-        if self.mode == "semi" and self.n_genes is not None and self.n_genes > SEMI_GENES:
-            raise ConfigError(
-                f"n_genes: the semi-synthetic cohort has {SEMI_GENES} real genes, "
-                f"got {self.n_genes} (use mode 'synthetic' for larger panels)"
-            )
+        for name, cap, noun, larger in (
+            ("n_patients", SEMI_PATIENTS, "patients", "cohorts"),
+            ("n_genes", SEMI_GENES, "genes", "panels"),
+        ):
+            n = getattr(self, name)
+            if n is not None and n < 1:
+                raise ConfigError(f"{name}: expected >= 1, got {n}")
+            if self.mode == "semi" and n is not None and n > cap:
+                raise ConfigError(
+                    f"{name}: the semi-synthetic cohort has {cap} real {noun}, "
+                    f"got {n} (use mode 'synthetic' for larger {larger})"
+                )
         if self.n_families < 1:
             raise ConfigError(f"n_families: expected >= 1, got {self.n_families}")
         genes = self.resolved_genes

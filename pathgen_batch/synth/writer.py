@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import tifffile
@@ -158,23 +159,29 @@ def check_pyramid_args(
 Strips = Callable[[int, int], np.ndarray]  # (row, n rows) -> (n, W, 3) uint8 of level 0
 
 
-def write_pyramidal_tiff(
-    path: str | Path,
-    rgb: np.ndarray,
-    mpp: float = 0.5,
-    magnification: float = 20.0,
-    levels: int = 3,
-    tile: int = 256,
-    quality: int = 80,
-    downsample: int = 4,
-    threads: int | None = None,
-) -> list[tuple[int, int]]:
-    """Write ``rgb`` (H, W, 3) uint8 as a pyramidal Aperio-style TIFF at ``path``.
+class PyramidOptions(TypedDict, total=False):
+    """Keyword options of both TIFF writers (defaults in :func:`write_pyramidal_tiff_tiles`).
 
     mpp: microns per pixel of level 0; magnification: objective power (AppMag); levels: number
     of pyramid levels, each ``downsample`` times smaller than the one before; tile: tile side in
     pixels (multiple of 16); quality: JPEG quality 1..100; threads: threads compressing tiles
     (tifffile's default when None).
+    """
+
+    mpp: float
+    magnification: float
+    levels: int
+    tile: int
+    quality: int
+    downsample: int
+    threads: int | None
+
+
+def write_pyramidal_tiff(
+    path: str | Path, rgb: np.ndarray, **options: Unpack[PyramidOptions]
+) -> list[tuple[int, int]]:
+    """Write ``rgb`` (H, W, 3) uint8 as a pyramidal Aperio-style TIFF at ``path``
+    (options: :class:`PyramidOptions`).
 
     Returns the (width, height) of every level, level 0 first, as OpenSlide reports them.
     """
@@ -185,19 +192,7 @@ def write_pyramidal_tiff(
         raise DataError(f"write_pyramidal_tiff: expected uint8 pixels, got {rgb.dtype}")
     h, w = rgb.shape[:2]
     arr = np.ascontiguousarray(rgb)
-    return write_pyramidal_tiff_tiles(
-        path,
-        w,
-        h,
-        lambda r0, n: arr[r0 : r0 + n],
-        mpp,
-        magnification,
-        levels,
-        tile,
-        quality,
-        downsample,
-        threads,
-    )
+    return write_pyramidal_tiff_tiles(path, w, h, lambda r0, n: arr[r0 : r0 + n], **options)
 
 
 def write_pyramidal_tiff_tiles(
@@ -219,7 +214,8 @@ def write_pyramidal_tiff_tiles(
     above as its tiles stream into the file (by strips, into a raw scratch file beside the
     target, deleted afterwards), so a 100,000 px square slide needs about
     ``tile * width * 3`` bytes of pixels at a time plus tifffile's compression buffers.
-    Arguments as :func:`write_pyramidal_tiff`; the same pixels for the same image.
+    Options as :class:`PyramidOptions`; the same pixels for the same image as
+    :func:`write_pyramidal_tiff`.
     """
     if not (mpp > 0 and np.isfinite(mpp)):
         raise ConfigError(f"write_pyramidal_tiff: mpp must be a positive number, got {mpp}")

@@ -47,10 +47,11 @@ from pathgen_batch.evaluation import (
     expression_fidelity,
     harrell_c_index,
     mean_per_gene_pearson,
-    survival_report,
 )
 from pathgen_batch.inference.scaling import ZScoreScaler
+from pathgen_batch.training.cv_result import SURVIVAL_METRICS
 from pathgen_batch.training.data import TrainingData
+from pathgen_batch.training.fold_scoring import survival_metrics
 
 SURVIVAL_BASELINES: dict[str, str] = {
     "coxnet": "CoxNet (expression)",
@@ -61,7 +62,6 @@ EXPRESSION_BASELINES: dict[str, str] = {
     "ridge": "ridge (mean-pooled tiles)",
     "mean_expression": "training mean",
 }
-SURVIVAL_METRICS = ("harrell_c", "uno_c", "td_auc", "ibs")
 
 
 @dataclass(frozen=True)
@@ -281,26 +281,16 @@ def _survival_metrics(
     notes: list[str],
     where: str,
 ) -> dict[str, float]:
-    """``SURVIVAL_METRICS`` of test-fold predictions, on the patients with a known outcome."""
-    trn = train_idx[data.outcome_known[train_idx]]
-    has = data.outcome_known[test_idx]
-    te = test_idx[has]
-    bins, edges = step_survival_bins(times, surv[has])
-    try:
-        rep = survival_report(
-            data.event[trn],
-            data.time[trn],
-            data.event[te],
-            data.time[te],
-            risk[has],
-            bin_survival=bins,
-            bin_edges=edges,
-        )
-    except DataError as e:
-        notes.append(f"{where}: survival metrics not computed ({e})")
-        return dict.fromkeys(SURVIVAL_METRICS, float("nan"))
-    ibs = float("nan") if rep.ibs is None else rep.ibs
-    return {"harrell_c": rep.harrell_c, "uno_c": rep.uno_c, "td_auc": rep.mean_auc, "ibs": ibs}
+    """``SURVIVAL_METRICS`` of test-fold step survival curves ``surv`` at ``times``."""
+    return survival_metrics(
+        data,
+        train_idx,
+        test_idx,
+        risk,
+        lambda has: step_survival_bins(times, surv[has]),
+        notes,
+        where,
+    )
 
 
 def _coxnet(

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,15 @@ from pathgen_batch.training.trainers import (
 log = logging.getLogger(__name__)
 
 Echo = Callable[[str], None]
+
+
+class RunOptions(TypedDict, total=False):
+    """How :func:`run_cv` and :func:`train_final` run: ``device`` (default "cpu"), a
+    per-epoch ``progress`` callback and an ``echo`` for one-line notes (default: the log)."""
+
+    device: str
+    progress: Progress | None
+    echo: Echo | None
 
 
 @dataclass(frozen=True)
@@ -243,10 +253,7 @@ def run_cv(
     data: TrainingData,
     cfg: CVConfig | None = None,
     out_dir: str | Path | None = None,
-    *,
-    device: str = "cpu",
-    progress: Progress | None = None,
-    echo: Echo | None = None,
+    **run: Unpack[RunOptions],
 ) -> CVResult:
     """Cross-validate generator, fusion model and baselines (see the module docstring).
 
@@ -257,10 +264,7 @@ def run_cv(
     plans = plan_folds(data, cfg)
     t0 = time.perf_counter()
     notes: list[str] = []
-    folds = [
-        run_fold(data, p, cfg, device=device, progress=progress, echo=echo, notes=notes)
-        for p in plans
-    ]
+    folds = [run_fold(data, p, cfg, notes=notes, **run) for p in plans]
     result = CVResult.from_folds(folds, data, cfg, seconds=time.perf_counter() - t0, notes=notes)
     if out_dir is not None:
         result.write(out_dir)
@@ -272,10 +276,8 @@ def train_final(
     cfg: CVConfig | None = None,
     out_dir: str | Path | None = None,
     *,
-    device: str = "cpu",
-    progress: Progress | None = None,
-    echo: Echo | None = None,
     overwrite: bool = False,
+    **run: Unpack[RunOptions],
 ) -> tuple[TrainedGenerator, TrainedFusion]:
     """Train the models to register on all patients (one inner validation split).
 
@@ -290,7 +292,8 @@ def train_final(
     tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
     n_bins = cfg.fusion.n_bins
     check_training_part(data, tr, "inner training part", n_bins)
-    say = echo or (lambda s: log.info("%s", s))
+    device, progress = run.get("device", "cpu"), run.get("progress")
+    say = run.get("echo") or (lambda s: log.info("%s", s))
     t0 = time.perf_counter()
     gen = train_generator(
         data, tr, va, cfg.generator, device=device, progress=progress, name=cfg.generator_name

@@ -7,6 +7,7 @@ and risk intervals. The models are trained elsewhere (:mod:`pathgen_batch.traini
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,42 @@ from pathgen_batch.evaluation import (
     survival_report,
 )
 from pathgen_batch.inference.fusion import FusionPrediction
-from pathgen_batch.training.cv_result import METRICS
+from pathgen_batch.training.cv_result import METRICS, SURVIVAL_METRICS
 from pathgen_batch.training.data import TrainingData
+
+
+def survival_metrics(
+    data: TrainingData,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    risk: np.ndarray,
+    bins_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    notes: list[str],
+    where: str,
+) -> dict[str, float]:
+    """``SURVIVAL_METRICS`` of test predictions (``risk`` (n_test,)) on the test patients with
+    a known outcome, NaN with a note where they cannot be computed. ``bins_of(has)`` gives the
+    (bin survival, bin edges) of the test patients picked by the boolean mask ``has``;
+    ``train_idx``: the training part, whose censoring distribution the IPCW metrics use."""
+    trn = train_idx[data.outcome_known[train_idx]]
+    has = data.outcome_known[test_idx]
+    te = test_idx[has]
+    try:
+        bins, edges = bins_of(has)
+        rep = survival_report(
+            data.event[trn],
+            data.time[trn],
+            data.event[te],
+            data.time[te],
+            risk[has],
+            bin_survival=bins,
+            bin_edges=edges,
+        )
+    except DataError as e:
+        notes.append(f"{where}: survival metrics not computed ({e})")
+        return dict.fromkeys(SURVIVAL_METRICS, float("nan"))
+    ibs = float("nan") if rep.ibs is None else rep.ibs
+    return {"harrell_c": rep.harrell_c, "uno_c": rep.uno_c, "td_auc": rep.mean_auc, "ibs": ibs}
 
 
 def condition_metrics(
@@ -39,32 +74,22 @@ def condition_metrics(
     metric cannot be computed (with a note saying why), and ``COUNTS``: how many test
     patients the survival and the grade metrics used. ``train_idx``: the training part
     (train and validation), whose censoring distribution the IPCW metrics use."""
-    trn = train_idx[data.outcome_known[train_idx]]  # survival metrics: patients with an outcome
     has = data.outcome_known[test_idx]
-    te = test_idx[has]
     out: dict[str, float] = {
         "n_survival": int(has.sum()),
         "n_grade": int((data.grade[test_idx] >= 0).sum()),
     }
-    try:
-        rep = survival_report(
-            data.event[trn],
-            data.time[trn],
-            data.event[te],
-            data.time[te],
-            pred.risk[has],
-            bin_survival=survival_from_hazards(pred.hazards[has]),
-            bin_edges=edges,
+    out.update(
+        survival_metrics(
+            data,
+            train_idx,
+            test_idx,
+            pred.risk,
+            lambda has: (survival_from_hazards(pred.hazards[has]), edges),
+            notes,
+            where,
         )
-        out.update(
-            harrell_c=rep.harrell_c,
-            uno_c=rep.uno_c,
-            td_auc=rep.mean_auc,
-            ibs=float("nan") if rep.ibs is None else rep.ibs,
-        )
-    except DataError as e:
-        notes.append(f"{where}: survival metrics not computed ({e})")
-        out.update(harrell_c=np.nan, uno_c=np.nan, td_auc=np.nan, ibs=np.nan)
+    )
     te = test_idx
     known = data.grade[te] >= 0
     if known.sum() >= 2:
