@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from pathgen_batch.batch import commit as cm
 from pathgen_batch.batch.model_refs import RegistryAccess, local_encoder_weights
@@ -60,6 +61,11 @@ class TileEncoder(SlideStage):
             ctx.contract, weights=weights, device=resolve_device(ctx.device)
         )
         self.spec = spec_for(self.encoder, ctx.min_tissue)
+        # The stage's cores read and encode batches side by side, one torch thread each (on
+        # CUDA the reads run side by side and the encoder calls in turn).
+        self.workers = max(1, ctx.threads or torch.get_num_threads())
+        if self.workers > 1 and self.encoder.device.type == "cpu":
+            torch.set_num_threads(1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return to_batch([self.encode(r) for r in from_batch(batch)])
@@ -94,6 +100,7 @@ class TileEncoder(SlideStage):
                     on_phase=now_in,
                     exclude=exclude,
                     on_progress=report,
+                    workers=self.workers,
                 )
                 phase = "tiles"
                 t_thumb = time.perf_counter()
