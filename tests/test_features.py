@@ -567,6 +567,14 @@ def test_extract_cohort_then_cli_resumes(small_cohort: Path, tmp_path: Path, sta
     assert stored_slide_ids(out) == tuple(sorted(ids))
     bags = load_bags(out, ids, stain_enc.contract)
     assert all(f.shape[1] == 70 and len(c) == len(f) for c, f in bags.values())
+    threads = torch.get_num_threads()
+    try:  # two workers (one torch thread each) write the same features
+        again = [*args, "--workers", "2", "--overwrite", "--slides", ids[0]]
+        r = CliRunner().invoke(features_cli, again)
+    finally:
+        torch.set_num_threads(threads)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(load_bags(out, ids[:1])[ids[0]][1], bags[ids[0]][1], atol=1e-5)
 
     r = CliRunner().invoke(features_cli, [*args, "--slides", "NOPE"])
     assert isinstance(r.exception, DataError) and "NOPE" in str(r.exception)

@@ -17,6 +17,7 @@ from pathgen_batch.cli.options import (
     key_value_option,
     optional_text,
     out_option,
+    set_threads,
     tracking_options,
 )
 from pathgen_batch.features import (
@@ -79,6 +80,14 @@ def encoders_cmd() -> None:
     "hold several, separated by spaces (-o 'dim=1024 tile_px=224')."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Threads that read and encode a slide's tile batches side by side, one torch "
+    "thread each (on CUDA they read side by side and the GPU encodes in turn).",
+)
 @device_option("auto")
 @exclude_geojson_option
 @click.option(
@@ -111,6 +120,7 @@ def extract_cmd(
     exclude_geojson: str | None,
     options: dict[str, Any],
     batch_size: int,
+    workers: int,
     device: str,
     min_tissue: float,
     mpp: float | None,
@@ -125,6 +135,8 @@ def extract_cmd(
     --track) it logs the settings, the encoder's feature contract and the tile counts.
     """
     enc = build_encoder(encoder, weights=weights, device=device, options=options)
+    if workers > 1 and enc.device.type == "cpu":
+        set_threads(1)  # the workers are the parallelism: no oversubscription
     ids = [s for item in slide_ids for s in item.split(",") if s] or None
     slides = cohort_slides(cohort_dir, ids)
     click.echo(f"encoder {enc.contract.describe()} on {enc.device}; {len(slides)} slide(s)")
@@ -155,6 +167,7 @@ def extract_cmd(
             on_error="record" if keep_going else "raise",
             progress=progress,
             exclude_geojson=exclude_geojson,
+            workers=workers,
         )
         if run is not None:
             from pathgen_batch.registry.step_logs import log_features

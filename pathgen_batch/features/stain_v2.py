@@ -171,9 +171,12 @@ def forward_v2(
     rgb_mean = lg.view(3, B, -1).sum(-1).T / (1020.0 * n_px)  # (B, 3); integer sums < 2^24
     lg.clamp_(min=4.0).log10_()  # (3 rgb, B, h2, w2)
     top = math.log10(1020.0)
-    conc = torch.mm(deconv.T, lg.view(3, -1)).neg_()  # (3 stains, B * h2 * w2)
-    conc += (top * deconv.sum(0))[:, None]
-    conc = conc.view(3, B, h2, w2)
+    m = deconv.tolist()  # m[rgb][stain]
+    conc = torch.empty_like(lg)  # (3 stains, B, h2, w2); a 3-term sum beats a K=3 matmul
+    for k in range(3):
+        torch.mul(lg[0], -m[0][k], out=conc[k])
+        conc[k].add_(lg[1], alpha=-m[1][k]).add_(lg[2], alpha=-m[2][k])
+        conc[k].add_(top * (m[0][k] + m[1][k] + m[2][k]))
     h, e = conc[0], conc[1]  # (B, h2, w2)
     feats: list[torch.Tensor] = []
 
@@ -241,7 +244,8 @@ def forward_v2(
     feats.append(tex.permute(1, 2, 0, 3).reshape(B, -1))  # per scale: h x 4, e x 4
 
     if grid:  # sorted 2x2-quadrant means
-        for m in (h, e, nuclei[0]):
-            q = m.view(B, 2, h2 // 2, 2, w2 // 2).sum(dim=(2, 4), dtype=torch.float32)
-            feats.append(torch.sort(q.flatten(1) * (4.0 / n_px), dim=-1).values)
+        for plane in (h, e, nuclei[0]):
+            half_rows = plane.view(B, 2, h2 // 2, w2).sum(dim=2, dtype=torch.float32)
+            q = half_rows.view(B, 2, 2, w2 // 2).sum(-1).flatten(1)  # (B, 4)
+            feats.append(torch.sort(q * (4.0 / n_px), dim=-1).values)
     return torch.cat(feats, dim=-1)
