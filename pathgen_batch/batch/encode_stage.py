@@ -61,9 +61,9 @@ class TileEncoder(SlideStage):
             ctx.contract, weights=weights, device=resolve_device(ctx.device)
         )
         self.spec = spec_for(self.encoder, ctx.min_tissue)
-        # The stage's cores read and encode batches side by side, one torch thread each (on
-        # CUDA the reads run side by side and the encoder calls in turn).
-        self.workers = max(1, ctx.threads or torch.get_num_threads())
+        # The cores the stage reserved read and encode batches side by side, one torch thread
+        # each (on CUDA the reads run side by side and the encoder calls in turn).
+        self.workers = max(1, ctx.threads or 1)
         if self.workers > 1 and self.encoder.device.type == "cpu":
             torch.set_num_threads(1)
 
