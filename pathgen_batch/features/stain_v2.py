@@ -67,8 +67,8 @@ def _box2(f: np.ndarray, d: int) -> np.ndarray:
 
 
 def spectral_weights(kernels: np.ndarray, n: int, scales: int) -> torch.Tensor:
-    """(2 * n * (n // 2 + 1), 6 * scales) weights: per scale, the gradient (Sobel x + y), Laplacian
-    and 4 Gabor energies of a windowed n x n image from its ``rfft2`` power spectrum.
+    """(n * (n // 2 + 1), 6 * scales) float64 weights: per scale, the gradient (Sobel x + y),
+    Laplacian and 4 Gabor energies of a windowed n x n image from its ``rfft2`` power spectrum.
 
     ``kernels``: (7, k, k) Sobel x, Sobel y, Laplacian, Gabor x 4 (as v1's). The 1 / (n^2 *
     sum(window^2)) of Parseval and the half plane's multiplicity are folded in.
@@ -88,8 +88,7 @@ def spectral_weights(kernels: np.ndarray, n: int, scales: int) -> torch.Tensor:
         resp = [_dtft(kern, d * fy, d * fx) for kern in kernels]  # dilated by d
         for r in [resp[0] + resp[1], resp[2], *resp[3:]]:
             cols.append((box * r * mult[None, :] / norm).ravel())
-    w = np.repeat(np.stack(cols, axis=1), 2, axis=0)  # rows: (re, im) of each frequency
-    return torch.from_numpy(w).to(torch.float32)
+    return torch.from_numpy(np.stack(cols, axis=1))  # float64
 
 
 def pool2(x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +153,7 @@ def forward_v2(
     """uint8 (B, H, W, 3) -> float32 (B, D), D and order as ``stain.feature_names``.
 
     ``deconv``: (3 rgb, 3 stains) inverse of the unit OD vectors; ``weights``: from
-    :func:`spectral_weights` for side H / 2, each row twice (real and imaginary parts);
+    :func:`spectral_weights` for side H / 2;
     ``window``: (H / 2,) Tukey window.
     """
     B, H, W, _ = images.shape
@@ -228,8 +227,11 @@ def forward_v2(
     xw = conc[:2].reshape(2 * B, h2, w2) * win2  # (2B, h2, w2)
     centre = xw.sum(dim=(1, 2), keepdim=True) / win2.sum()
     xw.addcmul_(centre, win2, value=-1.0)  # the window-weighted mean removed
-    spec = torch.view_as_real(torch.fft.rfft2(xw))  # (2B, h2, w2 // 2 + 1, 2)
-    en = (spec.square().reshape(2 * B, -1) @ weights).view(2, B, scales, 6)  # (2, B, S, 6)
+    spec = torch.fft.rfft2(xw)  # (2B, h2, w2 // 2 + 1)
+    power = (spec.real.square() + spec.imag.square()).reshape(2 * B, -1).double()
+    # float64 sums: a tile's energies do not depend on the rows beside it in the product.
+    en = (power @ weights).float()
+    en = en.view(2, B, scales, 6)  # (2, B, S, 6)
     gab = en[..., 2:]  # (2, B, S, 4)
     gab_mean = gab.mean(-1)
     tex = torch.stack(
