@@ -4,12 +4,14 @@ The tiles are real H&E (the project's texture sources, mirrored and cut into ``-
 squares), JPEG-encoded once at quality 85 as a slide scanner stores them. Measured in one run:
 
 - decode: PIL decodes each JPEG to an RGB uint8 array (what every slide read pays per tile);
-- each encoder family: ``stain-texture``, ``resnet50-trunc``, a ViT-S/16 (``timm:`` with timm's
+- each encoder family: ``stain-texture`` (its default feature set, v2, and v1 beside it),
+  ``resnet50-trunc``, a ViT-S/16 (``timm:`` with timm's
   ``vit_small_patch16_224``) and a ViT-L/16 (the ``uni`` recipe), all with random weights
   written to a temporary file and loaded back as a user's weights would be.
 
 Rates are tiles per CPU-second (``time.process_time``, all threads of the process, so a
-multi-threaded encoder is charged for every core it uses) and tiles per wall second. The ratios
+multi-threaded encoder is charged for every core it uses) and tiles per wall second;
+``--threads 1`` gives the rate of one core. The ratios
 printed last are decode rate / encoder rate per CPU-second: how many times slower than reading
 the tiles each encoder is. ViTs need timm (``make venv`` installs it); without it they are
 skipped with a note.
@@ -53,7 +55,8 @@ from pathgen_batch.features.timm_encoder import TimmEncoderConfig, build_network
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 # family -> (encoder name, options, default tile count on the CPU)
 FAMILIES: dict[str, tuple[str, dict[str, Any], int]] = {
-    "stain-texture": ("stain-texture", {}, 256),
+    "stain-texture": ("stain-texture", {}, 1024),  # the default feature set, v2
+    "stain-texture-v1": ("stain-texture", {"feature_set": "v1"}, 128),
     "resnet50-trunc": ("resnet50-trunc", {}, 32),
     "vit-s": ("timm:vit_small_patch16_224", IMAGENET, 32),
     "vit-l": ("uni", {}, 6),
@@ -98,7 +101,7 @@ def timed(fn: Callable[[], int]) -> dict[str, float]:
 
 def weights_for(family: str, name: str, folder: Path) -> str | None:
     """A random-weight file of the family, written as a user's weights file would be."""
-    if family == "stain-texture":
+    if family.startswith("stain-texture"):
         return None
     torch.manual_seed(0)
     if family == "resnet50-trunc":
@@ -175,11 +178,16 @@ def main() -> None:
     )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)."
+    )
     ap.add_argument("--decode-threads", type=int, default=0, help="0: decode inline, untimed.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     ap.add_argument("--slide-px", type=int, default=0, help="Also embed one slide this wide.")
     ap.add_argument("--slide-mpp", type=float, default=0.5)
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     n_max = max(args.tiles or FAMILIES[f][2] for f in args.only)
     unique = jpeg_tiles(min(max(n_max, 256), 2048), args.tile_px)  # repeated beyond 2048
     blobs = (unique * -(-max(n_max, 256) // len(unique)))[: max(n_max, 256)]
@@ -201,7 +209,7 @@ def main() -> None:
                     opts["micro_batch"] = min(args.batch, n)
                 enc = build_encoder(name, weights=weights, device=args.device, options=opts)
             except ConfigError as e:
-                print(f"{family:13s} skipped: {e}")
+                print(f"{family:16s} skipped: {e}")
                 continue
             enc.encode(np.stack([decode(b) for b in blobs[: min(args.batch, n)]]))  # warm-up
             if args.decode_threads > 0:
@@ -225,13 +233,13 @@ def main() -> None:
                 r["slide"] = slide_rate(enc, slide, args.batch)
                 sr = r["slide"]
                 print(
-                    f"{family:13s} slide {args.slide_px} px: {sr['tiles']} tiles in "
+                    f"{family:16s} slide {args.slide_px} px: {sr['tiles']} tiles in "
                     f"{sr['seconds']:.1f} s (encoder {sr['encode_seconds']:.1f} s), "
                     f"{sr['slides_per_hour']:.0f} slides/h, {sr['tiles_per_s']:.0f} tiles/s"
                 )
             results[family] = r
             print(
-                f"{family:13s}{r['per_cpu_s']:9.1f} tiles/CPU-s  {r['per_s']:9.1f} tiles/s  ({n})"
+                f"{family:16s}{r['per_cpu_s']:9.1f} tiles/CPU-s  {r['per_s']:9.1f} tiles/s  ({n})"
             )
             del enc
     if args.json is not None:
@@ -240,7 +248,7 @@ def main() -> None:
     for family in args.only:
         if family in results:
             ratio = dec["per_cpu_s"] / results[family]["per_cpu_s"]
-            print(f"  {family:13s} {ratio:9.1f}x")
+            print(f"  {family:16s} {ratio:9.1f}x")
 
 
 if __name__ == "__main__":

@@ -169,9 +169,10 @@ def test_registry_names_and_strict_options() -> None:
 
 
 # -- stain-texture ------------------------------------------------------------------------------
-def test_stain_texture_recovers_known_concentrations(stain_enc) -> None:
+@pytest.mark.parametrize("feature_set", ["v1", "v2"])
+def test_stain_texture_recovers_known_concentrations(feature_set: str) -> None:
     """Uniform patches made by Beer-Lambert: deconvolution returns the concentrations."""
-    enc = build_encoder("stain-texture", options={"tile_px": 64})
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "feature_set": feature_set})
     names = feature_names(enc.cfg)
     one = np.ones((64, 64))
     imgs = np.stack([beer_lambert(0.8 * one, 0.3 * one), beer_lambert(0.1 * one, 0.6 * one)])
@@ -191,8 +192,9 @@ def test_stain_texture_recovers_known_concentrations(stain_enc) -> None:
     assert f.dtype == np.float32 and f.shape == (3, enc.dim) and enc.dim == len(names)
 
 
-def test_stain_texture_separates_nuclei_stroma_and_glass() -> None:
-    enc = build_encoder("stain-texture", options={"tile_px": 128})
+@pytest.mark.parametrize("feature_set", ["v1", "v2"])
+def test_stain_texture_separates_nuclei_stroma_and_glass(feature_set: str) -> None:
+    enc = build_encoder("stain-texture", options={"tile_px": 128, "feature_set": feature_set})
     makers = (nuclei_patch, stroma_patch, background_patch)
 
     def sample(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +215,11 @@ def test_stain_texture_separates_nuclei_stroma_and_glass() -> None:
 
 
 @pytest.mark.slow  # over ~2 s: the full suite runs it
-def test_stain_texture_rotation_invariant_deterministic_batch_independent(he_png) -> None:
-    enc = build_encoder("stain-texture", options={"tile_px": 128})
+@pytest.mark.parametrize("feature_set", ["v1", "v2"])
+def test_stain_texture_rotation_invariant_deterministic_batch_independent(
+    he_png, feature_set: str
+) -> None:
+    enc = build_encoder("stain-texture", options={"tile_px": 128, "feature_set": feature_set})
     tiles = np.stack([he_png[i : i + 128, j : j + 128] for i in (0, 300, 600) for j in (50, 700)])
     f = enc.encode(tiles)
     assert np.isfinite(f).all()
@@ -227,13 +232,88 @@ def test_stain_texture_rotation_invariant_deterministic_batch_independent(he_png
     np.testing.assert_allclose(parts, f, atol=1e-5)
 
 
+def test_stain_texture_v2_measures_what_v1_measures(he_png) -> None:
+    """On real H&E tiles every v2 feature follows its v1 namesake across tiles."""
+    tiles = np.stack(
+        [he_png[i : i + 128, j : j + 128] for i in range(0, 801, 200) for j in range(0, 801, 200)]
+    )
+    opts = {"tile_px": 128}
+    f1 = build_encoder("stain-texture", options={**opts, "feature_set": "v1"}).encode(tiles)
+    f2 = build_encoder("stain-texture", options=opts).encode(tiles)
+    names = feature_names()
+    r = np.array([np.corrcoef(f1[:, i], f2[:, i])[0, 1] for i in range(len(names))])
+    colour = [i for i, n in enumerate(names) if "_log_" not in n and "aniso" not in n]
+    energy = [i for i, n in enumerate(names) if "_log_" in n]
+    assert r[colour].min() > 0.95, {names[i]: r[i] for i in colour if r[i] <= 0.95}
+    assert r[energy].min() > 0.9, {names[i]: r[i] for i in energy if r[i] <= 0.9}
+    assert np.median(r[[i for i, n in enumerate(names) if "aniso" in n]]) > 0.6
+    scale = f1.std(0) + 1e-3
+    assert np.median(np.abs(f2 - f1).mean(0) / scale) < 0.5  # same units, not just correlated
+
+
+def test_stain_texture_v2_energies_are_filter_response_energies() -> None:
+    """Parseval: v2's spectral energies equal the direct filter responses' mean energy."""
+    from pathgen_batch.features import stain_v2
+    from pathgen_batch.features.stain import _texture_kernels
+
+    rng = np.random.default_rng(3)
+    n = 64
+    img = rng.normal(size=(n, n))
+    win = stain_v2.tukey(n)
+    w2 = np.outer(win, win)
+    x = img * w2
+    x = x - w2 * (x.sum() / w2.sum())
+    kernels = _texture_kernels()[:, 0].numpy().astype(np.float64)
+    w = stain_v2.spectral_weights(kernels, n, 2).double().numpy()
+    spec = np.fft.rfft2(x)
+    power = (np.abs(spec) ** 2).ravel()
+    got = power @ w  # (12,)
+    for k in range(2):  # scale k: 2^k box, then the kernel dilated by 2^k, circularly
+        d = 2**k
+        box = np.zeros((n, n))
+        box[:d, :d] = 1.0 / d**2
+        fx = np.fft.fft2(x) * np.fft.fft2(box)
+        direct = []
+        for kern in kernels:
+            dil = np.zeros((n, n))
+            c = kern.shape[0] // 2
+            for a in range(-c, c + 1):
+                for b in range(-c, c + 1):
+                    dil[(a * d) % n, (b * d) % n] += kern[a + c, b + c]
+            y = np.fft.ifft2(fx * np.fft.fft2(dil)).real
+            direct.append((y**2).sum() / (w2**2).sum())
+        want = [direct[0] + direct[1], direct[2], *direct[3:]]
+        np.testing.assert_allclose(got[6 * k : 6 * k + 6], want, rtol=1e-5)
+
+
+def test_stain_texture_v2_quantiles_follow_the_sorted_values() -> None:
+    from pathgen_batch.features import stain_v2
+
+    rng = np.random.default_rng(0)
+    v = torch.from_numpy(rng.normal(0.4, 0.3, size=(5, 4096)).astype(np.float32))
+    qs = (0.05, 0.25, 0.5, 0.75, 0.95)
+    got = stain_v2.hist_quantiles(v, qs).numpy()
+    want = np.quantile(v.numpy(), qs, axis=1).T
+    width = (stain_v2.HIST_RANGE[1] - stain_v2.HIST_RANGE[0]) / stain_v2.HIST_BINS
+    np.testing.assert_allclose(got, want, atol=width)
+
+
 def test_stain_texture_contract_and_input_checks(stain_enc) -> None:
     c = stain_enc.contract
-    assert (c.encoder, c.version, c.dim, c.tile_px, c.mpp) == ("stain-texture", "v1", 70, 256, 0.5)
+    assert (c.encoder, c.version, c.dim, c.tile_px, c.mpp) == ("stain-texture", "v2", 70, 256, 0.5)
     small = build_encoder("stain-texture", options={"scales": 2, "grid": False})
-    assert small.contract.version == "v1-s2-grid0"
+    assert small.contract.version == "v2-s2-grid0"
     assert small.dim == 70 - 8 - 12  # one texture scale (2 stains x 4) and the grid (3 x 4) less
     assert encoder_for_contract(small.contract).contract == small.contract
+    old = build_encoder("stain-texture", options={"scales": 2, "grid": False, "feature_set": "v1"})
+    assert old.contract.version == "v1-s2-grid0" and old.dim == small.dim
+    assert encoder_for_contract(old.contract).cfg.feature_set == "v1"
+    with pytest.raises(ConfigError, match="feature_set must be one of"):
+        build_encoder("stain-texture", options={"feature_set": "v3"})
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        build_encoder("stain-texture", options={"tile_px": 130})
+    with pytest.raises(ConfigError, match="unknown version 'v3'"):
+        encoder_for_contract(FeatureContract("stain-texture", "v3", 70, 256, 0.5))
     with pytest.raises(ConfigError, match=r"\(B, 256, 256, 3\), got \(2, 128, 128, 3\)"):
         stain_enc.encode(np.zeros((2, 128, 128, 3), np.uint8))
     with pytest.raises(ConfigError, match="uint8"):
@@ -439,7 +519,7 @@ def test_extract_slides_writes_resumes_and_guards_the_contract(
     assert {s: feature_file(out, s).stat().st_mtime_ns for s in slides} == mtimes
 
     other = build_encoder("stain-texture", options={"grid": False})
-    with pytest.raises(DataError, match=r"version 'v1-s3-grid0' vs 'v1'; dim 58 vs 70"):
+    with pytest.raises(DataError, match=r"version 'v2-s3-grid0' vs 'v2'; dim 58 vs 70"):
         extract_slides(slides, out, other)
     with pytest.raises(DataError, match="version"):
         load_bags(out, ["A"], other.contract)
@@ -490,6 +570,14 @@ def test_extract_cohort_then_cli_resumes(small_cohort: Path, tmp_path: Path, sta
     assert stored_slide_ids(out) == tuple(sorted(ids))
     bags = load_bags(out, ids, stain_enc.contract)
     assert all(f.shape[1] == 70 and len(c) == len(f) for c, f in bags.values())
+    threads = torch.get_num_threads()
+    try:  # two workers (one torch thread each) write the same features
+        again = [*args, "--workers", "2", "--overwrite", "--slides", ids[0]]
+        r = CliRunner().invoke(features_cli, again)
+    finally:
+        torch.set_num_threads(threads)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(load_bags(out, ids[:1])[ids[0]][1], bags[ids[0]][1], atol=1e-5)
 
     r = CliRunner().invoke(features_cli, [*args, "--slides", "NOPE"])
     assert isinstance(r.exception, DataError) and "NOPE" in str(r.exception)

@@ -719,3 +719,31 @@ def test_long_slides_report_progress_and_annotations_are_read_per_slide(
     assert 0 < len(cut.grid) < 0.7 * n and (cut.grid.y >= 1024).all()
     with pytest.raises(DataError, match=r"broken\.geojson: not JSON"):
         exclusions_for(str(folder), "broken")
+
+
+def test_several_workers_encode_one_slide_as_one_does(aperio4: Path) -> None:
+    from pathgen_batch.errors import ConfigError
+    from pathgen_batch.features import build_encoder
+    from pathgen_batch.features.encode_slide import SlideProgress, encode_slide, spec_for
+
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
+    one = encode_slide(aperio4, enc, spec_for(enc), batch_size=16)
+    seen: list[SlideProgress] = []
+    phases: list[str] = []
+    three = encode_slide(
+        aperio4,
+        enc,
+        spec_for(enc),
+        batch_size=16,
+        workers=3,
+        on_progress=seen.append,
+        progress_every_s=0.0,
+        on_phase=phases.append,
+    )
+    np.testing.assert_array_equal(three.feats, one.feats)  # in grid order, batch by batch
+    np.testing.assert_array_equal(three.grid.x, one.grid.x)
+    n = len(one.grid)
+    assert [p.done for p in seen] == list(range(16, n, 16))
+    assert 0 < three.encode_s <= three.seconds and phases[:2] == ["open", "tiles"]
+    with pytest.raises(ConfigError, match="workers: expected a positive integer"):
+        encode_slide(aperio4, enc, spec_for(enc), workers=0)

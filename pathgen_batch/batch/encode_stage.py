@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from pathgen_batch.batch import commit as cm
 from pathgen_batch.batch.model_refs import RegistryAccess, local_encoder_weights
@@ -59,10 +60,13 @@ class SlideEncoding:
     (:class:`pathgen_batch.batch.features_job.FeatureWriter`) share. ``phase`` says how far
     it got, for a failure's stage."""
 
-    def __init__(self, scratch_dir: str, retry: RetryPolicy, batch_size: int) -> None:
+    def __init__(
+        self, scratch_dir: str, retry: RetryPolicy, batch_size: int, workers: int = 1
+    ) -> None:
         self.scratch_dir = scratch_dir
         self.retry = retry
         self.batch_size = batch_size
+        self.workers = workers  # threads reading and encoding batches side by side
         self.phase: str = "download"
         self.download_s = 0.0
 
@@ -98,6 +102,7 @@ class SlideEncoding:
                 on_phase=self._now_in,
                 exclude=exclude,
                 on_progress=report,
+                workers=self.workers,
             )
             self.phase = "tiles"
             return enc, while_staged(Path(staged.path), enc)
@@ -130,6 +135,11 @@ class TileEncoder(SlideStage):
         self.spec = spec_for(self.encoder, ctx.min_tissue)
         self.batch_size = ctx.encoder_batch_size or self.encoder.auto_batch_size()
         print(f"encoder {self.encoder!r}: {self.batch_size} tiles per batch", flush=True)
+        # The cores the stage reserved read and encode batches side by side, one torch thread
+        # each (on CUDA the reads run side by side and the encoder calls in turn).
+        self.workers = max(1, ctx.threads or 1)
+        if self.workers > 1 and self.encoder.device.type == "cpu":
+            torch.set_num_threads(1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return to_batch([self.encode(r) for r in from_batch(batch)])
@@ -140,7 +150,7 @@ class TileEncoder(SlideStage):
             return row.but(status=SlideStatus.SKIPPED)
         src = started.source
         times = StageTimes()
-        run = SlideEncoding(self.ctx.scratch_dir, self.retry, self.batch_size)
+        run = SlideEncoding(self.ctx.scratch_dir, self.retry, self.batch_size, self.workers)
         try:
             real = src if self.ctx.sources is None else self.ctx.sources.locate(src)
             enc, (thumbnail, thumb_s) = run.encode(

@@ -81,6 +81,7 @@ class FeatureJob:
     scratch_dir: str | None = None  # node-local folder for staged slides
     retry: RetryPolicy = DEFAULT_RETRY
     max_passes: int = 2
+    workers: int = 1  # threads per actor reading and encoding one slide's batches side by side
 
     def __post_init__(self) -> None:
         if self.max_passes < 1:
@@ -103,6 +104,7 @@ class WriterContext:
     scratch_dir: str
     retry: RetryPolicy
     threads: int | None = None  # torch intra-op threads (None: torch's default)
+    workers: int = 1  # see FeatureJob.workers
 
 
 class FeatureWriter:
@@ -117,13 +119,15 @@ class FeatureWriter:
             ctx.contract, weights=ctx.weights, device=resolve_device(ctx.device)
         )
         self.spec = spec_for(self.encoder, ctx.min_tissue)
+        if ctx.workers > 1 and self.encoder.device.type == "cpu":
+            torch.set_num_threads(1)  # the workers are the parallelism
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return to_batch([self.write(r) for r in from_batch(batch)])
 
     def write(self, row: SlideRow) -> SlideRow:
         ctx, src = self.ctx, row.source
-        run = SlideEncoding(ctx.scratch_dir, ctx.retry, ctx.batch_size)
+        run = SlideEncoding(ctx.scratch_dir, ctx.retry, ctx.batch_size, ctx.workers)
         settings = extraction_settings(ctx.min_tissue, src.mpp, ctx.exclude_geojson)
         times = StageTimes()
         after: str | None = None  # once encoded, a failure is the write's
@@ -237,6 +241,7 @@ def extract_features(
         device=job.device,
         scratch_dir=os.path.join(scratch, f"features-{uuid.uuid4().hex[:8]}"),
         retry=job.retry,
+        workers=job.workers,
     )
     last_error = "not processed"
     if pending and not job.use_ray:

@@ -17,6 +17,7 @@ from pathgen_batch.cli.options import (
     exclude_geojson_option,
     key_value_option,
     optional_text,
+    set_threads,
     tracking_options,
 )
 from pathgen_batch.cohort import load_cohort
@@ -92,6 +93,14 @@ def encoders_cmd() -> None:
     "hold several, separated by spaces (-o 'dim=1024 tile_px=224')."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Threads that read and encode a slide's tile batches side by side, one torch "
+    "thread each (on CUDA they read side by side and the GPU encodes in turn).",
+)
 @device_option("auto")
 @exclude_geojson_option
 @click.option(
@@ -154,6 +163,7 @@ def extract_cmd(
     exclude_geojson: str | None,
     options: dict[str, Any],
     batch_size: int,
+    workers: int,
     device: str,
     min_tissue: float,
     mpp: float | None,
@@ -185,6 +195,8 @@ def extract_cmd(
         raise click.UsageError("--ray-address needs --ray")
     ray = bool(ray_address) if use_ray is None else use_ray
     enc = build_encoder(encoder, weights=weights, device=device, options=options)
+    if workers > 1 and enc.device.type == "cpu":
+        set_threads(1)  # the workers are the parallelism: no oversubscription
     ids = [s for item in slide_ids for s in item.split(",") if s] or None
     sources = [
         s if s.mpp is not None or mpp is None else dataclasses.replace(s, mpp=mpp)
@@ -208,6 +220,7 @@ def extract_cmd(
         actors=actors or None,
         device=device,
         scratch_dir=scratch,
+        workers=workers,
     )
     n = len(sources)
     counter = {"i": 0}

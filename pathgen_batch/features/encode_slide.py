@@ -8,6 +8,13 @@ GIL). :func:`pathgen_batch.features.extract.extract_slide` turns the result into
 the batch scorer's encoder stage turns it into the bag it scores. A long slide reports its
 progress (tiles done of the total, tiles/s) every ``progress_every_s`` seconds
 (:class:`SlideProgress`; logged at INFO unless the caller takes it).
+
+With ``workers`` > 1 one slide uses several cores: each of ``workers`` threads reads a batch
+(decoding its JPEG tiles) and encodes it, in turn, so decoding never waits behind the encoder
+nor starves it; at most ``2 * workers`` batches are in flight and the features are gathered in
+grid order, so the result is the one of a single worker. On CUDA the encoder calls are
+serialised (one device, one pinned buffer) while the reads stay parallel. Each worker's torch
+calls use torch's intra-op threads: give ``workers`` = cores with ``torch.set_num_threads(1)``.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import closing
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, closing, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -28,6 +37,7 @@ from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError
 from pathgen_batch.features.encoder import Encoder
 from pathgen_batch.slides import (
+    Slide,
     TileGrid,
     TileSpec,
     TissueMask,
@@ -147,7 +157,7 @@ class EncodedSlide:
     slide_mpp: float  # level-0 um/px the tiling used
     mpp_source: str  # where that MPP came from (see pathgen_batch.slides.mpp)
     seconds: float  # open to close, encoding included
-    encode_s: float  # of which in the encoder
+    encode_s: float  # of which in the encoder (with several workers: their sum / workers)
 
     @property
     def tiles_s(self) -> float:
@@ -167,6 +177,7 @@ def encode_slide(
     exclude: Sequence[Polygon] = (),
     on_progress: Callable[[SlideProgress], None] | None = None,
     progress_every_s: float = 10.0,
+    workers: int = 1,
 ) -> EncodedSlide:
     """Tile the slide at ``path`` by ``spec`` and encode every kept tile with ``encoder``.
 
@@ -179,6 +190,8 @@ def encode_slide(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers: expected a positive integer, got {workers!r}")
     check_spec(spec, encoder)
     phase = on_phase or (lambda _: None)
     t0 = time.perf_counter()
@@ -189,21 +202,23 @@ def encode_slide(
         phase("tiles")
         mask = tissue_mask(slide, exclude=exclude)
         grid = tile_grid(slide, spec, mask)
-        tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
         report = on_progress or (lambda p: log.info("%s", p.line()))
         done, next_report = 0, t0 + progress_every_s
-        with closing(tiles):  # joins the reader thread before the slide closes
-            for batch in tiles:
-                phase("encode")
-                te = time.perf_counter()
-                feats.append(encoder.encode(batch.images))  # (B, D)
+        if workers > 1:
+            batches: Generator[tuple[np.ndarray, float], None, None] = _parallel(
+                slide, grid, encoder, batch_size, workers, phase
+            )
+        else:
+            batches = _serial(slide, grid, encoder, batch_size, prefetch, phase)
+        with closing(batches):  # joins the reader threads before the slide closes
+            for f, seconds in batches:
+                feats.append(f)  # (B, D)
+                encode_s += seconds
+                done += len(f)
                 now = time.perf_counter()
-                encode_s += now - te
-                done += len(batch)
                 if now >= next_report and done < len(grid):
                     report(SlideProgress(Path(path).name, done, len(grid), now - t0))
                     next_report = now + progress_every_s
-                phase("tiles")
         mpp, mpp_source = float(slide.mpp), str(slide.mpp_source)
     return EncodedSlide(
         grid=grid,
@@ -214,5 +229,85 @@ def encode_slide(
         slide_mpp=mpp,
         mpp_source=mpp_source,
         seconds=time.perf_counter() - t0,
-        encode_s=encode_s,
+        encode_s=encode_s / workers,
     )
+
+
+def _serial(
+    slide: Slide,
+    grid: TileGrid,
+    encoder: Encoder,
+    batch_size: int,
+    prefetch: int,
+    phase: Callable[[Phase], None],
+) -> Generator[tuple[np.ndarray, float], None, None]:
+    """(features, encoder seconds) per batch: one reader thread ahead of the caller's encoder."""
+    tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
+    with closing(tiles):
+        for batch in tiles:
+            phase("encode")
+            te = time.perf_counter()
+            f = encoder.encode(batch.images)  # (B, D)
+            seconds = time.perf_counter() - te
+            phase("tiles")
+            yield f, seconds
+
+
+class _PhaseError(Exception):
+    """A worker's error with the phase it happened in."""
+
+    def __init__(self, phase: Phase, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.phase, self.error = phase, error
+
+
+def _parallel(
+    slide: Slide,
+    grid: TileGrid,
+    encoder: Encoder,
+    batch_size: int,
+    workers: int,
+    phase: Callable[[Phase], None],
+) -> Generator[tuple[np.ndarray, float], None, None]:
+    """(features, encoder seconds) per batch in grid order, ``workers`` threads reading and
+    encoding batches side by side (see the module docstring)."""
+    lock: AbstractContextManager[object] = (
+        threading.Lock() if encoder.device.type == "cuda" else nullcontext()
+    )
+
+    def job(b0: int) -> tuple[np.ndarray, float]:
+        b1 = min(len(grid), b0 + batch_size)
+        sub = replace(grid, x=grid.x[b0:b1], y=grid.y[b0:b1], tissue=grid.tissue[b0:b1])
+        try:
+            images = next(read_tiles(slide, sub, batch_size=batch_size)).images
+        except Exception as e:
+            raise _PhaseError("tiles", e) from e
+        try:
+            with lock:
+                te = time.perf_counter()
+                f = encoder.encode(images)  # (B, D)
+                return f, time.perf_counter() - te
+        except Exception as e:
+            raise _PhaseError("encode", e) from e
+
+    starts = iter(range(0, len(grid), batch_size))
+    pending: deque[Future[tuple[np.ndarray, float]]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="tile-encode") as pool:
+        try:
+            for b0 in starts:
+                pending.append(pool.submit(job, b0))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                try:
+                    out = pending.popleft().result()
+                except _PhaseError as e:
+                    phase(e.phase)
+                    raise e.error from None
+                nxt = next(starts, None)
+                if nxt is not None:
+                    pending.append(pool.submit(job, nxt))
+                yield out
+        finally:
+            for fut in pending:
+                fut.cancel()

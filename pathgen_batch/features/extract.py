@@ -56,11 +56,14 @@ def extract_slide(
     slide_id: str | None = None,
     prefetch: int = 2,
     exclude: Sequence[Polygon] = (),
+    workers: int = 1,
 ) -> SlideFeatures:
     """Tile ``path`` at the encoder's tile size and MPP and encode every kept tile.
 
     ``spec`` defaults to :func:`spec_for` (``min_tissue`` 0.5) and must agree with the
-    encoder's contract. ``exclude``: polygons (level-0 px) not to be tiled. ``slide_id``
+    encoder's contract. ``exclude``: polygons (level-0 px) not to be tiled. ``workers``:
+    threads reading and encoding the slide's batches side by side (see
+    :func:`~pathgen_batch.features.encode_slide.encode_slide`). ``slide_id``
     defaults to the file name without its last suffix. Raises the
     slide errors of :mod:`pathgen_batch.slides` (unreadable file, no MPP, no tissue).
     Returns features in tile-grid order: x, y (N,), feats (N, D), tissue (N,).
@@ -76,6 +79,7 @@ def extract_slide(
         batch_size=batch_size,
         prefetch=prefetch,
         exclude=exclude,
+        workers=workers,
     )
     return slide_features(sid, str(p), enc, spec, encoder.contract, mpp_override)
 
@@ -187,6 +191,7 @@ def extract_slides(
     progress: Callable[[SlideResult], None] | None = None,
     prefetch: int = 2,
     exclude_geojson: str | None = None,
+    workers: int = 1,
 ) -> list[SlideResult]:
     """Extract each ``slide_id -> path`` into ``<out_dir>/<slide_id>.parquet``.
 
@@ -223,6 +228,7 @@ def extract_slides(
                     slide_id=sid,
                     prefetch=prefetch,
                     exclude=exclusions_for(exclude_geojson, sid),
+                    workers=workers,
                 )
                 sf = replace(sf, extraction={**sf.extraction, **settings})
             except (SlideError, DataError) as e:

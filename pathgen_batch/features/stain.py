@@ -1,4 +1,8 @@
-"""The ``stain-texture`` encoder (v1): hand-built H&E colour and texture features.
+"""The ``stain-texture`` encoder: hand-built H&E colour and texture features.
+
+Two feature sets with the same names and meaning: ``v2`` (the default) computes them about 20
+times faster (see :mod:`pathgen_batch.features.stain_v2`); ``v1``, described below, stays
+reproducible by its version (``-o feature_set=v1``, or a contract that names it).
 
 Runs anywhere on the CPU with nothing downloaded, is deterministic, and runs on the GPU when
 asked. Every feature is computed per tile, so results do not depend on the batch size, and every
@@ -42,11 +46,13 @@ import torch
 import torch.nn.functional as F
 
 from pathgen_batch.errors import ConfigError
+from pathgen_batch.features import stain_v2
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.encoder import Encoder
 
 NAME = "stain-texture"
-VERSION = "v1"
+FEATURE_SETS = ("v1", "v2")
+VERSION = "v2"  # the default feature set
 
 # Ruifrok & Johnston (2001) optical-density vectors (R, G, B) of the three stains.
 RUIFROK_JOHNSTON = np.array(
@@ -73,14 +79,24 @@ KERNEL = 7  # side of every texture kernel
 @dataclass(frozen=True)
 class StainTextureConfig:
     """tile_px, mpp: the tiling the encoder expects; scales: texture scales (1..4);
-    grid: add the sorted 2x2-quadrant features."""
+    grid: add the sorted 2x2-quadrant features; feature_set: ``v2`` (fast) or ``v1``."""
 
     tile_px: int = 256
     mpp: float = 0.5
     scales: int = 3
     grid: bool = True
+    feature_set: str = VERSION
 
     def __post_init__(self) -> None:
+        if self.feature_set not in FEATURE_SETS:
+            raise ConfigError(
+                f"stain-texture: feature_set must be one of {list(FEATURE_SETS)}, "
+                f"got {self.feature_set!r}"
+            )
+        if self.feature_set == "v2" and self.tile_px % 4:
+            raise ConfigError(
+                f"stain-texture: feature_set v2 needs tile_px divisible by 4, got {self.tile_px}"
+            )
         if not 1 <= self.scales <= 4:
             raise ConfigError(f"stain-texture: scales must be 1..4, got {self.scales}")
         smallest = 16 * 2 ** (self.scales - 1)
@@ -94,23 +110,25 @@ class StainTextureConfig:
 
     @property
     def version(self) -> str:
-        """``v1`` for the default texture settings, else ``v1-s<scales>-grid<0|1>``."""
+        """The feature set (``v2``, ``v1``) for the default texture settings, else
+        ``<set>-s<scales>-grid<0|1>``."""
         if (self.scales, self.grid) == (3, True):
-            return VERSION
-        return f"{VERSION}-s{self.scales}-grid{int(self.grid)}"
+            return self.feature_set
+        return f"{self.feature_set}-s{self.scales}-grid{int(self.grid)}"
 
 
 def options_for_version(version: str) -> dict[str, Any]:
-    """Config options (scales, grid) that give ``version``; inverse of ``.version``."""
-    if version == VERSION:
-        return {"scales": 3, "grid": True}
-    m = re.fullmatch(rf"{VERSION}-s([1-4])-grid([01])", version)
+    """Config options (feature_set, scales, grid) that give ``version``; inverse of
+    ``.version``."""
+    m = re.fullmatch(r"(v[12])(?:-s([1-4])-grid([01]))?", version)
     if m is None:
         raise ConfigError(
-            f"stain-texture: unknown version {version!r}; this code makes {VERSION!r} "
-            f"or '{VERSION}-s<1-4>-grid<0|1>'"
+            f"stain-texture: unknown version {version!r}; this code makes 'v2', 'v1' "
+            "or '<v2|v1>-s<1-4>-grid<0|1>'"
         )
-    return {"scales": int(m.group(1)), "grid": m.group(2) == "1"}
+    if m.group(2) is None:
+        return {"feature_set": m.group(1), "scales": 3, "grid": True}
+    return {"feature_set": m.group(1), "scales": int(m.group(2)), "grid": m.group(3) == "1"}
 
 
 def feature_names(cfg: StainTextureConfig | None = None) -> tuple[str, ...]:
@@ -196,11 +214,17 @@ class StainTextureEncoder(Encoder):
         )
         super().__init__(contract, device)
         m = RUIFROK_JOHNSTON / np.linalg.norm(RUIFROK_JOHNSTON, axis=1, keepdims=True)
+        kernels = _texture_kernels()
         self._cpu_tensors = {
             "deconv": torch.from_numpy(np.linalg.inv(m)).to(torch.float32),  # (3 rgb, 3 stains)
-            "kernels": _texture_kernels(),
+            "kernels": kernels,
             "gauss": _gaussian_1d(BLOB_SIGMA),
         }
+        if self.cfg.feature_set == "v2":
+            half = self.cfg.tile_px // 2
+            k = kernels[:, 0].numpy().astype(np.float64)
+            self._cpu_tensors["weights"] = stain_v2.spectral_weights(k, half, self.cfg.scales)
+            self._cpu_tensors["window"] = torch.from_numpy(stain_v2.tukey(half)).float()
         self._moved()
 
     def _moved(self) -> None:
@@ -215,6 +239,23 @@ class StainTextureEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> float32 (B, D)."""
+        if self.cfg.feature_set == "v2":
+            return stain_v2.forward_v2(
+                images,
+                self._t["deconv"],
+                self._t["weights"],
+                self._t["window"],
+                scales=self.cfg.scales,
+                grid=self.cfg.grid,
+                quantiles=QUANTILES,
+                tissue_od=TISSUE_OD,
+                nuclei_h=NUCLEI_H,
+                eosin_e=EOSIN_E,
+                energy_floor=ENERGY_FLOOR,
+            )
+        return self._forward_v1(images)
+
+    def _forward_v1(self, images: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = images.shape
         rgb = images.permute(0, 3, 1, 2).to(torch.float32)  # (B, 3, H, W)
         od = -torch.log10(rgb.clamp(min=1.0) / 255.0)  # (B, 3, H, W)
