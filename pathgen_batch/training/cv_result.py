@@ -190,11 +190,10 @@ class CVResult:
             for k in self.fidelity.columns
             if k != "fold"
         }
-        conf = {
-            k: {"mean": float(self.conformal[k].mean()), "sd": float(self.conformal[k].std(ddof=1))}
-            for k in self.conformal.columns
-            if k != "fold"
-        }
+        conf = conformal_summary(
+            self.conformal,
+            lambda c: {"mean": float(c.mean()), "sd": float(c.std(ddof=1))},
+        )
         return {
             "folds": int(self.metrics["fold"].nunique()),
             "data": self.data_summary,
@@ -261,11 +260,13 @@ class CVResult:
             f"{p['mean_pearson']:.3f}; MAE {p['mae']:.3f}; flattened Spearman "
             f"{p['flattened_spearman']:.3f}",
             "",
-            f"conformal (alpha {self.config.alpha:g}, calibrated on validation patients with "
-            "synthetic transcriptomes), test folds:",
+            f"conformal (alpha {self.config.alpha:g}, calibrated with synthetic transcriptomes "
+            "on calibration patients that neither trained nor early-stopped any model: "
+            f"{_disjoint(self.conformal)}), test folds:",
             f"  grade sets: coverage {_pm(self.conformal['grade_coverage'])}, mean size "
             f"{_pm(self.conformal['grade_set_size'])} of {len(self._classes())}",
-            f"  risk intervals (cover the real-transcriptome risk): coverage "
+            f"  risk intervals (cover the risk predicted with the real transcriptome, not the "
+            f"event time): coverage "
             f"{_pm(self.conformal['risk_coverage'])}, mean width "
             f"{_pm(self.conformal['risk_width'])}",
             "",
@@ -300,6 +301,35 @@ class CVResult:
             json.dumps(json_safe(self.histories), allow_nan=False) + "\n"
         )
         return out
+
+
+RISK_INTERVAL_COVERS = (
+    "the risk the fusion model predicts from the same slide with the patient's real "
+    "transcriptome (not the event time)"
+)
+
+
+def conformal_summary(conformal: pd.DataFrame, agg: Any) -> dict[str, Any]:
+    """``agg`` (a column -> summary function) of every per-fold conformal column, with
+    ``calibration_disjoint`` (True when, in every fold, no calibration patient trained or
+    early-stopped a model), what the risk interval covers and how the sets were calibrated."""
+    out: dict[str, Any] = {
+        k: agg(conformal[k]) for k in conformal.columns if k not in ("fold", "calibration_disjoint")
+    }
+    flags = conformal.get("calibration_disjoint")
+    out["calibration_disjoint"] = bool(flags is not None and len(flags) and (flags == 1).all())
+    out["calibration"] = (
+        "split conformal on the calibration part of each training fold (a third set beside "
+        "train and early stopping), with synthetic transcriptomes"
+    )
+    out["risk_interval_covers"] = RISK_INTERVAL_COVERS
+    return out
+
+
+def _disjoint(conformal: pd.DataFrame) -> str:
+    flags = conformal.get("calibration_disjoint")
+    ok = flags is not None and len(flags) and (flags == 1).all()
+    return "checked, disjoint" if ok else "NOT disjoint in every fold"
 
 
 def _pm(values: pd.Series, digits: int = 3) -> str:
