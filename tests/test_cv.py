@@ -163,6 +163,7 @@ def test_outputs_are_written(cv, data: TrainingData) -> None:
         assert label in table
     assert "Wilcoxon" in table and "2-fold patient-level CV, 48 patients" in table
     assert "n surv/grade" in table and "training patients per fold: generator" in table
+    assert "posterior-mean estimate" in table and "n=25:" in table and "CRPS" in table
     synthetic_line = next(x for x in table.splitlines() if x.startswith(CONDITIONS["synthetic"]))
     assert synthetic_line.endswith("48/48")
 

@@ -259,6 +259,7 @@ class CVResult:
             f"{int(p['n_significant_pearson'])} of {g} genes significant; mean per-gene Pearson "
             f"{p['mean_pearson']:.3f}; MAE {p['mae']:.3f}; flattened Spearman "
             f"{p['flattened_spearman']:.3f}",
+            *_generator_lines(f, g),
             "",
             f"conformal (alpha {self.config.alpha:g}, calibrated with synthetic transcriptomes "
             "on calibration patients that neither trained nor early-stopped any model: "
@@ -324,6 +325,27 @@ def conformal_summary(conformal: pd.DataFrame, agg: Any) -> dict[str, Any]:
     )
     out["risk_interval_covers"] = RISK_INTERVAL_COVERS
     return out
+
+
+def _generator_lines(f: pd.DataFrame, g: int) -> list[str]:
+    """The posterior-mean estimate, the n-samples sweep, CRPS, the constant predictor and the
+    random-model count (expression units), where the fidelity table has them."""
+    if "mean_pearson_posterior_mean" not in f.columns:
+        return []
+    ns = sorted(
+        int(c[len("mean_pearson_n") :]) for c in f.columns if c.startswith("mean_pearson_n")
+    )
+    sweep = ", ".join(f"n={n}: {_pm(f[f'mean_pearson_n{n}'])} / {_pm(f[f'mae_n{n}'])}" for n in ns)
+    return [
+        f"  posterior-mean estimate: mean per-gene Pearson {_pm(f['mean_pearson_posterior_mean'])}"
+        f"; MAE {_pm(f['mae_posterior_mean'])}; mean of n samples (Pearson / MAE): {sweep}",
+        f"  CRPS of the samples {_pm(f['crps'])} (training expression as the forecast "
+        f"{_pm(f['crps_climatology'])}); MAE of the constant training mean "
+        f"{_pm(f['mae_constant'])} (expression units)",
+        f"  well predicted against a random model (r > 0, BH q < 0.05): "
+        f"{_pm(f['n_well_predicted_vs_random'], 1)} of {g} (posterior mean "
+        f"{_pm(f['n_well_predicted_vs_random_posterior_mean'], 1)})",
+    ]
 
 
 def _disjoint(conformal: pd.DataFrame) -> str:
