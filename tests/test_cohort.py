@@ -25,7 +25,7 @@ from pathgen_batch.models.fusion import FusionOutput
 from pathgen_batch.models.survival import fit_bin_edges
 from pathgen_batch.synth import CohortConfig, build_cohort
 from pathgen_batch.training.data import check_training_part, load_training_data
-from pathgen_batch.training.loops import prediction_loss
+from pathgen_batch.training.predictor_loop import prediction_loss
 from pathgen_batch.training.trainers import train_predictor
 
 GENES = ("G1", "G2", "G3")

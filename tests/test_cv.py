@@ -126,6 +126,23 @@ def test_outputs_are_written(cv, data: TrainingData) -> None:
     assert "NaN" not in text and "Infinity" not in text
     summary = json.loads(text)
     assert summary["folds"] == 2 and set(summary["metrics"]) == set(CONDITIONS)
+    assert summary["conformal"]["calibration_disjoint"] is True
+    assert "real transcriptome" in summary["conformal"]["risk_interval_covers"]
+    for key in ("grade_coverage", "grade_set_size", "risk_coverage", "risk_width"):
+        assert 0 <= summary["conformal"][key]["mean"] < 4, key
+    fid = summary["fidelity"]
+    for key in (
+        "mean_pearson_posterior_mean",
+        "mean_pearson_n1",
+        "mean_pearson_n25",
+        "mae_n10",
+        "crps",
+        "crps_climatology",
+        "mae_constant",
+        "n_well_predicted_vs_random",
+    ):
+        assert math.isfinite(fid[key]["mean"]), key
+    assert fid["crps"]["mean"] <= fid["mae_n1"]["mean"]  # spread earns credit: CRPS <= MAE
     assert summary["cohort_digest"] == data.digest
     oof = pd.read_parquet(out / "oof_predictions.parquet")
     assert len(oof) == data.n_patients * len(CONDITIONS)
@@ -146,6 +163,7 @@ def test_outputs_are_written(cv, data: TrainingData) -> None:
         assert label in table
     assert "Wilcoxon" in table and "2-fold patient-level CV, 48 patients" in table
     assert "n surv/grade" in table and "training patients per fold: generator" in table
+    assert "posterior-mean estimate" in table and "n=25:" in table and "CRPS" in table
     synthetic_line = next(x for x in table.splitlines() if x.startswith(CONDITIONS["synthetic"]))
     assert synthetic_line.endswith("48/48")
 
@@ -161,9 +179,12 @@ def test_progress_lines_match_the_histories(cv) -> None:
 
 def test_scalers_and_bins_come_from_the_training_fold(data: TrainingData) -> None:
     plan = plan_folds(data, CFG)[0]
-    assert not set(plan.test) & (set(plan.train) | set(plan.val))
+    assert not set(plan.test) & set(plan.training_part)
     assert (data.folds[plan.test] == plan.fold).all()
-    assert (data.folds[np.concatenate([plan.train, plan.val])] != plan.fold).all()
+    assert (data.folds[plan.training_part] != plan.fold).all()
+    parts = (set(plan.train), set(plan.val), set(plan.cal))
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert len(plan.training_part) == sum(map(len, parts))
     fold = run_fold(data, plan, CFG)
     assert fold.fold == plan.fold and list(fold.metrics) == list(CONDITIONS)
     assert set(fold.metrics["synthetic"]) == set(METRICS) | set(COUNTS)
@@ -176,7 +197,28 @@ def test_scalers_and_bins_come_from_the_training_fold(data: TrainingData) -> Non
     )
     events = np.sort(data.time[plan.train][data.event[plan.train]])
     np.testing.assert_allclose(fus.bin_edges[1:-1], np.quantile(events, [1 / 3, 2 / 3]))
-    assert fus.grade_conformal is not None and fus.grade_conformal.n_cal == len(plan.val)
+    assert fus.grade_conformal is not None and fus.grade_conformal.n_cal == len(plan.cal)
+    # calibration patients neither trained nor chose a checkpoint of either model
+    ids = data.patient_ids
+    cal = set(fus.provenance["conformal"]["cal_patients"])
+    assert cal == {ids[i] for i in plan.cal}
+    assert cal.isdisjoint(gen.provenance["val_patients"])
+    assert cal.isdisjoint(fus.provenance["val_patients"])
+    assert cal.isdisjoint({ids[i] for i in plan.train})
+    assert gen.provenance["cal_patients"] == fus.provenance["conformal"]["cal_patients"]
+    assert fold.conformal["calibration_disjoint"] == 1.0 and fold.conformal["n_cal"] == len(cal)
+    # the kept epochs were chosen on the targets, and the curves are kept
+    hist = {h["model"]: h for h in fold.histories}
+    g = hist["generator"]
+    assert g["select_on"] == "pearson" and len(g["val_score"]) == g["epochs_run"]
+    assert g["best_epoch"] == 1 + int(np.nanargmax(g["val_score"]))
+    f = hist["fusion"]
+    assert f["select_on"] == "survival_nll" and len(f["val_c_index"]) == f["epochs_run"]
+    assert f["best_epoch"] == 1 + int(np.nanargmin(f["val_score"]))
+    assert (
+        f["val_score"] == f["val_survival_nll"]
+        and f["val_loss"][f["best_epoch"] - 1] == (f["best_val_loss"])
+    )
 
 
 def _altered_test_fold(cohort_dirs, data: TrainingData, fold: int) -> TrainingData:

@@ -25,6 +25,7 @@ from pathgen_batch.models.samplers import (
     DDPMSampler,
     build_sampler,
     check_sampler,
+    posterior_mean,
     sample_n,
     tile_batch,
 )
@@ -351,6 +352,25 @@ def test_ddim_eta0_with_exact_eps_is_the_affine_map_computed_by_hand(steps: int)
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
     # deterministic DDIM with few steps under-disperses: slope < 1 even with the exact eps
     assert slope < 1.0
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_posterior_mean_is_the_gaussian_mean(steps: int) -> None:
+    """For x0 ~ N(mu, s^2) each DDIM step maps sqrt(a) mu + d to sqrt(a') mu + k d; from
+    x_T = 0 the offset d starts at -sqrt(abar_top) mu and shrinks, so the estimate is mu up to
+    sqrt(abar_top) |mu| (about 0.006 mu here), with no sampling noise at all."""
+    mu, sd = 1.5, 0.5
+    abar = hand_abar()
+    diff = GaussianDiffusion(NoiseSchedule(linear_betas()), "eps")
+    out = posterior_mean(diff, gaussian_eps_fn(mu, sd, abar), (4, 3), steps=steps)
+    top = (steps - 1) * (T // steps)
+    assert out.shape == (4, 3) and torch.all(out == out[0, 0])
+    assert abs(out[0, 0].item() - mu) <= math.sqrt(abar[top]) * mu + 1e-6
+    assert abs(out[0, 0].item() - mu) < 0.01
+    samples = DDIMSampler(diff, steps=steps).sample(
+        gaussian_eps_fn(mu, sd, abar), (5, 1), generator=torch.Generator().manual_seed(0)
+    )
+    assert (samples.squeeze() - mu).abs().max() > 0.05  # a few samples' mean is noisier
 
 
 @pytest.mark.slow  # over ~2 s: the full suite runs it

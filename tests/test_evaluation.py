@@ -504,3 +504,61 @@ def test_paired_comparison_degenerate_inputs() -> None:
         paired_comparison([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(DataError, match="b: expected finite"):
         paired_comparison([1.0, 2.0], [1.0, np.nan])
+
+
+def test_crps_from_samples_by_hand_and_brute_force() -> None:
+    from pathgen_batch.evaluation import crps_from_samples
+
+    y = np.array([[0.0], [1.0]])
+    one = np.array([[[2.0]], [[-1.0]]])  # one member: the absolute error
+    np.testing.assert_allclose(crps_from_samples(y, one), [2.0])
+    two = np.array([[[-1.0], [1.0]], [[1.0], [1.0]]])
+    # patient 0: E|X-y| = 1, E|X-X'| over distinct pairs = 2 -> 0; patient 1: 0 - 0 = 0
+    np.testing.assert_allclose(crps_from_samples(y, two), [0.0])
+    rng = np.random.default_rng(0)
+    x, obs = rng.normal(size=(5, 7, 3)), rng.normal(size=(5, 3))
+    brute = np.abs(x - obs[:, None]).mean(1) - 0.5 * (
+        np.abs(x[:, :, None] - x[:, None, :]).sum((1, 2)) / (7 * 6)
+    )
+    np.testing.assert_allclose(crps_from_samples(obs, x), brute.mean(0))
+    # a sharp, centred ensemble beats a wide one, and a biased one
+    sharp = obs[:, None] + 0.1 * rng.normal(size=(5, 50, 3))
+    wide = obs[:, None] + 3.0 * rng.normal(size=(5, 50, 3))
+    assert crps_from_samples(obs, sharp).mean() < crps_from_samples(obs, wide).mean()
+    with pytest.raises(DataError, match="samples"):
+        crps_from_samples(obs, x[:, :, :2])
+
+
+def test_random_model_test_finds_signal_and_not_noise() -> None:
+    from pathgen_batch.evaluation import random_model_test
+
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(60, 10))
+    pred = real.copy()
+    pred[:, 5:] = rng.normal(size=(60, 5))  # genes 5..9: no link to the patient
+    pred[:, :5] += 0.3 * rng.normal(size=(60, 5))
+    out = random_model_test(real, pred, n_perm=200, seed=0)
+    assert out["n_well_predicted"] == 5
+    assert (out["q"][:5] < 0.05).all() and (out["p"][:5] == 1 / 201).all()
+    pred[:, 0] = 1.0  # a constant gene has no correlation
+    out = random_model_test(real, pred, n_perm=50, seed=0)
+    assert np.isnan(out["p"][0]) and out["n_well_predicted"] == 4
+
+
+def test_generator_fidelity_sweep_constant_predictor_and_keys() -> None:
+    from pathgen_batch.evaluation import generator_fidelity
+
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(30, 6)) + 5.0
+    train = rng.normal(size=(40, 6)) + 5.0
+    samples = real[:, None] + rng.normal(size=(30, 8, 6))  # unbiased, noisy samples
+    pm = real + 0.05 * rng.normal(size=(30, 6))
+    out = generator_fidelity(real, samples, pm, train, (1, 4, 8), n_default=4, n_perm=100)
+    assert out["mean_pearson_n1"] < out["mean_pearson_n4"] < out["mean_pearson_n8"]
+    assert out["mae_n8"] < out["mae_n1"]
+    assert out["mean_pearson_posterior_mean"] > out["mean_pearson_n8"]
+    assert out["mae_constant"] == pytest.approx(np.abs(train.mean(0) - real).mean())
+    assert out["crps"] < out["crps_climatology"]
+    assert out["n_well_predicted_vs_random_posterior_mean"] == 6
+    with pytest.raises(DataError, match="the sweep needs"):
+        generator_fidelity(real, samples, pm, train, (1, 16), n_default=4)

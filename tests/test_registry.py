@@ -576,7 +576,7 @@ def test_tracked_run_logs_params_epochs_and_ends_finished_or_failed(store):
         run.log_config("cv", CVConfig())
         progress = run.progress("fold0/")
         for epoch, (tl, vl) in enumerate([(1.0, 0.9), (0.5, 0.6)], start=1):
-            progress(EpochLog("generator", epoch, 2, tl, vl, epoch, 0.1))
+            progress(EpochLog("generator", epoch, 2, tl, vl, epoch, 0.1, 0.1 * epoch, "pearson"))
         run.log_cv({"metrics": {"synthetic": {"harrell_c": {"mean": 0.66, "sd": 0.1}}}})
     done = store.client.get_run(run.run_id)
     assert done.info.status == "FINISHED"
@@ -584,6 +584,8 @@ def test_tracked_run_logs_params_epochs_and_ends_finished_or_failed(store):
     assert done.data.metrics["cv/synthetic/harrell_c"] == 0.66
     hist = store.client.get_metric_history(run.run_id, "fold0/generator/val_loss")
     assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [(1, 0.9), (2, 0.6)]
+    score = store.client.get_metric_history(run.run_id, "fold0/generator/val_pearson")
+    assert sorted((m.step, round(m.value, 6)) for m in score) == [(1, 0.1), (2, 0.2)]
     with pytest.raises(ZeroDivisionError), tracked_run(store, "broken") as broken:
         _ = 1 / 0
     assert store.client.get_run(broken.run_id).info.status == "FAILED"

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathgen_batch.cohort.splits import grade_event_strata, inner_split, stratified_folds
+from pathgen_batch.cohort.splits import (
+    grade_event_strata,
+    inner_split,
+    stratified_folds,
+    three_way_split,
+)
 from pathgen_batch.errors import DataError
 
 
@@ -50,3 +55,27 @@ def test_bad_split_requests():
         inner_split(["a"] * 2, 0.2, 0)
     with pytest.raises(DataError, match=r"in \(0, 1\)"):
         inner_split(["a"] * 10, 1.5, 0)
+
+
+def test_three_way_split_is_a_stratified_disjoint_cover():
+    strata = ["a"] * 60 + ["b"] * 20 + ["c"] * 5
+    tr, va, cal = three_way_split(strata, 0.2, 0.2, seed=1)
+    assert (len(va), len(cal), len(tr)) == (17, 17, 51)
+    assert not (set(tr) & set(va) or set(tr) & set(cal) or set(va) & set(cal))
+    assert set(tr) | set(va) | set(cal) == set(range(85))
+    for part in (va, cal):
+        counts = {s: sum(strata[i] == s for i in part) for s in "abc"}
+        assert abs(counts["a"] - 12) <= 1 and abs(counts["b"] - 4) <= 1, counts
+    again = three_way_split(strata, 0.2, 0.2, seed=1)
+    assert all((x == y).all() for x, y in zip(again, (tr, va, cal), strict=True))
+    other = three_way_split(strata, 0.2, 0.2, seed=2)
+    assert not (other[2] == cal).all()
+
+
+def test_three_way_split_refusals():
+    with pytest.raises(DataError, match="below 1"):
+        three_way_split(["a"] * 20, 0.5, 0.5, 0)
+    with pytest.raises(DataError, match="too few"):
+        three_way_split(["a"] * 3, 0.3, 0.3, 0)
+    with pytest.raises(DataError, match=r"calibration fraction must be in \(0, 1\)"):
+        three_way_split(["a"] * 20, 0.2, 0.0, 0)

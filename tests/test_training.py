@@ -6,6 +6,7 @@ stain-texture encoder once per session; models are tiny and train for a few epoc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -31,7 +32,7 @@ from pathgen_batch.models.diffusion import SamplerConfig
 from pathgen_batch.models.fusion import FusionOutput
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
 from pathgen_batch.training.data import TrainingData, assemble, load_training_data
-from pathgen_batch.training.loops import prediction_loss
+from pathgen_batch.training.predictor_loop import prediction_loss
 from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
 
 
@@ -280,9 +281,28 @@ def _val_loss_by_hand(fus: TrainedFusion, data: TrainingData, va: np.ndarray) ->
     return 0.3 * float(np.mean(nll)) + 0.7 * float(ce)
 
 
+@pytest.mark.parametrize("select_on", ["survival_nll", "c_index"])
+def test_the_kept_epoch_is_chosen_on_the_target(data: TrainingData, split, select_on) -> None:
+    tr, va = split
+    cfg = to_dict(FUS) | {"epochs": 12, "patience": 3, "lr": 0.05, "select_on": select_on}
+    fus = train_predictor(data, tr, va, FusionTrainConfig(**{**cfg, "options": FUS.options}))
+    h = fus.provenance["history"]
+    assert h["select_on"] == select_on and h["val_score"] == h[f"val_{select_on}"]
+    pick = np.nanargmax if select_on == "c_index" else np.nanargmin
+    assert h["best_epoch"] == 1 + int(pick(h["val_score"]))
+    assert h["best_val_score"] == h["val_score"][h["best_epoch"] - 1]
+    assert h["best_val_loss"] == h["val_loss"][h["best_epoch"] - 1]
+    assert all(0 <= c <= 1 for c in h["val_c_index"]) and min(h["val_survival_nll"]) > 0
+    assert fus.provenance["metrics"]["select_on"] == select_on
+    gen = train_generator(data, tr, va, GEN)
+    g = gen.provenance["history"]
+    assert g["select_on"] == "pearson" and g["best_epoch"] == 1 + int(np.nanargmax(g["val_score"]))
+    assert all(-1 <= r <= 1 for r in g["val_pearson"])
+
+
 def test_best_epoch_weights_are_restored(data: TrainingData, split) -> None:
     tr, va = split
-    cfg = to_dict(FUS) | {"epochs": 20, "patience": 2, "lr": 0.05}
+    cfg = to_dict(FUS) | {"epochs": 20, "patience": 2, "lr": 0.05, "select_on": "loss"}
     fus = train_predictor(data, tr, va, FusionTrainConfig(**{**cfg, "options": FUS.options}))
     h = fus.provenance["history"]
     assert h["best_val_loss"] == min(h["val_loss"])
@@ -422,6 +442,18 @@ def calibrated(data: TrainingData, split, generator, fusion) -> TrainedFusion:
         syn, _ = generator.generate(bags_of(data, va))
         return calibrate_fusion(
             fusion, bags_of(data, va), syn, data.expression[va], data.grade[va], alpha=0.25
+        )
+
+
+def test_calibration_refuses_patients_that_chose_the_checkpoint(
+    data: TrainingData, split, generator, fusion
+) -> None:
+    _, va = split
+    syn, _ = generator.generate(bags_of(data, va))
+    ids = [data.patient_ids[i] for i in va]
+    with pytest.raises(DataError, match="also chose the model's checkpoint"):
+        calibrate_fusion(
+            fusion, bags_of(data, va), syn, data.expression[va], data.grade[va], 0.25, "lac", ids
         )
 
 
@@ -590,6 +622,11 @@ def test_cli_trains_generator_then_fusion(cohort_dirs, data, tmp_path: Path) -> 
     fus = load_bundle(tmp_path / "f")
     assert isinstance(fus, TrainedFusion) and fus.grade_conformal is not None
     assert fus.provenance["val_patients"] == gen.provenance["val_patients"]
+    cal = fus.provenance["conformal"]["cal_patients"]
+    assert cal == gen.provenance["cal_patients"] and cal
+    assert set(cal).isdisjoint(fus.provenance["val_patients"])
+    assert fus.grade_conformal.n_cal == len(cal)
+    assert "early-stopping" in r.stdout and "calibration patients" in r.stdout
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"generator": {"epochs": 2, "learning_rate": 0.1}}))
@@ -609,9 +646,18 @@ def test_cli_trains_generator_then_fusion(cohort_dirs, data, tmp_path: Path) -> 
 def test_calibrated_fusion_refuses_a_generator_of_other_data(data, generator) -> None:
     from pathgen_batch.training.trainers import generator_split, train_calibrated_fusion
 
-    tr, va = generator_split(data, generator)
+    with pytest.raises(DataError, match="no calibration patients"):
+        generator_split(data, generator)
+    val = set(generator.provenance["val_patients"])
+    spare = [p for p in data.patient_ids if p not in val][:3]
+    held = dataclasses.replace(
+        generator, provenance={**generator.provenance, "cal_patients": spare}
+    )
+    tr, va, cal = generator_split(data, held)
     assert [data.patient_ids[i] for i in va] == list(generator.provenance["val_patients"])
-    assert set(tr).isdisjoint(va) and len(tr) + len(va) == data.n_patients
+    assert [data.patient_ids[i] for i in cal] == spare
+    assert not (set(tr) & set(va) or set(tr) & set(cal) or set(va) & set(cal))
+    assert len(tr) + len(va) + len(cal) == data.n_patients
     held_out = data.without_fold(0)
     assert 0 not in set(held_out.folds.tolist()) and held_out.n_patients < data.n_patients
     with pytest.raises(DataError, match="trained on other data"):

@@ -154,7 +154,8 @@ cv_config_option = optional_file(
     "config_file",
     help="CVConfig JSON (strict: unknown keys are errors) [default: CVConfig()]. Its "
     "generator and fusion sections configure `train generator` / `train fusion`, its "
-    "val_fraction and seed their inner validation split.",
+    "val_fraction, cal_fraction and seed their three-way split (train / early stopping / "
+    "calibration).",
 )
 epochs_option = click.option(
     "--epochs",

@@ -1,9 +1,11 @@
 """``pathgen-batch train``: train a generator or a fusion model on a cohort, save a bundle.
 
 Both read the CVConfig JSON that ``evaluate`` reads (``--config``): its ``generator`` or
-``fusion`` section configures the model, its ``val_fraction`` and ``seed`` the inner
-validation split. The MLflow entry points ``train_generator`` and ``train_fusion`` run these
-commands; inside ``mlflow run`` (or with ``--track``) they log to MLflow and register the bundle.
+``fusion`` section configures the model, its ``val_fraction``, ``cal_fraction`` and ``seed``
+the three-way split (train / early stopping / conformal calibration) that the generator
+records and the fusion model reuses. The MLflow entry points ``train_generator`` and
+``train_fusion`` run these commands; inside ``mlflow run`` (or with ``--track``) they log to
+MLflow and register the bundle.
 """
 
 from __future__ import annotations
@@ -132,13 +134,13 @@ def train() -> None:
 @tracking_options
 def generator_cmd(inputs: TrainingInputs, seed: int | None, tracking: Tracking) -> None:
     """Train the conditional diffusion generator and save it as a bundle at --out."""
-    from pathgen_batch.cohort.splits import inner_split
+    from pathgen_batch.cohort.splits import three_way_split
     from pathgen_batch.inference.bundle import save_generator
     from pathgen_batch.training.trainers import train_generator
 
     cfg = inputs.config(seed)
     data = inputs.data()
-    tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
+    tr, va, cal = three_way_split(data.strata(), cfg.val_fraction, cfg.cal_fraction, cfg.seed)
     with tracking.run("train_generator") as run:
         t0 = time.perf_counter()
         gen = train_generator(
@@ -149,13 +151,15 @@ def generator_cmd(inputs: TrainingInputs, seed: int | None, tracking: Tracking) 
             device=inputs.device,
             progress=progress(run),
             name=inputs.name or cfg.generator_name,
+            cal_idx=cal,
         )
         path = save_generator(gen, inputs.out, overwrite=inputs.overwrite)
         h = gen.provenance["history"]
         click.echo(
-            f"generator bundle {path}: {len(tr)} training / {len(va)} validation patients, best "
-            f"epoch {h['best_epoch']} of {h['epochs_run']} (val loss {h['best_val_loss']:.4f}), "
-            f"{time.perf_counter() - t0:.1f}s"
+            f"generator bundle {path}: {len(tr)} training / {len(va)} early-stopping / "
+            f"{len(cal)} calibration patients, best epoch {h['best_epoch']} of "
+            f"{h['epochs_run']} (val {h['select_on']} {h['best_val_score']:.4f}, val loss "
+            f"{h['best_val_loss']:.4f}), {time.perf_counter() - t0:.1f}s"
         )
         if run is not None:
             inputs.log(run, "generator", gen, cfg.generator, data, {})
@@ -169,8 +173,9 @@ def generator_cmd(inputs: TrainingInputs, seed: int | None, tracking: Tracking) 
     "generator_dir",
     required=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Generator bundle trained on the same data: its held-out patients are the validation "
-    "set and its synthetic transcriptomes calibrate the conformal sets.",
+    help="Generator bundle trained on the same data: its early-stopping patients are the "
+    "validation set, and its calibration patients, with its synthetic transcriptomes, "
+    "calibrate the conformal sets.",
 )
 @click.option(
     "--model",
@@ -201,7 +206,8 @@ def fusion_cmd(
 ) -> None:
     """Train a fusion model on real transcriptomes, calibrate it on synthetic ones, save it.
 
-    Early stopping and conformal calibration use the patients the generator held out.
+    Early stopping uses the generator's early-stopping patients, conformal calibration its
+    calibration patients (two disjoint sets the generator held out of training).
     """
     from pathgen_batch.inference.bundle import load_bundle, save_fusion
     from pathgen_batch.inference.generator import TrainedGenerator
@@ -227,14 +233,16 @@ def fusion_cmd(
             name=inputs.name or cfg.fusion_name,
         )
         n_val = len(gen.provenance.get("val_patients", []))
+        n_cal = len(gen.provenance.get("cal_patients", []))
         path = save_fusion(fus, inputs.out, overwrite=inputs.overwrite)
         h = fus.provenance["history"]
         q = fus.grade_conformal.qhat if fus.grade_conformal else float("nan")
         click.echo(
-            f"{section.model} bundle {path}: {data.n_patients - n_val} training / {n_val} "
-            f"validation patients, best epoch {h['best_epoch']} of {h['epochs_run']} (val loss "
-            f"{h['best_val_loss']:.4f}), conformal qhat {q:.3f} at alpha {alpha:g}, "
-            f"{time.perf_counter() - t0:.1f}s"
+            f"{section.model} bundle {path}: {data.n_patients - n_val - n_cal} training / "
+            f"{n_val} early-stopping / {n_cal} calibration patients, best epoch "
+            f"{h['best_epoch']} of {h['epochs_run']} (val {h['select_on']} "
+            f"{h['best_val_score']:.4f}, val loss {h['best_val_loss']:.4f}), conformal qhat "
+            f"{q:.3f} at alpha {alpha:g}, {time.perf_counter() - t0:.1f}s"
         )
         if run is not None:
             inputs.log(run, "fusion", fus, section, data, {"calibrated_with": str(generator_dir)})

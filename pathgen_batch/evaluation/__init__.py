@@ -25,8 +25,11 @@ from pathgen_batch.evaluation.conformal import (
 from pathgen_batch.evaluation.fidelity import (
     PER_GENE_COLUMNS,
     FidelityReport,
+    crps_from_samples,
     expression_fidelity,
+    generator_fidelity,
     mean_per_gene_pearson,
+    random_model_test,
 )
 from pathgen_batch.evaluation.grade import (
     accuracy,
@@ -100,6 +103,7 @@ __all__ = [
     "conformal_quantile_index",
     "corrected_resampled_t",
     "coverage",
+    "crps_from_samples",
     "detectable_hazard_ratio",
     "equivalence_tost",
     "evaluation_times",
@@ -107,6 +111,7 @@ __all__ = [
     "fit_classification",
     "fit_interval",
     "fit_survival_bins",
+    "generator_fidelity",
     "grade_metrics",
     "harrell_c_index",
     "harrell_concordance",
@@ -121,6 +126,7 @@ __all__ = [
     "paired_comparison",
     "pooled_c_index_ci",
     "quadratic_weighted_kappa",
+    "random_model_test",
     "survival_at_times",
     "survival_from_hazards",
     "survival_report",

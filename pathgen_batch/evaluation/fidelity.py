@@ -11,6 +11,13 @@ reference reports, which mostly measures whether mean gene levels are reproduced
 
 A gene that is constant in either matrix has no correlation: NaN, counted in
 ``n_genes_constant`` and left out of the FDR correction and the means.
+
+For a sampling generator, :func:`generator_fidelity` adds what a point score cannot show: the
+posterior-mean estimate beside n-sample means (an n sweep: how much Monte-Carlo noise the mean
+of few samples keeps), the CRPS of the samples (a proper score of the whole predictive
+distribution, per gene averaged, in expression units) beside the CRPS of the training
+patients' expression as a forecast (climatology), the MAE of the constant training-mean
+predictor, and the genes predicted better than a random model (:func:`random_model_test`).
 """
 
 from __future__ import annotations
@@ -167,3 +174,120 @@ def _flattened_spearman(x: np.ndarray, y: np.ndarray) -> float:
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     return float(stats.spearmanr(x.ravel(), y.ravel()).statistic)
+
+
+def crps_from_samples(real: Any, samples: Any) -> np.ndarray:
+    """CRPS per gene, averaged over patients, of the ensembles ``samples`` (n, S, G) for the
+    observations ``real`` (n, G), in the units of the data; lower is better.
+
+    CRPS(F, y) = E|X - y| - E|X - X'| / 2 with X, X' independent draws of F, estimated from
+    the S members without bias (the "fair" CRPS: E|X - X'| over the S (S - 1) distinct pairs),
+    so ensembles of different sizes are comparable. One member gives the absolute error.
+    """
+    y = float_array("real", real, 2)
+    x = float_array("samples", samples, 3)
+    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[1] or x.shape[1] < 1:
+        raise DataError(
+            f"samples: expected (n, S, G) with (n, G) = {y.shape} and S >= 1, got {x.shape}"
+        )
+    skill = np.abs(x - y[:, None, :]).mean(axis=1)  # (n, G)
+    xs = np.sort(x, axis=1)  # (n, S, G)
+    S = x.shape[1]
+    # sum_{s,s'} |x_s - x_s'| = 2 sum_k (2k - S - 1) x_(k), k = 1..S on sorted members
+    w = (2.0 * np.arange(1, S + 1) - S - 1.0)[None, :, None]  # (1, S, 1)
+    pairs = S * (S - 1) if S > 1 else 1
+    spread = (2.0 * (w * xs).sum(axis=1)) / pairs  # (n, G) = E|X - X'| (0 for S = 1)
+    return (skill - 0.5 * spread).mean(axis=0)  # (G,)
+
+
+def random_model_test(
+    real: Any, predicted: Any, *, n_perm: int = 1000, seed: int = 0, fdr: float = 0.05
+) -> dict[str, Any]:
+    """Genes predicted better than a random model, with BH-FDR over genes.
+
+    The random model gives every patient the prediction of another patient drawn at random
+    (the rows of ``predicted`` permuted): it has the same predictions, so the same marginal
+    distribution per gene, and no link to the patient. A gene's one-sided p-value is
+    ``(1 + #{r_perm >= r}) / (1 + n_perm)`` over ``n_perm`` seeded permutations (the same
+    permutation for every gene, so gene-gene correlation is kept); it is well predicted when
+    its Pearson r > 0 and its BH q < ``fdr``. Returns ``n_well_predicted``, ``p`` and ``q``
+    (G,), constant genes NaN and left out.
+    """
+    x = float_array("real", real, 2)
+    y = float_array("predicted", predicted, 2)
+    if x.shape != y.shape or x.shape[0] < 3:
+        raise DataError(f"predicted: expected the shape of real {x.shape}, got {y.shape}")
+    if isinstance(n_perm, bool) or not isinstance(n_perm, int) or n_perm < 1:
+        raise DataError(f"n_perm: expected an integer >= 1, got {n_perm!r}")
+    r, _ = _columnwise_pearson(x, y)
+    ok = np.isfinite(r)
+    xc = x - x.mean(axis=0)
+    yc = y - y.mean(axis=0)
+    xn = xc / np.where(ok, np.sqrt((xc**2).sum(axis=0)), 1.0)  # (n, G), unit columns
+    yn = yc / np.where(ok, np.sqrt((yc**2).sum(axis=0)), 1.0)
+    rng = np.random.default_rng(seed)
+    exceed = np.zeros(x.shape[1])
+    for _ in range(n_perm):
+        rp = (xn * yn[rng.permutation(x.shape[0])]).sum(axis=0)  # (G,)
+        exceed += rp >= r - 1e-12
+    p = (1.0 + exceed) / (1.0 + n_perm)
+    p[~ok] = np.nan
+    q = benjamini_hochberg(p)
+    return {"n_well_predicted": int(np.sum((q < fdr) & (r > 0))), "p": p, "q": q}
+
+
+def generator_fidelity(
+    real: Any,
+    samples: Any,
+    posterior_mean: Any,
+    train_expression: Any,
+    sweep: Sequence[int],
+    *,
+    n_default: int,
+    fdr: float = 0.05,
+    n_perm: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """A generator's fidelity on test patients, all in expression units.
+
+    real (n, G); samples (n, S, G) with S >= max(sweep) and S >= n_default; posterior_mean
+    (n, G): the deterministic estimate; train_expression (m, G): the training patients'
+    expression (the constant predictor is its mean, the climatological forecast its rows).
+    Keys: ``mean_pearson_posterior_mean``, ``mae_posterior_mean``,
+    ``n_significant_pearson_posterior_mean``; per n in ``sweep``: ``mean_pearson_n<n>``,
+    ``mae_n<n>`` of the mean of the first n samples; ``crps`` (all S samples, per gene
+    averaged), ``crps_climatology``; ``mae_constant``; ``n_well_predicted_vs_random`` for the
+    mean of the first ``n_default`` samples (the synthetic transcriptome the fusion model is
+    given) and ``n_well_predicted_vs_random_posterior_mean``.
+    """
+    y = float_array("real", real, 2)
+    x = float_array("samples", samples, 3)
+    pm = float_array("posterior_mean", posterior_mean, 2)
+    tr = float_array("train_expression", train_expression, 2)
+    ns = [int(n) for n in sweep]
+    if x.shape[1] < max([*ns, n_default]):
+        raise DataError(f"samples: {x.shape[1]} per patient, the sweep needs {max(ns)}")
+    if pm.shape != y.shape or tr.shape[1] != y.shape[1]:
+        raise DataError(
+            f"posterior_mean {pm.shape} and train_expression {tr.shape}: expected (n, G) and "
+            f"(m, G) with (n, G) = {y.shape}"
+        )
+    pm_rep = expression_fidelity(y, pm, fdr=fdr).summary
+    out: dict[str, float] = {
+        "mean_pearson_posterior_mean": pm_rep["mean_pearson"],
+        "mae_posterior_mean": pm_rep["mae"],
+        "n_significant_pearson_posterior_mean": pm_rep["n_significant_pearson"],
+    }
+    for n in ns:
+        m = x[:, :n].mean(axis=1)
+        out[f"mean_pearson_n{n}"] = mean_per_gene_pearson(y, m)
+        out[f"mae_n{n}"] = float(np.abs(m - y).mean())
+    out["crps"] = float(crps_from_samples(y, x).mean())
+    clim = np.broadcast_to(tr[None], (y.shape[0], *tr.shape))  # (n, m, G)
+    out["crps_climatology"] = float(crps_from_samples(y, clim).mean())
+    out["mae_constant"] = float(np.abs(tr.mean(axis=0)[None] - y).mean())
+    default = x[:, :n_default].mean(axis=1)
+    for key, pred in (("", default), ("_posterior_mean", pm)):
+        test = random_model_test(y, pred, n_perm=n_perm, seed=seed, fdr=fdr)
+        out[f"n_well_predicted_vs_random{key}"] = test["n_well_predicted"]
+    return out

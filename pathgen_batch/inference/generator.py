@@ -28,7 +28,7 @@ from pathgen_batch.inference.inputs import (
 from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models.diffusion import DiffusionConfig, GaussianDiffusion, SamplerConfig
 from pathgen_batch.models.generator import TranscriptomeDenoiser
-from pathgen_batch.models.samplers import build_sampler, check_sampler
+from pathgen_batch.models.samplers import build_sampler, check_sampler, posterior_mean
 from pathgen_batch.omics.panel import GenePanel
 
 
@@ -88,15 +88,15 @@ class TrainedGenerator(OnDevice):
         self.model.eval()
 
     @torch.no_grad()
-    def generate_scaled(
+    def sample_scaled(
         self,
         bags: Sequence[np.ndarray],
         n_samples: int | None = None,
         sampler: SamplerConfig | None = None,
         seed: int = 0,
         batch_size: int = DEFAULT_BATCH,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and per-gene std over samples in the scaler's space (z-scores), (B, G) each.
+    ) -> np.ndarray:
+        """``n_samples`` samples per slide in the scaler's space (z-scores), (B, n, G).
 
         Each slide's starting noise is seeded by ``seed`` and the slide's features, so with a
         deterministic sampler (DDIM, eta 0) a slide's output does not depend on the batch it
@@ -112,7 +112,7 @@ class TrainedGenerator(OnDevice):
         smp = build_sampler(scfg, GaussianDiffusion.from_config(self.diffusion))
         dev, G = self.device, self.panel.n_genes
         self.model.eval()
-        means, stds = [], []
+        out = []
         for s in range(0, len(scaled), batch_size):
             idx = np.arange(s, min(s + batch_size, len(scaled)))
             feats, mask = padded(scaled, idx, dev)  # (B, N, D), (B, N)
@@ -132,11 +132,69 @@ class TrainedGenerator(OnDevice):
                 generator=g,
                 x_T=x_T,
             )  # (B*n, G)
-            x = x.view(len(idx), n, G)  # (B, n, G)
-            means.append(x.mean(dim=1).cpu().numpy())
-            sd = x.std(dim=1, correction=1) if n > 1 else torch.zeros_like(x[:, 0])
-            stds.append(sd.cpu().numpy())
-        return np.concatenate(means).astype(np.float32), np.concatenate(stds).astype(np.float32)
+            out.append(x.view(len(idx), n, G).cpu().numpy())  # (B, n, G)
+        if not out:
+            return np.zeros((0, n, G), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    @torch.no_grad()
+    def generate_scaled(
+        self,
+        bags: Sequence[np.ndarray],
+        n_samples: int | None = None,
+        sampler: SamplerConfig | None = None,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and per-gene std over samples (:meth:`sample_scaled`) in the scaler's space
+        (z-scores), (B, G) each; the std is 0 for one sample."""
+        x = self.sample_scaled(bags, n_samples, sampler, seed, batch_size)  # (B, n, G)
+        mean = x.mean(axis=1)
+        sd = x.std(axis=1, ddof=1) if x.shape[1] > 1 else np.zeros_like(mean)
+        return mean.astype(np.float32), sd.astype(np.float32)
+
+    def samples(
+        self,
+        bags: Sequence[np.ndarray],
+        n_samples: int | None = None,
+        sampler: SamplerConfig | None = None,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> np.ndarray:
+        """:meth:`sample_scaled` in expression units, (B, n, G)."""
+        x = self.sample_scaled(bags, n_samples, sampler, seed, batch_size)
+        B, n, G = x.shape
+        return self.expression_scaler.inverse_transform(x.reshape(B * n, G)).reshape(B, n, G)
+
+    @torch.no_grad()
+    def posterior_mean(
+        self, bags: Sequence[np.ndarray], steps: int | None = None, batch_size: int = DEFAULT_BATCH
+    ) -> np.ndarray:
+        """The deterministic posterior-mean estimate (DDIM eta 0 from x_T = 0, ``steps``
+        steps, default the stored sampler's; :func:`~pathgen_batch.models.samplers.posterior_mean`)
+        of raw bags, in expression units, (B, G)."""
+        check_batch_size(batch_size)
+        raw = check_bags(bags, self.contract.dim)
+        scaled = self.feature_scaler.transform_all(raw)
+        diffusion = GaussianDiffusion.from_config(self.diffusion)
+        k = self.sampler.steps if steps is None else steps
+        dev, G = self.device, self.panel.n_genes
+        self.model.eval()
+        out = []
+        for s in range(0, len(scaled), batch_size):
+            idx = np.arange(s, min(s + batch_size, len(scaled)))
+            feats, mask = padded(scaled, idx, dev)
+            memory = self.model.encode_bag(feats, mask)
+            x = posterior_mean(
+                diffusion,
+                lambda x_t, t: self.model.denoise(x_t, t, memory),  # noqa: B023
+                (len(idx), G),
+                steps=k,
+                device=dev,
+            )
+            out.append(x.cpu().numpy())
+        z = np.concatenate(out) if out else np.zeros((0, G), dtype=np.float32)
+        return self.expression_scaler.inverse_transform(z.astype(np.float32))
 
     def generate(
         self, bags: Sequence[np.ndarray], **options: Unpack[GenerateOptions]

@@ -150,6 +150,11 @@ def log_trained(run: RunLog, kind: str, model: Any, cfg: Any, bundle: str | Path
             {
                 f"{kind}/best_epoch": float(history["best_epoch"]),
                 f"{kind}/best_val_loss": float(history["best_val_loss"]),
+                **(
+                    {f"{kind}/best_val_{history['select_on']}": float(history["best_val_score"])}
+                    if history.get("select_on", "loss") != "loss"
+                    else {}
+                ),
             }
         )
 

@@ -134,15 +134,17 @@ class RunLog:
         return flat
 
     def progress(self, prefix: str = "") -> Any:
-        """A fit-loop progress callback logging ``<model>/train_loss`` and ``/val_loss`` per
-        epoch (step = epoch)."""
+        """A fit-loop progress callback logging ``<model>/train_loss``, ``/val_loss`` and the
+        selection score ``/val_<select_on>`` (when it is not the loss) per epoch (step =
+        epoch)."""
 
         def callback(entry: Any) -> None:
             name = f"{prefix}{entry.model}"
-            self.log_metrics(
-                {f"{name}/train_loss": entry.train_loss, f"{name}/val_loss": entry.val_loss},
-                step=int(entry.epoch),
-            )
+            values = {f"{name}/train_loss": entry.train_loss, f"{name}/val_loss": entry.val_loss}
+            score = getattr(entry, "val_score", None)
+            if score is not None and score == score:  # the selection score, when not the loss
+                values[f"{name}/val_{entry.select_on}"] = float(score)
+            self.log_metrics(values, step=int(entry.epoch))
 
         return callback
 

@@ -74,6 +74,14 @@ def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{type(cfg).__name__}.{name}: expected an integer >= 1, got {v!r}")
 
 
+def _check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
+    v = getattr(cfg, name)
+    if v not in choices:
+        raise ConfigError(
+            f"{type(cfg).__name__}.{name}: expected one of {list(choices)}, got {v!r}"
+        )
+
+
 def _check_split(cfg: Any) -> None:
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(
@@ -95,6 +103,11 @@ class GeneratorTrainConfig:
     val_draws: fixed (timestep, noise) draws per validation patient; the validation loss uses
     the same draws every epoch (seeded), so epochs are comparable.
     sampler: how the trained generator samples by default (saved with the model).
+    select_on: what chooses the kept epoch: ``pearson`` (the default), the mean per-gene
+    Pearson correlation across validation patients of the posterior-mean estimate (DDIM,
+    eta 0, ``select_steps`` steps from x_T = 0: see
+    :func:`~pathgen_batch.models.samplers.posterior_mean`), higher is better; or ``loss``, the
+    validation diffusion loss, lower is better. Both are recorded every epoch.
     val_fraction, seed: the inner validation split when the generator is trained on its own.
     """
 
@@ -112,13 +125,20 @@ class GeneratorTrainConfig:
     patience: int = 20
     repeats: int = 4
     val_draws: int = 32
+    select_on: Literal["pearson", "loss"] = "pearson"
+    select_steps: int = 10
     val_fraction: float = 0.2
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _positive_ints(
-            self, ("epochs", "batch_size", "max_tiles", "patience", "repeats", "val_draws")
-        )
+        ints = ("epochs", "batch_size", "max_tiles", "patience", "repeats", "val_draws")
+        _positive_ints(self, (*ints, "select_steps"))
+        _check_choice(self, "select_on", ("pearson", "loss"))
+        if self.select_steps > self.diffusion.num_timesteps:
+            raise ConfigError(
+                f"GeneratorTrainConfig.select_steps: expected at most "
+                f"diffusion.num_timesteps={self.diffusion.num_timesteps}, got {self.select_steps}"
+            )
         _check_optim(self)
         _check_split(self)
         check_sampler(self.sampler, self.diffusion, "GeneratorTrainConfig.sampler")
@@ -143,6 +163,10 @@ class FusionTrainConfig:
     the training patients' event times. ``risk_quantiles`` (one or two, increasing in (0, 1);
     tertiles by default) are where the relative risk groups are cut: at those quantiles of the
     risk the trained model predicts for its training and validation patients.
+    select_on: what chooses the kept epoch on the validation patients: ``survival_nll`` (the
+    default: the discrete-time survival NLL alone, smooth and not dominated by the grade term),
+    ``c_index`` (Harrell's C of the predicted risk; coarse with few validation events) or
+    ``loss`` (the weighted training loss). All three are recorded every epoch.
     """
 
     model: FusionModelName = "fusion"
@@ -160,8 +184,10 @@ class FusionTrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     risk_quantiles: tuple[float, ...] = (1 / 3, 2 / 3)
+    select_on: Literal["survival_nll", "c_index", "loss"] = "survival_nll"
 
     def __post_init__(self) -> None:
+        _check_choice(self, "select_on", ("survival_nll", "c_index", "loss"))
         q = self.risk_quantiles
         if len(q) not in (1, 2) or not all(0.0 < v < 1.0 for v in q) or list(q) != sorted(set(q)):
             raise ConfigError(
@@ -221,9 +247,12 @@ class CVConfig:
     """Patient-level cross-validation of generator, fusion model and baselines.
 
     folds: None = the cohort's ``fold`` column; k = new stratified folds (grade x event) drawn
-    with ``seed``. Inside each fold one inner split (``val_fraction`` of the training part,
-    stratified, ``seed``) serves early stopping of every model and conformal calibration; the
-    models' own ``val_fraction`` and ``seed`` apply only when they are trained alone.
+    with ``seed``. Inside each fold the training part is split three ways (stratified,
+    ``seed``): ``val_fraction`` of it early-stops every model, ``cal_fraction`` of it calibrates
+    the conformal sets and nothing else, the rest trains; the models' own ``val_fraction`` and
+    ``seed`` apply only when they are trained alone.
+    fidelity_samples: the n-samples sweep of the generator's fidelity (sample means of the
+    first n of ``max(fidelity_samples)`` samples per test patient, and their CRPS).
     alpha: conformal miscoverage; conformal_method: ``lac`` | ``aps`` grade-set score (``lac``
     by default: with a weak 3-class grade model, ``aps`` sets measured on the demo cohort were
     always the full set).
@@ -237,10 +266,12 @@ class CVConfig:
     omics_mlp: FusionTrainConfig = field(default_factory=_omics_default)
     folds: int | None = None
     val_fraction: float = 0.2
+    cal_fraction: float = 0.2
     seed: int = 0
     alpha: float = 0.1
     conformal_method: Literal["aps", "lac"] = "lac"
     noise_seed: int = 1234
+    fidelity_samples: tuple[int, ...] = (1, 5, 10, 25)
     generator_name: str = "pathgen-generator"
     fusion_name: str = "pathgen-fusion"
 
@@ -256,6 +287,14 @@ class CVConfig:
         if self.folds is not None and (isinstance(self.folds, bool) or self.folds < 2):
             raise ConfigError(f"CVConfig.folds: expected None or >= 2, got {self.folds!r}")
         _check_split(self)
+        if not 0.0 < self.cal_fraction < 1.0 or self.val_fraction + self.cal_fraction >= 1.0:
+            raise ConfigError(
+                "CVConfig.cal_fraction: expected a number in (0, 1) with val_fraction + "
+                f"cal_fraction < 1, got {self.cal_fraction} (val_fraction {self.val_fraction})"
+            )
+        ns = self.fidelity_samples
+        if not ns or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in ns):
+            raise ConfigError(f"CVConfig.fidelity_samples: expected integers >= 1, got {list(ns)}")
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"CVConfig.alpha: expected a number in (0, 1), got {self.alpha}")
         if self.conformal_method not in ("aps", "lac"):

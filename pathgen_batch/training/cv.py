@@ -2,20 +2,25 @@
 
 For every outer fold (the cohort's ``fold`` column, or new stratified folds):
 
-1. the training part is split into train / validation (stratified by grade x event); every
-   scaler and time-bin edge is fit on train, early stopping uses validation, and the test fold
-   is touched only to score the finished models;
-2. the generator is trained; synthetic transcriptomes (mean of n samples) are generated for the
-   validation and test patients;
+1. the training part is split three ways (stratified by grade x event): train, early stopping
+   (validation) and calibration; every scaler and time-bin edge is fit on train, early stopping
+   of every model uses validation, the calibration patients serve conformal calibration only
+   (they choose no checkpoint), and the test fold is touched only to score the finished models;
+2. the generator is trained (its kept epoch: the best validation per-gene Pearson of its
+   posterior-mean estimate); synthetic transcriptomes (mean of n samples) are generated for the
+   calibration and test patients;
 3. the fusion model is trained on REAL transcriptomes, as are the attention-MIL (slides only)
-   and omics-MLP (real transcriptome only) baselines;
-4. conformal grade sets and risk intervals are calibrated on the validation patients with
+   and omics-MLP (real transcriptome only) baselines (kept epoch: best validation survival NLL
+   by default);
+4. conformal grade sets and risk intervals are calibrated on the calibration patients with
    SYNTHETIC transcriptomes (the risk interval targets the risk of the real transcriptome);
 5. on the test fold: the fusion model with the real, the synthetic and a standard-normal
    ("WSI only") transcriptome, and both baselines, are scored for survival (Harrell and Uno
    C-index, mean time-dependent AUC, integrated Brier score) and grade (accuracy, balanced
-   accuracy, macro AUC, macro F1, QWK); synthetic vs real expression fidelity; conformal
-   coverage and set size.
+   accuracy, macro AUC, macro F1, QWK); synthetic vs real expression fidelity (with the
+   posterior-mean estimate, the n-samples sweep, CRPS, the constant predictor and the random
+   model test of :func:`~pathgen_batch.evaluation.generator_fidelity`); conformal coverage and
+   set size.
 
 Across folds: mean +- sd, and paired tests (Wilcoxon signed-rank, paired t) of the synthetic
 condition against WSI only, real and attention MIL.
@@ -34,10 +39,11 @@ from typing import TypedDict, Unpack
 import numpy as np
 import pandas as pd
 
-from pathgen_batch.cohort.splits import inner_split, stratified_folds
+from pathgen_batch.cohort.splits import stratified_folds, three_way_split
 from pathgen_batch.errors import DataError
 from pathgen_batch.evaluation import (
     expression_fidelity,
+    generator_fidelity,
     min_calibration_size,
 )
 from pathgen_batch.inference.bundle import save_fusion, save_generator
@@ -71,19 +77,39 @@ class RunOptions(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class FoldPlan:
-    """Index arrays of one outer fold: train and val (the training part) and test."""
+    """Index arrays of one outer fold: train, val (early stopping) and cal (conformal
+    calibration), three disjoint parts of the training part, and test."""
 
     fold: int
     train: np.ndarray
     val: np.ndarray
+    cal: np.ndarray
     test: np.ndarray
+
+    @property
+    def training_part(self) -> np.ndarray:
+        """Every patient outside the test fold: train, val and cal (sorted)."""
+        return np.sort(np.concatenate([self.train, self.val, self.cal]))
+
+
+def calibration_disjoint(
+    fold: FoldPlan, gen: TrainedGenerator, fusion: TrainedFusion, ids: list[str]
+) -> bool:
+    """True when the patients that calibrated ``fusion`` (its ``conformal.cal_patients``) are
+    none of the training or early-stopping patients of ``fusion`` or ``gen``."""
+    cal = set(fusion.provenance.get("conformal", {}).get("cal_patients", []))
+    chose = set(gen.provenance.get("val_patients", [])) | set(
+        fusion.provenance.get("val_patients", [])
+    )
+    trained = {ids[i] for i in fold.train}
+    return bool(cal) and not cal & (chose | trained)
 
 
 def plan_folds(data: TrainingData, cfg: CVConfig) -> list[FoldPlan]:
     """Outer folds and inner splits, checked before any training starts.
 
     Each training part needs two grade classes and events; its inner training part needs
-    enough events for the time bins; its validation part enough known grades for conformal
+    enough events for the time bins; its calibration part enough known grades for conformal
     calibration at ``cfg.alpha``.
     """
     strata = data.strata()
@@ -98,16 +124,18 @@ def plan_folds(data: TrainingData, cfg: CVConfig) -> list[FoldPlan]:
         test = np.flatnonzero(folds == k)
         rest = np.flatnonzero(folds != k)
         check_training_part(data, rest, f"fold {k}: training part")
-        tr, va = inner_split([strata[i] for i in rest], cfg.val_fraction, cfg.seed + k)
-        tr, va = rest[tr], rest[va]
+        tr, va, cal = three_way_split(
+            [strata[i] for i in rest], cfg.val_fraction, cfg.cal_fraction, cfg.seed + k
+        )
+        tr, va, cal = rest[tr], rest[va], rest[cal]
         check_training_part(data, tr, f"fold {k}: inner training part", n_bins)
-        known = int((data.grade[va] >= 0).sum())
+        known = int((data.grade[cal] >= 0).sum())
         if known < need:
             raise DataError(
-                f"fold {k}: {known} validation patient(s) with a known grade; conformal "
+                f"fold {k}: {known} calibration patient(s) with a known grade; conformal "
                 f"calibration at alpha={cfg.alpha:g} needs at least {need}"
             )
-        plans.append(FoldPlan(k, tr, va, test))
+        plans.append(FoldPlan(k, tr, va, cal, test))
     return plans
 
 
@@ -133,7 +161,7 @@ def run_fold(
     tag = f"fold {plan.fold}"
     t0 = time.perf_counter()
     bags = data.bags
-    val_bags = [bags[i] for i in plan.val]
+    cal_bags = [bags[i] for i in plan.cal]
     test_bags = [bags[i] for i in plan.test]
     gen = train_generator(
         data,
@@ -143,14 +171,19 @@ def run_fold(
         device=device,
         progress=_relabel(progress, tag),
         name=cfg.generator_name,
+        cal_idx=plan.cal,
     )
     t_gen = time.perf_counter() - t0
-    syn_val, _ = gen.generate(val_bags)
-    syn_test, spread_test = gen.generate(test_bags)
+    syn_cal, _ = gen.generate(cal_bags)
+    n_default = gen.sampler.n_samples
+    draws = gen.samples(test_bags, max([*cfg.fidelity_samples, n_default]))  # (n, S, G)
+    syn_test = draws[:, :n_default].mean(axis=1)
+    spread_test = draws[:, :n_default].std(axis=1, ddof=1) if n_default > 1 else 0 * syn_test
+    pm_test = gen.posterior_mean(test_bags)
     t_sample = time.perf_counter() - t0 - t_gen
     say(
         f"{tag}: generator {gen.provenance['history']['epochs_run']} epochs in {t_gen:.1f}s, "
-        f"sampling {len(plan.val) + len(plan.test)} slides in {t_sample:.1f}s"
+        f"sampling {len(plan.cal) + len(plan.test)} slides in {t_sample:.1f}s"
     )
     models: dict[str, TrainedFusion] = {}
     for key, mcfg in (
@@ -174,12 +207,13 @@ def run_fold(
         )
     fusion = calibrate_fusion(
         models["fusion"],
-        val_bags,
-        syn_val,
-        data.expression[plan.val],
-        data.grade[plan.val],
+        cal_bags,
+        syn_cal,
+        data.expression[plan.cal],
+        data.grade[plan.cal],
         cfg.alpha,
         cfg.conformal_method,
+        patient_ids=[data.patient_ids[i] for i in plan.cal],
     )
     real_test = data.expression[plan.test]
     preds = {
@@ -192,7 +226,7 @@ def run_fold(
     edges = {c: models["fusion"].bin_edges for c in ("real", "synthetic", "wsi_only")}
     edges["attention_mil"] = models["attention_mil"].bin_edges
     edges["omics_mlp"] = models["omics_mlp"].bin_edges
-    trn = np.concatenate([plan.train, plan.val])
+    trn = plan.training_part
     fitted = {  # the training patients each loss of the fusion-like models saw
         "n_train_survival": int(data.outcome_known[plan.train].sum()),
         "n_train_grade": int((data.grade[plan.train] >= 0).sum()),
@@ -210,13 +244,26 @@ def run_fold(
         oof[cond]["risk_lo"] = np.nan
         oof[cond]["risk_hi"] = np.nan
     fid = expression_fidelity(real_test, syn_test, data.panel.genes)
+    extra = generator_fidelity(
+        real_test,
+        draws,
+        pm_test,
+        data.expression[plan.train],
+        cfg.fidelity_samples,
+        n_default=n_default,
+        seed=cfg.seed + plan.fold,
+    )
     fid_row = {
         "fold": plan.fold,
         "n_train": len(plan.train),  # the generator's training patients
         **{k: float(fid.summary[k]) for k in fid.summary},
+        **{k: float(v) for k, v in extra.items()},
     }
     conf_row = conformal_row(
-        data, plan.fold, plan.test, len(plan.val), preds["synthetic"], preds["real"].risk
+        data, plan.fold, plan.test, len(plan.cal), preds["synthetic"], preds["real"].risk
+    )
+    conf_row["calibration_disjoint"] = float(
+        calibration_disjoint(plan, gen, fusion, list(data.patient_ids))
     )
     synth = pd.DataFrame(syn_test, columns=list(data.panel.genes))
     synth.insert(0, "patient_id", [data.patient_ids[i] for i in plan.test])
@@ -279,24 +326,32 @@ def train_final(
     overwrite: bool = False,
     **run: Unpack[RunOptions],
 ) -> tuple[TrainedGenerator, TrainedFusion]:
-    """Train the models to register on all patients (one inner validation split).
+    """Train the models to register on all patients (one three-way split).
 
-    The generator and the fusion model (trained on real transcriptomes) early-stop on the same
-    validation patients; the fusion model's conformal states are calibrated on them with
-    synthetic transcriptomes. With ``out_dir`` the bundles are saved to ``out_dir/generator``
-    and ``out_dir/fusion``.
+    The generator and the fusion model (trained on real transcriptomes) train on the same
+    patients and early-stop on the same validation patients; the fusion model's conformal
+    states are calibrated with synthetic transcriptomes on the calibration patients, which
+    neither model trained or early-stopped on. With ``out_dir`` the bundles are saved to
+    ``out_dir/generator`` and ``out_dir/fusion``.
     """
     cfg = cfg or CVConfig()
     everyone = np.arange(data.n_patients)
     check_training_part(data, everyone, "all patients")
-    tr, va = inner_split(data.strata(), cfg.val_fraction, cfg.seed)
+    tr, va, cal = three_way_split(data.strata(), cfg.val_fraction, cfg.cal_fraction, cfg.seed)
     n_bins = cfg.fusion.n_bins
     check_training_part(data, tr, "inner training part", n_bins)
     device, progress = run.get("device", "cpu"), run.get("progress")
     say = run.get("echo") or (lambda s: log.info("%s", s))
     t0 = time.perf_counter()
     gen = train_generator(
-        data, tr, va, cfg.generator, device=device, progress=progress, name=cfg.generator_name
+        data,
+        tr,
+        va,
+        cfg.generator,
+        device=device,
+        progress=progress,
+        name=cfg.generator_name,
+        cal_idx=cal,
     )
     say(f"generator trained in {time.perf_counter() - t0:.1f}s")
     t1 = time.perf_counter()
@@ -324,6 +379,7 @@ __all__ = [
     "CVResult",
     "FoldPlan",
     "FoldResult",
+    "calibration_disjoint",
     "plan_folds",
     "run_cv",
     "run_fold",

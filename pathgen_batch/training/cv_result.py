@@ -190,11 +190,10 @@ class CVResult:
             for k in self.fidelity.columns
             if k != "fold"
         }
-        conf = {
-            k: {"mean": float(self.conformal[k].mean()), "sd": float(self.conformal[k].std(ddof=1))}
-            for k in self.conformal.columns
-            if k != "fold"
-        }
+        conf = conformal_summary(
+            self.conformal,
+            lambda c: {"mean": float(c.mean()), "sd": float(c.std(ddof=1))},
+        )
         return {
             "folds": int(self.metrics["fold"].nunique()),
             "data": self.data_summary,
@@ -260,12 +259,15 @@ class CVResult:
             f"{int(p['n_significant_pearson'])} of {g} genes significant; mean per-gene Pearson "
             f"{p['mean_pearson']:.3f}; MAE {p['mae']:.3f}; flattened Spearman "
             f"{p['flattened_spearman']:.3f}",
+            *_generator_lines(f, g),
             "",
-            f"conformal (alpha {self.config.alpha:g}, calibrated on validation patients with "
-            "synthetic transcriptomes), test folds:",
+            f"conformal (alpha {self.config.alpha:g}, calibrated with synthetic transcriptomes "
+            "on calibration patients that neither trained nor early-stopped any model: "
+            f"{_disjoint(self.conformal)}), test folds:",
             f"  grade sets: coverage {_pm(self.conformal['grade_coverage'])}, mean size "
             f"{_pm(self.conformal['grade_set_size'])} of {len(self._classes())}",
-            f"  risk intervals (cover the real-transcriptome risk): coverage "
+            f"  risk intervals (cover the risk predicted with the real transcriptome, not the "
+            f"event time): coverage "
             f"{_pm(self.conformal['risk_coverage'])}, mean width "
             f"{_pm(self.conformal['risk_width'])}",
             "",
@@ -300,6 +302,56 @@ class CVResult:
             json.dumps(json_safe(self.histories), allow_nan=False) + "\n"
         )
         return out
+
+
+RISK_INTERVAL_COVERS = (
+    "the risk the fusion model predicts from the same slide with the patient's real "
+    "transcriptome (not the event time)"
+)
+
+
+def conformal_summary(conformal: pd.DataFrame, agg: Any) -> dict[str, Any]:
+    """``agg`` (a column -> summary function) of every per-fold conformal column, with
+    ``calibration_disjoint`` (True when, in every fold, no calibration patient trained or
+    early-stopped a model), what the risk interval covers and how the sets were calibrated."""
+    out: dict[str, Any] = {
+        k: agg(conformal[k]) for k in conformal.columns if k not in ("fold", "calibration_disjoint")
+    }
+    flags = conformal.get("calibration_disjoint")
+    out["calibration_disjoint"] = bool(flags is not None and len(flags) and (flags == 1).all())
+    out["calibration"] = (
+        "split conformal on the calibration part of each training fold (a third set beside "
+        "train and early stopping), with synthetic transcriptomes"
+    )
+    out["risk_interval_covers"] = RISK_INTERVAL_COVERS
+    return out
+
+
+def _generator_lines(f: pd.DataFrame, g: int) -> list[str]:
+    """The posterior-mean estimate, the n-samples sweep, CRPS, the constant predictor and the
+    random-model count (expression units), where the fidelity table has them."""
+    if "mean_pearson_posterior_mean" not in f.columns:
+        return []
+    ns = sorted(
+        int(c[len("mean_pearson_n") :]) for c in f.columns if c.startswith("mean_pearson_n")
+    )
+    sweep = ", ".join(f"n={n}: {_pm(f[f'mean_pearson_n{n}'])} / {_pm(f[f'mae_n{n}'])}" for n in ns)
+    return [
+        f"  posterior-mean estimate: mean per-gene Pearson {_pm(f['mean_pearson_posterior_mean'])}"
+        f"; MAE {_pm(f['mae_posterior_mean'])}; mean of n samples (Pearson / MAE): {sweep}",
+        f"  CRPS of the samples {_pm(f['crps'])} (training expression as the forecast "
+        f"{_pm(f['crps_climatology'])}); MAE of the constant training mean "
+        f"{_pm(f['mae_constant'])} (expression units)",
+        f"  well predicted against a random model (r > 0, BH q < 0.05): "
+        f"{_pm(f['n_well_predicted_vs_random'], 1)} of {g} (posterior mean "
+        f"{_pm(f['n_well_predicted_vs_random_posterior_mean'], 1)})",
+    ]
+
+
+def _disjoint(conformal: pd.DataFrame) -> str:
+    flags = conformal.get("calibration_disjoint")
+    ok = flags is not None and len(flags) and (flags == 1).all()
+    return "checked, disjoint" if ok else "NOT disjoint in every fold"
 
 
 def _pm(values: pd.Series, digits: int = 3) -> str:

@@ -1,9 +1,11 @@
 """Fit loops: AdamW, gradient clipping, masked mini-batches, early stopping, determinism.
 
 Each loop trains on mini-batches of padded, masked tile bags (``max_tiles`` tiles drawn at
-random per bag at every step), evaluates a validation loss on the inner validation patients
-with all their tiles after every epoch, keeps the weights of the best epoch and restores them at
-the end; it stops after ``patience`` epochs without improvement.
+random per bag at every step), evaluates the inner validation patients with all their tiles
+after every epoch (the validation loss and the selection score of the config's ``select_on``:
+the generator's per-gene Pearson of its posterior-mean estimate, the predictor's survival NLL or
+C-index), keeps the weights of the epoch with the best selection score and restores them at the
+end; it stops after ``patience`` epochs without improvement.
 
 Randomness: parameter initialisation and dropout draw from torch's global generator, forked and
 seeded for the duration of the fit (the caller's random state is left as it was); batches and
@@ -15,6 +17,7 @@ same seed gives identical weights.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,16 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pathgen_batch.errors import DataError
+from pathgen_batch.evaluation.fidelity import mean_per_gene_pearson
 from pathgen_batch.features.bags import padded
 from pathgen_batch.models.diffusion import GaussianDiffusion
-from pathgen_batch.models.fusion import FusionOutput
 from pathgen_batch.models.generator import TranscriptomeDenoiser
-from pathgen_batch.models.survival import survival_nll
-from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig, OptimConfig
+from pathgen_batch.models.samplers import posterior_mean
+from pathgen_batch.training.config import GeneratorTrainConfig, OptimConfig
 
 EVAL_BATCH = 64
 
@@ -48,12 +50,15 @@ class EpochLog:
     val_loss: float
     best_epoch: int
     seconds: float
+    val_score: float | None = None  # the selection score, when it is not the loss
+    select_on: str = "loss"
 
     def line(self) -> str:
         star = " *" if self.best_epoch == self.epoch else ""
+        score = "" if self.val_score is None else f" {self.select_on} {self.val_score:.4f}"
         return (
             f"{self.model} epoch {self.epoch}/{self.epochs}: train {self.train_loss:.4f} "
-            f"val {self.val_loss:.4f} ({self.seconds:.1f}s){star}"
+            f"val {self.val_loss:.4f}{score} ({self.seconds:.1f}s){star}"
         )
 
 
@@ -62,7 +67,10 @@ Progress = Callable[[EpochLog], None]
 
 @dataclass(frozen=True)
 class FitHistory:
-    """Losses per epoch; the weights kept are those of ``best_epoch`` (1-based)."""
+    """Losses and selection scores per epoch (the learning curves); the weights kept are those
+    of ``best_epoch`` (1-based), the epoch with the best ``select_on`` score (``val_score``,
+    or the validation loss when ``select_on`` is ``loss``); ``best_val_loss`` is the
+    validation loss of that epoch."""
 
     train_loss: tuple[float, ...]
     val_loss: tuple[float, ...]
@@ -70,6 +78,9 @@ class FitHistory:
     best_val_loss: float
     stopped_early: bool
     seconds: float
+    select_on: str = "loss"
+    val_score: tuple[float, ...] = ()
+    val_scores: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def epochs_run(self) -> int:
@@ -81,6 +92,12 @@ class FitHistory:
             "val_loss": list(self.val_loss),
             "best_epoch": self.best_epoch,
             "best_val_loss": self.best_val_loss,
+            "select_on": self.select_on,
+            "val_score": list(self.val_score),
+            "best_val_score": (
+                self.val_score[self.best_epoch - 1] if self.val_score else self.best_val_loss
+            ),
+            **{f"val_{k}": list(v) for k, v in self.val_scores.items()},
             "stopped_early": self.stopped_early,
             "epochs_run": self.epochs_run,
             "seconds": self.seconds,
@@ -101,6 +118,7 @@ class Examples:
     grade: np.ndarray | None = None
     bins: np.ndarray | None = None
     censored: np.ndarray | None = None
+    time: np.ndarray | None = None  # (P,) follow-up time, NaN = outcome unknown
 
     def __len__(self) -> int:
         return len(self.bags)
@@ -150,21 +168,26 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip
 
 
 class _Stopper:
-    """Keeps the best weights (by validation loss) and says when patience has run out."""
+    """Keeps the best weights (by the selection score: lower is better unless ``maximize``)
+    and says when patience has run out. A NaN score (e.g. a C-index without comparable pairs)
+    never counts as an improvement."""
 
-    def __init__(self, model: nn.Module, patience: int) -> None:
+    def __init__(self, model: nn.Module, patience: int, maximize: bool = False) -> None:
         self.model = model
         self.patience = patience
+        self.sign = -1.0 if maximize else 1.0
         self.best = math.inf
         self.best_epoch = 0
         self.state: dict[str, torch.Tensor] | None = None
 
-    def update(self, epoch: int, val_loss: float) -> bool:
-        """Record ``epoch``'s loss; True when training should stop."""
+    def update(self, epoch: int, val_loss: float, score: float | None = None) -> bool:
+        """Record ``epoch``'s loss and score (None: select on the loss); True to stop."""
         if not math.isfinite(val_loss):
             raise DataError(f"validation loss is {val_loss} at epoch {epoch}; training diverged")
-        if val_loss < self.best:
-            self.best, self.best_epoch = val_loss, epoch
+        key = self.sign * (val_loss if score is None else score)
+        key = key if math.isfinite(key) else math.inf
+        if key < self.best or self.best_epoch == 0:
+            self.best, self.best_epoch = key, epoch
             self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return epoch - self.best_epoch >= self.patience
 
@@ -173,18 +196,26 @@ class _Stopper:
             self.model.load_state_dict(self.state)
 
 
+ValEval = Callable[[], tuple[float, dict[str, float]]]  # -> (val loss, named val scores)
+
+
 def _run(
     name: str,
     model: nn.Module,
     cfg: OptimConfig,
     train_epoch: Callable[[int], float],
-    val_loss: Callable[[], float],
+    validate: ValEval,
     progress: Progress | None,
+    select_on: str = "loss",
+    maximize: bool = False,
 ) -> FitHistory:
-    stopper = _Stopper(model, cfg.patience)
+    """The epoch loop; ``validate`` returns the validation loss and scores, and the score named
+    ``select_on`` (or the loss, for ``loss``) chooses the kept epoch."""
+    stopper = _Stopper(model, cfg.patience, maximize)
     t0 = time.perf_counter()
     train_hist: list[float] = []
     val_hist: list[float] = []
+    scores: dict[str, list[float]] = {}
     stopped = False
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()
@@ -192,14 +223,25 @@ def _run(
         tl = train_epoch(epoch)
         model.eval()
         with torch.no_grad():
-            vl = val_loss()
+            vl, vs = validate()
         train_hist.append(tl)
         val_hist.append(vl)
-        stop = stopper.update(epoch, vl)
+        for k, v in vs.items():
+            scores.setdefault(k, []).append(v)
+        score = None if select_on == "loss" else vs[select_on]
+        stop = stopper.update(epoch, vl, score)
         if progress is not None:
             progress(
                 EpochLog(
-                    name, epoch, cfg.epochs, tl, vl, stopper.best_epoch, time.perf_counter() - te
+                    name,
+                    epoch,
+                    cfg.epochs,
+                    tl,
+                    vl,
+                    stopper.best_epoch,
+                    time.perf_counter() - te,
+                    score,
+                    select_on,
                 )
             )
         if stop and epoch < cfg.epochs:
@@ -211,9 +253,12 @@ def _run(
         tuple(train_hist),
         tuple(val_hist),
         stopper.best_epoch,
-        stopper.best,
+        val_hist[stopper.best_epoch - 1],
         stopped,
         time.perf_counter() - t0,
+        select_on,
+        () if select_on == "loss" else tuple(scores[select_on]),
+        {k: tuple(v) for k, v in scores.items()},
     )
 
 
@@ -240,8 +285,11 @@ def fit_generator(
 ) -> FitHistory:
     """Train the denoiser on the diffusion loss per family (``omics`` = scaled x0).
 
-    Validation: ``cfg.val_draws`` fixed (timestep, noise) pairs per validation patient, drawn
-    once from ``cfg.seed``; the loss is their mean, comparable across epochs.
+    Validation, every epoch: the loss on ``cfg.val_draws`` fixed (timestep, noise) pairs per
+    validation patient, drawn once from ``cfg.seed`` (their mean, comparable across epochs),
+    and ``pearson``, the mean per-gene Pearson correlation across validation patients of the
+    posterior-mean estimate (:func:`~pathgen_batch.models.samplers.posterior_mean`,
+    ``cfg.select_steps`` DDIM steps) with their real expression; ``cfg.select_on`` chooses.
     """
     _check_sets(train, val)
     dev = torch.device(device)
@@ -279,8 +327,9 @@ def fit_generator(
                     n += len(idx)
             return total / n
 
-        def val_loss() -> float:
+        def validate() -> tuple[float, dict[str, float]]:
             total = 0.0
+            means = []
             for idx in _chunks(np.arange(Pv), EVAL_BATCH):
                 feats, mask = padded(val.bags, idx, dev)
                 memory = model.encode_bag(feats, mask)
@@ -294,108 +343,28 @@ def fit_generator(
                         families=fams,
                     )
                     total += loss.item() * len(idx)
-            return total / (Pv * cfg.val_draws)
-
-        return _run(name, model, cfg.optim, train_epoch, val_loss, progress)
-
-
-# ---------------------------------------------------------------------------------- predictors
-
-
-def prediction_loss(
-    out: FusionOutput,
-    bins: torch.Tensor,
-    censored: torch.Tensor,
-    grade: torch.Tensor,
-    survival_weight: float,
-    grade_weight: float,
-) -> torch.Tensor:
-    """survival_weight x survival NLL + grade_weight x grade cross-entropy; scalar.
-
-    bins (B,) int64 with -1 = outcome unknown, censored (B,) bool, grade (B,) int64 with -1 =
-    unknown: unknown outcomes are left out of the survival NLL and unknown grades out of the
-    cross-entropy (each 0 when nothing in the batch is known).
-    """
-    has = bins >= 0  # (B,)
-    if bool(has.any()):
-        surv = survival_nll(out.hazard_logits[has], bins[has], censored[has])
-    else:
-        surv = out.hazard_logits.sum() * 0.0
-    known = grade >= 0  # (B,)
-    if bool(known.any()):
-        ce = F.cross_entropy(out.grade_logits[known], grade[known])
-    else:
-        ce = out.grade_logits.sum() * 0.0
-    return survival_weight * surv + grade_weight * ce
-
-
-def predictor_inputs(
-    model_name: str,
-    ex: Examples,
-    idx: np.ndarray,
-    dev: torch.device,
-    max_tiles: int | None,
-    rng: np.random.Generator | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(omics (B, G) | None, feats (B, N, D) | None, mask (B, N) | None) for a predictor."""
-    omics = None
-    if model_name != "attention_mil":
-        omics = torch.from_numpy(ex.need("omics")[idx].astype(np.float32)).to(dev)
-    if model_name == "omics_mlp":
-        return omics, None, None
-    feats, mask = padded(ex.bags, idx, dev, max_tiles, rng)
-    return omics, feats, mask
-
-
-def fit_predictor(
-    model: nn.Module,
-    model_name: str,
-    train: Examples,
-    val: Examples,
-    cfg: FusionTrainConfig,
-    *,
-    device: str | torch.device = "cpu",
-    progress: Progress | None = None,
-    name: str | None = None,
-) -> FitHistory:
-    """Train a fusion model or baseline on 0.3 x survival NLL + 0.7 x grade CE (by default)."""
-    _check_sets(train, val)
-    dev = torch.device(device)
-
-    def labels(ex: Examples, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        bins = torch.from_numpy(ex.need("bins")[idx].astype(np.int64)).to(dev)
-        cens = torch.from_numpy(ex.need("censored")[idx].astype(bool)).to(dev)
-        grade = torch.from_numpy(ex.need("grade")[idx].astype(np.int64)).to(dev)
-        return bins, cens, grade
-
-    with seeded(cfg.seed, dev):
-        model.to(dev)
-        opt = _optimizer(model, cfg.optim)
-        rng = np.random.default_rng([cfg.seed, 2])
-
-        def train_epoch(epoch: int) -> float:
-            total, n = 0.0, 0
-            for idx in _chunks(rng.permutation(len(train)), cfg.batch_size):
-                out = model(*predictor_inputs(model_name, train, idx, dev, cfg.max_tiles, rng))
-                loss = prediction_loss(
-                    out, *labels(train, idx), cfg.survival_weight, cfg.grade_weight
+                pm = posterior_mean(
+                    diffusion,
+                    lambda x, tt: model.denoise(x, tt, memory),  # noqa: B023
+                    (len(idx), G),
+                    steps=cfg.select_steps,
+                    device=dev,
                 )
-                _step(model, opt, loss, cfg.grad_clip)
-                total += loss.item() * len(idx)
-                n += len(idx)
-            return total / n
-
-        def val_loss() -> float:
-            outs = []
-            allv = np.arange(len(val))
-            for idx in _chunks(allv, EVAL_BATCH):
-                outs.append(model(*predictor_inputs(model_name, val, idx, dev, None, None)))
-            out = FusionOutput(
-                torch.cat([o.hazard_logits for o in outs]),
-                torch.cat([o.grade_logits for o in outs]),
-                None,
+                means.append(pm.cpu().numpy())
+            pearson = (
+                mean_per_gene_pearson(x_val.cpu().numpy(), np.concatenate(means))
+                if Pv >= 3
+                else float("nan")
             )
-            loss = prediction_loss(out, *labels(val, allv), cfg.survival_weight, cfg.grade_weight)
-            return float(loss.item())
+            return total / (Pv * cfg.val_draws), {"pearson": pearson}
 
-        return _run(name or model_name, model, cfg.optim, train_epoch, val_loss, progress)
+        return _run(
+            name,
+            model,
+            cfg.optim,
+            train_epoch,
+            validate,
+            progress,
+            cfg.select_on,
+            maximize=cfg.select_on == "pearson",
+        )

@@ -125,7 +125,7 @@ def run_repeated_cv(
         ]
         per_fold = []
         for p, f in zip(r.plans, folds, strict=True):
-            fb = fold_baselines(data, np.concatenate([p.train, p.val]), p.test, bcfg)
+            fb = fold_baselines(data, p.training_part, p.test, bcfg)
             control = ridge_fusion_control(data, p, f, fb.expression["ridge"].predicted, notes)
             per_fold.append(FoldBaselines({**fb.survival, control.name: control}, fb.expression))
         results.append(
@@ -150,7 +150,7 @@ def run_repeated_cv(
         [_baseline_oof(data, r.plans, fb) for r, fb in zip(plans, fold_base, strict=True)]
     )
     n_train, n_test = (
-        float(np.mean([len(p.train) + len(p.val) for r in plans for p in r.plans])),
+        float(np.mean([len(p.training_part) for r in plans for p in r.plans])),
         float(np.mean([len(p.test) for r in plans for p in r.plans])),
     )
     paired, equiv = compare_conditions(
@@ -193,7 +193,7 @@ def ridge_fusion_control(
     """The fold's fusion model fed ridge-predicted expression (n_test, G) in place of the
     generator's: scored like the CV's conditions, as condition ``ridge_synthetic``."""
     pred = fold.fusion.predict([data.bags[i] for i in plan.test], ridge_expression)
-    trn = np.concatenate([plan.train, plan.val])
+    trn = plan.training_part
     where = f"fold {plan.fold} ridge_synthetic"
     metrics = condition_metrics(data, trn, plan.test, pred, fold.fusion.bin_edges, notes, where)
     return SurvivalBaseline("ridge_synthetic", metrics, np.asarray(pred.risk, dtype=np.float64))

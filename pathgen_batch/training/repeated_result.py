@@ -20,7 +20,7 @@ from pathgen_batch.training.baselines import (
 )
 from pathgen_batch.training.config import CVConfig
 from pathgen_batch.training.cv import FoldPlan
-from pathgen_batch.training.cv_result import METRICS, CVResult, _p, _pm
+from pathgen_batch.training.cv_result import METRICS, CVResult, _p, _pm, conformal_summary
 
 FIDELITY_KEYS = ("mean_pearson", "mae")
 CONTROLS: dict[str, str] = {"ridge_synthetic": "fusion + ridge expression"}
@@ -87,7 +87,9 @@ class RepeatedCVResult:
                 for name in EXPRESSION_BASELINES
             },
             "pooled_fidelity": {k: float(v) for k, v in pooled.items()},
-            "conformal": _agg(conformal, [c for c in conformal.columns if c != "fold"]),
+            "conformal": conformal_summary(
+                conformal, lambda c: _agg(c.to_frame(), [c.name])[c.name]
+            ),
             "paired": self.paired,
             "equivalence": self.equivalence,
             "pooled_c": self.pooled_c,
@@ -172,7 +174,7 @@ class RepeatedCVResult:
     def _sizes(self) -> tuple[float, float]:
         plans = [p for r in self.repeats for p in r.plans]
         return (
-            float(np.mean([len(p.train) + len(p.val) for p in plans])),
+            float(np.mean([len(p.training_part) for p in plans])),
             float(np.mean([len(p.test) for p in plans])),
         )
 

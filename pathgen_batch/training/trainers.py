@@ -3,7 +3,9 @@
 ``train_generator`` and ``train_predictor`` take the training data and two index arrays, the
 patients whose weights are fit (``train_idx``) and the inner validation patients for early
 stopping (``val_idx``). Every scaler and the time-bin edges are fit on ``train_idx`` only;
-nothing else is seen. ``calibrate_fusion`` adds split-conformal states fit on held-out patients.
+nothing else is seen. ``calibrate_fusion`` adds split-conformal states fit on held-out patients
+that chose no checkpoint: the calibration part of a three-way split, which a generator records
+(``cal_patients``) so that ``train_calibrated_fusion`` calibrates on the same patients.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from pathgen_batch.models.generator import GeneratorConfig, TranscriptomeDenoise
 from pathgen_batch.models.survival import fit_bin_edges, to_bins
 from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
+from pathgen_batch.training.cv_result import RISK_INTERVAL_COVERS
 from pathgen_batch.training.data import TrainingData, check_training_part
-from pathgen_batch.training.loops import Examples, Progress, fit_generator, fit_predictor, seeded
+from pathgen_batch.training.loops import Examples, Progress, fit_generator, seeded
+from pathgen_batch.training.predictor_loop import fit_predictor
 
 
 def _indices(data: TrainingData, idx: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
@@ -63,8 +67,10 @@ def provenance(
     seed: int,
     history: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    cal: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """What a bundle records about how a model was trained."""
+    """What a bundle records about how a model was trained; ``cal``: patients held out for
+    conformal calibration only (neither trained on nor early-stopped on)."""
     out = {
         "cohort_digest": data.digest,
         "n_train": int(tr.size),
@@ -72,11 +78,18 @@ def provenance(
         "train_folds": sorted({int(f) for f in data.folds[np.concatenate([tr, va])]}),
         "val_patients": [data.patient_ids[i] for i in va],
         "seed": int(seed),
-        "metrics": {"best_val_loss": history["best_val_loss"], "best_epoch": history["best_epoch"]},
+        "metrics": {
+            "best_val_loss": history["best_val_loss"],
+            "best_epoch": history["best_epoch"],
+            "best_val_score": history.get("best_val_score", history["best_val_loss"]),
+            "select_on": history.get("select_on", "loss"),
+        },
         "history": history,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pathgen_batch_version": __version__,
     }
+    if cal is not None:
+        out["cal_patients"] = [data.patient_ids[i] for i in cal]
     out.update(extra or {})
     return out
 
@@ -99,11 +112,15 @@ def train_generator(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
     name: str = "pathgen-generator",
+    cal_idx: Sequence[int] | np.ndarray | None = None,
 ) -> TrainedGenerator:
     """Fit scalers on ``train_idx``, train the diffusion generator with early stopping on
-    ``val_idx``, and return it with the best epoch's weights."""
+    ``val_idx``, and return it with the best epoch's weights. ``cal_idx``: patients held out
+    for the conformal calibration of a fusion model, recorded as ``cal_patients`` and never
+    seen here."""
     cfg = cfg or GeneratorTrainConfig()
     tr, va = _split(data, train_idx, val_idx)
+    cal = None if cal_idx is None else _held_out(data, cal_idx, tr, va)
     escaler = ZScoreScaler.fit(data.expression[tr], "training expression")
     fscaler = ZScoreScaler.fit_bags([data.bags[i] for i in tr])
 
@@ -131,9 +148,16 @@ def train_generator(
         contract=data.contract,
         grade_classes=data.grade_classes,
         train_config=to_dict(cfg),
-        provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
+        provenance=provenance(data, tr, va, cfg.seed, hist.to_dict(), cal=cal),
         name=name,
     )
+
+
+def _held_out(data: TrainingData, idx: Any, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
+    cal = _indices(data, idx, "cal_idx")
+    if np.intersect1d(cal, np.concatenate([tr, va])).size:
+        raise DataError("cal_idx: a calibration patient is also a training or validation patient")
+    return cal
 
 
 def predictor_config(
@@ -189,6 +213,7 @@ def train_predictor(
             grade=data.grade[ix],
             bins=bins_of(ix),
             censored=~data.event[ix],
+            time=np.where(data.outcome_known[ix], data.time[ix], np.nan),
         )
 
     dev = torch.device(device)
@@ -234,8 +259,14 @@ def calibrate_fusion(
     grade: np.ndarray,
     alpha: float = 0.1,
     method: SetMethod = "lac",
+    patient_ids: Sequence[str] | None = None,
 ) -> TrainedFusion:
     """Split-conformal states from held-out patients, on the inputs used at scoring time.
+
+    The calibration patients must be neither training nor early-stopping patients of the
+    model (nor of the generator that made ``synthetic``); ``patient_ids`` names them in the
+    provenance (``conformal.cal_patients``), and a patient of the model's own validation set
+    is refused.
 
     Grade sets: scores of the predictions made with the SYNTHETIC transcriptome (B, G) against
     the known grades (B,) (-1 = unknown, left out). Risk intervals: around the risk predicted
@@ -247,6 +278,16 @@ def calibrate_fusion(
     syn = fusion.predict(bags, synthetic)
     ref = fusion.predict(bags, real)
     g = np.asarray(grade, dtype=np.int64)
+    ids = None if patient_ids is None else [str(p) for p in patient_ids]
+    if ids is not None:
+        if len(ids) != len(bags):
+            raise DataError(f"patient_ids: expected {len(bags)} ids, got {len(ids)}")
+        reused = sorted(set(ids) & set(fusion.provenance.get("val_patients", [])))
+        if reused:
+            raise DataError(
+                f"conformal calibration: {len(reused)} patient(s) also chose the model's "
+                f"checkpoint (e.g. {reused[0]}); calibrate on patients held out of early stopping"
+            )
     if g.shape != (syn.risk.shape[0],):
         raise DataError(f"grade: expected shape ({syn.risk.shape[0]},), got {g.shape}")
     known = g >= 0
@@ -263,7 +304,13 @@ def calibrate_fusion(
         out.risk_cuts = RiskCuts.fit(syn.risk, fusion.risk_cuts.quantiles)
     out.provenance = {
         **fusion.provenance,
-        "conformal": {"n_cal": int(g.size), "inputs": "synthetic", "alpha": alpha},
+        "conformal": {
+            "n_cal": int(g.size),
+            "inputs": "synthetic",
+            "alpha": alpha,
+            "risk_interval_covers": RISK_INTERVAL_COVERS,
+            **({} if ids is None else {"cal_patients": ids}),
+        },
     }
     return out
 
@@ -277,11 +324,16 @@ def indices_of(data: TrainingData, patient_ids: Sequence[str]) -> np.ndarray:
     return np.asarray([where[p] for p in patient_ids], dtype=np.int64)
 
 
-def generator_split(data: TrainingData, gen: TrainedGenerator) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) indices matching the patients ``gen`` trained on and held out.
+def generator_split(
+    data: TrainingData, gen: TrainedGenerator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, early-stopping, calibration) indices matching the patients ``gen`` trained on,
+    early-stopped on and held out for calibration (``cal_patients``).
 
-    Validating and calibrating a fusion model on the generator's held-out patients keeps their
-    synthetic transcriptomes out of sample; a generator trained on other data is refused.
+    Early-stopping a fusion model on the generator's validation patients and calibrating it on
+    its calibration patients keeps their synthetic transcriptomes out of sample and keeps
+    calibration patients from choosing any checkpoint; a generator trained on other data, or
+    without calibration patients, is refused.
     """
     if gen.provenance.get("cohort_digest") != data.digest:
         raise DataError(
@@ -289,9 +341,15 @@ def generator_split(data: TrainingData, gen: TrainedGenerator) -> tuple[np.ndarr
             f"{gen.provenance.get('cohort_digest')} vs {data.digest}); conformal calibration "
             "needs patients the generator held out, so train both on the same cohort"
         )
+    if not gen.provenance.get("cal_patients"):
+        raise DataError(
+            "generator bundle records no calibration patients (cal_patients); retrain it with "
+            "`pathgen-batch train generator`, which holds them out of training and early stopping"
+        )
     va = indices_of(data, gen.provenance.get("val_patients", []))
-    tr = np.setdiff1d(np.arange(data.n_patients), va)
-    return tr, va
+    cal = indices_of(data, gen.provenance["cal_patients"])
+    tr = np.setdiff1d(np.arange(data.n_patients), np.concatenate([va, cal]))
+    return tr, va, cal
 
 
 def train_calibrated_fusion(
@@ -307,17 +365,25 @@ def train_calibrated_fusion(
 ) -> TrainedFusion:
     """Train a predictor on real transcriptomes and calibrate it with ``gen``'s synthetic ones.
 
-    Early stopping and calibration use the generator's held-out patients (``generator_split``);
-    contract and gene panel must match the data's.
+    Early stopping uses the generator's validation patients and calibration its calibration
+    patients (``generator_split``), two disjoint sets; contract and gene panel must match the
+    data's.
     """
     cfg = cfg or FusionTrainConfig()
     gen.contract.check_matches(data.contract, what="generator bundle vs cohort features")
-    tr, va = generator_split(data, gen)
+    tr, va, cal = generator_split(data, gen)
     gen.panel.check_matches(data.panel_for(tr), what="generator bundle vs cohort gene panel")
     check_training_part(data, tr, "training patients", cfg.n_bins)
     fus = train_predictor(data, tr, va, cfg, device=device, progress=progress, name=name)
-    val_bags = [data.bags[i] for i in va]
-    synthetic, _ = gen.generate(val_bags)
+    cal_bags = [data.bags[i] for i in cal]
+    synthetic, _ = gen.generate(cal_bags)
     return calibrate_fusion(
-        fus, val_bags, synthetic, data.expression[va], data.grade[va], alpha, method
+        fus,
+        cal_bags,
+        synthetic,
+        data.expression[cal],
+        data.grade[cal],
+        alpha,
+        method,
+        patient_ids=[data.patient_ids[i] for i in cal],
     )
