@@ -36,7 +36,7 @@ from pathgen_batch.slides import (
     tile_grid,
     tissue_mask,
 )
-from pathgen_batch.slides.artefacts import Polygon, read_exclusions
+from pathgen_batch.slides.artefacts import Polygon, QualityConfig, TileQuality, read_exclusions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,6 +148,7 @@ class EncodedSlide:
     mpp_source: str  # where that MPP came from (see pathgen_batch.slides.mpp)
     seconds: float  # open to close, encoding included
     encode_s: float  # of which in the encoder
+    quality: TileQuality | None = None  # per kept tile: blank and out-of-focus flags, focus
 
     @property
     def tiles_s(self) -> float:
@@ -189,7 +190,9 @@ def encode_slide(
         phase("tiles")
         mask = tissue_mask(slide, exclude=exclude)
         grid = tile_grid(slide, spec, mask)
-        tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
+        reader = read_tiles(slide, grid, batch_size=batch_size, quality=QualityConfig())
+        tiles = prefetch_batches(reader, prefetch)
+        qualities: list[TileQuality] = []
         report = on_progress or (lambda p: log.info("%s", p.line()))
         done, next_report = 0, t0 + progress_every_s
         with closing(tiles):  # joins the reader thread before the slide closes
@@ -197,6 +200,8 @@ def encode_slide(
                 phase("encode")
                 te = time.perf_counter()
                 feats.append(encoder.encode(batch.images))  # (B, D)
+                if batch.quality is not None:
+                    qualities.append(batch.quality)
                 now = time.perf_counter()
                 encode_s += now - te
                 done += len(batch)
@@ -215,4 +220,11 @@ def encode_slide(
         mpp_source=mpp_source,
         seconds=time.perf_counter() - t0,
         encode_s=encode_s,
+        quality=_joined(qualities) if qualities else None,
+    )
+
+
+def _joined(parts: Sequence[TileQuality]) -> TileQuality:
+    return TileQuality(
+        *(np.concatenate([getattr(q, f) for q in parts]) for f in TileQuality.FIELDS)
     )
