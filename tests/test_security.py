@@ -414,6 +414,39 @@ def test_log_redaction_replaces_real_locations_in_every_record(tmp_path: Path) -
     assert after.strip() == PATIENT  # the block ended: records as made
 
 
+class _Payload:
+    """A pickle that, when unpickled, writes a file: what a hostile weights.pt could do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.write_text, (self.target, "unpickled"))
+
+
+def test_bundle_weights_are_never_unpickled(models: Models, tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    import torch
+
+    from pathgen_batch.errors import DataError
+    from pathgen_batch.inference.bundle import load_bundle
+
+    hostile = tmp_path / "fus"
+    shutil.copytree(models.fus, hostile)
+    target = tmp_path / "pwned"
+    torch.save({"w": _Payload(target)}, hostile / "weights.pt")
+    manifest = json.loads((hostile / "bundle.json").read_text())  # re-recorded, as an attacker
+    digest = hashlib.sha256((hostile / "weights.pt").read_bytes()).hexdigest()
+    old = manifest["files"]["weights.pt"]
+    manifest["files"]["weights.pt"] = f"sha256:{digest}" if old.startswith("sha256:") else digest
+    (hostile / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="not a readable state dict") as e:
+        load_bundle(hostile)
+    assert "\n" not in str(e.value) and not target.exists()
+
+
 def test_pseudonymised_report_joins_clinical_data_without_showing_identifiers(
     lp_run: Run, tmp_path: Path
 ) -> None:
