@@ -522,6 +522,7 @@ def test_s3_run_tables_match_the_models_applied_directly(
     assert list(p["patient_id"]) == [trained.patients[s] for s in ids]
     assert list(p["n_tiles"]) == [len(b) for b in bags]
     assert list(p["risk_group"]) == [fus.risk_group(r) for r in ref.risk]  # the bundle's cuts
+    assert len(set(p["risk_group"])) > 1, list(p["risk"])  # relative groups split the archive
     assert fus.risk_cuts is not None and list(p["risk_cuts"].iloc[0]) == list(fus.risk_cuts.cuts)
     assert set(p["generator_version"]) == {f"bundle:{_digest(trained.gen)}"}
     thumbs = {r["slide_id"]: r for r in read_table(s3_run.out, "thumbnails", ["e2e"]).to_pylist()}
