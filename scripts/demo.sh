@@ -15,7 +15,19 @@ case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
 export PATH="$BIN:$PATH"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-step() { printf '\n== %s\n' "$*"; }
+# each step's wall time, printed at the end
+STEP_TIMES=()
+T_START=$SECONDS
+STEP_NAME=""
+STEP_T=$SECONDS
+step() {
+  if [ -n "$STEP_NAME" ]; then
+    STEP_TIMES+=("$(printf '%6d s  %s' $((SECONDS - STEP_T)) "$STEP_NAME")")
+  fi
+  STEP_NAME="${1%%:*}"
+  STEP_T=$SECONDS
+  printf '\n== %s\n' "$*"
+}
 
 step "MLflow store under $W/mlflow"
 export PATHGEN_WORKSPACE="$W"
@@ -106,6 +118,8 @@ pathgen-batch query tables "$W/scores"
 pathgen-batch query "$W/scores" "SELECT stage, error_type, count(*) AS n FROM failures GROUP BY ALL ORDER BY n DESC"
 pathgen-batch query top-risk "$W/scores" -n 5
 pathgen-batch query "$W/scores" "SELECT grade_pred, count(*) AS n, round(avg(risk), 3) AS mean_risk FROM predictions GROUP BY ALL ORDER BY n DESC"
+# relative risk groups: the fusion bundle's cut points (tertiles of its calibration patients' risk)
+pathgen-batch query "$W/scores" "SELECT risk_group, count(*) AS n, round(min(risk), 3) AS min_risk, round(max(risk), 3) AS max_risk FROM predictions GROUP BY ALL ORDER BY min_risk"
 first_gene="$(head -2 "$W/cohort/gene_panel.csv" | tail -1 | cut -d, -f1)"
 pathgen-batch query genes "$W/scores" --genes "$first_gene" | head -8
 
@@ -117,3 +131,6 @@ step "done"
 echo "tables:   $W/scores (pathgen-batch query $W/scores \"SELECT ...\")"
 echo "report:   $W/report/index.html"
 echo "MLflow:   mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"
+printf '\ntime per step (wall, this invocation; a rerun reuses finished steps):\n'
+printf '%s\n' "${STEP_TIMES[@]}"
+printf '%6d s  total\n' $((SECONDS - T_START))

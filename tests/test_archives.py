@@ -177,6 +177,64 @@ def test_a_series_that_changed_after_listing_fails_its_size_check(
         _encode(series, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def two_series(
+    archive: Archive, he_sources: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """box/: the instances of two DICOM WSI series (case-7's and a mirrored one's, both from
+    wsidicomizer) and a .dcm that is not DICOM, all in one folder."""
+    wsidicomizer = pytest.importorskip("wsidicomizer", reason="the DICOM test extra")
+    work = tmp_path_factory.mktemp("series-work")
+    write_pyramidal_tiff(work / "m.svs", np.ascontiguousarray(_he_rgb(he_sources)[::-1]), 0.5, 2)
+    kw = dict(include_label=False, include_overview=False, include_thumbnail=False)
+    wsidicomizer.WsiDicomizer.convert(work / "m.svs", work / "m", include_levels=[0], **kw)
+    root = tmp_path_factory.mktemp("two-series")
+    box = root / "box"
+    box.mkdir()
+    for f in [*(archive.root / "dicom" / "case-7").iterdir(), *(work / "m").iterdir()]:
+        shutil.copy(f, box / f.name)
+    (box / "broken.dcm").write_bytes(b"DICM? no: a file that is not DICOM")
+    return root
+
+
+def _check_two_series(got: storage.ArchiveListing, tmp_path: Path) -> None:
+    ids = sorted(s.slide_id for s in got.slides)
+    assert len(ids) == 3 and ids[0].startswith("box-") and ids[1].startswith("box-")
+    assert ids[2] == "broken" and got.kinds == {"dicom": 3} and got.skipped == []
+    series = [s for s in got.slides if s.slide_id != "broken"]
+    pixels = []
+    for src in series:  # each series staged alone and opened as a slide of its own
+        assert src.uri.endswith(".dcm")
+        with storage.stage(src, tmp_path / "scratch", FAST) as st, open_slide(st.path) as s:
+            assert s.vendor == "dicom" and s.dimensions == (1536, 1024)
+            pixels.append(s.read_region((384, 256), 0, (256, 256)))
+    assert not np.array_equal(pixels[0], pixels[1])  # two slides, not one twice
+    broken = next(s for s in got.slides if s.slide_id == "broken")
+    with pytest.raises(StorageError, match="not a readable DICOM instance"):
+        _encode(broken, tmp_path)
+
+
+def test_a_folder_of_several_dicom_series_gives_one_slide_per_series(
+    two_series: Path, tmp_path: Path
+) -> None:
+    got = storage.scan_archive(str(two_series))
+    _check_two_series(got, tmp_path)
+    assert got.summary() == f"{two_series}: 3 slide(s) (3 dicom)"
+    box = storage.scan_archive(str(two_series / "box"))  # the folder itself as the archive
+    assert sorted(s.slide_id for s in box.slides)[0].startswith("box-")
+
+
+@pytest.mark.servers
+def test_s3_prefix_of_several_dicom_series_gives_one_slide_per_series(
+    two_series: Path, s3_server, s3_bucket: str, tmp_path: Path
+) -> None:
+    c = s3_server.client()
+    for f in sorted((two_series / "box").iterdir()):
+        c.upload_file(str(f), s3_bucket, f"series/box/{f.name}")
+    got = storage.scan_archive(f"s3://{s3_bucket}/series")  # headers read by range requests
+    _check_two_series(got, tmp_path)
+
+
 def test_vms_naming_a_missing_file_fails_when_staged(archive: Archive, tmp_path: Path) -> None:
     copy = tmp_path / "vms"
     shutil.copytree(archive.root / "vms", copy)

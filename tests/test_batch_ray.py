@@ -486,6 +486,9 @@ def test_s3_run_scores_good_slides_and_records_each_failure(s3_run: S3Run) -> No
     assert got["never-uploaded"] == ("download", "StorageError")
     assert all(r["attempt"] == 1 and r["message"] for r in f)
     assert any(line.startswith("  bounded by: ") for line in s.lines()), s.lines()
+    # the listing's summary is part of the run's (slides by kind, what it skipped)
+    assert f"  listing: s3://{s3_run.bucket}/" in "\n".join(s.lines()), s.lines()
+    assert s.listing is not None and f"{s.n_slides} slide(s)" in s.listing
 
 
 @pytest.mark.ray
@@ -526,6 +529,7 @@ def test_s3_run_tables_match_the_models_applied_directly(
     assert list(p["patient_id"]) == [trained.patients[s] for s in ids]
     assert list(p["n_tiles"]) == [len(b) for b in bags]
     assert list(p["risk_group"]) == [fus.risk_group(r) for r in ref.risk]  # the bundle's cuts
+    assert len(set(p["risk_group"])) > 1, list(p["risk"])  # relative groups split the archive
     assert fus.risk_cuts is not None and list(p["risk_cuts"].iloc[0]) == list(fus.risk_cuts.cuts)
     assert set(p["generator_version"]) == {f"bundle:{_digest(trained.gen)}"}
     thumbs = {r["slide_id"]: r for r in read_table(s3_run.out, "thumbnails", ["e2e"]).to_pylist()}
@@ -536,6 +540,9 @@ def test_s3_run_tables_match_the_models_applied_directly(
         img = png_array(thumbs[sid]["image_png"], sid)
         assert max(img.shape[:2]) <= 1024 and img.std() > 5.0  # a picture, not a blank
         assert png_array(thumbs[sid]["mask_png"], sid).any()
+        t = thumbs[sid]  # the slide's quality flags, measured on the tiles it kept
+        assert 0 <= t["n_tiles_blank"] + t["n_tiles_out_of_focus"] <= int(p.loc[sid, "n_tiles"])
+        assert t["focus_median"] > 0 and t["excluded_fraction"] >= 0.0
     page = write_report(s3_run.out, tmp_path / "report", run_id="e2e").read_text()
     assert "no stored thumbnail" not in page  # heatmaps over real thumbnails, from S3
     t = read_table(s3_run.out, "transcriptomes", ["e2e"]).to_pandas()

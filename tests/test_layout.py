@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
 ONLY_CLI = {"training", "synth"}
 DOORS = {  # external top-level module -> the one package that may import it
     "boto3": "storage",
+    "pydicom": "storage",
     "botocore": "storage",
     "mlflow": "registry",
     "ray": "batch",

@@ -169,8 +169,14 @@ def identity_env(name: str) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": cred["accessKey"], "AWS_SECRET_ACCESS_KEY": cred["secretKey"]}
 
 
-def score(models: Models, archive: str, out: str, *args: str, env: dict[str, str]):
-    cmd = [sys.executable, str(REPO / "jobs" / "score_archive.py"), archive, "--out", out]
+def score(
+    models: Models, archive: str, out: str, *args: str, env: dict[str, str], verbose: bool = False
+):
+    """The Ray job's script; ``verbose``: the CLI with ``-v`` (INFO lines, workers' too)."""
+    job = [str(REPO / "jobs" / "score_archive.py")]
+    if verbose:
+        job = ["-c", "from pathgen_batch.cli import main; main()", "-v", "score"]
+    cmd = [sys.executable, *job, archive, "--out", out]
     cmd += ["--generator", str(models.gen), "--fusion", str(models.fus), "--num-cpus", "2"]
     cmd += ["--encoder-actors", "1", "--retries", "1", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -217,18 +223,24 @@ class Run:
     after: tuple[int, int]
     env: dict[str, str]
     home: Path
+    ray_logs: dict[Path, bytes]  # every file of the Ray session's log folder
 
 
 @pytest.fixture(scope="module")
 def lp_run(server: S3Server, models: Models, slides: list[Path], tmp_path_factory) -> Run:
-    """The scorer identity scores the archive (pseudonymised), planted identifiers included."""
+    """The scorer identity scores the archive (pseudonymised, INFO logs on the driver and the
+    workers), planted identifiers included, in a Ray cluster of its own (``RAY_TMPDIR``)."""
+    import shutil
+    import tempfile
+
     client = server.client()
     for p in slides:
         client.put_object(Bucket=ARCHIVE, Key=f"{PATIENT}/{p.name}", Body=p.read_bytes())
     client.put_object(Bucket=ARCHIVE, Key=f"{PATIENT}/notes-{PATIENT}.svs", Body=b"not a slide")
     home = tmp_path_factory.mktemp("home")
     (home / "key").write_bytes(KEY + b"\n")
-    env = client_env(server, home, **identity_env("scorer"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+    env = client_env(server, home, RAY_TMPDIR=str(ray_tmp), **identity_env("scorer"))
     before = writes_and_denials(server)
     proc = score(
         models,
@@ -239,9 +251,12 @@ def lp_run(server: S3Server, models: Models, slides: list[Path], tmp_path_factor
         "--pseudonymise",
         str(home / "key"),
         env=env,
+        verbose=True,
     )
     after = writes_and_denials(server)
-    return Run(proc, bucket_blobs(server, SCORES, "out/"), before, after, env, home)
+    logs = {p: p.read_bytes() for p in ray_tmp.glob("ray/session_*/logs/**/*") if p.is_file()}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    return Run(proc, bucket_blobs(server, SCORES, "out/"), before, after, env, home, logs)
 
 
 def test_least_privilege_identity_scores_the_archive_and_never_writes_to_it(lp_run: Run) -> None:
@@ -326,6 +341,12 @@ def test_pseudonymised_run_leaves_no_identifier_in_any_output_or_log(lp_run: Run
 
     logs = lp_run.proc.stdout + lp_run.proc.stderr
     assert PATIENT not in logs
+    # the driver logged at INFO, and its workers did too, into Ray's session logs
+    assert "INFO pathgen_batch" in logs and "listing: ps-" in logs
+    staged = [b for b in lp_run.ray_logs.values() if b"INFO pathgen_batch.batch.encode_stage" in b]
+    assert staged and all(b": staging ps-" in b for b in staged)  # the S3 key, redacted
+    ray_leaks = [p.name for p, b in lp_run.ray_logs.items() if PATIENT.encode() in b]
+    assert ray_leaks == [], "an identifier in Ray's session logs"
     assert len(lp_run.blobs) > 10
     leaks = [k for k, b in lp_run.blobs.items() if PATIENT in k or PATIENT.encode() in b]
     assert leaks == []
@@ -350,6 +371,80 @@ def test_pseudonymised_run_leaves_no_identifier_in_any_output_or_log(lp_run: Run
         for r in pq.read_table(io.BytesIO(b)).to_pylist()
     ]
     assert [r["slide_id"] for r in fails] == [ps.token(f"notes-{PATIENT}")]
+
+
+def test_log_redaction_replaces_real_locations_in_every_record(tmp_path: Path) -> None:
+    import io
+    import logging
+
+    from pathgen_batch.storage import SlideSource
+    from pathgen_batch.tables.pseudonyms import SourceMap
+    from pathgen_batch.tables.redaction import Redactor, redacting
+
+    ps = Pseudonymiser(KEY)
+    local = tmp_path / PATIENT / f"{PATIENT}.svs"
+    srcs = [
+        SlideSource(f"s3://{ARCHIVE}/{PATIENT}/S1.svs", "S1", patient_id=PATIENT),
+        SlideSource(str(local), PATIENT),
+    ]
+    red = Redactor(SourceMap.build(srcs, ps, archive=f"s3://{ARCHIVE}/{PATIENT}").replacements())
+    stream = io.StringIO()
+    logger = logging.getLogger("pathgen_batch.test_redaction")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with redacting(red):
+            logger.warning("retrying GetObject key %s/S1.svs: 503", PATIENT)  # botocore's way
+            logger.warning("opened %s (%s)", local, "PS10 and S10 stay")  # a reader's INFO line
+            try:
+                open(local)  # noqa: SIM115 - the error names the real path
+            except OSError:
+                logger.exception("patient %s: cannot read", PATIENT)
+        logger.warning("after: %s", PATIENT)
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue()
+    before, after = lines.split("after: ")
+    assert PATIENT not in before and str(local) not in before, before
+    assert f"retrying GetObject key {ps.token(srcs[0].uri)}: 503" in before
+    assert f"opened {ps.token(str(local))} (PS10 and S10 stay)" in before
+    assert f"patient {ps.token(PATIENT)}: cannot read" in before
+    assert "Traceback" in before and "FileNotFoundError" in before
+    assert after.strip() == PATIENT  # the block ended: records as made
+
+
+class _Payload:
+    """A pickle that, when unpickled, writes a file: what a hostile weights.pt could do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.write_text, (self.target, "unpickled"))
+
+
+def test_bundle_weights_are_never_unpickled(models: Models, tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    import torch
+
+    from pathgen_batch.errors import DataError
+    from pathgen_batch.inference.bundle import load_bundle
+
+    hostile = tmp_path / "fus"
+    shutil.copytree(models.fus, hostile)
+    target = tmp_path / "pwned"
+    torch.save({"w": _Payload(target)}, hostile / "weights.pt")
+    manifest = json.loads((hostile / "bundle.json").read_text())  # re-recorded, as an attacker
+    digest = hashlib.sha256((hostile / "weights.pt").read_bytes()).hexdigest()
+    old = manifest["files"]["weights.pt"]
+    manifest["files"]["weights.pt"] = f"sha256:{digest}" if old.startswith("sha256:") else digest
+    (hostile / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="not a readable state dict") as e:
+        load_bundle(hostile)
+    assert "\n" not in str(e.value) and not target.exists()
 
 
 def test_pseudonymised_report_joins_clinical_data_without_showing_identifiers(

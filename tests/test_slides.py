@@ -629,6 +629,40 @@ def test_no_kept_tile_lies_on_a_pen_mark(inked: tuple[Path, np.ndarray]) -> None
     assert redder[on].mean() > 0.8 and redder[~on].mean() < 0.1
 
 
+def test_scored_slide_stores_its_pen_marks_and_tile_quality_flags(
+    inked: tuple[Path, np.ndarray],
+) -> None:
+    """What a scoring run's thumbnails row says about a slide's quality: the excluded (inked)
+    share and regions, and the blank and out-of-focus tiles among those it kept."""
+    from pathgen_batch.features import build_encoder
+    from pathgen_batch.features.contract import FeatureContract
+    from pathgen_batch.features.encode_slide import encode_slide, spec_for
+    from pathgen_batch.slides import QualityConfig, read_tiles, tile_quality
+    from pathgen_batch.tables import Lineage
+    from pathgen_batch.tables.thumbnails import png_array, thumbnail_table
+
+    path, _ = inked
+    enc = build_encoder("stain-texture", options={"tile_px": 64, "mpp": 2.0, "scales": 2})
+    got = encode_slide(path, enc, spec_for(enc), batch_size=16)
+    assert got.quality is not None and len(got.quality.blank) == len(got.grid) > 20
+    with open_slide(path) as s:
+        want = [tile_quality(b.images, QualityConfig()) for b in read_tiles(s, got.grid, 16)]
+        thumb = s.thumbnail(256)
+    c = FeatureContract("stain-texture", "v1", enc.dim, 64, 2.0)
+    lin = Lineage("g", "1", "f", "1", c.to_json(), c.digest)
+    row = thumbnail_table(
+        "inked", thumb, (INK_PX, INK_PX), 1.0, got.mask.mask, got.mask.excluded, lin, got.quality
+    ).to_pylist()[0]
+    assert row["excluded_fraction"] == pytest.approx(got.mask.excluded_fraction)
+    assert 0.02 < row["excluded_fraction"] < 0.2  # the strokes
+    assert np.array_equal(png_array(row["excluded_png"], "inked"), got.mask.excluded)
+    assert row["n_tiles_blank"] == sum(int(q.blank.sum()) for q in want)
+    assert row["n_tiles_out_of_focus"] == sum(int(q.out_of_focus.sum()) for q in want)
+    focus = np.concatenate([q.focus for q in want])
+    assert row["focus_median"] == pytest.approx(float(np.median(focus)), rel=1e-5)
+    assert row["focus_median"] > QualityConfig().min_focus  # sharp H&E
+
+
 def test_ink_mask_leaves_real_h_and_e_alone(he_sources: tuple[Path, Path]) -> None:
     with open_slide(he_sources[0]) as s:
         m = tissue_mask(s)

@@ -11,6 +11,7 @@ that has no commit yet, and commit a failure when the slide cannot give a bag.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,8 @@ from pathgen_batch.tables.io import read_row_group
 from pathgen_batch.tables.rows import bag_from_features
 from pathgen_batch.tables.schemas import THUMBNAIL_PX
 from pathgen_batch.tables.thumbnails import thumbnail_table
+
+log = logging.getLogger(__name__)
 
 PREFETCH = 2  # tile batches read ahead of the encoder
 T = TypeVar("T")
@@ -153,6 +156,7 @@ class TileEncoder(SlideStage):
         run = SlideEncoding(self.ctx.scratch_dir, self.retry, self.batch_size, self.workers)
         try:
             real = src if self.ctx.sources is None else self.ctx.sources.locate(src)
+            log.info("slide %s: staging %s", src.slide_id, real.uri)  # redacted if pseudonymised
             enc, (thumbnail, thumb_s) = run.encode(
                 src,
                 real,
@@ -197,15 +201,22 @@ class TileEncoder(SlideStage):
         )
 
     def _thumbnail(self, row: SlideRow, path: str | Path, enc: EncodedSlide) -> pa.Table:
-        """The slide's ``thumbnails`` row: its picture, level-0 extent and tissue mask.
-
-        The tissue step gives no excluded regions yet, so ``excluded_png`` stays null.
-        """
+        """The slide's ``thumbnails`` row: its picture, level-0 extent, tissue mask, the
+        regions the tissue step excluded (pen ink, annotations) and its tiles' quality flags."""
         with open_slide(path, mpp_override=row.source.mpp) as slide:
             image = slide.thumbnail(THUMBNAIL_PX)  # (H, W, 3) uint8
             dims = slide.dimensions
+        m = enc.mask
+        excluded = m.excluded if m.excluded is not None and m.excluded.any() else None
         return thumbnail_table(
-            row.source.slide_id, image, dims, enc.slide_mpp, enc.mask.mask, None, self.ctx.lineage
+            row.source.slide_id,
+            image,
+            dims,
+            enc.slide_mpp,
+            m.mask,
+            excluded,
+            self.ctx.lineage,
+            quality=enc.quality,
         )
 
 

@@ -19,7 +19,8 @@ streaming executor's backpressure bounds what is in flight, so memory does not g
 archive. Slides left without a commit (a pass that ended on an error) are retried in the next
 pass; after ``max_passes`` they are recorded as failures. Consolidation writes the tables and,
 last, the ``runs`` row; when the input names patients, the driver first commits each patient
-from its slides (:mod:`.patients`).
+from its slides (:mod:`.patients`). A pseudonymised run redacts every log record of the driver
+and of its workers (:mod:`pathgen_batch.tables.redaction`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from pathgen_batch.batch import commit as cm
 from pathgen_batch.batch import patients as pt
 from pathgen_batch.batch.config import ScoreConfig
 from pathgen_batch.batch.encode_stage import TileEncoder
-from pathgen_batch.batch.prepare import Prepared, list_inputs, prepare, worker_context
+from pathgen_batch.batch.prepare import (
+    Prepared,
+    list_inputs,
+    listing_summary,
+    prepare,
+    worker_context,
+)
 from pathgen_batch.batch.ray_runner import (
     Resources,
     build_pipeline,
@@ -53,6 +60,7 @@ from pathgen_batch.batch.summary import Progress, RunSummary
 from pathgen_batch.config import to_dict
 from pathgen_batch.storage import SlideSource
 from pathgen_batch.tables import io as tio
+from pathgen_batch.tables.redaction import Redactor, redacting
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,22 @@ def score_archive(
         tables["patients"] = tio.partition_uri(cfg.output, "patients", p.run_id)
     if state.resumed and state.is_complete():
         return _complete_summary(p, tables, time.perf_counter() - t0)
+    redactor = p.listing.redactor()
+    with redacting(redactor):
+        return _run(p, state, tables, progress, t0, started, redactor)
+
+
+def _run(
+    p: Prepared,
+    state: cm.RunState,
+    tables: dict[str, str],
+    progress: Callable[[Progress], None] | None,
+    t0: float,
+    started: dt.datetime,
+    redactor: Redactor | None,
+) -> RunSummary:
+    """The passes, the patients and the consolidation of a begun run."""
+    cfg, retry = p.cfg, p.cfg.retry
     totals, n_rows = StageTimes(), 0
     passes = 0
     res = None
@@ -120,6 +144,8 @@ def score_archive(
                         f"pass {passes} ended on {type(e).__name__}: "
                         + (str(e).strip().splitlines() or [""])[0][:500]
                     )
+                    if redactor is not None:  # it goes into the failures table too
+                        last_error = redactor(last_error)
                     log.warning("run %s: %s", p.run_id, last_error)
                 totals, n_rows = totals + prog.times, n_rows + prog.done
                 if progress is not None:
@@ -190,6 +216,7 @@ def score_archive(
         ray_stats=ray_stats,
         startup_s=startup_s,
         consolidate_s=consolidate_s,
+        listing=listing_summary(p),
     )
 
 
@@ -218,6 +245,7 @@ def _complete_summary(p: Prepared, tables: dict[str, str], seconds: float) -> Ru
         stage_times=stage_times,
         tables=tables,
         already_complete=True,
+        listing=listing_summary(p),
     )
 
 

@@ -39,6 +39,7 @@ from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import SlideSource
 from pathgen_batch.tables import io as tio
 from pathgen_batch.tables.pseudonyms import Pseudonymiser, SourceMap
+from pathgen_batch.tables.redaction import Redactor
 from pathgen_batch.tables.rows import Lineage
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Listing:
         self.pseudonyms = pseudonyms
         self._real: Sequence[SlideSource] | None = None
         self.found: storage.ArchiveListing | None = None  # what the listing kept and skipped
+        self._map: SourceMap | None = None
 
     def real(self) -> Sequence[SlideSource]:
         if self._real is None:
@@ -66,7 +68,16 @@ class Listing:
 
     def source_map(self) -> SourceMap | None:
         ps = self.pseudonyms
-        return None if ps is None else SourceMap.build(self.real(), ps)
+        if ps is None:
+            return None
+        if self._map is None:
+            self._map = SourceMap.build(self.real(), ps, archive=self.cfg.archive)
+        return self._map
+
+    def redactor(self) -> Redactor | None:
+        """What replaces the real locations and ids in the run's log records (None: as made)."""
+        sources = self.source_map()
+        return None if sources is None else Redactor(sources.replacements())
 
 
 def new_run_id() -> str:

@@ -17,6 +17,7 @@ Ray is imported only here (lazily, when a run has slides to score).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -152,6 +153,7 @@ def build_pipeline(
     ``res.scorer_actors`` actors (a CPU each) that read each stored bag and score it: the
     work per slide is small, so what a re-scoring run costs is mostly starting processes.
     """
+    wctx = replace(wctx, log_level=logging.getLogger().getEffectiveLevel())
     enc_ctx = replace(wctx, threads=res.encoder_threads)
     if p.cfg.reuse_features:  # the bag from stored features: no slide read
         ds = ray.data.from_items(

@@ -29,6 +29,7 @@ stage goes on with the next slide.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,7 @@ from pathgen_batch.errors import PathgenError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.storage import RetryPolicy
 from pathgen_batch.tables.pseudonyms import SourceMap
+from pathgen_batch.tables.redaction import Redactor, install
 from pathgen_batch.tables.rows import Lineage, failure_record
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,31 @@ class WorkerContext:
     encoder: EncoderRef = field(default_factory=EncoderRef)  # the weights of its encoder
     exclude_geojson: str | None = None  # folder of <slide_id>.geojson: regions not tiled
     sources: SourceMap | None = None  # pseudonymised run: the real location of each slide
+    log_level: int | None = None  # in a Ray worker: the driver's level (logs configured here)
 
     @property
     def layout(self) -> cm.RunLayout:
         return cm.RunLayout(self.output, self.run_id)
+
+
+_WORKER_LOGS: dict[str, Callable[[], None]] = {}  # the redaction installed in this process
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def worker_logs(level: int, sources: SourceMap | None) -> None:
+    """A Ray worker's logging as the driver's: its level, one stderr handler (Ray keeps the
+    worker's stderr in its session logs), and for a pseudonymised run every record redacted
+    (:mod:`pathgen_batch.tables.redaction`; one redaction per process, the latest run's)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+    if (undo := _WORKER_LOGS.pop("undo", None)) is not None:
+        undo()
+    if sources is not None:
+        _WORKER_LOGS["undo"] = install(Redactor(sources.replacements()))
 
 
 class SlideStage:
@@ -85,6 +108,8 @@ class SlideStage:
     def __init__(self, ctx: WorkerContext) -> None:
         if ctx.threads is not None:  # one per CPU the stage reserved: no oversubscription
             torch.set_num_threads(ctx.threads)
+        if ctx.log_level is not None:
+            worker_logs(ctx.log_level, ctx.sources)
         self.ctx = ctx
         self.layout = ctx.layout
         self.retry = ctx.retry

@@ -108,6 +108,7 @@ class RunSummary:
     ray_stats: str | None = None  # Ray Data's stats of the last pass (time, CPU per operator)
     startup_s: float = 0.0  # before the first pass: models, checks, listing, Ray
     consolidate_s: float = 0.0  # after the last: the tables and the runs row
+    listing: str | None = None  # the archive listing: slides by kind, skipped files and why
 
     @property
     def tiles_per_s(self) -> float:
@@ -134,6 +135,8 @@ class RunSummary:
             f"  slides {self.n_slides}: scored {self.n_scored}, failed {self.n_failed}; "
             f"tiles {self.n_tiles}",
         ]
+        if self.listing is not None:
+            out.append(f"  listing: {self.listing}")
         if not self.already_complete:
             out.append(
                 f"  throughput: {self.tiles_per_s:.1f} tiles/s, {self.slides_per_h:.0f} slides/h "

@@ -46,9 +46,11 @@ from pathgen_batch.slides import (
     tile_grid,
     tissue_mask,
 )
-from pathgen_batch.slides.artefacts import Polygon, read_exclusions
+from pathgen_batch.slides.artefacts import Polygon, QualityConfig, TileQuality, read_exclusions
 
 log = logging.getLogger(__name__)
+# one encoded batch: features (B, D), seconds in the encoder, the tiles' quality flags
+Encoded = tuple[np.ndarray, float, TileQuality | None]
 T = TypeVar("T")
 Phase = Literal["open", "tiles", "encode"]
 
@@ -158,6 +160,7 @@ class EncodedSlide:
     mpp_source: str  # where that MPP came from (see pathgen_batch.slides.mpp)
     seconds: float  # open to close, encoding included
     encode_s: float  # of which in the encoder (with several workers: their sum / workers)
+    quality: TileQuality | None = None  # per kept tile: blank and out-of-focus flags, focus
 
     @property
     def tiles_s(self) -> float:
@@ -204,17 +207,20 @@ def encode_slide(
         grid = tile_grid(slide, spec, mask)
         report = on_progress or (lambda p: log.info("%s", p.line()))
         done, next_report = 0, t0 + progress_every_s
+        qualities: list[TileQuality] = []
         if workers > 1:
-            batches: Generator[tuple[np.ndarray, float], None, None] = _parallel(
+            batches: Generator[Encoded, None, None] = _parallel(
                 slide, grid, encoder, batch_size, workers, phase
             )
         else:
             batches = _serial(slide, grid, encoder, batch_size, prefetch, phase)
         with closing(batches):  # joins the reader threads before the slide closes
-            for f, seconds in batches:
+            for f, seconds, quality in batches:
                 feats.append(f)  # (B, D)
                 encode_s += seconds
                 done += len(f)
+                if quality is not None:
+                    qualities.append(quality)
                 now = time.perf_counter()
                 if now >= next_report and done < len(grid):
                     report(SlideProgress(Path(path).name, done, len(grid), now - t0))
@@ -230,6 +236,13 @@ def encode_slide(
         mpp_source=mpp_source,
         seconds=time.perf_counter() - t0,
         encode_s=encode_s / workers,
+        quality=_joined(qualities) if qualities else None,
+    )
+
+
+def _joined(parts: Sequence[TileQuality]) -> TileQuality:
+    return TileQuality(
+        *(np.concatenate([getattr(q, f) for q in parts]) for f in TileQuality.FIELDS)
     )
 
 
@@ -240,9 +253,11 @@ def _serial(
     batch_size: int,
     prefetch: int,
     phase: Callable[[Phase], None],
-) -> Generator[tuple[np.ndarray, float], None, None]:
-    """(features, encoder seconds) per batch: one reader thread ahead of the caller's encoder."""
-    tiles = prefetch_batches(read_tiles(slide, grid, batch_size=batch_size), prefetch)
+) -> Generator[Encoded, None, None]:
+    """(features, encoder seconds, tile quality) per batch: one reader thread ahead of the
+    caller's encoder."""
+    reader = read_tiles(slide, grid, batch_size=batch_size, quality=QualityConfig())
+    tiles = prefetch_batches(reader, prefetch)
     with closing(tiles):
         for batch in tiles:
             phase("encode")
@@ -250,7 +265,7 @@ def _serial(
             f = encoder.encode(batch.images)  # (B, D)
             seconds = time.perf_counter() - te
             phase("tiles")
-            yield f, seconds
+            yield f, seconds, batch.quality
 
 
 class _PhaseError(Exception):
@@ -268,30 +283,30 @@ def _parallel(
     batch_size: int,
     workers: int,
     phase: Callable[[Phase], None],
-) -> Generator[tuple[np.ndarray, float], None, None]:
-    """(features, encoder seconds) per batch in grid order, ``workers`` threads reading and
-    encoding batches side by side (see the module docstring)."""
+) -> Generator[Encoded, None, None]:
+    """(features, encoder seconds, tile quality) per batch in grid order, ``workers`` threads
+    reading and encoding batches side by side (see the module docstring)."""
     lock: AbstractContextManager[object] = (
         threading.Lock() if encoder.device.type == "cuda" else nullcontext()
     )
 
-    def job(b0: int) -> tuple[np.ndarray, float]:
+    def job(b0: int) -> Encoded:
         b1 = min(len(grid), b0 + batch_size)
         sub = replace(grid, x=grid.x[b0:b1], y=grid.y[b0:b1], tissue=grid.tissue[b0:b1])
         try:
-            images = next(read_tiles(slide, sub, batch_size=batch_size)).images
+            batch = next(read_tiles(slide, sub, batch_size=batch_size, quality=QualityConfig()))
         except Exception as e:
             raise _PhaseError("tiles", e) from e
         try:
             with lock:
                 te = time.perf_counter()
-                f = encoder.encode(images)  # (B, D)
-                return f, time.perf_counter() - te
+                f = encoder.encode(batch.images)  # (B, D)
+                return f, time.perf_counter() - te, batch.quality
         except Exception as e:
             raise _PhaseError("encode", e) from e
 
     starts = iter(range(0, len(grid), batch_size))
-    pending: deque[Future[tuple[np.ndarray, float]]] = deque()
+    pending: deque[Future[Encoded]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="tile-encode") as pool:
         try:
             for b0 in starts:

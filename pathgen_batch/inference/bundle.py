@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -296,15 +297,16 @@ def _load_weights(model: torch.nn.Module, root: str, device: torch.device, diges
         _check_digest(root, WEIGHTS, staged.path, digest)
         try:
             state = torch.load(staged.path, weights_only=True, map_location=device)
-        except (RuntimeError, OSError, EOFError, ValueError) as e:
-            raise DataError(f"{uri}: not a readable state dict ({e})") from e
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"{uri}: not a readable state dict ({first})") from e
     if not isinstance(state, dict):
         raise DataError(f"{uri}: expected a state dict, got {type(state).__name__}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
+        lines = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in lines[1:4]) or lines[0]
         raise DataError(f"{root}: weights do not match the model config ({detail})") from e
 
 

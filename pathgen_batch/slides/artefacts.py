@@ -118,6 +118,8 @@ class TileQuality:
     blank: np.ndarray  # (B,) bool
     out_of_focus: np.ndarray  # (B,) bool (never set on a blank tile)
 
+    FIELDS = ("tissue_share", "focus", "blank", "out_of_focus")
+
 
 def tile_quality(images: np.ndarray, cfg: QualityConfig = QualityConfig()) -> TileQuality:
     """Blank and focus flags of tiles (B, H, W, 3) uint8; see the module docstring."""

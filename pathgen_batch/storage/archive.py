@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.storage.base import DEFAULT_RETRY, RetryPolicy, Staged, StorageError
+from pathgen_batch.storage.dicom import HEAD_BYTES, series_tag
 from pathgen_batch.storage.files import read_bytes, stage_file, store_for
 from pathgen_batch.storage.local import walk_files
 from pathgen_batch.storage.locations import (
@@ -215,10 +216,21 @@ def scan_archive(
         slides = read_manifest(uri, retry)
         return ArchiveListing(uri, slides, [], _kinds(s.uri for s in slides))
     root, files = _archive_files(uri, retry, page_size)
-    groups, skipped = group_files(files, exts, lambda key: read_bytes(root + key, retry))
+    store = store_for(root, retry)
+
+    def head(key: str) -> bytes:
+        try:
+            return store.read_head(root + key, HEAD_BYTES)
+        except StorageError:  # unreadable: a slide of its own, which fails when staged
+            return b""
+
+    groups, skipped = group_files(files, exts, lambda key: read_bytes(root + key, retry), head)
     sources = []
     for g in groups:
-        if g.kind == DICOM:
+        if g.kind == DICOM and g.series is not None:  # one of several series in a folder
+            folder = g.location.rsplit("/", 1)[0] if "/" in g.location else root.rstrip("/")
+            sid = f"{folder_slide_id(folder)}-{series_tag(g.series)}"
+        elif g.kind == DICOM and (g.location.endswith("/") or not g.location):
             where = g.location.rstrip("/") or root.rstrip("/")
             sid = folder_slide_id(where)
         else:

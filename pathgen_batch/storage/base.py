@@ -79,6 +79,10 @@ class Store(ABC):
     def read_bytes(self, uri: str) -> bytes:
         """A whole file; StorageError when it does not exist or cannot be read."""
 
+    def read_head(self, uri: str, n: int) -> bytes:
+        """The first ``n`` bytes of a file (all of it when shorter)."""
+        return self.read_bytes(uri)[:n]
+
     @abstractmethod
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Write a whole file: readers see the old content, or none, or all of the new one."""

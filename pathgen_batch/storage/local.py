@@ -69,6 +69,15 @@ class LocalStore(Store):
         except IsADirectoryError:
             raise StorageError(f"reading {uri}: a folder, not a file") from None
 
+    def read_head(self, uri: str, n: int) -> bytes:
+        try:
+            with local_path(uri).open("rb") as f:
+                return f.read(n)
+        except FileNotFoundError:
+            raise StorageError(f"reading {uri}: no such file") from None
+        except IsADirectoryError:
+            raise StorageError(f"reading {uri}: a folder, not a file") from None
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         self._written(uri, lambda tmp: tmp.write_bytes(data), os.replace)
 

@@ -219,6 +219,16 @@ class S3Store(Store):
             f"reading {uri}", lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read()
         )
 
+    def read_head(self, uri: str, n: int) -> bytes:
+        bucket, key = split_s3(uri)
+        client = s3_client(uri)
+        return self._call(
+            f"reading {uri}",
+            lambda: client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n - 1}")[
+                "Body"
+            ].read(),
+        )
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3(uri)
         client = s3_client(uri)

@@ -3,9 +3,11 @@ of them together.
 
 OpenSlide opens these formats from one file and finds the others by name beside it:
 
-- **DICOM WSI**: the ``.dcm`` instances of one series. Here every ``.dcm`` file directly in one
-  folder (or S3 prefix) belongs to one slide, whose location is the folder with a trailing
-  ``/``; OpenSlide opens any instance and reads the others of its series from its folder.
+- **DICOM WSI**: the ``.dcm`` instances of one series, grouped by study and series UID
+  (:mod:`.dicom`): a folder (or S3 prefix) that holds one series is one slide, whose location
+  is the folder with a trailing ``/``; a folder that holds several gives one slide per series,
+  located at its first instance. OpenSlide opens any instance and reads the others of its
+  series from its folder.
 - **MIRAX**: ``X.mrxs`` and the folder ``X/`` beside it (``Slidedat.ini``, ``Index.dat``,
   ``Data*.dat``).
 - **Hamamatsu VMS/VMU**: ``X.vms`` or ``X.vmu``, an INI file that names its image files
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pathgen_batch.storage.base import Staged, StorageError, Store
+from pathgen_batch.storage.dicom import HEAD_BYTES, Series, same_series, split_series
 from pathgen_batch.storage.locations import basename, is_s3, is_safe_name, local_path
 from pathgen_batch.storage.s3 import S3Store
 
@@ -42,6 +45,8 @@ def slide_kind(uri: str) -> str:
     folder, or a location ending in ``/``, is a DICOM series."""
     lower = uri.lower()
     if uri.endswith("/") or (not is_s3(uri) and local_path(uri).is_dir()):
+        return DICOM
+    if lower.endswith(".dcm"):  # an instance: the slide is its series
         return DICOM
     if lower.endswith(".mrxs"):
         return MIRAX
@@ -75,6 +80,7 @@ class SlideFiles:
     location: str
     kind: str
     files: tuple[tuple[str, int], ...]
+    series: Series | None = None  # a DICOM series that shares its folder with others
 
     @property
     def size(self) -> int:
@@ -89,18 +95,21 @@ def group_files(
     files: Sequence[tuple[str, int]],
     extensions: frozenset[str],
     read: Callable[[str], bytes],
+    head: Callable[[str], bytes] | None = None,
 ) -> tuple[list[SlideFiles], list[tuple[str, str]]]:
     """The slides among an archive's files, and the (key, reason) of every file that is not
     one. ``files``: (key, bytes) relative to the archive root; ``read(key)`` reads a VMS/VMU
-    index. Companion files are claimed by their slide (MIRAX folders, VMS/VMU image files,
-    DICOM instances); a file that no slide claims and whose extension is not in
-    ``extensions`` is skipped."""
+    index, ``head(key)`` the start of a DICOM instance (None: one series per folder).
+    Companion files are claimed by their slide (MIRAX folders, VMS/VMU image files, DICOM
+    instances); a file that no slide claims and whose extension is not in ``extensions`` is
+    skipped."""
     sizes = dict(files)
     claimed: dict[str, str] = {}  # companion key -> its slide's location
     slides: list[SlideFiles] = []
 
-    def take(location: str, kind: str, keys: list[str]) -> None:
-        slides.append(SlideFiles(location, kind, tuple((k, sizes[k]) for k in keys)))
+    def take(location: str, kind: str, keys: list[str], series: Series | None = None) -> None:
+        files = tuple((k, sizes[k]) for k in keys)
+        slides.append(SlideFiles(location, kind, files, series))
         for k in keys:
             if k != location:
                 claimed[k] = location
@@ -125,7 +134,11 @@ def group_files(
         if key not in claimed and has_ext(key, (".dcm",)):
             series.setdefault(_parent(key), []).append(key)
     for folder, keys in series.items():
-        take(folder, DICOM, keys)  # every instance is a companion of its folder
+        if head is None:
+            take(folder, DICOM, keys)  # every instance is a companion of its folder
+            continue
+        for g in split_series(folder, keys, head):
+            take(g.location, DICOM, list(g.keys), g.series)
     skipped: list[tuple[str, str]] = []
     mains = {s.location for s in slides}
     for key in sizes:
@@ -158,12 +171,18 @@ def _safe_companion(name: str, slide: str) -> str:
 def _parts(uri: str, kind: str, store: Store) -> list[_Part]:
     """Every file of the slide at ``uri`` (the main file first) and its scratch name."""
     if kind == DICOM:
-        folder = uri if uri.endswith("/") else uri + "/"
+        instance = uri.lower().endswith(".dcm")
+        here = uri[: len(uri) - len(basename(uri))] if instance else uri.rstrip("/") + "/"
         found = [
             (u, n)
-            for u, n in store.list_files(folder)
-            if u.lower().endswith(".dcm") and "/" not in u[len(folder) :].replace("\\", "/")
+            for u, n in store.list_files(here)
+            if u.lower().endswith(".dcm") and "/" not in u[len(here) :].replace("\\", "/")
         ]
+        if instance:  # the instances of its series, itself first
+            in_series = same_series(uri, found, lambda u: store.read_head(u, HEAD_BYTES))
+            if in_series is None:
+                raise StorageError(f"{uri}: not a readable DICOM instance (no series UID)")
+            found = in_series
         if not found:
             raise StorageError(f"{uri}: no DICOM instances (.dcm files) in this folder")
         return [_Part(u, f"{i:05d}.dcm", n) for i, (u, n) in enumerate(found)]

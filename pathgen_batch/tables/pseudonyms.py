@@ -13,7 +13,9 @@ tells runs made with different keys apart without revealing it.
 
 A scoring run reads its slides through their real locations: :class:`SourceMap` (made by the
 driver, sent to the workers without the key) turns a pseudonymised source back into the real
-one for staging, and scrubs the real location out of error messages.
+one for staging, and scrubs the real location out of error messages;
+:mod:`pathgen_batch.tables.redaction` does the same for every log record of the driver and
+the workers.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import dataclasses
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from pathgen_batch.errors import ConfigError
-from pathgen_batch.storage import SlideSource, basename, is_s3, local_path
+from pathgen_batch.storage import SlideSource, basename, is_s3, local_path, split_s3
 
 PREFIX = "ps-"
 HEX_DIGITS = 16
@@ -99,7 +101,9 @@ class Pseudonymiser:
 def _spellings(src: SlideSource) -> list[str]:
     """The ways a slide's real location or name can show in an error message, longest first."""
     out = {src.uri, basename(src.uri), src.slide_id}
-    if not is_s3(src.uri):
+    if is_s3(src.uri):
+        out.add(split_s3(src.uri)[1])  # the key, as botocore's messages name it
+    else:
         p = local_path(src.uri)
         out |= {str(p), str(p.resolve()), p.stem}
     return sorted((s for s in out if s), key=len, reverse=True)
@@ -107,13 +111,22 @@ def _spellings(src: SlideSource) -> list[str]:
 
 @dataclass(frozen=True)
 class SourceMap:
-    """Pseudonymised URI -> the real source, for the slides of one run (no key inside)."""
+    """Pseudonymised URI -> the real source, for the slides of one run (no key inside), and
+    the pseudonyms of the real slide ids, patient ids and archive location (for log lines)."""
 
     real: Mapping[str, SlideSource]
+    names: Mapping[str, str] = field(default_factory=dict)  # real id -> its pseudonym
 
     @classmethod
-    def build(cls, sources: Iterable[SlideSource], ps: Pseudonymiser) -> SourceMap:
-        return cls({ps.token(s.uri): s for s in sources})
+    def build(
+        cls, sources: Iterable[SlideSource], ps: Pseudonymiser, archive: str | None = None
+    ) -> SourceMap:
+        srcs = list(sources)
+        names = {s.slide_id: ps.token(s.slide_id) for s in srcs}
+        names |= {s.patient_id: ps.token(s.patient_id) for s in srcs if s.patient_id}
+        if archive:
+            names[archive] = ps.token(archive)
+        return cls({ps.token(s.uri): s for s in srcs}, names)
 
     def locate(self, src: SlideSource) -> SlideSource:
         """The real source of a pseudonymised one (as given when it is not pseudonymised)."""
@@ -127,3 +140,22 @@ class SourceMap:
         for spelling in _spellings(real):
             text = text.replace(spelling, src.uri)
         return text
+
+    def replacements(self) -> dict[str, str]:
+        """Every spelling of a real location or id -> the pseudonym that replaces it: a
+        slide's ids and names by its slide id's pseudonym, its paths and URI by its URI's."""
+        out: dict[str, str] = {}
+        for token, real in self.real.items():
+            for spelling in _spellings(real):
+                out.setdefault(spelling, token)
+        for name, token in self.names.items():
+            out[name] = token
+            if is_s3(name) and (prefix := split_s3(name)[1].rstrip("/")):
+                out[prefix + "/"] = token  # the archive's prefix at the head of a key
+            elif not is_s3(name) and name.startswith(("/", "file:")):
+                out[str(local_path(name))] = token
+        for real in self.real.values():
+            stem = basename(real.uri).split(".", 1)[0]
+            if stem and real.slide_id in self.names:
+                out[stem] = self.names[real.slide_id]
+        return out

@@ -45,7 +45,11 @@ Tables (columns besides lineage):
   resolution: mask pixel (i, j) covers level-0 ``[j * width_l0 / mask_width, ...)``),
   mask_width, mask_height, tissue_fraction, excluded_png (regions the tissue step excluded,
   such as pen marks, as a 1-bit PNG on the mask's grid; null when the tissue step reports
-  none). Written with the slide's commit, so reports and exports need only the tables.
+  none), the slide's quality flags: excluded_fraction (share of the slide's area excluded: pen
+  ink and annotated regions), n_tiles_blank and n_tiles_out_of_focus (kept tiles flagged by
+  :func:`~pathgen_batch.slides.tile_quality`), focus_median (median focus measure of the kept
+  tiles; these three null when the tiles were not measured). Written with the slide's commit,
+  so reports and exports need only the tables.
 - ``failures``: one row per slide that could not be scored: stage (``download``, ``open``,
   ``tiles``, ``encode``, ``features``, ``score``, ``write``, ``pipeline``), error_type,
   message, attempt (how many times the run tried the slide), failed_at.
@@ -174,6 +178,10 @@ THUMBNAILS = _schema(
         pa.field("mask_height", pa.int32(), nullable=False),
         pa.field("tissue_fraction", pa.float32(), nullable=False),
         pa.field("excluded_png", pa.binary()),
+        pa.field("excluded_fraction", pa.float32()),
+        pa.field("n_tiles_blank", pa.int32()),
+        pa.field("n_tiles_out_of_focus", pa.int32()),
+        pa.field("focus_median", pa.float32()),
     ],
 )
 THUMBNAIL_PX = 1024  # longer side of a stored thumbnail

@@ -10,6 +10,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pathgen_batch.errors import DataError
+from pathgen_batch.slides import TileQuality
 from pathgen_batch.tables.rows import Lineage, _opt_float
 from pathgen_batch.tables.schemas import THUMBNAILS
 
@@ -48,10 +49,11 @@ def thumbnail_table(
     mask: np.ndarray,
     excluded: np.ndarray | None,
     lineage: Lineage,
+    quality: TileQuality | None = None,
 ) -> pa.Table:
     """The ``thumbnails`` row of one slide: image (H, W, 3) uint8 of the whole slide, dims_l0
     (W0, H0) level-0 px, mask (h, w) bool tissue on the mask's grid, excluded (h, w) bool or
-    None."""
+    None, quality: the kept tiles' flags (None: not measured)."""
     img = np.asarray(image)
     m = np.asarray(mask)
     if img.ndim != 3 or img.shape[2] != 3 or m.ndim != 2 or m.dtype != bool or not m.size:
@@ -79,6 +81,18 @@ def thumbnail_table(
         "mask_height": int(m.shape[0]),
         "tissue_fraction": float(m.mean()),
         "excluded_png": None if excluded is None else png_bytes(np.asarray(excluded, dtype=bool)),
+        "excluded_fraction": 0.0 if excluded is None else float(np.mean(excluded)),
+        **_quality_columns(quality),
         **lineage.to_dict(),
     }
     return pa.Table.from_pylist([row], schema=THUMBNAILS)
+
+
+def _quality_columns(q: TileQuality | None) -> dict[str, int | float | None]:
+    if q is None:
+        return {"n_tiles_blank": None, "n_tiles_out_of_focus": None, "focus_median": None}
+    return {
+        "n_tiles_blank": int(np.count_nonzero(q.blank)),
+        "n_tiles_out_of_focus": int(np.count_nonzero(q.out_of_focus)),
+        "focus_median": float(np.median(q.focus)) if q.focus.size else None,
+    }
