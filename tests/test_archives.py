@@ -185,7 +185,9 @@ def two_series(
     wsidicomizer) and a .dcm that is not DICOM, all in one folder."""
     wsidicomizer = pytest.importorskip("wsidicomizer", reason="the DICOM test extra")
     work = tmp_path_factory.mktemp("series-work")
-    write_pyramidal_tiff(work / "m.svs", np.ascontiguousarray(_he_rgb(he_sources)[::-1]), 0.5, 2)
+    write_pyramidal_tiff(
+        work / "m.svs", np.ascontiguousarray(_he_rgb(he_sources)[::-1]), mpp=0.5, levels=2
+    )
     kw = dict(include_label=False, include_overview=False, include_thumbnail=False)
     wsidicomizer.WsiDicomizer.convert(work / "m.svs", work / "m", include_levels=[0], **kw)
     root = tmp_path_factory.mktemp("two-series")
