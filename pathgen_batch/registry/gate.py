@@ -10,11 +10,20 @@ A candidate passes when
    tolerance, in the metric's direction (``higher``: C-index, AUC; ``lower``: IBS, MAE):
    ``higher`` fails when ``candidate < production - tolerance``, ``lower`` when
    ``candidate > production + tolerance``; a metric missing on either side fails;
-3. it fits the Production versions of the other models: generator and fusion model share the
+3. it is not worse than the baselines of its own evaluation (``BaselineRule``): a generator
+   whose synthetic transcriptomes correlate less with the real ones than ridge regression from
+   mean-pooled tile features does (``fidelity/mean_pearson`` vs ``fidelity/ridge/mean_pearson``)
+   adds nothing over a linear map; a fusion model whose synthetic-transcriptome predictions
+   rank patients worse than the trained WSI-only comparator (``synthetic/harrell_c`` vs
+   ``wsi_trained/harrell_c``, tolerance 0.02) adds nothing over the slide alone. A baseline
+   metric missing from the evaluation fails (evaluations older than the repeated-CV protocol
+   have none); ``promote --force --reason`` overrides, as for every refusal;
+4. it fits the Production versions of the other models: generator and fusion model share the
    feature contract and the gene panel; the encoder's contract is the one they were trained on.
 
-With no Production version yet, (1) and the comparisons of (2) are skipped, but the candidate
-must still carry every gated metric, so that the next candidate can be compared with it.
+With no Production version yet, (1) and the comparisons of (2) are skipped ((3) is not), but
+the candidate must still carry every gated metric, so that the next candidate can be compared
+with it.
 """
 
 from __future__ import annotations
@@ -75,6 +84,35 @@ FUSION_RULES: tuple[MetricRule, ...] = (
 
 
 @dataclass(frozen=True)
+class BaselineRule:
+    """The candidate's metric ``name`` against ``baseline``, a metric of the same evaluation:
+    ``higher`` fails when ``name < baseline - tolerance``, ``lower`` when
+    ``name > baseline + tolerance``."""
+
+    name: str
+    baseline: str
+    direction: Direction
+    tolerance: float = 0.0
+
+    def __post_init__(self) -> None:
+        MetricRule(self.name, self.direction, self.tolerance)  # the same checks
+        if not isinstance(self.baseline, str) or not self.baseline.strip():
+            raise ConfigError(
+                f"BaselineRule.baseline of {self.name!r}: expected a metric name, "
+                f"got {self.baseline!r}"
+            )
+        object.__setattr__(self, "tolerance", float(self.tolerance))
+
+
+GENERATOR_BASELINES: tuple[BaselineRule, ...] = (
+    BaselineRule("fidelity/mean_pearson", "fidelity/ridge/mean_pearson", "higher"),
+)
+FUSION_BASELINES: tuple[BaselineRule, ...] = (
+    BaselineRule("synthetic/harrell_c", "wsi_trained/harrell_c", "higher", 0.02),
+)
+
+
+@dataclass(frozen=True)
 class GateConfig:
     """Gated metrics per model kind, and the names of the models that must fit together.
 
@@ -85,6 +123,8 @@ class GateConfig:
     fusion: tuple[MetricRule, ...] = FUSION_RULES
     encoder: tuple[MetricRule, ...] = ()
     same_evaluation: bool = True
+    generator_baselines: tuple[BaselineRule, ...] = GENERATOR_BASELINES
+    fusion_baselines: tuple[BaselineRule, ...] = FUSION_BASELINES
     generator_name: str = GENERATOR_MODEL
     fusion_name: str = FUSION_MODEL
     encoder_name: str = ENCODER_MODEL
@@ -100,6 +140,12 @@ class GateConfig:
         if kind not in ("generator", "fusion", "encoder"):
             raise ConfigError(f"model kind: expected generator, fusion or encoder, got {kind!r}")
         rules: tuple[MetricRule, ...] = getattr(self, kind)
+        return rules
+
+    def baselines_for(self, kind: str) -> tuple[BaselineRule, ...]:
+        """The baseline rules of ``kind`` (none for encoders)."""
+        self.rules_for(kind)
+        rules: tuple[BaselineRule, ...] = getattr(self, f"{kind}_baselines", ())
         return rules
 
     def name_of(self, kind: str) -> str:
@@ -267,6 +313,38 @@ def check_metric(
     return MetricCheck(*args, c, p, ok, reason)
 
 
+def check_baseline(rule: BaselineRule, metrics: Mapping[str, float]) -> MetricCheck:
+    """The candidate's metric against a baseline of its own evaluation (see module doc)."""
+
+    def finite(key: str) -> float | None:
+        v = metrics.get(key)
+        return float(v) if v is not None and math.isfinite(float(v)) else None
+
+    c, b = finite(rule.name), finite(rule.baseline)
+    name = f"{rule.name} vs {rule.baseline}"
+    args = (name, rule.direction, rule.tolerance)
+    if c is None or b is None:
+        missing = rule.name if c is None else rule.baseline
+        return MetricCheck(
+            *args,
+            c,
+            b,
+            False,
+            f"the evaluation has no {missing!r} to compare {rule.name} with its baseline "
+            f"{rule.baseline} (re-run `pathgen-batch evaluate`, or --force --reason)",
+        )
+    worse_by = b - c if rule.direction == "higher" else c - b
+    ok = worse_by <= rule.tolerance + _EPS
+    verdict = (
+        f"not worse beyond {_fmt(rule.tolerance)}"
+        if ok
+        else f"below its baseline by {_fmt(worse_by)}, beyond tolerance {_fmt(rule.tolerance)}"
+    )
+    return MetricCheck(
+        *args, c, b, ok, f"{rule.name} {_fmt(c)} vs {rule.baseline} {_fmt(b)}: {verdict}"
+    )
+
+
 def _contract_diff(a: VersionFacts, b: VersionFacts) -> str:
     if a.contract_json and b.contract_json:
         try:
@@ -347,8 +425,10 @@ def evaluate_gate(
     partners: Sequence[VersionFacts],
     rules: Sequence[MetricRule],
     same_evaluation: bool = True,
+    baselines: Sequence[BaselineRule] = (),
 ) -> GateReport:
-    """Run every check; ``partners`` are the other models' Production versions."""
+    """Run every check; ``partners`` are the other models' Production versions;
+    ``baselines`` compare the candidate with baselines of its own evaluation."""
     compat: list[CompatCheck] = []
     if candidate.kind not in ("generator", "fusion", "encoder"):
         compat.append(
@@ -364,7 +444,9 @@ def evaluate_gate(
         compat.append(check_evaluation(candidate, production))
     for other in partners:
         compat.extend(check_compat(candidate, other))
-    metrics = tuple(check_metric(r, candidate.metrics, production) for r in rules)
+    metrics = tuple(check_metric(r, candidate.metrics, production) for r in rules) + tuple(
+        check_baseline(b, candidate.metrics) for b in baselines
+    )
     return GateReport(candidate, production, metrics, tuple(compat))
 
 
