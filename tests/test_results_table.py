@@ -7,10 +7,12 @@ import copy
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from pathgen_batch.cli import main
 from pathgen_batch.training.results_table import (
+    BEGIN,
     block,
     claims,
     current_block,
@@ -95,8 +97,11 @@ def test_claim_verdicts_follow_the_numbers() -> None:
 
 
 def test_readme_results_are_those_of_the_committed_summary() -> None:
-    summary = read_summary(ROOT / SUMMARY)
     readme = (ROOT / "README.md").read_text()
+    if not (ROOT / SUMMARY).exists():
+        assert BEGIN not in readme, f"README.md has a results block but {SUMMARY} is missing"
+        pytest.skip(f"no reference summary committed yet ({SUMMARY})")
+    summary = read_summary(ROOT / SUMMARY)
     assert current_block(readme, "README.md") == block(summary, SUMMARY), (
         f"README.md's results differ from {SUMMARY}: run "
         f"`pathgen-batch results {SUMMARY} --readme README.md`"

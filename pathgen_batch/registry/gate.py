@@ -39,77 +39,20 @@ from typing import Any, Literal
 from pathgen_batch import config
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.registry.gate_rules import (
+    EPS,
+    FUSION_BASELINES,
+    FUSION_RULES,
+    GENERATOR_BASELINES,
+    GENERATOR_RULES,
+    BaselineRule,
+    Direction,
+    MetricCheck,
+    MetricRule,
+    check_baseline,
+    fmt,
+)
 from pathgen_batch.registry.tags import ENCODER_MODEL, FUSION_MODEL, GENERATOR_MODEL
-
-Direction = Literal["higher", "lower"]
-_EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class MetricRule:
-    """One gated metric: its name (a ``cv/<name>`` run metric), direction and tolerance."""
-
-    name: str
-    direction: Direction
-    tolerance: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError(f"MetricRule.name: expected a metric name, got {self.name!r}")
-        if self.direction not in ("higher", "lower"):
-            raise ConfigError(
-                f"MetricRule.direction of {self.name!r}: expected 'higher' or 'lower', "
-                f"got {self.direction!r}"
-            )
-        t = self.tolerance
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
-            raise ConfigError(
-                f"MetricRule.tolerance of {self.name!r}: expected a number >= 0, got {t!r}"
-            )
-        object.__setattr__(self, "tolerance", float(t))
-
-
-# Cross-validated metrics (``cv/<key>`` of the evaluation run, see ``tracking.cv_metrics``):
-# the generator by the fidelity of its synthetic transcriptomes on the test folds, the fusion
-# model by its predictions with synthetic transcriptomes, the way it is used at scoring time.
-GENERATOR_RULES: tuple[MetricRule, ...] = (
-    MetricRule("fidelity/mean_pearson", "higher", 0.02),
-    MetricRule("fidelity/mae", "lower", 0.02),
-)
-FUSION_RULES: tuple[MetricRule, ...] = (
-    MetricRule("synthetic/harrell_c", "higher", 0.01),
-    MetricRule("synthetic/macro_auc", "higher", 0.01),
-    MetricRule("synthetic/ibs", "lower", 0.01),
-)
-
-
-@dataclass(frozen=True)
-class BaselineRule:
-    """The candidate's metric ``name`` against ``baseline``, a metric of the same evaluation:
-    ``higher`` fails when ``name < baseline - tolerance``, ``lower`` when
-    ``name > baseline + tolerance``."""
-
-    name: str
-    baseline: str
-    direction: Direction
-    tolerance: float = 0.0
-
-    def __post_init__(self) -> None:
-        MetricRule(self.name, self.direction, self.tolerance)  # the same checks
-        if not isinstance(self.baseline, str) or not self.baseline.strip():
-            raise ConfigError(
-                f"BaselineRule.baseline of {self.name!r}: expected a metric name, "
-                f"got {self.baseline!r}"
-            )
-        object.__setattr__(self, "tolerance", float(self.tolerance))
-
-
-GENERATOR_BASELINES: tuple[BaselineRule, ...] = (
-    BaselineRule("fidelity/mean_pearson", "fidelity/ridge/mean_pearson", "higher"),
-)
-FUSION_BASELINES: tuple[BaselineRule, ...] = (
-    BaselineRule("synthetic/harrell_c", "wsi_trained/harrell_c", "higher", 0.02),
-)
 
 
 @dataclass(frozen=True)
@@ -202,27 +145,6 @@ class VersionFacts:
 
 
 @dataclass(frozen=True)
-class MetricCheck:
-    name: str
-    direction: Direction
-    tolerance: float
-    candidate: float | None
-    production: float | None
-    passed: bool
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.name,
-            "direction": self.direction,
-            "tolerance": self.tolerance,
-            "candidate": self.candidate,
-            "production": self.production,
-            "passed": self.passed,
-        }
-
-
-@dataclass(frozen=True)
 class CompatCheck:
     """Candidate vs one other model's Production version, on one contract."""
 
@@ -269,10 +191,6 @@ class GateReport:
         }
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
 def check_metric(
     rule: MetricRule, candidate: Mapping[str, float], production: VersionFacts | None
 ) -> MetricCheck:
@@ -286,7 +204,7 @@ def check_metric(
         )
     if production is None:
         return MetricCheck(
-            *args, c, None, True, f"{rule.name} {_fmt(c)}: no Production version to compare with"
+            *args, c, None, True, f"{rule.name} {fmt(c)}: no Production version to compare with"
         )
     p = production.metrics.get(rule.name)
     p = float(p) if p is not None and math.isfinite(float(p)) else None
@@ -299,50 +217,18 @@ def check_metric(
             f"{production.label} (Production) has no metric {rule.name!r} to compare with",
         )
     worse_by = p - c if rule.direction == "higher" else c - p
-    ok = worse_by <= rule.tolerance + _EPS
+    ok = worse_by <= rule.tolerance + EPS
     better = "higher" if rule.direction == "higher" else "lower"
     verdict = (
-        f"within tolerance {_fmt(rule.tolerance)}"
+        f"within tolerance {fmt(rule.tolerance)}"
         if ok
-        else f"worse by {_fmt(worse_by)}, beyond tolerance {_fmt(rule.tolerance)}"
+        else f"worse by {fmt(worse_by)}, beyond tolerance {fmt(rule.tolerance)}"
     )
     reason = (
-        f"{rule.name} {_fmt(c)} vs {_fmt(p)} of {production.label} (Production): {verdict} "
+        f"{rule.name} {fmt(c)} vs {fmt(p)} of {production.label} (Production): {verdict} "
         f"({better} is better)"
     )
     return MetricCheck(*args, c, p, ok, reason)
-
-
-def check_baseline(rule: BaselineRule, metrics: Mapping[str, float]) -> MetricCheck:
-    """The candidate's metric against a baseline of its own evaluation (see module doc)."""
-
-    def finite(key: str) -> float | None:
-        v = metrics.get(key)
-        return float(v) if v is not None and math.isfinite(float(v)) else None
-
-    c, b = finite(rule.name), finite(rule.baseline)
-    name = f"{rule.name} vs {rule.baseline}"
-    args = (name, rule.direction, rule.tolerance)
-    if c is None or b is None:
-        missing = rule.name if c is None else rule.baseline
-        return MetricCheck(
-            *args,
-            c,
-            b,
-            False,
-            f"the evaluation has no {missing!r} to compare {rule.name} with its baseline "
-            f"{rule.baseline} (re-run `pathgen-batch evaluate`, or --force --reason)",
-        )
-    worse_by = b - c if rule.direction == "higher" else c - b
-    ok = worse_by <= rule.tolerance + _EPS
-    verdict = (
-        f"not worse beyond {_fmt(rule.tolerance)}"
-        if ok
-        else f"below its baseline by {_fmt(worse_by)}, beyond tolerance {_fmt(rule.tolerance)}"
-    )
-    return MetricCheck(
-        *args, c, b, ok, f"{rule.name} {_fmt(c)} vs {rule.baseline} {_fmt(b)}: {verdict}"
-    )
 
 
 def _contract_diff(a: VersionFacts, b: VersionFacts) -> str:
@@ -466,3 +352,26 @@ def evaluation_digest(data_digest: str, folds: Mapping[int, Sequence[str]]) -> s
     }
     text = json.dumps(canon, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+__all__ = [
+    "FUSION_BASELINES",
+    "FUSION_RULES",
+    "GENERATOR_BASELINES",
+    "GENERATOR_RULES",
+    "BaselineRule",
+    "CompatCheck",
+    "Direction",
+    "GateConfig",
+    "GateReport",
+    "MetricCheck",
+    "MetricRule",
+    "VersionFacts",
+    "check_baseline",
+    "check_compat",
+    "check_evaluation",
+    "check_metric",
+    "evaluate_gate",
+    "evaluation_digest",
+    "from_dict",
+]
