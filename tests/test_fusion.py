@@ -115,6 +115,38 @@ def test_fusion_config_checks() -> None:
         FusionConfig(feature_dim=D, family_sizes=FAMS, n_grades=3, gene_families=(0, 1))
 
 
+def test_modality_dropout_learns_an_absent_transcriptome_token() -> None:
+    import dataclasses
+
+    omics, feats, mask = batch()
+    plain = fusion()
+    assert not plain.slide_only and "absent" not in plain.state_dict()
+    torch.manual_seed(0)
+    model = FusionModel(dataclasses.replace(FCFG, modality_dropout=0.5)).eval()
+    assert model.slide_only and model.state_dict()["absent"].shape == (3, 16)  # (F, width)
+    alone = model(None, feats, mask)  # the slide alone: every example takes the absent token
+    assert alone.hazard_logits.shape == (3, 4) and torch.isfinite(alone.grade_logits).all()
+    # in evaluation the transcriptome is used as given, and it matters
+    full = model(omics, feats, mask)
+    assert not torch.allclose(full.hazard_logits, alone.hazard_logits)
+    # in training about half the examples' family tokens are the absent token
+    model.train()
+    torch.manual_seed(1)
+    many = 400
+    tokens = model._family_tokens(omics[:1].expand(many, -1), many)  # (many, F, d)
+    absent = model.state_dict()["absent"]
+    dropped = torch.isclose(tokens, absent.expand(many, -1, -1)).all(-1).all(-1)
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    # with modality_dropout 1 the model never sees a transcriptome, in evaluation too
+    torch.manual_seed(0)
+    only = FusionModel(dataclasses.replace(FCFG, modality_dropout=1.0)).eval()
+    torch.testing.assert_close(
+        only(omics, feats, mask).hazard_logits, only(None, feats, mask).hazard_logits
+    )
+    with pytest.raises(ConfigError, match="modality_dropout"):
+        dataclasses.replace(FCFG, modality_dropout=1.5)
+
+
 # --------------------------------------------------------------------------------- baselines
 
 

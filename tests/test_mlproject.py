@@ -101,6 +101,12 @@ def test_entry_point_is_the_cli_command_with_the_same_options(entry: str, tmp_pa
     assert result.exit_code == 0 and "Usage:" in result.output
 
 
+def test_evaluate_entry_point_takes_the_repeats_of_the_cli():
+    spec = _project()["entry_points"]["evaluate"]
+    assert spec["parameters"]["repeats"] == {"type": "float", "default": 1}
+    assert "--repeats {repeats}" in " ".join(spec["command"].split())
+
+
 def test_empty_and_zero_mean_not_given_as_mlflow_passes_them(tmp_path: Path):
     from pathgen_batch.cli.options import parse_key_values
     from pathgen_batch.training.overrides import cv_config

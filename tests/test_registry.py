@@ -64,8 +64,14 @@ from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfi
 
 cli = main
 
-GEN_CV = {"fidelity/mean_pearson": 0.50, "fidelity/mae": 0.30}
-FUS_CV = {"synthetic/harrell_c": 0.70, "synthetic/macro_auc": 0.72, "synthetic/ibs": 0.20}
+# cross-validated metrics, with the baselines of the same evaluation the gate compares with
+GEN_CV = {"fidelity/mean_pearson": 0.50, "fidelity/mae": 0.30, "fidelity/ridge/mean_pearson": 0.3}
+FUS_CV = {
+    "synthetic/harrell_c": 0.70,
+    "synthetic/macro_auc": 0.72,
+    "synthetic/ibs": 0.20,
+    "wsi_trained/harrell_c": 0.65,
+}
 EVAL = "sha256:" + "e" * 64
 CLASSES = ("well", "moderate", "poor")
 
@@ -282,6 +288,42 @@ def test_contract_mismatch_names_the_differing_field():
     assert "feature contract mismatch" in report.summary() and "dim 8 vs 16" in report.summary()
 
 
+def test_gate_refuses_a_candidate_below_the_baselines_of_its_own_evaluation():
+    from pathgen_batch.registry.gate import BaselineRule, check_baseline
+
+    gate = GateConfig()
+    gen = gate.baselines_for("generator")
+    assert [(b.name, b.baseline) for b in gen] == [
+        ("fidelity/mean_pearson", "fidelity/ridge/mean_pearson")
+    ]
+    assert evaluate_gate(facts("1", GEN_CV, kind="generator"), None, [], (), True, gen).passed
+    below = GEN_CV | {"fidelity/mean_pearson": 0.25}  # ridge 0.30: no Production needed
+    report = evaluate_gate(facts("1", below, kind="generator"), None, [], (), True, gen)
+    assert not report.passed
+    assert "fidelity/mean_pearson 0.25 vs fidelity/ridge/mean_pearson 0.3: below its " in (
+        report.summary()
+    )
+    old = {k: v for k, v in GEN_CV.items() if "ridge" not in k}  # evaluated before ridge
+    report = evaluate_gate(facts("1", old, kind="generator"), None, [], (), True, gen)
+    assert not report.passed and "has no 'fidelity/ridge/mean_pearson'" in report.summary()
+    fus = gate.baselines_for("fusion")  # synthetic C within 0.02 of the trained WSI-only C
+    tied = FUS_CV | {"synthetic/harrell_c": 0.64}
+    assert evaluate_gate(facts("1", tied), None, [], (), True, fus).passed
+    worse = FUS_CV | {"synthetic/harrell_c": 0.62}
+    assert not evaluate_gate(facts("1", worse), None, [], (), True, fus).passed
+    lower = BaselineRule("fidelity/mae", "fidelity/mean_expression/mae", "lower")
+    ok = check_baseline(lower, {"fidelity/mae": 0.6, "fidelity/mean_expression/mae": 0.7})
+    assert ok.passed
+    assert not check_baseline(
+        lower, {"fidelity/mae": 0.8, "fidelity/mean_expression/mae": 0.7}
+    ).passed
+    assert gate.baselines_for("encoder") == ()
+    with pytest.raises(ConfigError, match=r"BaselineRule\.baseline"):
+        BaselineRule("fidelity/mae", " ", "lower")
+    back = from_dict(gate.to_dict())
+    assert back.generator_baselines == gen and back.fusion_baselines == fus
+
+
 def test_gate_config_is_strict():
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict({"fusion": [], "tolerence": 1})
@@ -317,6 +359,17 @@ def test_cv_summary_flattens_to_condition_metric_means():
         "synthetic/harrell_c": 0.61,
         "fidelity/mae": 0.4,
         "pooled_fidelity/mean_pearson": 0.3,
+    }
+    nested = {  # a repeated CV's summary: one fidelity section per model
+        "fidelity": {
+            "generator": {"mean_pearson": {"mean": 0.2}},
+            "ridge": {"mean_pearson": {"mean": 0.25}},
+        }
+    }
+    assert cv_metrics(nested) == {
+        "fidelity/generator/mean_pearson": 0.2,
+        "fidelity/mean_pearson": 0.2,
+        "fidelity/ridge/mean_pearson": 0.25,
     }
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {
         "a.b": 1,
@@ -657,7 +710,7 @@ def test_lineage_and_cli_show_training_run_params_digest_and_uri(store, bundles,
 
 def test_cli_promote_list_and_refusal(store, bundles, tmp_path):
     register(store, bundles["gen"], GEN_CV)
-    register(store, bundles["gen_b"], GEN_CV | {"fidelity/mean_pearson": 0.1})
+    register(store, bundles["gen_b"], GEN_CV | {"fidelity/mean_pearson": 0.35})
     args = ["models", "--workspace", str(tmp_path)]
     ok = CliRunner().invoke(cli, [*args, "promote", "pathgen-generator", "1"])
     assert ok.exit_code == 0, ok.output

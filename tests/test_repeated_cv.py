@@ -77,10 +77,22 @@ def test_repeated_cv_summary(repeated: Path) -> None:
     out = repeated
     summary = json.loads((out / "summary.json").read_text())
     assert summary["repeats"]["n"] == 2 and summary["repeats"]["seeds"] == [5, 6]
-    for cond in ("real", "synthetic", "coxnet", "cox_grade", "km_null", "ridge_synthetic"):
+    conds = (
+        "real", "synthetic", "wsi_trained", "attention_mil", "omics_mlp",
+        "coxnet", "cox_grade", "km_null", "ridge_synthetic",
+    )  # fmt: skip
+    for cond in conds:
         assert summary["metrics"][cond]["harrell_c"]["folds"] == 4  # 2 x 2 folds
+        assert cond in summary["conditions"]
+    # the trained WSI-only comparator is scored for grade too, and tested against synthetic
+    assert summary["metrics"]["wsi_trained"]["macro_auc"]["folds"] == 4
+    assert "synthetic vs wsi_trained" in summary["paired"]
+    assert "diagnostic" in summary["conditions"]["wsi_only"]
+    assert not any("wsi_only" in k for k in summary["paired"])  # the diagnostic is not tested
+    gen, ridge = summary["fidelity"]["generator"], summary["fidelity"]["ridge"]
+    assert gen["mean_pearson"]["folds"] == ridge["mean_pearson"]["folds"] == 4
     assert summary["metrics"]["km_null"]["harrell_c"]["mean"] == 0.5
-    assert set(summary["fidelity_baselines"]) == {"ridge", "mean_expression"}
+    assert set(summary["fidelity"]) == {"generator", "ridge", "mean_expression"}
     assert set(summary["paired"]) == {f"{a} vs {b}" for a, b in PROTOCOL_COMPARISONS}
     # p_holm is Holm over every p_corrected of the table; each p_corrected is the corrected t
     cells = [(k, m) for k, per in summary["paired"].items() for m in per]

@@ -27,6 +27,7 @@ from pathgen_batch.synth import (
     load_built_cohort,
     write_pyramidal_tiff,
 )
+from pathgen_batch.synth.cohort import config_of_meta
 from pathgen_batch.synth.data import fold_strata, semi_data
 from pathgen_batch.synth.render import RenderParams, render_slide
 from pathgen_batch.synth.stain import RGB_FROM_HED, StainShift
@@ -434,3 +435,63 @@ def test_cli_builds_reuses_and_summarises(tmp_path: Path) -> None:
 def test_every_synth_command_has_help(cmd: list[str]) -> None:
     res = CliRunner().invoke(main, [*cmd, "--help"])
     assert res.exit_code == 0 and "Usage:" in res.output
+
+
+# ------------------------------------------------------------------ cohort v2: grade morphology
+
+
+def test_grade_morphology_darkens_enlarges_and_fills_tumour_patches(
+    he_sources: tuple[Path, Path],
+) -> None:
+    from pathgen_batch.synth.cohort import _library
+    from pathgen_batch.synth.morphology import apply_morphology
+    from pathgen_batch.synth.texture import patch_features
+
+    lib = _library(4, 0)
+    rng = np.random.default_rng(0)
+    patches = [lib.patch(3, rng) for _ in range(12)]  # the tumour-like class
+    assert apply_morphology(patches[0], 0.0, rng) is patches[0]  # level 0: cohort v1
+    size = lib.patch_px
+
+    def feats(level: float) -> np.ndarray:  # (12, 8) features of whole patches
+        out = [apply_morphology(p, level, np.random.default_rng(i)) for i, p in enumerate(patches)]
+        return np.concatenate([patch_features(p, size, size)[1] for p in out])
+
+    f0, f1 = feats(0.0), feats(1.0)
+    h, nuclear, empty = 3, 5, 6  # FEATURES: h_mean, nuclear share, empty share
+    assert f1[:, h].mean() > f0[:, h].mean() + 0.1
+    assert f1[:, nuclear].mean() > f0[:, nuclear].mean() + 0.1
+    assert f1[:, empty].mean() <= f0[:, empty].mean()
+    with pytest.raises(ConfigError, match="morphology level"):
+        apply_morphology(patches[0], -1.0, rng)
+
+
+def test_cohort_v2_draws_grade_morphology_and_v1_stays_without(tmp_path: Path) -> None:
+    from scipy.stats import spearmanr
+
+    base = {"n_patients": 8, "slide_px": 256, "folds": 2}
+    v2 = build_cohort(tmp_path / "v2", CohortConfig(**base), workers=1)
+    v1 = build_cohort(tmp_path / "v1", CohortConfig(**base, version=1), workers=1)
+    assert v2.config.version == 2 and v2.config.grade_morphology == 1.0
+    assert v1.config.version == 1 and v1.config.grade_morphology == 0.0
+    comp = v2.composition
+    assert "morphology_level" not in v1.composition.columns
+    g = v2.clinical["grade"].map({c: i for i, c in enumerate(GRADE_CLASSES)})
+    rho = spearmanr(g, comp["morphology_score"], nan_policy="omit")[0]
+    assert rho > 0.5  # the score follows grade, with noise
+    assert np.allclose(comp["morphology_level"], comp["morphology_score"])  # strength 1
+    # the same patients, compositions and layout; only the tumour texture differs
+    cols = list(v1.composition.columns)
+    pd.testing.assert_frame_equal(v1.composition[cols], comp[cols])
+    d1, d2 = _digests(Path(v1.root)), _digests(Path(v2.root))
+    assert d1["clinical.parquet"] == d2["clinical.parquet"]
+    assert {k for k in d1 if k.startswith("slides/") and d1[k] != d2[k]}
+    assert "cohort version 2" in v2.inventory() and "grade morphology" in v2.inventory()
+    # a cohort.json written before versions existed reads as version 1
+    meta = dict(v1.meta)
+    meta["config"] = {k: v for k, v in meta["config"].items() if k != "version"}
+    assert from_dict(CohortConfig, config_of_meta(meta)).version == 1
+    with pytest.raises(ConfigError, match="version 1 has no grade morphology"):
+        CohortConfig(version=1, grade_morphology=0.5)
+    with pytest.raises(ConfigError, match="version"):
+        CohortConfig(version=3)

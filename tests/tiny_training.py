@@ -49,6 +49,9 @@ TINY_CV = CVConfig(
     fusion=_fus("fusion"),
     attention_mil=_fus("attention_mil"),
     omics_mlp=_fus("omics_mlp"),
+    wsi_trained=FusionTrainConfig(
+        **{**FUS.__dict__, "options": {**FUS.options, "modality_dropout": 0.5}}
+    ),
     val_fraction=0.25,
     alpha=0.25,
 )

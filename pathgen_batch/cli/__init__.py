@@ -32,6 +32,7 @@ def _register() -> None:
     from pathgen_batch.cli import models as _models
     from pathgen_batch.cli import query as _query
     from pathgen_batch.cli import report as _report
+    from pathgen_batch.cli import results as _results
     from pathgen_batch.cli import score as _score
     from pathgen_batch.cli import slides as _slides
     from pathgen_batch.cli import synth as _synth
@@ -43,6 +44,7 @@ def _register() -> None:
     main.add_command(_features.features)
     main.add_command(_train.train)
     main.add_command(_evaluate.evaluate)
+    main.add_command(_results.results)
     main.add_command(_models.models)
     main.add_command(_score.score)
     main.add_command(_query.query)

@@ -46,6 +46,18 @@ def synth() -> None:
 @click.option(
     "--workers", type=click.IntRange(min=0), default=None, help="Rendering processes; 0 = CPUs."
 )
+@click.option(
+    "--cohort-version",
+    type=click.Choice(["1", "2"]),
+    default=None,
+    help="1: slides follow expression only; 2: also grade morphology [default: 2].",
+)
+@click.option(
+    "--grade-morphology",
+    type=click.FloatRange(0.0, 2.0),
+    default=None,
+    help="Strength of the grade morphology of version 2 [default: 1.0].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a cohort built with another config.")
 @tracking_options
 def cohort(
@@ -59,6 +71,8 @@ def cohort(
     seed: int | None,
     folds: int | None,
     workers: int | None,
+    cohort_version: str | None,
+    grade_morphology: float | None,
     overwrite: bool,
     tracking: Tracking,
 ) -> None:
@@ -76,6 +90,8 @@ def cohort(
         "slide_px": slide_px,
         "seed": seed,
         "folds": folds,
+        "version": int(cohort_version) if cohort_version else None,
+        "grade_morphology": grade_morphology,
     }
     cfg = replace(CohortConfig(), **{k: v for k, v in given.items() if v is not None})
     with tracking.run("cohort") as run:
@@ -104,6 +120,20 @@ def cohort(
 
 @synth.command()
 @click.argument("cohort_dir", type=click.Path(file_okay=False, path_type=Path))
-def inventory(cohort_dir: Path) -> None:
+@click.option(
+    "--features",
+    "features_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Tile features of the cohort: also measure grade from the slide, from expression and "
+    "from both, and expression from the slide (out of fold, untuned models).",
+)
+def inventory(cohort_dir: Path, features_dir: Path | None) -> None:
     """Summarise a cohort folder: grades, events, folds, families, slides, disk."""
     click.echo(load_built_cohort(cohort_dir).inventory())
+    if features_dir is not None:
+        from pathgen_batch.training.data import load_training_data
+        from pathgen_batch.training.links import cohort_links, links_lines
+
+        links = cohort_links(load_training_data(cohort_dir, features_dir))
+        click.echo("\n".join(links_lines(links)))

@@ -177,6 +177,11 @@ class TrainedFusion(OnDevice):
         """A copy (sharing the weights) carrying these conformal states."""
         return dataclasses.replace(self, grade_conformal=grade, risk_conformal=risk)
 
+    @property
+    def slide_only(self) -> bool:
+        """A fusion model that can predict from the slide alone (absent-transcriptome token)."""
+        return bool(getattr(self.model, "slide_only", False))
+
     def risk_group(self, risk: float) -> str | None:
         """The relative risk group of ``risk`` (None for a model without cut points)."""
         return None if self.risk_cuts is None else self.risk_cuts.group(risk)
@@ -188,6 +193,8 @@ class TrainedFusion(OnDevice):
         if expression is None:
             if self.model_name == "omics_mlp":
                 raise DataError("expression: the omics_mlp model needs a transcriptome, got None")
+            if self.slide_only:
+                return None  # the model's learned absent-transcriptome token
             rng = np.random.default_rng(noise_seed)
             return rng.standard_normal((B, G)).astype(np.float32)  # "WSI only": noise, scaled
         x = check_matrix(expression, "expression", G)
@@ -206,8 +213,10 @@ class TrainedFusion(OnDevice):
     ) -> FusionPrediction:
         """Predict from raw bags (each (N_i, D)) and expression (B, G) in expression units.
 
-        expression None: for the fusion model the transcriptome is replaced by standard-normal
-        noise in scaled space seeded by ``noise_seed`` (the "WSI only" condition); the
+        expression None: a fusion model trained with modality dropout uses its learned
+        absent-transcriptome token (the trained "WSI only" condition); any other fusion model
+        gets standard-normal noise in scaled space seeded by ``noise_seed`` in place of the
+        transcriptome (a diagnostic: it never saw noise in training); the
         attention-MIL baseline ignores expression; the omics baseline needs it and ignores
         bags (which may then be None).
         """

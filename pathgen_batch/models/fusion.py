@@ -82,11 +82,16 @@ class FusionConfig:
     heads: int = 4
     layers: int = 1  # transformer layers per stream
     dropout: float = 0.25
+    # probability, per training example, that the transcriptome is replaced by a learned
+    # absent-transcriptome token per family; > 0 also lets the model predict from the slide alone
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         w = "FusionConfig"
         validate_families(self.family_sizes, self.gene_families, w)
         check_heads(w, self.n_grades, self.n_bins, self.width, self.dropout)
+        if not 0.0 <= self.modality_dropout <= 1.0:
+            raise ConfigError(f"{w}.modality_dropout: expected 0..1, got {self.modality_dropout}")
         if self.feature_dim < 1 or self.heads < 1 or self.layers < 1:
             raise ConfigError(f"{w}: feature_dim, heads, layers must be >= 1")
         if self.width % self.heads:
@@ -129,7 +134,13 @@ class _Stream(nn.Module):
 
 
 class FusionModel(nn.Module):
-    """model(omics (B, G), feats (B, N, D), mask (B, N) bool) -> FusionOutput."""
+    """model(omics (B, G) | None, feats (B, N, D), mask (B, N) bool) -> FusionOutput.
+
+    With ``modality_dropout`` > 0 the model holds one learned absent-transcriptome token per
+    family: in training each example's family tokens are replaced by them with that
+    probability (at 1.0 also in evaluation: a slide-only model), and ``omics=None`` (slide
+    only) uses them for every example. Without it the transcriptome is required.
+    """
 
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()
@@ -150,23 +161,46 @@ class FusionModel(nn.Module):
         self.omic_stream = _Stream(d, c.heads, c.layers, c.dropout)
         self.fuse = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Dropout(c.dropout))
         self.heads = PredictionHeads(d, c.n_bins, c.n_grades)
+        self.absent: nn.Parameter | None = None
+        if c.modality_dropout > 0:
+            self.absent = nn.Parameter(0.02 * torch.randn(len(c.family_sizes), d))  # (F, d)
 
-    def forward(self, omics: MaybeTensor, feats: MaybeTensor, mask: MaybeTensor) -> FusionOutput:
+    @property
+    def slide_only(self) -> bool:
+        """Whether the model can predict without a transcriptome (absent token)."""
+        return self.absent is not None
+
+    def _family_tokens(self, omics: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """(B, F, d) family tokens of the transcriptome, or of the absent token."""
         c = self.config
-        x = check_floating(
-            "omics",
-            check_shape("omics", require("omics", omics, "fusion"), (None, c.n_genes), "(B, G)"),
-        )
-        f, m = check_bag(
-            require("feats", feats, "fusion"),
-            require("mask", mask, "fusion"),
-            c.feature_dim,
-            batch=x.shape[0],
-        )
+        if omics is None:
+            if self.absent is None:
+                raise DataError("omics: fusion needs this input, got None")
+            return self.absent.unsqueeze(0).expand(batch, -1, -1)
+        x = check_floating("omics", check_shape("omics", omics, (batch, c.n_genes), "(B, G)"))
         parts = self.layout.split(x)  # F x (B, g_f)
         fam = torch.stack(
             [net(p) for net, p in zip(self.family_nets, parts, strict=True)], dim=1
         )  # (B, F, d)
+        if self.absent is not None and (self.training or c.modality_dropout >= 1.0):
+            drop = torch.rand(batch, 1, 1, device=fam.device) < c.modality_dropout  # (B, 1, 1)
+            fam = torch.where(drop, self.absent.unsqueeze(0).to(fam.dtype), fam)
+        return fam
+
+    def forward(self, omics: MaybeTensor, feats: MaybeTensor, mask: MaybeTensor) -> FusionOutput:
+        c = self.config
+        if omics is None and self.absent is None:
+            require("omics", omics, "fusion")
+        batch = None
+        if omics is not None:
+            batch = check_shape("omics", omics, (None, c.n_genes), "(B, G)").shape[0]
+        f, m = check_bag(
+            require("feats", feats, "fusion"),
+            require("mask", mask, "fusion"),
+            c.feature_dim,
+            batch=batch,
+        )
+        fam = self._family_tokens(omics, f.shape[0])  # (B, F, d)
         tiles = self.path_proj(f)  # (B, N, d)
         co, attn = self.coattn(fam, tiles, m, need_weights=True)  # (B, F, d), (B, F, N)
         z = torch.cat([self.path_stream(co), self.omic_stream(fam)], dim=-1)  # (B, 2d)

@@ -38,6 +38,7 @@ from pathgen_batch.registry.errors import (
     UnknownModelError,
 )
 from pathgen_batch.registry.gate import (
+    BaselineRule,
     GateConfig,
     GateReport,
     MetricRule,
@@ -76,6 +77,7 @@ __all__ = [
     "FUSION_MODEL",
     "GENERATOR_MODEL",
     "STAGE_ALIASES",
+    "BaselineRule",
     "ChangeResult",
     "EncoderWeights",
     "GateConfig",

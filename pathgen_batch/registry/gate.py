@@ -10,11 +10,20 @@ A candidate passes when
    tolerance, in the metric's direction (``higher``: C-index, AUC; ``lower``: IBS, MAE):
    ``higher`` fails when ``candidate < production - tolerance``, ``lower`` when
    ``candidate > production + tolerance``; a metric missing on either side fails;
-3. it fits the Production versions of the other models: generator and fusion model share the
+3. it is not worse than the baselines of its own evaluation (``BaselineRule``): a generator
+   whose synthetic transcriptomes correlate less with the real ones than ridge regression from
+   mean-pooled tile features does (``fidelity/mean_pearson`` vs ``fidelity/ridge/mean_pearson``)
+   adds nothing over a linear map; a fusion model whose synthetic-transcriptome predictions
+   rank patients worse than the trained WSI-only comparator (``synthetic/harrell_c`` vs
+   ``wsi_trained/harrell_c``, tolerance 0.02) adds nothing over the slide alone. A baseline
+   metric missing from the evaluation fails (evaluations older than the repeated-CV protocol
+   have none); ``promote --force --reason`` overrides, as for every refusal;
+4. it fits the Production versions of the other models: generator and fusion model share the
    feature contract and the gene panel; the encoder's contract is the one they were trained on.
 
-With no Production version yet, (1) and the comparisons of (2) are skipped, but the candidate
-must still carry every gated metric, so that the next candidate can be compared with it.
+With no Production version yet, (1) and the comparisons of (2) are skipped ((3) is not), but
+the candidate must still carry every gated metric, so that the next candidate can be compared
+with it.
 """
 
 from __future__ import annotations
@@ -30,48 +39,20 @@ from typing import Any, Literal
 from pathgen_batch import config
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features.contract import FeatureContract
+from pathgen_batch.registry.gate_rules import (
+    EPS,
+    FUSION_BASELINES,
+    FUSION_RULES,
+    GENERATOR_BASELINES,
+    GENERATOR_RULES,
+    BaselineRule,
+    Direction,
+    MetricCheck,
+    MetricRule,
+    check_baseline,
+    fmt,
+)
 from pathgen_batch.registry.tags import ENCODER_MODEL, FUSION_MODEL, GENERATOR_MODEL
-
-Direction = Literal["higher", "lower"]
-_EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class MetricRule:
-    """One gated metric: its name (a ``cv/<name>`` run metric), direction and tolerance."""
-
-    name: str
-    direction: Direction
-    tolerance: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError(f"MetricRule.name: expected a metric name, got {self.name!r}")
-        if self.direction not in ("higher", "lower"):
-            raise ConfigError(
-                f"MetricRule.direction of {self.name!r}: expected 'higher' or 'lower', "
-                f"got {self.direction!r}"
-            )
-        t = self.tolerance
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
-            raise ConfigError(
-                f"MetricRule.tolerance of {self.name!r}: expected a number >= 0, got {t!r}"
-            )
-        object.__setattr__(self, "tolerance", float(t))
-
-
-# Cross-validated metrics (``cv/<key>`` of the evaluation run, see ``tracking.cv_metrics``):
-# the generator by the fidelity of its synthetic transcriptomes on the test folds, the fusion
-# model by its predictions with synthetic transcriptomes, the way it is used at scoring time.
-GENERATOR_RULES: tuple[MetricRule, ...] = (
-    MetricRule("fidelity/mean_pearson", "higher", 0.02),
-    MetricRule("fidelity/mae", "lower", 0.02),
-)
-FUSION_RULES: tuple[MetricRule, ...] = (
-    MetricRule("synthetic/harrell_c", "higher", 0.01),
-    MetricRule("synthetic/macro_auc", "higher", 0.01),
-    MetricRule("synthetic/ibs", "lower", 0.01),
-)
 
 
 @dataclass(frozen=True)
@@ -85,6 +66,8 @@ class GateConfig:
     fusion: tuple[MetricRule, ...] = FUSION_RULES
     encoder: tuple[MetricRule, ...] = ()
     same_evaluation: bool = True
+    generator_baselines: tuple[BaselineRule, ...] = GENERATOR_BASELINES
+    fusion_baselines: tuple[BaselineRule, ...] = FUSION_BASELINES
     generator_name: str = GENERATOR_MODEL
     fusion_name: str = FUSION_MODEL
     encoder_name: str = ENCODER_MODEL
@@ -100,6 +83,12 @@ class GateConfig:
         if kind not in ("generator", "fusion", "encoder"):
             raise ConfigError(f"model kind: expected generator, fusion or encoder, got {kind!r}")
         rules: tuple[MetricRule, ...] = getattr(self, kind)
+        return rules
+
+    def baselines_for(self, kind: str) -> tuple[BaselineRule, ...]:
+        """The baseline rules of ``kind`` (none for encoders)."""
+        self.rules_for(kind)
+        rules: tuple[BaselineRule, ...] = getattr(self, f"{kind}_baselines", ())
         return rules
 
     def name_of(self, kind: str) -> str:
@@ -156,27 +145,6 @@ class VersionFacts:
 
 
 @dataclass(frozen=True)
-class MetricCheck:
-    name: str
-    direction: Direction
-    tolerance: float
-    candidate: float | None
-    production: float | None
-    passed: bool
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.name,
-            "direction": self.direction,
-            "tolerance": self.tolerance,
-            "candidate": self.candidate,
-            "production": self.production,
-            "passed": self.passed,
-        }
-
-
-@dataclass(frozen=True)
 class CompatCheck:
     """Candidate vs one other model's Production version, on one contract."""
 
@@ -223,10 +191,6 @@ class GateReport:
         }
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
 def check_metric(
     rule: MetricRule, candidate: Mapping[str, float], production: VersionFacts | None
 ) -> MetricCheck:
@@ -240,7 +204,7 @@ def check_metric(
         )
     if production is None:
         return MetricCheck(
-            *args, c, None, True, f"{rule.name} {_fmt(c)}: no Production version to compare with"
+            *args, c, None, True, f"{rule.name} {fmt(c)}: no Production version to compare with"
         )
     p = production.metrics.get(rule.name)
     p = float(p) if p is not None and math.isfinite(float(p)) else None
@@ -253,15 +217,15 @@ def check_metric(
             f"{production.label} (Production) has no metric {rule.name!r} to compare with",
         )
     worse_by = p - c if rule.direction == "higher" else c - p
-    ok = worse_by <= rule.tolerance + _EPS
+    ok = worse_by <= rule.tolerance + EPS
     better = "higher" if rule.direction == "higher" else "lower"
     verdict = (
-        f"within tolerance {_fmt(rule.tolerance)}"
+        f"within tolerance {fmt(rule.tolerance)}"
         if ok
-        else f"worse by {_fmt(worse_by)}, beyond tolerance {_fmt(rule.tolerance)}"
+        else f"worse by {fmt(worse_by)}, beyond tolerance {fmt(rule.tolerance)}"
     )
     reason = (
-        f"{rule.name} {_fmt(c)} vs {_fmt(p)} of {production.label} (Production): {verdict} "
+        f"{rule.name} {fmt(c)} vs {fmt(p)} of {production.label} (Production): {verdict} "
         f"({better} is better)"
     )
     return MetricCheck(*args, c, p, ok, reason)
@@ -347,8 +311,10 @@ def evaluate_gate(
     partners: Sequence[VersionFacts],
     rules: Sequence[MetricRule],
     same_evaluation: bool = True,
+    baselines: Sequence[BaselineRule] = (),
 ) -> GateReport:
-    """Run every check; ``partners`` are the other models' Production versions."""
+    """Run every check; ``partners`` are the other models' Production versions;
+    ``baselines`` compare the candidate with baselines of its own evaluation."""
     compat: list[CompatCheck] = []
     if candidate.kind not in ("generator", "fusion", "encoder"):
         compat.append(
@@ -364,7 +330,9 @@ def evaluate_gate(
         compat.append(check_evaluation(candidate, production))
     for other in partners:
         compat.extend(check_compat(candidate, other))
-    metrics = tuple(check_metric(r, candidate.metrics, production) for r in rules)
+    metrics = tuple(check_metric(r, candidate.metrics, production) for r in rules) + tuple(
+        check_baseline(b, candidate.metrics) for b in baselines
+    )
     return GateReport(candidate, production, metrics, tuple(compat))
 
 
@@ -384,3 +352,26 @@ def evaluation_digest(data_digest: str, folds: Mapping[int, Sequence[str]]) -> s
     }
     text = json.dumps(canon, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+__all__ = [
+    "FUSION_BASELINES",
+    "FUSION_RULES",
+    "GENERATOR_BASELINES",
+    "GENERATOR_RULES",
+    "BaselineRule",
+    "CompatCheck",
+    "Direction",
+    "GateConfig",
+    "GateReport",
+    "MetricCheck",
+    "MetricRule",
+    "VersionFacts",
+    "check_baseline",
+    "check_compat",
+    "check_evaluation",
+    "check_metric",
+    "evaluate_gate",
+    "evaluation_digest",
+    "from_dict",
+]

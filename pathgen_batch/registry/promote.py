@@ -305,6 +305,9 @@ def promote(
                 if facts.kind in ("generator", "fusion", "encoder")
                 else (),
                 gate.same_evaluation,
+                gate.baselines_for(facts.kind)
+                if facts.kind in ("generator", "fusion", "encoder")
+                else (),
             )
             if not report.passed and not force:
                 raise GateRefusedError(report.summary(), report)

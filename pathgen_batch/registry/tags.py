@@ -71,7 +71,7 @@ def canonical_stage(stage: str) -> str:
 # which cross-validated metrics describe a model of each kind (prefixes of ``cv/<key>``)
 CV_SECTIONS: dict[str, tuple[str, ...]] = {
     "generator": ("fidelity/", "pooled_fidelity/", "synthetic/"),
-    "fusion": ("synthetic/", "real/", "wsi_only/", "conformal/"),
+    "fusion": ("synthetic/", "real/", "wsi_trained/", "attention_mil/", "wsi_only/", "conformal/"),
     "encoder": (),
 }
 

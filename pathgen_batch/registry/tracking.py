@@ -52,8 +52,10 @@ def cv_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """Cross-validated means from a CV summary (``CVResult.summary()``), flat.
 
     ``metrics[condition][metric]["mean"]`` -> ``<condition>/<metric>``;
-    ``fidelity[key]["mean"]`` -> ``fidelity/<key>``; ``conformal[key]["mean"]`` ->
-    ``conformal/<key>``. Non-finite values are left out.
+    ``fidelity[key]["mean"]`` -> ``fidelity/<key>``; in a repeated CV's summary, where
+    ``fidelity`` holds one section per model, ``fidelity[model][key]["mean"]`` ->
+    ``fidelity/<model>/<key>`` and the generator's also -> ``fidelity/<key>``;
+    ``conformal[key]["mean"]`` -> ``conformal/<key>``. Non-finite values are left out.
     """
     out: dict[str, float] = {}
 
@@ -67,7 +69,16 @@ def cv_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
             put(f"{cond}/{m}", (stats or {}).get("mean"))
     for section in ("fidelity", "conformal"):
         for k, stats in (summary.get(section) or {}).items():
-            put(f"{section}/{k}", stats.get("mean") if isinstance(stats, Mapping) else None)
+            if not isinstance(stats, Mapping):
+                continue
+            if "mean" in stats:
+                put(f"{section}/{k}", stats["mean"])
+                continue
+            for key, sub in stats.items():  # one section per model
+                value = sub.get("mean") if isinstance(sub, Mapping) else None
+                put(f"{section}/{k}/{key}", value)
+                if k == "generator":
+                    put(f"{section}/{key}", value)
     for k, v in (summary.get("pooled_fidelity") or {}).items():
         put(f"pooled_fidelity/{k}", v)
     return out

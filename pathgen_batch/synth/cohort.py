@@ -12,6 +12,7 @@ The folder follows :mod:`pathgen_batch.cohort.format`, so every reader loads it 
 and, as this builder's own bookkeeping (no reader needs them)::
 
     composition.parquet      ground truth: program weights, target and rendered class shares,
+                             morphology score and level (version 2),
                              tissue share and stain change of every slide
     cohort.json              config, counts, per-file sha256/bytes; written last, it marks
                              the build complete
@@ -44,6 +45,7 @@ from pathgen_batch.config import from_dict, to_dict
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.synth.config import CohortConfig
 from pathgen_batch.synth.data import GRADE_CLASSES, CohortData, cohort_data, fold_strata
+from pathgen_batch.synth.morphology import morphology_scores
 from pathgen_batch.synth.render import RenderParams
 from pathgen_batch.synth.texture import TextureLibrary, build_library, default_sources
 from pathgen_batch.synth.workers import SlideJob, run_jobs
@@ -75,7 +77,7 @@ class SynthCohort(Cohort):
 
     @property
     def config(self) -> CohortConfig:
-        return from_dict(CohortConfig, self.meta["config"])
+        return from_dict(CohortConfig, config_of_meta(self.meta))
 
     @property
     def composition(self) -> pd.DataFrame:
@@ -94,8 +96,8 @@ class SynthCohort(Cohort):
         n = self.n_patients
         lines = [
             super().inventory(),
-            f"  built: mode {m['mode']} ({m['source']}), seed {m['seed']}, pathgen_batch "
-            f"{m['version']}",
+            f"  built: mode {m['mode']} ({m['source']}), cohort version "
+            f"{config_of_meta(m)['version']}, seed {m['seed']}, pathgen_batch {m['version']}",
         ]
         s = m["slide"]
         dims = " > ".join(f"{w}x{h}" for w, h in s["level_dimensions"])
@@ -117,11 +119,25 @@ class SynthCohort(Cohort):
             (root / p).stat().st_size for p in m["files"] if p.startswith(SLIDES + "/")
         )
         total = sum((root / p).stat().st_size for p in m["files"])
+        if "morphology_level" in comp.columns:
+            lv = comp["morphology_level"]
+            lines.append(
+                f"  grade morphology of the tumour class: strength "
+                f"{config_of_meta(m)['grade_morphology']:g}, slide level {lv.mean():.2f} +- "
+                f"{lv.std():.2f} (0 = none)"
+            )
         lines.append(
             f"  disk: {total / 1e6:.1f} MB ({slide_bytes / 1e6:.1f} MB slides, "
             f"{slide_bytes / max(n, 1) / 1e6:.2f} MB per slide)"
         )
         return "\n".join(lines)
+
+
+def config_of_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The config of a cohort.json; cohorts built before versions existed are version 1."""
+    cfg = dict(meta.get("config", {}))
+    cfg.setdefault("version", 1)
+    return cfg
 
 
 def load_built_cohort(root: str | Path) -> SynthCohort:
@@ -252,12 +268,15 @@ def build_cohort(
     library = _library(cfg.n_programs, cfg.seed)
     targets = compositions(data.programs, cfg.expression_weight, cfg.concentration, cfg.seed)
     clinical = _clinical_table(data, cfg)
+    score = morphology_scores(data.clinical["grade_index"], cfg.morphology_noise, cfg.seed)
+    levels = cfg.resolved_morphology * score  # (N,) 0 everywhere in version 1
     jobs = [
         SlideJob(
             slide_id=sid,
             path=str(root / rel),
             target=tuple(float(v) for v in targets[i]),
             seed=(cfg.seed, 22, int(pid[1:])),
+            morph_level=float(levels[i]),
         )
         for i, (sid, rel, pid) in enumerate(
             zip(clinical["slide_id"], clinical["slide_uri"], clinical["patient_id"], strict=True)
@@ -283,6 +302,9 @@ def build_cohort(
     t_render = time.perf_counter() - t0 - t_setup
 
     comp = _composition_table(clinical, data.programs, targets, results)
+    if cfg.version >= 2:
+        comp["morphology_score"] = score
+        comp["morphology_level"] = levels
     clinical.to_parquet(root / "clinical.parquet", index=False)
     data.expression.reset_index().to_parquet(root / "expression.parquet", index=False)
     data.panel.write(root / "gene_panel.csv")

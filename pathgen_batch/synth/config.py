@@ -15,6 +15,9 @@ SEMI_PATIENTS = 198  # patients in scikit-survival's breast cancer cohort
 SEMI_GENES = 76  # expression probes in that cohort
 SYNTHETIC_PATIENTS = 200
 SYNTHETIC_GENES = 300
+COHORT_VERSIONS = (1, 2)
+# strength of the grade morphology of version 2 when the config leaves it unset
+DEFAULT_GRADE_MORPHOLOGY = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class CohortConfig:
     less sampling noise).
     program_contrast: power applied to the (mean-normalised) programs of real expression before
     renormalising, to spread compositions across patients (semi mode only).
+    version: 1 = slides follow expression only (composition, stain, layout); 2 (default) =
+    also grade-linked morphology (nuclear size, pleomorphism, density, mitoses, tubule loss) in
+    the tumour-like class, which expression does not fully explain
+    (:mod:`pathgen_batch.synth.morphology`).
+    grade_morphology: strength of that morphology (None = 1.0 in version 2; version 1 has
+    none); the level of a slide is strength x the patient's score, grade / 2 plus
+    N(0, ``morphology_noise``), clipped to [0, 1].
     """
 
     mode: Literal["semi", "synthetic"] = "semi"
@@ -53,8 +63,25 @@ class CohortConfig:
     tissue_fraction: tuple[float, float] = (0.4, 0.6)
     stain_scale_sd: float = 0.05
     stain_shift_sd: float = 0.02
+    version: int = 2
+    grade_morphology: float | None = None
+    morphology_noise: float = 0.25
 
     def __post_init__(self) -> None:
+        if isinstance(self.version, bool) or self.version not in COHORT_VERSIONS:
+            raise ConfigError(
+                f"version: expected one of {list(COHORT_VERSIONS)}, got {self.version!r}"
+            )
+        gm = self.grade_morphology
+        if gm is not None and not (0.0 <= gm <= 2.0):
+            raise ConfigError(f"grade_morphology: expected 0..2, got {gm}")
+        if self.version == 1 and gm:
+            raise ConfigError(
+                f"grade_morphology: cohort version 1 has no grade morphology, got {gm} "
+                "(use version 2)"
+            )
+        if not 0.0 <= self.morphology_noise <= 1.0:
+            raise ConfigError(f"morphology_noise: expected 0..1, got {self.morphology_noise}")
         if self.mode not in ("semi", "synthetic"):
             raise ConfigError(f"mode: expected 'semi' or 'synthetic', got {self.mode!r}")
         for name, cap, noun, larger in (
@@ -139,8 +166,17 @@ class CohortConfig:
             return self.n_genes
         return SEMI_GENES if self.mode == "semi" else SYNTHETIC_GENES
 
+    @property
+    def resolved_morphology(self) -> float:
+        if self.version == 1:
+            return 0.0
+        return DEFAULT_GRADE_MORPHOLOGY if self.grade_morphology is None else self.grade_morphology
+
     def resolved(self) -> CohortConfig:
-        """The same config with every ``None`` size replaced by its value."""
+        """The same config with every ``None`` size or strength replaced by its value."""
         return dataclasses.replace(
-            self, n_patients=self.resolved_patients, n_genes=self.resolved_genes
+            self,
+            n_patients=self.resolved_patients,
+            n_genes=self.resolved_genes,
+            grade_morphology=self.resolved_morphology,
         )

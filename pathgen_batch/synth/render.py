@@ -21,6 +21,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from pathgen_batch.errors import ConfigError
+from pathgen_batch.synth.morphology import apply_morphology
 from pathgen_batch.synth.stain import StainShift
 from pathgen_batch.synth.texture import TextureLibrary
 
@@ -138,8 +139,15 @@ def render_slide(
     target: np.ndarray,
     params: RenderParams,
     rng: np.random.Generator,
+    morph_level: float = 0.0,
+    morph_rng: np.random.Generator | None = None,
 ) -> RenderedSlide:
-    """Render one slide whose tissue composition approaches ``target`` (K,) (sums to 1)."""
+    """Render one slide whose tissue composition approaches ``target`` (K,) (sums to 1).
+
+    morph_level > 0 draws grade morphology (:mod:`pathgen_batch.synth.morphology`) into every
+    patch of the last, tumour-like class, with ``morph_rng`` (the draws of ``rng`` stay those
+    of a slide without it).
+    """
     k = library.n_classes
     target = np.asarray(target, dtype=np.float64)
     if target.shape != (k,) or (target < 0).any() or abs(target.sum() - 1.0) > 1e-6:
@@ -170,13 +178,20 @@ def render_slide(
     canvas = np.zeros((n * step + 2 * patch, n * step + 2 * patch, 3), dtype=np.float32)
     win = _ramp_window(patch, overlap)  # (P, P, 1)
     buf = np.empty((patch, patch, 3), dtype=np.float32)
+    tumour = k - 1
+    if morph_level > 0 and morph_rng is None:
+        raise ConfigError("render_slide: morph_level > 0 needs morph_rng")
     for iy in range(n + 2):
         y0 = (iy - 1) * step - half + patch
         for ix in range(n + 2):
             if not need[iy, ix]:
                 continue
             x0 = (ix - 1) * step - half + patch
-            np.multiply(library.patch(int(ext[iy, ix]), rng), win, out=buf)
+            cls = int(ext[iy, ix])
+            tex = library.patch(cls, rng)
+            if cls == tumour and morph_level > 0 and morph_rng is not None:
+                tex = apply_morphology(tex, morph_level, morph_rng)
+            np.multiply(tex, win, out=buf)
             canvas[y0 : y0 + patch, x0 : x0 + patch] += buf
     tissue = canvas[patch : patch + size, patch : patch + size]  # (S, S, 3), a view
 

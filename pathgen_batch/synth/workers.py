@@ -31,6 +31,7 @@ class SlideJob:
     path: str
     target: tuple[float, ...]  # (K,) composition to render
     seed: tuple[int, ...]  # entropy of the slide's random generator
+    morph_level: float = 0.0  # grade morphology of the tumour class (0 = cohort v1)
 
 
 def _init_worker(library: TextureLibrary, params: RenderParams, write: dict[str, Any]) -> None:
@@ -47,7 +48,10 @@ def _init_pool_worker(library: TextureLibrary, params: RenderParams, write: dict
 def _render_one(job: SlideJob) -> dict[str, Any]:
     library: TextureLibrary = _WORKER["library"]
     rng = np.random.default_rng(list(job.seed))
-    r = render_slide(library, np.asarray(job.target), _WORKER["params"], rng)
+    morph_rng = np.random.default_rng([*job.seed, 24]) if job.morph_level > 0 else None
+    r = render_slide(
+        library, np.asarray(job.target), _WORKER["params"], rng, job.morph_level, morph_rng
+    )
     dims = write_pyramidal_tiff(job.path, r.rgb, **_WORKER["write"])
     return {
         "slide_id": job.slide_id,

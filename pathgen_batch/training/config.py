@@ -242,6 +242,17 @@ def _omics_default() -> FusionTrainConfig:
     return FusionTrainConfig(model="omics_mlp", options={"width": 64, "dropout": 0.25})
 
 
+# share of training examples whose transcriptome the trained WSI-only comparator drops
+WSI_TRAINED_DROPOUT = 0.5
+
+
+def _wsi_trained_default() -> FusionTrainConfig:
+    return FusionTrainConfig(
+        model="fusion",
+        options={"width": 64, "dropout": 0.25, "modality_dropout": WSI_TRAINED_DROPOUT},
+    )
+
+
 @dataclass(frozen=True)
 class CVConfig:
     """Patient-level cross-validation of generator, fusion model and baselines.
@@ -256,7 +267,11 @@ class CVConfig:
     alpha: conformal miscoverage; conformal_method: ``lac`` | ``aps`` grade-set score (``lac``
     by default: with a weak 3-class grade model, ``aps`` sets measured on the demo cohort were
     always the full set).
-    noise_seed: the standard-normal transcriptome of the "WSI only" condition.
+    noise_seed: the standard-normal transcriptome of the ``wsi_only`` diagnostic (the fusion
+    model fed noise it never saw in training).
+    wsi_trained: the trained WSI-only comparator of the repeated CV (condition ``wsi_trained``):
+    the fusion model trained with modality dropout (an absent-transcriptome token) and scored
+    from the slide alone; its ``options.modality_dropout`` must be > 0.
     registry names: the model names bundles are registered under.
     """
 
@@ -264,6 +279,7 @@ class CVConfig:
     fusion: FusionTrainConfig = field(default_factory=FusionTrainConfig)
     attention_mil: FusionTrainConfig = field(default_factory=_mil_default)
     omics_mlp: FusionTrainConfig = field(default_factory=_omics_default)
+    wsi_trained: FusionTrainConfig = field(default_factory=_wsi_trained_default)
     folds: int | None = None
     val_fraction: float = 0.2
     cal_fraction: float = 0.2
@@ -280,10 +296,17 @@ class CVConfig:
             ("fusion", self.fusion, "fusion"),
             ("attention_mil", self.attention_mil, "attention_mil"),
             ("omics_mlp", self.omics_mlp, "omics_mlp"),
+            ("wsi_trained", self.wsi_trained, "fusion"),
         )
         for name, cfg, model in checks:
             if cfg.model != model:
                 raise ConfigError(f"CVConfig.{name}.model: expected {model!r}, got {cfg.model!r}")
+        if not self.wsi_trained.options.get("modality_dropout", 0.0) > 0:
+            raise ConfigError(
+                "CVConfig.wsi_trained.options.modality_dropout: expected > 0 (the comparator "
+                "learns an absent-transcriptome token), got "
+                f"{self.wsi_trained.options.get('modality_dropout', 0.0)}"
+            )
         if self.folds is not None and (isinstance(self.folds, bool) or self.folds < 2):
             raise ConfigError(f"CVConfig.folds: expected None or >= 2, got {self.folds!r}")
         _check_split(self)

@@ -22,7 +22,7 @@ from pathgen_batch.training.data import TrainingData, describe
 CONDITIONS: dict[str, str] = {
     "real": "fusion + real transcriptome",
     "synthetic": "fusion + synthetic transcriptome",
-    "wsi_only": "fusion + noise (WSI only)",
+    "wsi_only": "fusion + noise (diagnostic)",
     "attention_mil": "attention MIL (WSI only)",
     "omics_mlp": "omics MLP (real transcriptome)",
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 from pathgen_batch.config import load_json, replace, to_dict
 from pathgen_batch.training.config import CVConfig
 
-TRAINED = ("generator", "fusion", "attention_mil", "omics_mlp")
+TRAINED = ("generator", "fusion", "attention_mil", "omics_mlp", "wsi_trained")
 
 
 def cv_config(

@@ -5,9 +5,12 @@ Repeat r runs every fold as :func:`~pathgen_batch.training.cv.run_cv` does, with
 cohort's fold column, or ``cfg.folds`` new ones); with R > 1 every repeat draws new
 stratified folds (K = ``cfg.folds``, else the number of the cohort's folds). On every fold of
 every repeat the baselines of :mod:`pathgen_batch.training.baselines` are fit on the same
-training part (train and validation) and scored on the same test fold, and the fold's fusion
+training part (train and validation) and scored on the same test fold, the fold's fusion
 model is also fed the ridge-predicted expression (``ridge_synthetic``: does the generator
-beat a linear map?).
+beat a linear map?), and the trained WSI-only comparator (``wsi_trained``: the fusion model
+trained with modality dropout on the same train / validation patients, scored with its
+absent-transcriptome token, from the slide alone) is trained and scored. The fusion model fed
+noise (``wsi_only``) is kept as a labelled diagnostic, outside the tests.
 
 Across the R x K folds (:mod:`pathgen_batch.evaluation.resampling`): for every comparison of
 ``PROTOCOL_COMPARISONS`` the Nadeau-Bengio corrected resampled t-test, Holm across the whole
@@ -44,7 +47,6 @@ from pathgen_batch.training.config import CVConfig
 from pathgen_batch.training.cv import FoldPlan, plan_folds, run_fold
 from pathgen_batch.training.cv_result import (
     COMPARED_METRICS,
-    COMPARISONS,
     METRICS,
     CVResult,
     FoldResult,
@@ -58,9 +60,13 @@ from pathgen_batch.training.repeated_result import (
     RepeatedCVResult,
     stack_repeats,
 )
+from pathgen_batch.training.trainers import train_predictor
 
 PROTOCOL_COMPARISONS: tuple[tuple[str, str], ...] = (
-    *COMPARISONS,
+    ("synthetic", "wsi_trained"),
+    ("synthetic", "attention_mil"),
+    ("synthetic", "real"),
+    ("real", "omics_mlp"),
     ("real", "coxnet"),
     ("synthetic", "coxnet"),
     ("real", "cox_grade"),
@@ -127,7 +133,9 @@ def run_repeated_cv(
         for p, f in zip(r.plans, folds, strict=True):
             fb = fold_baselines(data, p.training_part, p.test, bcfg)
             control = ridge_fusion_control(data, p, f, fb.expression["ridge"].predicted, notes)
-            per_fold.append(FoldBaselines({**fb.survival, control.name: control}, fb.expression))
+            wsi = wsi_trained_comparator(data, p, r.config, notes, device, progress, echo)
+            extra = {control.name: control, wsi.name: wsi}
+            per_fold.append(FoldBaselines({**fb.survival, **extra}, fb.expression))
         results.append(
             CVResult.from_folds(
                 folds, data, r.config, seconds=time.perf_counter() - tr, notes=notes
@@ -197,6 +205,52 @@ def ridge_fusion_control(
     where = f"fold {plan.fold} ridge_synthetic"
     metrics = condition_metrics(data, trn, plan.test, pred, fold.fusion.bin_edges, notes, where)
     return SurvivalBaseline("ridge_synthetic", metrics, np.asarray(pred.risk, dtype=np.float64))
+
+
+def wsi_trained_comparator(
+    data: TrainingData,
+    plan: FoldPlan,
+    cfg: CVConfig,
+    notes: list[str],
+    device: str = "cpu",
+    progress: Progress | None = None,
+    echo: Echo | None = None,
+) -> SurvivalBaseline:
+    """The trained WSI-only comparator of one fold (condition ``wsi_trained``).
+
+    The fusion model of ``cfg.wsi_trained`` (modality dropout) is trained on the fold's train
+    patients with real transcriptomes, early-stopping on its validation patients as the fusion
+    model does, and scored on the test fold from the slides alone (absent-transcriptome token).
+    """
+    t0 = time.perf_counter()
+    relabel = None
+    if progress is not None:
+        prog = progress
+
+        def relabel(e: Any) -> None:
+            prog(dataclasses.replace(e, model=f"fold {plan.fold} wsi_trained"))
+
+    model = train_predictor(
+        data,
+        plan.train,
+        plan.val,
+        cfg.wsi_trained,
+        device=device,
+        progress=relabel,
+        name=cfg.fusion_name,
+    )
+    if not model.slide_only:
+        raise ConfigError("wsi_trained: the comparator has no absent-transcriptome token")
+    pred = model.predict([data.bags[i] for i in plan.test], None)
+    trn = np.concatenate([plan.train, plan.val])
+    where = f"fold {plan.fold} wsi_trained"
+    metrics = condition_metrics(data, trn, plan.test, pred, model.bin_edges, notes, where)
+    if echo is not None:
+        echo(
+            f"fold {plan.fold}: wsi_trained {model.provenance['history']['epochs_run']} epochs "
+            f"in {time.perf_counter() - t0:.1f}s; C {metrics['harrell_c']:.3f}"
+        )
+    return SurvivalBaseline("wsi_trained", metrics, np.asarray(pred.risk, dtype=np.float64))
 
 
 def _baseline_metrics(

@@ -20,10 +20,20 @@ from pathgen_batch.training.baselines import (
 )
 from pathgen_batch.training.config import CVConfig
 from pathgen_batch.training.cv import FoldPlan
-from pathgen_batch.training.cv_result import METRICS, CVResult, _p, _pm, conformal_summary
+from pathgen_batch.training.cv_result import (
+    CONDITIONS,
+    METRICS,
+    CVResult,
+    _p,
+    _pm,
+    conformal_summary,
+)
 
 FIDELITY_KEYS = ("mean_pearson", "mae")
-CONTROLS: dict[str, str] = {"ridge_synthetic": "fusion + ridge expression"}
+CONTROLS: dict[str, str] = {
+    "wsi_trained": "fusion, trained WSI only",
+    "ridge_synthetic": "fusion + ridge expression",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,9 +70,9 @@ class RepeatedCVResult:
 
     def summary(self) -> dict[str, Any]:
         """The first repeat's summary (data, config, ...) with every cross-fold key over all
-        R x K folds: ``repeats``, ``metrics`` (baselines included), ``fidelity`` (generator),
-        ``fidelity_baselines``, ``conformal``, ``paired``, ``equivalence``, ``pooled_c``,
-        ``power``."""
+        R x K folds: ``repeats``, ``conditions`` (condition -> label), ``metrics`` (baselines
+        included), ``fidelity`` (``generator``, ``ridge``, ``mean_expression``), ``conformal``,
+        ``paired``, ``equivalence``, ``pooled_c``, ``power``."""
         base = self.results[0].summary()
         conformal = pd.concat([r.conformal for r in self.results], ignore_index=True)
         gen = self.fidelity[self.fidelity["model"] == "generator"]
@@ -81,10 +91,15 @@ class RepeatedCVResult:
                 cond: _metric_agg(self.metrics[self.metrics["condition"] == cond])
                 for cond in dict.fromkeys(self.metrics["condition"])
             },
-            "fidelity": _agg(gen, [c for c in gen.columns if c not in ("repeat", "fold", "model")]),
-            "fidelity_baselines": {
-                name: _agg(self.fidelity[self.fidelity["model"] == name], FIDELITY_KEYS)
-                for name in EXPRESSION_BASELINES
+            "conditions": {**CONDITIONS, **SURVIVAL_BASELINES, **CONTROLS},
+            "fidelity": {
+                "generator": _agg(
+                    gen, [c for c in gen.columns if c not in ("repeat", "fold", "model")]
+                ),
+                **{
+                    name: _agg(self.fidelity[self.fidelity["model"] == name], FIDELITY_KEYS)
+                    for name in EXPRESSION_BASELINES
+                },
             },
             "pooled_fidelity": {k: float(v) for k, v in pooled.items()},
             "conformal": conformal_summary(
