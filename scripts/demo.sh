@@ -93,19 +93,20 @@ step "archive: the held-out patients' slides (fold 0) plus four bad files"
 python - "$W" <<'PY'
 import shutil, sys
 from pathlib import Path
-import pandas as pd
 from pathgen_batch.assets import openslide_fixtures
+from pathgen_batch.cohort import load_cohort
 w = Path(sys.argv[1])
 archive = w / "archive"
 archive.mkdir(parents=True, exist_ok=True)
-clinical = pd.read_parquet(w / "cohort" / "clinical.parquet")
-held_out = clinical[clinical["fold"] == 0]
-for slide_file in held_out["slide_file"]:
-    src = w / "cohort" / slide_file
+cohort = load_cohort(str(w / "cohort"))
+fold0 = set(cohort.clinical.loc[cohort.clinical["fold"] == 0, "patient_id"])
+held_out = cohort.slides[cohort.slides["patient_id"].isin(fold0)]
+files = [Path(cohort.slide_path(s)) for s in held_out["slide_id"]]
+for src in files:
     dst = archive / src.name
     if not dst.exists():
         shutil.copyfile(src, dst)
-first = w / "cohort" / held_out["slide_file"].iloc[0]
+first = files[0]
 (archive / "truncated.tiff").write_bytes(first.read_bytes()[:60_000])
 (archive / "notes.svs").write_text("not a slide\n")
 (archive / "empty.svs").write_bytes(b"")
