@@ -42,7 +42,8 @@ def _bag_seed(seed: int, bag: np.ndarray) -> int:
 
 
 class GenerateOptions(TypedDict, total=False):
-    """The keyword options of :meth:`TrainedGenerator.generate_scaled` (and ``generate``)."""
+    """The keyword options of :meth:`TrainedGenerator.sample_scaled` (and of ``samples``,
+    ``generate_scaled`` and ``generate``, which pass them on)."""
 
     n_samples: int | None
     sampler: SamplerConfig | None
@@ -139,30 +140,18 @@ class TrainedGenerator(OnDevice):
 
     @torch.no_grad()
     def generate_scaled(
-        self,
-        bags: Sequence[np.ndarray],
-        n_samples: int | None = None,
-        sampler: SamplerConfig | None = None,
-        seed: int = 0,
-        batch_size: int = DEFAULT_BATCH,
+        self, bags: Sequence[np.ndarray], **options: Unpack[GenerateOptions]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and per-gene std over samples (:meth:`sample_scaled`) in the scaler's space
-        (z-scores), (B, G) each; the std is 0 for one sample."""
-        x = self.sample_scaled(bags, n_samples, sampler, seed, batch_size)  # (B, n, G)
+        """Mean and per-gene std over samples (:meth:`sample_scaled`, whose options these are)
+        in the scaler's space (z-scores), (B, G) each; the std is 0 for one sample."""
+        x = self.sample_scaled(bags, **options)  # (B, n, G)
         mean = x.mean(axis=1)
         sd = x.std(axis=1, ddof=1) if x.shape[1] > 1 else np.zeros_like(mean)
         return mean.astype(np.float32), sd.astype(np.float32)
 
-    def samples(
-        self,
-        bags: Sequence[np.ndarray],
-        n_samples: int | None = None,
-        sampler: SamplerConfig | None = None,
-        seed: int = 0,
-        batch_size: int = DEFAULT_BATCH,
-    ) -> np.ndarray:
+    def samples(self, bags: Sequence[np.ndarray], **options: Unpack[GenerateOptions]) -> np.ndarray:
         """:meth:`sample_scaled` in expression units, (B, n, G)."""
-        x = self.sample_scaled(bags, n_samples, sampler, seed, batch_size)
+        x = self.sample_scaled(bags, **options)
         B, n, G = x.shape
         return self.expression_scaler.inverse_transform(x.reshape(B * n, G)).reshape(B, n, G)
 

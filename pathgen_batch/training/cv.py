@@ -176,7 +176,7 @@ def run_fold(
     t_gen = time.perf_counter() - t0
     syn_cal, _ = gen.generate(cal_bags)
     n_default = gen.sampler.n_samples
-    draws = gen.samples(test_bags, max([*cfg.fidelity_samples, n_default]))  # (n, S, G)
+    draws = gen.samples(test_bags, n_samples=max([*cfg.fidelity_samples, n_default]))  # (n, S, G)
     syn_test = draws[:, :n_default].mean(axis=1)
     spread_test = draws[:, :n_default].std(axis=1, ddof=1) if n_default > 1 else 0 * syn_test
     pm_test = gen.posterior_mean(test_bags)
