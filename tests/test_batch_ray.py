@@ -700,7 +700,6 @@ def test_ray_job_submit_runs_the_score_job_with_the_shipped_runtime_env(
     assert "succeeded" in log, log
     preds, fails = assert_exactly_once(out, "submitted", ids)
     assert not fails and sorted(preds) == sorted(ids)
-    assert not any(scratch_tmp.iterdir()), "staged slides left in the node's scratch"
 
 
 @pytest.mark.ray
