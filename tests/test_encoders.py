@@ -226,7 +226,7 @@ def test_options_and_names_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a transformer with a class token"):
         opts = {**IMAGENET, "output": "cls"}
         build_encoder("timm:resnet18", weights=str(tmp_path / "r.bin"), options=opts)
-    with pytest.raises(ConfigError, match="needs a local weights file"):
+    with pytest.raises(ConfigError, match="needs a weights file"):
         build_encoder("uni")
     with pytest.raises(ConfigError, match="output must be one of"):
         build_encoder("uni", weights=str(tmp_path / "r.bin"), options={"output": "mean"})
@@ -452,6 +452,48 @@ def test_phikon_v2_is_built_by_transformers_from_its_folder(tmp_path: Path) -> N
         build_encoder(
             "phikon-v2", weights=str(weights), options={"config": str(tmp_path / "wide.json")}
         )
+
+
+def test_weights_in_object_storage_are_fetched_once_per_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server, s3_bucket: str
+) -> None:
+    """A cluster without a shared file system: weights given as s3:// are fetched into each
+    machine's cache once and give the same contract and features as the local file; the
+    scorer's reference keeps the URI so that every node fetches them itself."""
+    from pathgen_batch.batch.model_refs import (
+        EncoderRef,
+        RegistryAccess,
+        local_encoder_weights,
+        resolve_encoder,
+    )
+    from pathgen_batch.storage import StorageError
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PATHGEN_WEIGHTS_CACHE", str(cache))
+    weights = tmp_path / "model.safetensors"
+    _save_random("uni", weights)
+    key = "encoders/uni/model.safetensors"
+    s3_server.client().upload_file(str(weights), s3_bucket, key)
+    uri = f"s3://{s3_bucket}/{key}"
+    local = build_encoder("uni", weights=str(weights), options=_tiny_options("uni"))
+    remote = build_encoder("uni", weights=uri, options=_tiny_options("uni"))
+    assert remote.contract == local.contract
+    tiles = _tiles(3, local.tile_px)
+    np.testing.assert_array_equal(remote.encode(tiles), local.encode(tiles))
+    (copy,) = cache.iterdir()  # one cached file, its suffix kept, nothing partial left
+    assert copy.suffix == ".safetensors" and copy.read_bytes() == weights.read_bytes()
+    assert key not in str(copy)  # the object key never becomes a local path
+    before = copy.stat().st_mtime_ns
+    access = RegistryAccess(workspace=str(tmp_path / "ws"))
+    ref = resolve_encoder(uri, local.contract, access)
+    assert ref == EncoderRef(path=uri)
+    assert local_encoder_weights(ref, local.contract, access) == uri
+    assert encoder_for_contract(local.contract, weights=uri).contract == local.contract
+    assert copy.stat().st_mtime_ns == before  # reused, not fetched again
+    with pytest.raises(StorageError, match=r"missing\.bin"):
+        build_encoder("uni", weights=f"s3://{s3_bucket}/missing.bin", options=_tiny_options("uni"))
+    with pytest.raises(ConfigError, match=r"not-here\.bin.*shared file system"):
+        encoder_for_contract(local.contract, weights=str(tmp_path / "not-here.bin"))
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
+from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.omics.panel import GenePanel
@@ -177,8 +178,9 @@ def check_pair(generator: ModelRef, fusion: ModelRef) -> PairInfo:
 
 @dataclass(frozen=True)
 class EncoderRef:
-    """The weights of the models' encoder: a file on the driver (None for an encoder without
-    weights) and, for a registry version, its pinned URI (workers elsewhere fetch it again)."""
+    """The weights of the models' encoder: a file on the driver or an ``s3://`` object (None
+    for an encoder without weights) and, for a registry version, its pinned URI (workers
+    elsewhere fetch it again)."""
 
     path: str | None = None
     pinned: str | None = None
@@ -200,6 +202,8 @@ def resolve_encoder(
         return EncoderRef()
     if spec is not None and not is_registry_uri(spec):
         check_weights(contract, spec)
+        if storage.is_s3(spec):  # every node fetches it into its own cache
+            return EncoderRef(path=spec)
         return EncoderRef(path=str(Path(spec).expanduser().resolve()))
     from pathgen_batch import registry
 

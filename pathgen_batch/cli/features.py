@@ -85,8 +85,9 @@ def encoders_cmd() -> None:
 )
 @optional_text(
     "--weights",
-    help="Local weights file (safetensors, torch state dict or TorchScript); never downloaded. "
-    "With Ray, every node reads it at this path.",
+    help="Weights file (safetensors, torch state dict or TorchScript): a local path (with Ray, "
+    "every node reads it at this path) or s3://bucket/key (fetched once per machine into "
+    "$PATHGEN_WEIGHTS_CACHE); never from a model hub.",
 )
 @key_value_option(
     "Encoder option, repeatable (see `features encoders`), e.g. -o dim=1024; one value may "

@@ -51,7 +51,8 @@ EXIT_SOME_FAILED = 3
 @click.option(
     "--encoder-weights",
     default=None,
-    help="Weights of the models' encoder (file or models:/pathgen-encoder/N). [registered one]",
+    help="Weights of the models' encoder (a file, s3://bucket/key, or "
+    "models:/pathgen-encoder/N). [registered one]",
 )
 @click.option("--ray-address", default=None, help="Join this Ray cluster (else a local Ray).")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray. [all]")

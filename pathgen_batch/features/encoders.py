@@ -21,6 +21,7 @@ from pathgen_batch.errors import ConfigError, DataError
 from pathgen_batch.features import hf_encoder, resnet, stain, timm_encoder, torchscript
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.encoder import Encoder, file_sha256
+from pathgen_batch.features.weights import fetch_weights
 
 DEFAULT_ENCODER = stain.NAME
 TIMM_ANY = timm_encoder.PREFIX + "<architecture>"  # listed in help; any timm:NAME is accepted
@@ -90,11 +91,11 @@ def encoder_config(
     if entry.needs_weights:
         if weights is None and "weights" not in data:
             raise ConfigError(
-                f"encoder {name!r} needs a local weights file (--weights PATH); "
-                "weights are never downloaded"
+                f"encoder {name!r} needs a weights file (--weights PATH or s3://...); "
+                "weights are never downloaded from a model hub"
             )
         if weights is not None:
-            data["weights"] = str(weights)
+            data["weights"] = fetch_weights(str(weights))
     elif weights is not None:
         raise ConfigError(f"encoder {name!r} takes no weights file, got {weights}")
     return config.from_dict(entry.config_cls, data, _where=f"encoder {name!r} options")
@@ -118,7 +119,7 @@ def check_weights(contract: FeatureContract, weights: str) -> None:
     naming both digests when it is another file."""
     if not get_entry(contract.encoder).needs_weights:
         raise ConfigError(f"encoder {contract.encoder!r} takes no weights file, got {weights}")
-    digest = file_sha256(weights, what=f"{contract.encoder} weights file")
+    digest = file_sha256(fetch_weights(weights), what=f"{contract.encoder} weights file")
     want = contract.version.split(";", 1)[0]
     if digest != want:
         raise DataError(

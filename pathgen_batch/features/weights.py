@@ -5,21 +5,73 @@ Two formats are read, both without unpickling: safetensors (``.safetensors``, re
 ``torch.load(weights_only=True)``). A file that is truncated, that only a full unpickler could
 read, or that does not hold a flat mapping of names to tensors is a one-line ConfigError naming
 the file. :func:`check_state_dict` names every missing, unexpected or mis-shaped key.
+
+A weights file may also live in object storage (``s3://bucket/key``): :func:`fetch_weights`
+downloads it once per machine into a cache folder, under a hashed name, size-checked, so that
+every node of a cluster reads the same bytes without a shared file system.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pathgen_batch import storage
 from pathgen_batch.errors import ConfigError
 
 SAFETENSORS_SUFFIX = ".safetensors"
 _LIST = 5  # keys named per problem in an error
+# suffixes a cached copy keeps (the reader is chosen by suffix); anything else becomes .bin
+_WEIGHTS_SUFFIXES = frozenset({SAFETENSORS_SUFFIX, ".bin", ".pth", ".pt"})
+CACHE_ENV = "PATHGEN_WEIGHTS_CACHE"
+
+
+def weights_cache() -> Path:
+    """The folder remote weights are cached in: ``$PATHGEN_WEIGHTS_CACHE``, else
+    ``<temp>/pathgen-weights`` (node-local; one copy per machine)."""
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "pathgen-weights")
+
+
+def fetch_weights(uri: str, cache_dir: str | Path | None = None) -> str:
+    """A local file holding the weights at ``uri``. A local path is returned as given (a
+    ConfigError when it is not a file here); an ``s3://`` object is downloaded into
+    ``cache_dir`` (default :func:`weights_cache`) once, under a hash of its URI plus its
+    suffix, and reused while its size matches the object's. Concurrent fetches on one machine
+    each download to a private name and rename into place, so none reads a partial file."""
+    if not storage.is_s3(uri):
+        p = storage.local_path(uri).expanduser()
+        if not p.is_file():
+            raise ConfigError(
+                f"weights file not found: {p} (on a cluster every node reads it at this path; "
+                "put it on a shared file system or in object storage, s3://..., or register it "
+                "with pathgen-batch models register-encoder)"
+            )
+        return str(p)
+    cache = Path(cache_dir) if cache_dir is not None else weights_cache()
+    name = storage.scratch_name(uri, _WEIGHTS_SUFFIXES)
+    if name.endswith(".slide"):
+        name = name[: -len(".slide")] + ".bin"
+    dest = cache / name
+    size = storage.store_for(uri).size(uri)
+    if dest.is_file() and dest.stat().st_size == size:
+        return str(dest)
+    private = cache / f"partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with storage.stage_file(uri, private, size) as staged:
+            os.replace(staged.path, dest)
+    finally:
+        if private.is_dir():
+            for leftover in private.iterdir():
+                leftover.unlink(missing_ok=True)
+            private.rmdir()
+    return str(dest)
 
 
 def _first_line(e: BaseException) -> str:

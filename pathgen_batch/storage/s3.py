@@ -199,7 +199,7 @@ class S3Store(Store):
 
     def size(self, uri: str) -> int:
         bucket, key = split_s3(uri)
-        client = s3_client()
+        client = s3_client(uri)
         from botocore.exceptions import ClientError
 
         def head() -> int:
