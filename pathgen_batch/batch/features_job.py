@@ -3,7 +3,8 @@
 A cohort's slides (local paths or ``s3://`` URIs) go through the same stage -> tile -> encode
 path as a scoring run (:class:`~pathgen_batch.batch.encode_stage.SlideEncoding`), and each
 bag is written to the feature store the trainers read (:mod:`pathgen_batch.features.store`,
-a folder or an S3 prefix, one file per slide, written whole)::
+a folder or an S3 prefix, one file per slide, written whole) through the features layer's
+:class:`~pathgen_batch.features.extract.FeatureTarget`, as ``extract_slides`` writes::
 
     from pathgen_batch.batch.features_job import FeatureJob, cohort_sources, extract_features
 
@@ -51,13 +52,7 @@ from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.encode_slide import spec_for
 from pathgen_batch.features.encoder import resolve_device
 from pathgen_batch.features.encoders import encoder_for_contract
-from pathgen_batch.features.extract import (
-    SlideResult,
-    existing_features,
-    extraction_settings,
-    slide_features,
-)
-from pathgen_batch.features.store import feature_uri, write_slide_features
+from pathgen_batch.features.extract import FeatureTarget, SlideResult
 from pathgen_batch.storage import DEFAULT_RETRY, RetryPolicy, SlideSource
 
 
@@ -89,17 +84,21 @@ class FeatureJob:
         if self.actors is not None and self.actors < 1:
             raise ConfigError(f"actors: expected >= 1, got {self.actors}")
 
+    def target(self) -> FeatureTarget:
+        """Where the files go and what a file already there must match."""
+        out = storage.normalise(self.output)
+        return FeatureTarget(
+            out, self.contract, self.min_tissue, self.exclude_geojson, self.overwrite
+        )
+
 
 @dataclass(frozen=True)
 class WriterContext:
     """What a :class:`FeatureWriter` needs, small and picklable (sent to each actor once)."""
 
-    output: str
-    contract: FeatureContract
+    target: FeatureTarget
     weights: str | None
-    min_tissue: float
     batch_size: int
-    exclude_geojson: str | None
     device: str
     scratch_dir: str
     retry: RetryPolicy
@@ -116,9 +115,9 @@ class FeatureWriter:
             torch.set_num_threads(ctx.threads)
         self.ctx = ctx
         self.encoder = encoder_for_contract(
-            ctx.contract, weights=ctx.weights, device=resolve_device(ctx.device)
+            ctx.target.contract, weights=ctx.weights, device=resolve_device(ctx.device)
         )
-        self.spec = spec_for(self.encoder, ctx.min_tissue)
+        self.spec = spec_for(self.encoder, ctx.target.min_tissue)
         if ctx.workers > 1 and self.encoder.device.type == "cpu":
             torch.set_num_threads(1)  # the workers are the parallelism
 
@@ -128,26 +127,16 @@ class FeatureWriter:
     def write(self, row: SlideRow) -> SlideRow:
         ctx, src = self.ctx, row.source
         run = SlideEncoding(ctx.scratch_dir, ctx.retry, ctx.batch_size, ctx.workers)
-        settings = extraction_settings(ctx.min_tissue, src.mpp, ctx.exclude_geojson)
         times = StageTimes()
         after: str | None = None  # once encoded, a failure is the write's
         try:
             enc, _ = run.encode(
-                src, src, self.encoder, self.spec, ctx.exclude_geojson, lambda p, e: None
+                src, src, self.encoder, self.spec, ctx.target.exclude_geojson, lambda p, e: None
             )
             after = "write"
             times = StageTimes(download=run.download_s, tiles=enc.tiles_s, encode=enc.encode_s)
-            sf = slide_features(
-                src.slide_id,
-                storage.redact(src.uri),
-                enc,
-                self.spec,
-                self.encoder.contract,
-                src.mpp,
-                settings,
-            )
             t0 = time.perf_counter()
-            write_slide_features(sf, ctx.output)
+            sf = ctx.target.write(src.slide_id, storage.redact(src.uri), enc, self.spec, src.mpp)
             times.write = time.perf_counter() - t0
         except SLIDE_FAILURES as e:
             times.download = run.download_s
@@ -213,7 +202,7 @@ def extract_features(
     (see the module docstring). ``progress`` is called with each slide's result as it comes.
     Every existing file is checked before a slide is read (a contract mismatch fails at once).
     """
-    out = storage.normalise(job.output)
+    target = job.target()
     results: dict[str, SlideResult] = {}
 
     def record(r: SlideResult) -> None:
@@ -222,22 +211,16 @@ def extract_features(
             if progress is not None:
                 progress(r)
 
-    pending = []
-    for s in sources:
-        uri = feature_uri(out, s.slide_id)
-        settings = extraction_settings(job.min_tissue, s.mpp, job.exclude_geojson)
-        if existing_features(uri, job.contract, settings, job.overwrite):
-            record(SlideResult(s.slide_id, "skipped", path=uri))
-        else:
-            pending.append(s)
+    skipped, todo = target.split_done([(s.slide_id, s.mpp) for s in sources])
+    for r in skipped:
+        record(r)
+    to_extract = set(todo)
+    pending = [s for s in sources if s.slide_id in to_extract]
     scratch = job.scratch_dir or os.path.join(tempfile.gettempdir(), "pathgen-scratch")
     ctx = WriterContext(
-        output=out,
-        contract=job.contract,
+        target=target,
         weights=job.weights,
-        min_tissue=job.min_tissue,
         batch_size=job.batch_size,
-        exclude_geojson=job.exclude_geojson,
         device=job.device,
         scratch_dir=os.path.join(scratch, f"features-{uuid.uuid4().hex[:8]}"),
         retry=job.retry,
@@ -248,9 +231,9 @@ def extract_features(
         writer = FeatureWriter(ctx)
         for s in pending:
             for row in from_batch(writer(to_batch([SlideRow(s)]))):
-                record(_result(row, out))
+                record(_result(row, target))
     elif pending:
-        last_error = _run_ray(job, ctx, pending, out, record, results)
+        last_error = _run_ray(job, ctx, pending, record, results)
     for s in sources:
         if s.slide_id not in results:
             record(SlideResult(s.slide_id, "failed", error=f"not extracted: {last_error}"))
@@ -261,7 +244,6 @@ def _run_ray(
     job: FeatureJob,
     ctx: WriterContext,
     pending: list[SlideSource],
-    out: str,
     record: Callable[[SlideResult], None],
     results: dict[str, SlideResult],
 ) -> str:
@@ -288,7 +270,7 @@ def _run_ray(
             )
             try:
                 for row in ds.iter_rows():
-                    record(_result(from_ray_row(row), out))
+                    record(_result(from_ray_row(row), ctx.target))
             except ends_a_pass as e:
                 first = (str(e).strip().splitlines() or [""])[0][:300]
                 last_error = f"the pass ended on {type(e).__name__}: {first}"
@@ -299,11 +281,11 @@ def _run_ray(
     return last_error
 
 
-def _result(row: SlideRow, out: str) -> SlideResult:
+def _result(row: SlideRow, target: FeatureTarget) -> SlideResult:
     sid = row.source.slide_id
     seconds = sum(row.times.by_stage().values())
     if row.status is SlideStatus.ENCODED:
-        return SlideResult(sid, "done", row.n_tiles, seconds, feature_uri(out, sid))
+        return SlideResult(sid, "done", row.n_tiles, seconds, target.uri(sid))
     return SlideResult(
         sid, "failed", seconds=seconds, error=f"{row.stage}: {row.error_type}: {row.message}"
     )

@@ -151,42 +151,35 @@ def encoder_for_contract(
     return enc
 
 
-register_encoder(
-    EncoderEntry(
-        name=stain.NAME,
-        config_cls=stain.StainTextureConfig,
-        build=lambda cfg, dev: stain.StainTextureEncoder(cfg, dev),
-        summary=(
-            "H&E colour deconvolution statistics and multi-scale texture energies "
-            f"({len(stain.feature_names())}-d); CPU or GPU, nothing downloaded"
-        ),
-        needs_weights=False,
-    )
+# the built-in encoders: name, config class, constructor (config, device), needs weights, help
+_BUILT_IN: tuple[tuple[str, type, Callable[[Any, str | torch.device], Encoder], bool, str], ...] = (
+    (
+        stain.NAME,
+        stain.StainTextureConfig,
+        stain.StainTextureEncoder,
+        False,
+        "H&E colour deconvolution statistics and multi-scale texture energies "
+        f"({len(stain.feature_names())}-d); CPU or GPU, nothing downloaded",
+    ),
+    (
+        resnet.NAME,
+        resnet.ResNetTruncConfig,
+        resnet.ResNetTruncEncoder,
+        True,
+        "ResNet-50 truncated after layer3, average pooled (1024-d, as CLAM); "
+        "torchvision-style state dict from --weights",
+    ),
+    (
+        torchscript.NAME,
+        torchscript.TorchScriptConfig,
+        torchscript.TorchScriptEncoder,
+        True,
+        "any TorchScript export from --weights (e.g. UNI ViT-L/16); declare dim, "
+        "tile_px, mpp, mean, std as options",
+    ),
 )
-register_encoder(
-    EncoderEntry(
-        name=resnet.NAME,
-        config_cls=resnet.ResNetTruncConfig,
-        build=lambda cfg, dev: resnet.ResNetTruncEncoder(cfg, dev),
-        summary=(
-            "ResNet-50 truncated after layer3, average pooled (1024-d, as CLAM); "
-            "torchvision-style state dict from --weights"
-        ),
-        needs_weights=True,
-    )
-)
-register_encoder(
-    EncoderEntry(
-        name=torchscript.NAME,
-        config_cls=torchscript.TorchScriptConfig,
-        build=lambda cfg, dev: torchscript.TorchScriptEncoder(cfg, dev),
-        summary=(
-            "any TorchScript export from --weights (e.g. UNI ViT-L/16); declare dim, "
-            "tile_px, mpp, mean, std as options"
-        ),
-        needs_weights=True,
-    )
-)
+for _name, _config_cls, _build, _needs_weights, _summary in _BUILT_IN:
+    register_encoder(EncoderEntry(_name, _config_cls, _build, _summary, _needs_weights))
 for _name in timm_encoder.FOUNDATION_MODELS:
     register_encoder(_timm_entry(_name))
 register_encoder(_timm_entry(TIMM_ANY))

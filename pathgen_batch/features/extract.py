@@ -5,7 +5,9 @@
 ``extract_slides`` / ``extract_cohort`` write one Parquet file per slide (see
 :mod:`pathgen_batch.features.store`) and are resumable: a slide whose file already exists with
 the same contract and tiling settings is skipped; one with a different contract is an error
-(unless ``overwrite``), so a features folder never mixes encoders.
+(unless ``overwrite``), so a features folder never mixes encoders. That writing side (which
+files are done, what a file records, the write itself) is :class:`FeatureTarget`, which the
+batch feature job (:mod:`pathgen_batch.batch.features_job`) writes through as well.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +37,7 @@ from pathgen_batch.features.encoder import Encoder
 from pathgen_batch.features.store import (
     SlideFeatures,
     check_slide_id,
-    feature_file,
+    feature_uri,
     read_contract,
     read_extraction,
     write_slide_features,
@@ -149,6 +151,62 @@ def extraction_settings(
     return out
 
 
+@dataclass(frozen=True)
+class FeatureTarget:
+    """Where an extraction writes (a folder or an S3 prefix, one file per slide) and what a
+    file found there must match to be kept: the one resumable writing side of extraction,
+    used by :func:`extract_slides` and the batch feature job alike (small and picklable)."""
+
+    output: str
+    contract: FeatureContract
+    min_tissue: float = 0.5
+    exclude_geojson: str | None = None
+    overwrite: bool = False
+
+    def uri(self, slide_id: str) -> str:
+        return feature_uri(self.output, slide_id)
+
+    def settings(self, mpp_override: float | None) -> dict[str, Any]:
+        return extraction_settings(self.min_tissue, mpp_override, self.exclude_geojson)
+
+    def is_done(self, slide_id: str, mpp_override: float | None) -> bool:
+        """True when the slide's file exists for this contract and these settings; False when
+        there is none or one that cannot be read (it is extracted again); DataError when it
+        holds other features (unless ``overwrite``)."""
+        return existing_features(
+            self.uri(slide_id), self.contract, self.settings(mpp_override), self.overwrite
+        )
+
+    def split_done(
+        self, slides: Sequence[tuple[str, float | None]]
+    ) -> tuple[list[SlideResult], list[str]]:
+        """(a "skipped" result per slide already written, the ids still to extract), every
+        file checked before any slide is read, so a contract mismatch fails at once."""
+        skipped, pending = [], []
+        for sid, mpp in slides:
+            if self.is_done(sid, mpp):
+                skipped.append(SlideResult(sid, "skipped", path=self.uri(sid)))
+            else:
+                pending.append(sid)
+        return skipped, pending
+
+    def write(
+        self,
+        slide_id: str,
+        source: str,
+        enc: EncodedSlide,
+        spec: TileSpec,
+        mpp_override: float | None,
+    ) -> SlideFeatures:
+        """Write the feature file of a slide :func:`encode_slide` encoded (``source``: where it
+        was read from), whole, with the settings a resumed run checks; return its content."""
+        sf = slide_features(
+            slide_id, source, enc, spec, self.contract, mpp_override, self.settings(mpp_override)
+        )
+        write_slide_features(sf, self.output)
+        return sf
+
+
 def existing_features(
     uri: str | Path, contract: FeatureContract, settings: Mapping[str, Any], overwrite: bool
 ) -> bool:
@@ -204,33 +262,27 @@ def extract_slides(
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error: expected 'raise' or 'record', got {on_error!r}")
     spec = spec_for(encoder, min_tissue)
-    settings = extraction_settings(min_tissue, mpp_override, exclude_geojson)
     out_root = Path(out_dir)
     out_root.mkdir(parents=True, exist_ok=True)
-    done = {
-        sid: existing_features(feature_file(out_root, sid), encoder.contract, settings, overwrite)
-        for sid in slides
-    }
+    target = FeatureTarget(str(out_root), encoder.contract, min_tissue, exclude_geojson, overwrite)
+    skipped, _ = target.split_done([(sid, mpp_override) for sid in slides])
+    kept = {r.slide_id: r for r in skipped}
     results: list[SlideResult] = []
     for sid, src in slides.items():
-        out = feature_file(out_root, sid)
-        if done[sid]:
-            res = SlideResult(sid, "skipped", path=out)
-        else:
+        res = kept.get(sid)
+        if res is None:
             t0 = time.perf_counter()
             try:
-                sf = extract_slide(
-                    src,
+                enc = encode_slide(
+                    Path(src),
                     encoder,
                     spec,
                     mpp_override=mpp_override,
                     batch_size=batch_size,
-                    slide_id=sid,
                     prefetch=prefetch,
                     exclude=exclusions_for(exclude_geojson, sid),
                     workers=workers,
                 )
-                sf = replace(sf, extraction={**sf.extraction, **settings})
             except (SlideError, DataError) as e:
                 if on_error == "raise":
                     raise
@@ -242,8 +294,8 @@ def extract_slides(
                     error=f"{type(e).__name__}: {e}",
                 )
             else:
-                write_slide_features(sf, out_root)
-                res = SlideResult(sid, "done", len(sf), time.perf_counter() - t0, out)
+                sf = target.write(sid, str(Path(src)), enc, spec, mpp_override)
+                res = SlideResult(sid, "done", len(sf), time.perf_counter() - t0, target.uri(sid))
         results.append(res)
         if progress is not None:
             progress(res)

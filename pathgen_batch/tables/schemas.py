@@ -88,116 +88,84 @@ RISK_GROUPS = ("high", "intermediate", "low")  # risk_group and median_survival_
 
 _TS = pa.timestamp("us", tz="UTC")
 
-LINEAGE = (
-    pa.field("generator_model", pa.string(), nullable=False),
-    pa.field("generator_version", pa.string(), nullable=False),
-    pa.field("fusion_model", pa.string(), nullable=False),
-    pa.field("fusion_version", pa.string(), nullable=False),
-    pa.field("encoder_contract", pa.string(), nullable=False),
-    pa.field("contract_digest", pa.string(), nullable=False),
+_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "binary": pa.binary(),
+    "bool": pa.bool_(),
+    "timestamp": _TS,
+    "list<string>": pa.list_(pa.string()),
+    "list<float64>": pa.list_(pa.float64()),
+}
+
+
+def _columns(spec: str) -> list[pa.Field]:
+    """Fields from ``"name:type name:type? ..."``: a type of ``_TYPES``; ``?`` marks a column
+    that may be null (every other column is required)."""
+    out = []
+    for col in spec.split():
+        name, _, kind = col.partition(":")
+        nullable = kind.endswith("?")
+        out.append(pa.field(name, _TYPES[kind.rstrip("?")], nullable=nullable))
+    return out
+
+
+LINEAGE = tuple(
+    _columns(
+        "generator_model:string generator_version:string fusion_model:string "
+        "fusion_version:string encoder_contract:string contract_digest:string"
+    )
 )
 LINEAGE_COLUMNS = tuple(f.name for f in LINEAGE)
 
 
-def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
+def _schema(name: str, *parts: str | list[pa.Field]) -> pa.Schema:
+    """Table ``name``: its columns (column specs of :func:`_columns` or fields, in order), then
+    the lineage columns."""
+    fields = [f for p in parts for f in (_columns(p) if isinstance(p, str) else p)]
     meta = {TABLE_KEY: name.encode(), VERSION_KEY: SCHEMA_VERSION.encode()}
     return pa.schema([*fields, *LINEAGE], metadata=meta)
 
 
 PREDICTIONS = _schema(
     "predictions",
-    [
-        pa.field("slide_id", pa.string(), nullable=False),
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("patient_id", pa.string()),
-        pa.field("n_tiles", pa.int32(), nullable=False),
-        pa.field("slide_mpp", pa.float64()),
-        pa.field("mpp_source", pa.string()),
-        pa.field("grade_classes", pa.list_(pa.string()), nullable=False),
-        pa.field("grade_probs", pa.list_(pa.float64()), nullable=False),
-        pa.field("grade_pred", pa.string(), nullable=False),
-        pa.field("grade_pred_index", pa.int32(), nullable=False),
-        pa.field("grade_set", pa.list_(pa.string())),
-        pa.field("grade_set_alpha", pa.float64()),
-        pa.field("bin_edges", pa.list_(pa.float64()), nullable=False),
-        pa.field("hazards", pa.list_(pa.float64()), nullable=False),
-        pa.field("survival", pa.list_(pa.float64()), nullable=False),
-        pa.field("risk", pa.float64(), nullable=False),
-        pa.field("risk_lo", pa.float64()),
-        pa.field("risk_hi", pa.float64()),
-        pa.field("risk_interval_alpha", pa.float64()),
-        pa.field("median_survival_bin", pa.int32(), nullable=False),
-        pa.field("median_survival_group", pa.string(), nullable=False),
-        pa.field("risk_cuts", pa.list_(pa.float64())),
-        pa.field("risk_group", pa.string()),
-        pa.field("gene_panel_digest", pa.string(), nullable=False),
-        pa.field("scored_at", _TS, nullable=False),
-    ],
+    "slide_id:string source_uri:string patient_id:string? n_tiles:int32 slide_mpp:float64? "
+    "mpp_source:string? grade_classes:list<string> grade_probs:list<float64> grade_pred:string "
+    "grade_pred_index:int32 grade_set:list<string>? grade_set_alpha:float64? "
+    "bin_edges:list<float64> hazards:list<float64> survival:list<float64> risk:float64 "
+    "risk_lo:float64? risk_hi:float64? risk_interval_alpha:float64? median_survival_bin:int32 "
+    "median_survival_group:string risk_cuts:list<float64>? risk_group:string? "
+    "gene_panel_digest:string scored_at:timestamp",
 )
 
 TRANSCRIPTOMES = _schema(
     "transcriptomes",
-    [
-        pa.field("slide_id", pa.string(), nullable=False),
-        pa.field("gene_panel_digest", pa.string(), nullable=False),
-        pa.field("gene", pa.string(), nullable=False),
-        pa.field("family", pa.string(), nullable=False),
-        pa.field("gene_index", pa.int32(), nullable=False),
-        pa.field("mean", pa.float32(), nullable=False),
-        pa.field("std", pa.float32(), nullable=False),
-        pa.field("n_samples", pa.int32(), nullable=False),
-    ],
+    "slide_id:string gene_panel_digest:string gene:string family:string gene_index:int32 "
+    "mean:float32 std:float32 n_samples:int32",
 )
 
 TILE_ATTENTION = _schema(
     "tile_attention",
-    [
-        pa.field("slide_id", pa.string(), nullable=False),
-        pa.field("x", pa.int64(), nullable=False),
-        pa.field("y", pa.int64(), nullable=False),
-        pa.field("size_l0", pa.int32(), nullable=False),
-        pa.field("tile_px", pa.int32(), nullable=False),
-        pa.field("mpp", pa.float64(), nullable=False),
-        pa.field("family", pa.string(), nullable=False),
-        pa.field("attention", pa.float32(), nullable=False),
-    ],
+    "slide_id:string x:int64 y:int64 size_l0:int32 tile_px:int32 mpp:float64 family:string "
+    "attention:float32",
 )
 
 THUMBNAILS = _schema(
     "thumbnails",
-    [
-        pa.field("slide_id", pa.string(), nullable=False),
-        pa.field("width_l0", pa.int64(), nullable=False),
-        pa.field("height_l0", pa.int64(), nullable=False),
-        pa.field("slide_mpp", pa.float64()),
-        pa.field("image_png", pa.binary(), nullable=False),
-        pa.field("image_width", pa.int32(), nullable=False),
-        pa.field("image_height", pa.int32(), nullable=False),
-        pa.field("mask_png", pa.binary(), nullable=False),
-        pa.field("mask_width", pa.int32(), nullable=False),
-        pa.field("mask_height", pa.int32(), nullable=False),
-        pa.field("tissue_fraction", pa.float32(), nullable=False),
-        pa.field("excluded_png", pa.binary()),
-        pa.field("excluded_fraction", pa.float32()),
-        pa.field("n_tiles_blank", pa.int32()),
-        pa.field("n_tiles_out_of_focus", pa.int32()),
-        pa.field("focus_median", pa.float32()),
-    ],
+    "slide_id:string width_l0:int64 height_l0:int64 slide_mpp:float64? image_png:binary "
+    "image_width:int32 image_height:int32 mask_png:binary mask_width:int32 mask_height:int32 "
+    "tissue_fraction:float32 excluded_png:binary? excluded_fraction:float32? "
+    "n_tiles_blank:int32? n_tiles_out_of_focus:int32? focus_median:float32?",
 )
 THUMBNAIL_PX = 1024  # longer side of a stored thumbnail
 
 FAILURES = _schema(
     "failures",
-    [
-        pa.field("slide_id", pa.string(), nullable=False),
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("patient_id", pa.string()),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("error_type", pa.string(), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-        pa.field("attempt", pa.int32(), nullable=False),
-        pa.field("failed_at", _TS, nullable=False),
-    ],
+    "slide_id:string source_uri:string patient_id:string? stage:string error_type:string "
+    "message:string attempt:int32 failed_at:timestamp",
 )
 
 # the columns a patient row takes from a prediction (nullable: a failed patient has none)
@@ -222,41 +190,18 @@ PATIENT_STATUSES = ("scored", "failed")
 
 PATIENTS = _schema(
     "patients",
-    [
-        pa.field("patient_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("slide_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("failed_slide_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("n_slides", pa.int32(), nullable=False),
-        pa.field("n_slides_scored", pa.int32(), nullable=False),
-        pa.field("n_slides_failed", pa.int32(), nullable=False),
-        pa.field("n_tiles", pa.int64(), nullable=False),
-        *(PREDICTIONS.field(n).with_nullable(True) for n in PATIENT_PREDICTION_COLUMNS),
-        pa.field("message", pa.string()),
-        pa.field("gene_panel_digest", pa.string(), nullable=False),
-        pa.field("scored_at", _TS, nullable=False),
-    ],
+    "patient_id:string status:string slide_ids:list<string> failed_slide_ids:list<string> "
+    "n_slides:int32 n_slides_scored:int32 n_slides_failed:int32 n_tiles:int64",
+    [PREDICTIONS.field(n).with_nullable(True) for n in PATIENT_PREDICTION_COLUMNS],
+    "message:string? gene_panel_digest:string scored_at:timestamp",
 )
 
 RUNS = _schema(
     "runs",
-    [
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("started_at", _TS, nullable=False),
-        pa.field("finished_at", _TS, nullable=False),
-        pa.field("archive", pa.string(), nullable=False),
-        pa.field("output", pa.string(), nullable=False),
-        pa.field("n_slides", pa.int64(), nullable=False),
-        pa.field("n_scored", pa.int64(), nullable=False),
-        pa.field("n_failed", pa.int64(), nullable=False),
-        pa.field("n_tiles", pa.int64(), nullable=False),
-        pa.field("gene_panel_digest", pa.string(), nullable=False),
-        pa.field("features_written", pa.bool_(), nullable=False),
-        pa.field("features_source_run", pa.string()),
-        pa.field("timings_json", pa.string(), nullable=False),
-        pa.field("config_json", pa.string(), nullable=False),
-        pa.field("code_version", pa.string(), nullable=False),
-    ],
+    "status:string started_at:timestamp finished_at:timestamp archive:string output:string "
+    "n_slides:int64 n_scored:int64 n_failed:int64 n_tiles:int64 gene_panel_digest:string "
+    "features_written:bool features_source_run:string? timings_json:string config_json:string "
+    "code_version:string",
 )
 
 
@@ -266,14 +211,8 @@ def features_schema(dim: int) -> pa.Schema:
         raise DataError(f"features table: dim must be a positive integer, got {dim!r}")
     return _schema(
         "features",
-        [
-            pa.field("slide_id", pa.string(), nullable=False),
-            pa.field("x", pa.int64(), nullable=False),
-            pa.field("y", pa.int64(), nullable=False),
-            pa.field("size_l0", pa.int32(), nullable=False),
-            pa.field("tissue", pa.float32(), nullable=False),
-            pa.field("feature", pa.list_(pa.float32(), dim), nullable=False),
-        ],
+        "slide_id:string x:int64 y:int64 size_l0:int32 tissue:float32",
+        [pa.field("feature", pa.list_(pa.float32(), dim), nullable=False)],
     )
 
 
