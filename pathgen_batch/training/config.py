@@ -32,7 +32,8 @@ DATA_FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Shared optimisation settings of a fit loop.
+    """Shared optimisation settings of a fit loop (the training configs below extend it, so
+    they carry these fields flat, as in their JSON, each with its own defaults).
 
     epochs: upper bound; early stopping ends sooner after ``patience`` epochs without a better
     validation loss. lr, weight_decay: AdamW. grad_clip: max global gradient norm (0 = none).
@@ -62,11 +63,6 @@ def _check_optim(cfg: Any) -> None:
         )
 
 
-def _optim_of(cfg: Any) -> OptimConfig:
-    """The optimiser fields of a training config (which carries them flat, as in its JSON)."""
-    return OptimConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(OptimConfig)})
-
-
 def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
     for name in names:
         v = getattr(cfg, name)
@@ -93,7 +89,26 @@ def _check_split(cfg: Any) -> None:
 
 
 @dataclass(frozen=True)
-class GeneratorTrainConfig:
+class _TrainConfig(OptimConfig):
+    """An :class:`OptimConfig` with the inner validation split (``val_fraction``, ``seed``)
+    a model uses when it is trained on its own."""
+
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_split(self)
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The optimiser fields alone."""
+        names = [f.name for f in dataclasses.fields(OptimConfig)]
+        return OptimConfig(**{n: getattr(self, n) for n in names})
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig(_TrainConfig):
     """How to train the conditional diffusion generator.
 
     diffusion: the forward process and what the network outputs (``diffusion.prediction``,
@@ -117,43 +132,31 @@ class GeneratorTrainConfig:
         default_factory=lambda: SamplerConfig(name="ddim", steps=20, eta=0.0, n_samples=10)
     )
     epochs: int = 80
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
     batch_size: int = 32
-    grad_clip: float = 1.0
-    max_tiles: int = 32
     patience: int = 20
     repeats: int = 4
     val_draws: int = 32
     select_on: Literal["pearson", "loss"] = "pearson"
     select_steps: int = 10
-    val_fraction: float = 0.2
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        ints = ("epochs", "batch_size", "max_tiles", "patience", "repeats", "val_draws")
-        _positive_ints(self, (*ints, "select_steps"))
+        super().__post_init__()
+        _positive_ints(self, ("repeats", "val_draws", "select_steps"))
         _check_choice(self, "select_on", ("pearson", "loss"))
         if self.select_steps > self.diffusion.num_timesteps:
             raise ConfigError(
                 f"GeneratorTrainConfig.select_steps: expected at most "
                 f"diffusion.num_timesteps={self.diffusion.num_timesteps}, got {self.select_steps}"
             )
-        _check_optim(self)
-        _check_split(self)
         check_sampler(self.sampler, self.diffusion, "GeneratorTrainConfig.sampler")
         try:  # the architecture on placeholder data sizes: bad widths fail here, not later
             self.model.for_data(feature_dim=1, family_sizes=(1,))
         except ConfigError as e:
             raise ConfigError(f"GeneratorTrainConfig.model: {e}") from e
 
-    @property
-    def optim(self) -> OptimConfig:
-        return _optim_of(self)
-
 
 @dataclass(frozen=True)
-class FusionTrainConfig:
+class FusionTrainConfig(_TrainConfig):
     """How to train a predictor: the fusion model or one of its single-modality baselines.
 
     model: ``fusion`` | ``attention_mil`` | ``omics_mlp``. options: that model's config fields
@@ -174,19 +177,15 @@ class FusionTrainConfig:
     n_bins: int = 4
     survival_weight: float = 0.3
     grade_weight: float = 0.7
-    epochs: int = 60
     lr: float = 5e-4
     weight_decay: float = 1e-3
-    batch_size: int = 16
-    grad_clip: float = 1.0
-    max_tiles: int = 32
     patience: int = 12
-    val_fraction: float = 0.2
-    seed: int = 0
     risk_quantiles: tuple[float, ...] = (1 / 3, 2 / 3)
     select_on: Literal["survival_nll", "c_index", "loss"] = "survival_nll"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_ints(self, ("n_bins",))
         _check_choice(self, "select_on", ("survival_nll", "c_index", "loss"))
         q = self.risk_quantiles
         if len(q) not in (1, 2) or not all(0.0 < v < 1.0 for v in q) or list(q) != sorted(set(q)):
@@ -206,7 +205,6 @@ class FusionTrainConfig:
                 f"FusionTrainConfig.options: unknown option(s) {unknown} for model "
                 f"{self.model!r}; valid options are {sorted(allowed)}"
             )
-        _positive_ints(self, ("n_bins", "epochs", "batch_size", "max_tiles", "patience"))
         placeholder: dict[
             str, Any
         ] = {  # data sizes stand-ins: option values are checked here, not later
@@ -226,12 +224,6 @@ class FusionTrainConfig:
             )
         if self.survival_weight + self.grade_weight <= 0:
             raise ConfigError("FusionTrainConfig: survival_weight + grade_weight must be > 0")
-        _check_optim(self)
-        _check_split(self)
-
-    @property
-    def optim(self) -> OptimConfig:
-        return _optim_of(self)
 
 
 def _mil_default() -> FusionTrainConfig:
