@@ -124,9 +124,10 @@ class CVResult:
             drop=True
         )
         idx = np.asarray([order[p] for p in synthetic["patient_id"]])
+        has = data.expression_known[idx]  # pooled fidelity: the patients with expression
         genes = list(data.panel.genes)
         pooled = expression_fidelity(
-            data.expression[idx], synthetic[genes].to_numpy(), data.panel.genes
+            data.expression[idx[has]], synthetic[genes].to_numpy()[has], data.panel.genes
         ).summary
         paired: dict[str, dict[str, dict[str, Any]]] = {}
         for a, b in COMPARISONS:
@@ -165,10 +166,17 @@ class CVResult:
         n = rows["n_survival" if metric in SURVIVAL_METRICS else "n_grade"]
         return int(n[rows[metric].notna()].sum())
 
+    def train_counts(self, cond: str) -> dict[str, list[int]]:
+        """Per fold, the training patients of ``cond``'s model with an outcome and with a
+        known grade (``n_train_survival``, ``n_train_grade``)."""
+        rows = self.metrics[self.metrics["condition"] == cond].sort_values("fold")
+        return {k: [int(v) for v in rows[k]] for k in ("n_train_survival", "n_train_grade")}
+
     def summary(self) -> dict[str, Any]:
         """Mean and sd across folds of every metric (with ``n``: the test patients it used,
         over all folds), fidelity, conformal; the training patients of each model per fold
-        (``patients``); paired tests."""
+        (``patients``: the generator's, the fusion model's and, per condition, those of the
+        condition's model); paired tests."""
         agg: dict[str, Any] = {}
         for cond in CONDITIONS:
             rows = self.metrics[self.metrics["condition"] == cond]
@@ -180,10 +188,10 @@ class CVResult:
                 }
                 for m in METRICS
             }
-        per_fold = self.metrics.drop_duplicates("fold").sort_values("fold")
         patients = {
             "generator_train": [int(v) for v in self.fidelity.sort_values("fold")["n_train"]],
-            **{k: [int(v) for v in per_fold[k]] for k in ("n_train_survival", "n_train_grade")},
+            **self.train_counts("synthetic"),
+            "conditions": {cond: self.train_counts(cond) for cond in CONDITIONS},
         }
         fid = {
             k: {"mean": float(self.fidelity[k].mean()), "sd": float(self.fidelity[k].std(ddof=1))}
@@ -218,9 +226,11 @@ class CVResult:
         k = int(self.metrics["fold"].nunique())
         sizes = self.conformal["n_test"].astype(int).tolist()
         n = self.data_summary["patients"]
+        n_rna = self.data_summary.get("expression_known", n)
+        rna = "" if n_rna == n else f", {n_rna} with expression"
         lines = [
-            f"{k}-fold patient-level CV, {n} patients (test folds {'/'.join(map(str, sizes))}), "
-            f"{self.seconds:.0f} s",
+            f"{k}-fold patient-level CV, {n} patients{rna} (test folds "
+            f"{'/'.join(map(str, sizes))}), {self.seconds:.0f} s",
             "",
         ]
         head = (
@@ -234,16 +244,23 @@ class CVResult:
             cells = [_pm(rows[m]) for m in METRICS]
             used = f"{self.patients_used(cond, 'harrell_c')}/{self.patients_used(cond, 'accuracy')}"
             lines.append(f"{label:<34}" + "".join(f"{c:>15}" for c in cells) + f"{used:>15}")
-        per_fold = self.metrics.drop_duplicates("fold").sort_values("fold")
+        fus, mil = self.train_counts("synthetic"), self.train_counts("attention_mil")
+
+        def losses(c: dict[str, list[int]]) -> str:
+            return (
+                f"survival loss {'/'.join(map(str, c['n_train_survival']))}, grade loss "
+                f"{'/'.join(map(str, c['n_train_grade']))}"
+            )
+
         lines += [
             "n surv/grade: test patients, over all folds, that the survival and the grade "
-            "metrics used (those with an outcome, with a known grade)",
+            "metrics used (those with an outcome, with a known grade"
+            + ("; with expression too for the real-transcriptome rows)" if n_rna != n else ")"),
             "training patients per fold: generator "
             + "/".join(str(int(v)) for v in self.fidelity.sort_values("fold")["n_train"])
-            + "; fusion and baselines, survival loss "
-            + "/".join(str(int(v)) for v in per_fold["n_train_survival"])
-            + ", grade loss "
-            + "/".join(str(int(v)) for v in per_fold["n_train_grade"]),
+            + (" (with expression)" if n_rna != n else "")
+            + f"; fusion and omics MLP {losses(fus)}"
+            + ("" if fus == mil else f"; attention MIL {losses(mil)}"),
         ]
         g = self.data_summary["genes"]
         f = self.fidelity
