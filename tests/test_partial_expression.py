@@ -133,7 +133,7 @@ def test_a_cohort_without_any_expression_is_one_line_naming_the_file(
         "expression.parquet column patient_id: no patient has expression (none of the 48 "
         "patient(s) of clinical.parquet); the generator needs some"
     ], r.output
-    with pytest.raises(DataError, match="expression.parquet column patient_id: no patient has"):
+    with pytest.raises(DataError, match=r"expression\.parquet column patient_id: no patient has"):
         load_training_data(none, feats)
 
 
@@ -156,7 +156,7 @@ def test_evaluate_uses_the_patients_with_expression_where_a_model_reads_it(
     for k in (0, 1):
         test = data.folds == k
         rows = m[m["fold"] == k].set_index("condition")
-        for cond in ("real", "omics_mlp", "coxnet"):  # they read the real transcriptome
+        for cond in ("real", "omics_mlp", "coxnet", "synthetic_rna"):  # the patients with RNA
             assert rows.loc[cond, "n_survival"] == int((data.outcome_known & test & has).sum())
         for cond in ("real", "omics_mlp"):
             assert rows.loc[cond, "n_grade"] == int(((data.grade >= 0) & test & has).sum())
@@ -173,6 +173,12 @@ def test_evaluate_uses_the_patients_with_expression_where_a_model_reads_it(
     real_c = summary["metrics"]["real"]["harrell_c"]
     assert real_c["n"] == int((data.outcome_known & has).sum())
     assert summary["metrics"]["synthetic"]["harrell_c"]["n"] == int(data.outcome_known.sum())
+    # synthetic vs the real-expression conditions: on the same patients
+    assert {"synthetic_rna vs real", "synthetic_rna vs coxnet", "synthetic vs wsi_trained"} <= set(
+        summary["paired"]
+    )
+    assert set(summary["equivalence"]) == {"synthetic_rna vs real"}
+    assert summary["metrics"]["synthetic_rna"]["harrell_c"]["n"] == real_c["n"]
     gen_train = summary["patients"]["generator_train"]
     assert all(0 < n < int(has.sum()) for n in gen_train)
     oof = pd.read_parquet(out / "oof_predictions.parquet")
@@ -187,6 +193,10 @@ def test_evaluate_uses_the_patients_with_expression_where_a_model_reads_it(
     real_line = next(x for x in table.splitlines() if x.startswith("fusion + real"))
     assert real_line.endswith(n_real)
     assert "generator" in table and "(with expression)" in table
+    cox_line = next(x for x in table.splitlines() if "CoxNet (expression)" in x)
+    assert cox_line.endswith(f"n surv {int((data.outcome_known & has).sum())}")
+    ridge_line = next(x for x in table.splitlines() if "ridge (mean-pooled tiles)" in x)
+    assert ridge_line.endswith(f"; n {int(has.sum())}")
 
 
 @pytest.mark.slow

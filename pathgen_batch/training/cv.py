@@ -58,7 +58,13 @@ from pathgen_batch.inference.bundle import save_fusion, save_generator
 from pathgen_batch.inference.fusion import TrainedFusion
 from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.training.config import CVConfig
-from pathgen_batch.training.cv_result import COMPARISONS, CONDITIONS, METRICS, CVResult, FoldResult
+from pathgen_batch.training.cv_result import (
+    COMPARISONS,
+    CONDITIONS,
+    METRICS,
+    CVResult,
+    FoldResult,
+)
 from pathgen_batch.training.data import TrainingData, check_training_part
 from pathgen_batch.training.fold_scoring import condition_metrics, conformal_row, oof_rows
 from pathgen_batch.training.loops import Progress
@@ -270,12 +276,15 @@ def run_fold(
         "attention_mil": models["attention_mil"].predict(test_bags),
         "omics_mlp": models["omics_mlp"].predict(None, real_test),
     }
-    tests = {c: te_e if c in REAL_EXPRESSION else plan.test for c in preds}
+    if not data.expression_known.all():  # synthetic on the real condition's patients too
+        preds["synthetic_rna"] = fusion.predict(real_bags, syn_test[has])
+    tests = {c: te_e if c in (*REAL_EXPRESSION, "synthetic_rna") else plan.test for c in preds}
     edges = {c: models["fusion"].bin_edges for c in ("real", "synthetic", "wsi_only")}
+    edges["synthetic_rna"] = models["fusion"].bin_edges
     edges["attention_mil"] = models["attention_mil"].bin_edges
     edges["omics_mlp"] = models["omics_mlp"].bin_edges
     trn = plan.training_part
-    model_of = {"real": "fusion", "synthetic": "fusion", "wsi_only": "fusion"}
+    model_of = dict.fromkeys(("real", "synthetic", "wsi_only", "synthetic_rna"), "fusion")
     metrics = {
         cond: {
             **condition_metrics(data, trn, tests[cond], pred, edges[cond], notes, f"{tag} {cond}"),
@@ -283,7 +292,11 @@ def run_fold(
         }
         for cond, pred in preds.items()
     }
-    oof = {cond: oof_rows(data, plan.fold, tests[cond], cond, pred) for cond, pred in preds.items()}
+    oof = {  # synthetic_rna repeats rows of synthetic: none of its own
+        cond: oof_rows(data, plan.fold, tests[cond], cond, pred)
+        for cond, pred in preds.items()
+        if cond in CONDITIONS
+    }
     for cond in ("real", "wsi_only"):  # sets are calibrated for synthetic inputs only
         oof[cond]["grade_set"] = None
         oof[cond]["risk_lo"] = np.nan

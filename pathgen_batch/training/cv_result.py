@@ -45,7 +45,37 @@ COUNTS: dict[str, str] = {
     "n_train_grade": "training patients with a known grade (grade loss)",
 }
 SURVIVAL_METRICS = ("harrell_c", "uno_c", "td_auc", "ibs")
+# when some patients have no expression: the synthetic condition scored on the test patients
+# with expression, the same patients as the conditions that read the real transcriptome
+SYNTHETIC_ON_RNA: dict[str, str] = {"synthetic_rna": "fusion + synthetic, RNA patients"}
+READS_EXPRESSION = ("real", "omics_mlp", "coxnet")
 COMPARISONS = (("synthetic", "wsi_only"), ("synthetic", "real"), ("synthetic", "attention_mil"))
+
+
+def same_patients(
+    pairs: tuple[tuple[str, str], ...], conditions: set[str]
+) -> tuple[tuple[str, str], ...]:
+    """``pairs`` with the synthetic condition replaced by ``synthetic_rna`` where it is
+    compared with one that reads the real transcriptome and ``synthetic_rna`` was scored
+    (some patients have no expression): paired tests on the same patients."""
+    if not set(SYNTHETIC_ON_RNA) & conditions:
+        return pairs
+    rna = next(iter(SYNTHETIC_ON_RNA))
+    return tuple((rna if a == "synthetic" and b in READS_EXPRESSION else a, b) for a, b in pairs)
+
+
+def conditions_of(metrics: pd.DataFrame) -> dict[str, str]:
+    """The CV's conditions with their labels, ``synthetic_rna`` after ``synthetic`` when the
+    per-fold ``metrics`` hold it."""
+    out: dict[str, str] = {}
+    present = set(metrics["condition"])
+    for cond, label in CONDITIONS.items():
+        out[cond] = label
+        if cond == "synthetic":
+            out.update({k: v for k, v in SYNTHETIC_ON_RNA.items() if k in present})
+    return out
+
+
 COMPARED_METRICS = ("harrell_c", "macro_auc", "balanced_accuracy")
 
 
@@ -130,7 +160,7 @@ class CVResult:
             data.expression[idx[has]], synthetic[genes].to_numpy()[has], data.panel.genes
         ).summary
         paired: dict[str, dict[str, dict[str, Any]]] = {}
-        for a, b in COMPARISONS:
+        for a, b in same_patients(COMPARISONS, set(metrics["condition"])):
             paired[f"{a} vs {b}"] = {
                 m: paired_comparison(
                     metrics[metrics["condition"] == a].sort_values("fold")[m].to_numpy(),
@@ -178,7 +208,7 @@ class CVResult:
         (``patients``: the generator's, the fusion model's and, per condition, those of the
         condition's model); paired tests."""
         agg: dict[str, Any] = {}
-        for cond in CONDITIONS:
+        for cond in conditions_of(self.metrics):
             rows = self.metrics[self.metrics["condition"] == cond]
             agg[cond] = {
                 m: {
@@ -191,7 +221,7 @@ class CVResult:
         patients = {
             "generator_train": [int(v) for v in self.fidelity.sort_values("fold")["n_train"]],
             **self.train_counts("synthetic"),
-            "conditions": {cond: self.train_counts(cond) for cond in CONDITIONS},
+            "conditions": {cond: self.train_counts(cond) for cond in conditions_of(self.metrics)},
         }
         fid = {
             k: {"mean": float(self.fidelity[k].mean()), "sd": float(self.fidelity[k].std(ddof=1))}
@@ -239,7 +269,7 @@ class CVResult:
             + f"{'n surv/grade':>15}"
         )
         lines += [head, "-" * len(head)]
-        for cond, label in CONDITIONS.items():
+        for cond, label in conditions_of(self.metrics).items():
             rows = self.metrics[self.metrics["condition"] == cond]
             cells = [_pm(rows[m]) for m in METRICS]
             used = f"{self.patients_used(cond, 'harrell_c')}/{self.patients_used(cond, 'accuracy')}"

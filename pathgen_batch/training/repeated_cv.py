@@ -50,6 +50,7 @@ from pathgen_batch.training.cv_result import (
     METRICS,
     CVResult,
     FoldResult,
+    same_patients,
 )
 from pathgen_batch.training.data import TrainingData
 from pathgen_batch.training.fold_scoring import condition_metrics
@@ -161,13 +162,14 @@ def run_repeated_cv(
         float(np.mean([len(p.training_part) for r in plans for p in r.plans])),
         float(np.mean([len(p.test) for r in plans for p in r.plans])),
     )
+    present = set(metrics["condition"])
     paired, equiv = compare_conditions(
         _scores(metrics, fidelity),
-        PROTOCOL_COMPARISONS,
+        same_patients(PROTOCOL_COMPARISONS, present),
         PAIRED_METRICS,
         n_train=n_train,
         n_test=n_test,
-        equivalence=EQUIVALENCE,
+        equivalence=same_patients(EQUIVALENCE, present),
         margins=DEFAULT_MARGINS if margins is None else margins,
     )
     pooled = _pooled_c(data, results, oof, n_boot, cfg.seed)
