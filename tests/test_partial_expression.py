@@ -30,6 +30,7 @@ from pathgen_batch.training.baselines import (
 )
 from pathgen_batch.training.cv import train_final
 from pathgen_batch.training.data import TrainingData, load_training_data
+from pathgen_batch.training.trainers import train_predictor
 
 
 def _without_expression(data: TrainingData, rows: np.ndarray) -> TrainingData:
@@ -209,8 +210,8 @@ def test_final_models_train_the_generator_on_patients_with_expression(partial_co
     ids = list(data.patient_ids)
     val = gen.provenance["val_patients"]
     assert val and not set(val) & no_rna
-    assert gen.provenance["n_without_expression"] > 0
-    left = gen.provenance["n_train"] + len(val) + gen.provenance["n_without_expression"]
+    assert gen.provenance["n_left_out_without_expression"] > 0
+    left = gen.provenance["n_train"] + len(val) + gen.provenance["n_left_out_without_expression"]
     assert left == data.n_patients - len(gen.provenance["cal_patients"])
     conformal = fus.provenance["conformal"]
     cal = gen.provenance["cal_patients"]
@@ -220,3 +221,27 @@ def test_final_models_train_the_generator_on_patients_with_expression(partial_co
     assert fus.provenance["n_train"] == sum(
         data.expression_known[ids.index(p)] for p in ids if p not in set(val) | set(cal)
     )
+
+
+@pytest.mark.slow
+def test_slide_only_models_train_on_every_patient(partial_cohort) -> None:
+    root, feats, _ = partial_cohort
+    data = load_training_data(root, feats)
+    tr, va = np.flatnonzero(data.folds == 0), np.flatnonzero(data.folds == 1)
+    with threads(1):
+        wsi = train_predictor(data, tr, va, TINY_CV.wsi_trained)  # absent token for no RNA
+        mil = train_predictor(data, tr, va, TINY_CV.attention_mil)
+        fus = train_predictor(data, tr, va, TINY_CV.fusion)
+    for model in (wsi, mil):
+        assert model.provenance["n_train"] == len(tr) and model.provenance["n_val"] == len(va)
+        assert model.provenance["n_left_out_without_expression"] == 0
+    assert fus.provenance["n_train"] == int(data.expression_known[tr].sum())
+    assert fus.provenance["n_left_out_without_expression"] == int(
+        (~data.expression_known[np.concatenate([tr, va])]).sum()
+    )
+    known = data.with_expression(tr)  # the expression scaler of each: those with expression
+    for model in (wsi, mil, fus):
+        np.testing.assert_allclose(
+            model.expression_scaler.mean, data.expression[known].mean(0), rtol=1e-10
+        )
+    assert np.isfinite(wsi.provenance["history"]["train_loss"]).all()

@@ -30,7 +30,8 @@ reads a real transcriptome: the generator, the fusion model's training, the omic
 real condition use the patients with expression only (train, early stopping and test); the
 synthetic, WSI-only and attention-MIL conditions are scored on every test patient (a patient
 without expression gets its synthetic transcriptome like any slide), the attention-MIL baseline
-trains on all, and the conformal grade sets are calibrated on every calibration patient (the
+and a fusion model with modality dropout train on all (the absent-transcriptome token standing
+in for a missing one), and the conformal grade sets are calibrated on every calibration patient (the
 risk intervals, which cover the risk of the real transcriptome, on those with expression).
 """
 
@@ -58,15 +59,14 @@ from pathgen_batch.inference.bundle import save_fusion, save_generator
 from pathgen_batch.inference.fusion import TrainedFusion
 from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.training.config import CVConfig
-from pathgen_batch.training.cv_result import (
-    COMPARISONS,
-    CONDITIONS,
-    METRICS,
-    CVResult,
-    FoldResult,
-)
+from pathgen_batch.training.cv_result import COMPARISONS, CONDITIONS, METRICS, CVResult, FoldResult
 from pathgen_batch.training.data import TrainingData, check_training_part
-from pathgen_batch.training.fold_scoring import condition_metrics, conformal_row, oof_rows
+from pathgen_batch.training.fold_scoring import (
+    condition_metrics,
+    conformal_row,
+    loss_counts,
+    oof_rows,
+)
 from pathgen_batch.training.loops import Progress
 from pathgen_batch.training.trainers import (
     calibrate_fusion,
@@ -288,7 +288,7 @@ def run_fold(
     metrics = {
         cond: {
             **condition_metrics(data, trn, tests[cond], pred, edges[cond], notes, f"{tag} {cond}"),
-            **_fitted(data, plan.train, models[model_of.get(cond, cond)]),
+            **loss_counts(data, plan.train, models[model_of.get(cond, cond)]),
         }
         for cond, pred in preds.items()
     }
@@ -353,16 +353,6 @@ def run_fold(
         generator=gen,
         fusion=fusion,
     )
-
-
-def _fitted(data: TrainingData, train: np.ndarray, model: TrainedFusion) -> dict[str, int]:
-    """The training patients each loss of ``model`` saw: those of ``train`` with an outcome
-    and with a known grade, among those with expression when the model reads expression."""
-    fit = data.with_expression(train) if model.uses_expression else train
-    return {
-        "n_train_survival": int(data.outcome_known[fit].sum()),
-        "n_train_grade": int((data.grade[fit] >= 0).sum()),
-    }
 
 
 def run_cv(

@@ -404,6 +404,21 @@ def check_training_part(
         )
 
 
+def with_expression_parts(
+    data: TrainingData, tr: np.ndarray, va: np.ndarray, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation patients of ``tr`` and ``va`` that have expression; a
+    DataError when fewer than two of either are left."""
+    tr_e, va_e = data.with_expression(tr), data.with_expression(va)
+    for name, given, kept in (("training", tr, tr_e), ("validation", va, va_e)):
+        if kept.size < 2:
+            raise DataError(
+                f"{what}: {kept.size} of {given.size} {name} patient(s) have expression; it "
+                "needs at least 2"
+            )
+    return tr_e, va_e
+
+
 def describe(data: TrainingData) -> dict[str, Any]:
     """Counts for logs and provenance."""
     known = data.grade >= 0

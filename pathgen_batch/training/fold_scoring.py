@@ -22,7 +22,7 @@ from pathgen_batch.evaluation import (
     survival_from_hazards,
     survival_report,
 )
-from pathgen_batch.inference.fusion import FusionPrediction
+from pathgen_batch.inference.fusion import FusionPrediction, TrainedFusion
 from pathgen_batch.training.cv_result import METRICS, SURVIVAL_METRICS
 from pathgen_batch.training.data import TrainingData
 
@@ -165,3 +165,13 @@ def conformal_row(
     row["risk_coverage"] = coverage((syn.risk_lo[has], syn.risk_hi[has]), real_risk)
     row["risk_width"] = average_width((syn.risk_lo, syn.risk_hi))
     return row
+
+
+def loss_counts(data: TrainingData, train: np.ndarray, model: TrainedFusion) -> dict[str, int]:
+    """The training patients each loss of ``model`` saw: those of ``train`` with an outcome
+    and with a known grade, among those with expression when the model reads expression."""
+    fit = data.with_expression(train) if model.uses_expression else train
+    return {
+        "n_train_survival": int(data.outcome_known[fit].sum()),
+        "n_train_grade": int((data.grade[fit] >= 0).sum()),
+    }

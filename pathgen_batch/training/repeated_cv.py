@@ -221,8 +221,9 @@ def wsi_trained_comparator(
     """The trained WSI-only comparator of one fold (condition ``wsi_trained``).
 
     The fusion model of ``cfg.wsi_trained`` (modality dropout) is trained on the fold's train
-    patients with real transcriptomes, early-stopping on its validation patients as the fusion
-    model does, and scored on the test fold from the slides alone (absent-transcriptome token).
+    patients with real transcriptomes (a patient without expression with its
+    absent-transcriptome token), early-stopping on its validation patients as the fusion model
+    does, and scored on the test fold from the slides alone (absent-transcriptome token).
     """
     t0 = time.perf_counter()
     relabel = None

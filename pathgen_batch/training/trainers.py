@@ -41,7 +41,11 @@ from pathgen_batch.models.survival import fit_bin_edges, to_bins
 from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 from pathgen_batch.training.cv_result import RISK_INTERVAL_COVERS
-from pathgen_batch.training.data import TrainingData, check_training_part
+from pathgen_batch.training.data import (
+    TrainingData,
+    check_training_part,
+    with_expression_parts,
+)
 from pathgen_batch.training.loops import Examples, Progress, fit_generator, seeded
 from pathgen_batch.training.predictor_loop import fit_predictor
 
@@ -125,7 +129,7 @@ def train_generator(
     cfg = cfg or GeneratorTrainConfig()
     given, given_va = _split(data, train_idx, val_idx)
     cal = None if cal_idx is None else _held_out(data, cal_idx, given, given_va)
-    tr, va = _with_expression(data, given, given_va, "generator")
+    tr, va = with_expression_parts(data, given, given_va, "generator")
     escaler = ZScoreScaler.fit(data.expression[tr], "training expression")
     fscaler = ZScoreScaler.fit_bags([data.bags[i] for i in tr])
 
@@ -160,24 +164,10 @@ def train_generator(
     )
 
 
-def _with_expression(
-    data: TrainingData, tr: np.ndarray, va: np.ndarray, what: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """The training and validation patients of ``tr`` and ``va`` that have expression; a
-    DataError when fewer than two of either are left."""
-    tr_e, va_e = data.with_expression(tr), data.with_expression(va)
-    for name, given, kept in (("training", tr, tr_e), ("validation", va, va_e)):
-        if kept.size < 2:
-            raise DataError(
-                f"{what}: {kept.size} of {given.size} {name} patient(s) have expression; it "
-                "needs at least 2"
-            )
-    return tr_e, va_e
-
-
 def _left_out(tr: np.ndarray, va: np.ndarray, tr_e: np.ndarray, va_e: np.ndarray) -> dict:
-    """Provenance: how many of the given training and validation patients had no expression."""
-    return {"n_without_expression": int(tr.size + va.size - tr_e.size - va_e.size)}
+    """Provenance: how many given training and validation patients were left out for want of
+    expression."""
+    return {"n_left_out_without_expression": int(tr.size + va.size - tr_e.size - va_e.size)}
 
 
 def _held_out(data: TrainingData, idx: Any, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
@@ -221,15 +211,18 @@ def train_predictor(
     baseline named by ``cfg.model``) on real transcriptomes, early stopping on ``val_idx``.
 
     The fusion model and the omics MLP train and early-stop on the patients of ``train_idx``
-    and ``val_idx`` with expression; the attention-MIL baseline (slides only) on all of them.
-    The expression scaler is fit on the training patients with expression."""
+    and ``val_idx`` with expression; the attention-MIL baseline (slides only) on all of them,
+    and so does a fusion model with modality dropout (a patient without expression gets its
+    absent-transcriptome token). The expression scaler is fit on the training patients with
+    expression."""
     cfg = cfg or FusionTrainConfig()
     given, given_va = _split(data, train_idx, val_idx)
     tr, va = given, given_va
     reads_expression = cfg.model != "attention_mil"
-    if reads_expression:
-        tr, va = _with_expression(data, given, given_va, cfg.model)
-    what = "training patients" + (" with expression" if reads_expression else "")
+    slide_only = cfg.model == "fusion" and cfg.options.get("modality_dropout", 0.0) > 0
+    if reads_expression and not slide_only:
+        tr, va = with_expression_parts(data, given, given_va, cfg.model)
+    what = "training patients" + (" with expression" if tr.size < given.size else "")
     check_training_part(data, tr, what, cfg.n_bins)
     escaler = ZScoreScaler.fit(data.expression[data.with_expression(tr)], "training expression")
     fscaler = ZScoreScaler.fit_bags([data.bags[i] for i in tr])
@@ -245,7 +238,7 @@ def train_predictor(
     def examples(ix: np.ndarray) -> Examples:
         return Examples(
             bags=fscaler.transform_all([data.bags[i] for i in ix]),
-            omics=escaler.transform(data.expression[ix]) if reads_expression else None,
+            omics=_scaled(escaler, data.expression[ix]) if reads_expression else None,
             grade=data.grade[ix],
             bins=bins_of(ix),
             censored=~data.event[ix],
@@ -279,6 +272,15 @@ def train_predictor(
     )
 
 
+def _scaled(scaler: ZScoreScaler, x: np.ndarray) -> np.ndarray:
+    """(N, G) expression scaled, its rows of NaN (no expression) kept NaN."""
+    has = ~np.isnan(x).any(axis=1)
+    out = np.full(x.shape, np.nan, dtype=np.float32)
+    if has.any():
+        out[has] = scaler.transform(x[has])
+    return out
+
+
 def fit_risk_cuts(
     fusion: TrainedFusion, data: TrainingData, idx: np.ndarray, cfg: FusionTrainConfig
 ) -> RiskCuts:
@@ -286,6 +288,8 @@ def fit_risk_cuts(
     predicts for patients ``idx`` (its training and validation patients) from their bags and
     real transcriptomes, none for the attention-MIL baseline (:func:`calibrate_fusion` refits
     them on synthetic ones)."""
+    if fusion.uses_expression:
+        idx = data.with_expression(idx)
     x = data.expression[idx] if fusion.uses_expression else None
     pred = fusion.predict([data.bags[i] for i in idx], x)
     return RiskCuts.fit(pred.risk, cfg.risk_quantiles)
