@@ -245,3 +245,32 @@ def test_slide_only_models_train_on_every_patient(partial_cohort) -> None:
             model.expression_scaler.mean, data.expression[known].mean(0), rtol=1e-10
         )
     assert np.isfinite(wsi.provenance["history"]["train_loss"]).all()
+
+
+@pytest.mark.slow
+def test_train_commands_say_how_many_patients_were_left_out(partial_cohort, tmp_path) -> None:
+    root, feats, _ = partial_cohort
+    (tmp_path / "cv.json").write_text(json.dumps(to_dict(TINY_CV)))
+    args = ["--cohort", str(root), "--features", str(feats), "--config", str(tmp_path / "cv.json")]
+    runner = CliRunner()
+    with threads(1):
+        gen = runner.invoke(main, ["train", "generator", *args, "--out", str(tmp_path / "g")])
+        fus = runner.invoke(
+            main,
+            [
+                "train",
+                "fusion",
+                *args,
+                "--generator",
+                str(tmp_path / "g"),
+                "--out",
+                str(tmp_path / "f"),
+            ],
+        )
+    assert gen.exit_code == 0 and fus.exit_code == 0, gen.output + fus.output
+    data = load_training_data(root, feats)
+    gen_line = next(x for x in gen.output.splitlines() if x.startswith("generator bundle"))
+    n = json.loads((tmp_path / "g" / "bundle.json").read_text())["provenance"]["n_train"]
+    assert f": {n} training / " in gen_line and "more left out: no expression" in gen_line
+    assert n < int(data.expression_known.sum()) < data.n_patients
+    assert "more left out: no expression" in fus.output
