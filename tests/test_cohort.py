@@ -192,8 +192,14 @@ PROBLEMS = [
         "slides.csv|parquet: missing (or give slide_id, slide_uri in the clinical table)",
     ),
     (
-        _drop("expression.csv", row=6),
-        "expression.csv: 1 patient(s) have no expression, e.g. ['P7']",
+        lambda r: _edit(r, "expression.csv", lambda df: df.iloc[:0]),
+        "expression.csv column patient_id: no patient has expression (none of the 8 patient(s) "
+        "of clinical.csv); the generator needs some",
+    ),
+    (
+        lambda r: _edit(r, "expression.csv", lambda df: df.iloc[:3]),
+        "clinical.csv column patient_id: 3 patient(s) with expression; the generator needs at "
+        "least 4",
     ),
     (
         _set("expression.csv", 1, "G2", None),
@@ -230,6 +236,31 @@ def test_each_problem_is_one_line_naming_file_row_and_column(
     v = validate_cohort(root, open_slides=False)
     assert not v.ok
     assert any(line in got for got in v.lines()), v.lines()
+
+
+def test_patients_without_expression_are_a_warning_of_the_inventory(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _write_tables(root)
+    _edit(root, "expression.csv", lambda df: df.drop(index=[1, 6]))
+    v = validate_cohort(root, open_slides=False)
+    assert v.ok, v.lines()
+    assert v.cohort is not None and v.cohort.without_expression == ["P2", "P7"]
+    assert list(v.cohort.expression.index) == ["P1", "P3", "P4", "P5", "P6", "P8"]
+    r = CliRunner().invoke(main, ["cohort", "validate", str(root), "--no-open-slides"])
+    assert r.exit_code == 0, r.output
+    assert "  patients without expression: 2 (warning; e.g. ['P2', 'P7'])" in r.output
+    full = tmp_path / "full"
+    _write_tables(full)
+    assert "without expression" not in load_cohort(full).inventory()
+    assert load_cohort(full).digest != v.cohort.digest
+    # a fold whose training part keeps too few patients with expression is a problem
+    _edit(root, "clinical.csv", lambda df: df.assign(fold=[0, 0, 0, 0, 0, 1, 1, 1]))
+    _edit(root, "expression.csv", lambda df: df[df["patient_id"].isin(["P1", "P3", "P4", "P5"])])
+    lines = validate_cohort(root, open_slides=False).lines()
+    assert lines == [
+        "clinical.csv column fold: fold 0: its training part has 0 patient(s) with expression; "
+        "the generator needs at least 4"
+    ], lines
 
 
 def test_every_problem_is_reported_at_once_and_training_stops_with_the_same_lines(

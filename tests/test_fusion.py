@@ -147,6 +147,27 @@ def test_modality_dropout_learns_an_absent_transcriptome_token() -> None:
         dataclasses.replace(FCFG, modality_dropout=1.5)
 
 
+def test_a_row_of_nan_takes_the_absent_token_of_a_model_with_modality_dropout() -> None:
+    import dataclasses
+
+    omics, feats, mask = batch()
+    torch.manual_seed(0)
+    model = FusionModel(dataclasses.replace(FCFG, modality_dropout=0.5)).eval()
+    some = omics.clone()
+    some[1] = float("nan")  # the second patient has no expression
+    out = model(some, feats, mask)
+    alone, full = model(None, feats, mask), model(omics, feats, mask)
+    torch.testing.assert_close(out.hazard_logits[1], alone.hazard_logits[1])
+    torch.testing.assert_close(out.grade_logits[[0, 2]], full.grade_logits[[0, 2]])
+    model.train()  # in training too: never the NaN row itself
+    torch.manual_seed(3)
+    tokens = model._family_tokens(some, 3)  # (B, F, d)
+    torch.testing.assert_close(tokens[1], model.state_dict()["absent"])
+    assert torch.isfinite(tokens).all()
+    with pytest.raises(DataError, match="a row of NaN needs a model with modality_dropout > 0"):
+        fusion()(some, feats, mask)
+
+
 # --------------------------------------------------------------------------------- baselines
 
 

@@ -91,6 +91,14 @@ def test_claim_verdicts_follow_the_numbers() -> None:
     got = {c: v for c, v, _ in claims(worse)}
     assert got["the generator beats ridge on fidelity"] == "does not hold"
     assert got["conformal coverage within 0.02 of 1 - alpha"] == "does not hold"
+    # some patients without expression: the TOST on the same patients as real decides
+    partial = copy.deepcopy(SMALL)
+    same = copy.deepcopy(SMALL["equivalence"]["synthetic vs real"])
+    same["harrell_c"]["equivalent"], same["macro_auc"]["equivalent"] = True, False
+    partial["equivalence"]["synthetic_rna vs real"] = same
+    got = {c: v for c, v, _ in claims(partial)}
+    assert got["synthetic equivalent to real on Harrell C"] == "holds"
+    assert got["synthetic equivalent to real on grade macro AUC"] == "not shown"
     text = results_markdown(SMALL, "x.json")
     assert "| fusion + synthetic transcriptome (`synthetic`) | 0.620 +- 0.050 |" in text
     assert "| synthetic vs wsi_trained | harrell_c | +0.070 | 0.01 | 0.03 | 0.100 |" in text

@@ -155,9 +155,10 @@ def generator_cmd(inputs: TrainingInputs, seed: int | None, tracking: Tracking) 
         )
         path = save_generator(gen, inputs.out, overwrite=inputs.overwrite)
         h = gen.provenance["history"]
+        pv = gen.provenance
         click.echo(
-            f"generator bundle {path}: {len(tr)} training / {len(va)} early-stopping / "
-            f"{len(cal)} calibration patients, best epoch {h['best_epoch']} of "
+            f"generator bundle {path}: {pv['n_train']} training / {pv['n_val']} early-stopping / "
+            f"{len(cal)} calibration patients{_left_out(pv)}, best epoch {h['best_epoch']} of "
             f"{h['epochs_run']} (val {h['select_on']} {h['best_val_score']:.4f}, val loss "
             f"{h['best_val_loss']:.4f}), {time.perf_counter() - t0:.1f}s"
         )
@@ -232,17 +233,23 @@ def fusion_cmd(
             progress=progress(run),
             name=inputs.name or cfg.fusion_name,
         )
-        n_val = len(gen.provenance.get("val_patients", []))
+        pv = fus.provenance
         n_cal = len(gen.provenance.get("cal_patients", []))
         path = save_fusion(fus, inputs.out, overwrite=inputs.overwrite)
         h = fus.provenance["history"]
         q = fus.grade_conformal.qhat if fus.grade_conformal else float("nan")
         click.echo(
-            f"{section.model} bundle {path}: {data.n_patients - n_val - n_cal} training / "
-            f"{n_val} early-stopping / {n_cal} calibration patients, best epoch "
+            f"{section.model} bundle {path}: {pv['n_train']} training / {pv['n_val']} "
+            f"early-stopping / {n_cal} calibration patients{_left_out(pv)}, best epoch "
             f"{h['best_epoch']} of {h['epochs_run']} (val {h['select_on']} "
             f"{h['best_val_score']:.4f}, val loss {h['best_val_loss']:.4f}), conformal qhat "
             f"{q:.3f} at alpha {alpha:g}, {time.perf_counter() - t0:.1f}s"
         )
         if run is not None:
             inputs.log(run, "fusion", fus, section, data, {"calibrated_with": str(generator_dir)})
+
+
+def _left_out(provenance: dict) -> str:
+    """ ", N more left out (no expression)" when a model left patients out for want of it."""
+    n = int(provenance.get("n_left_out_without_expression", 0))
+    return f" ({n} more left out: no expression)" if n else ""

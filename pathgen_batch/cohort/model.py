@@ -10,8 +10,9 @@ declared expression unit). Tables are normalised:
   (Int64, <NA> when the table gives none), then the covariates as given.
 - ``slides``: one row per slide: ``patient_id``, ``slide_id``, ``slide_uri`` (an absolute
   path or an ``s3://`` URI), ``mpp`` (float64, NaN when the table gives none).
-- ``expression``: (patients, genes) float64 in log units, indexed by patient_id in clinical
-  order, columns in panel order.
+- ``expression``: (patients, genes) float64 in log units, one row per patient with
+  expression (RNA may be measured for only some patients; ``without_expression`` lists the
+  others), indexed by patient_id in clinical order, columns in panel order.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from pathgen_batch.errors import DataError
 from pathgen_batch.omics.panel import GenePanel
 
 MAX_FOLDS = 10  # the most folds the inventory considers
+# patients with expression that a training part needs: the generator trains on two at least
+# and early-stops on two at least (its per-gene Pearson needs a pair)
+MIN_EXPRESSION = 4
 
 
 @dataclass(eq=False)
@@ -57,6 +61,12 @@ class Cohort:
     @property
     def n_patients(self) -> int:
         return len(self.clinical)
+
+    @property
+    def without_expression(self) -> list[str]:
+        """The patients the expression table has no row for (clinical order)."""
+        have = set(self.expression.index)
+        return [p for p in self.patient_ids if p not in have]
 
     @property
     def slide_ids(self) -> list[str]:
@@ -129,6 +139,13 @@ class Cohort:
         span = f", time {t.min():g}-{t.max():g} (median {t.median():g})" if len(t) else ""
         n_known = int(known.sum())
         lines.append(f"  events: {ev} of {n_known} known outcomes ({n - n_known} unknown){span}")
+        lacking = self.without_expression
+        if lacking:
+            lines.append(
+                f"  patients without expression: {len(lacking)} (warning; e.g. {lacking[:3]}): "
+                "no generator, real-expression model or expression baseline uses them; the "
+                "slide-only and synthetic-transcriptome models do"
+            )
         unit = self.settings.expression_unit
         how = "log2(x + 1)" if unit in ("tpm", "fpkm", "counts") else "as given"
         extra = f"; {self.ignored_genes} expression column(s) not in the panel, unused"
@@ -171,4 +188,6 @@ def _digest(c: Cohort) -> str:
     h.update(labels.to_csv(index=False).encode())
     h.update(c.slides[["patient_id", "slide_id", "mpp"]].to_csv(index=False).encode())
     h.update(np.ascontiguousarray(c.expression.to_numpy(dtype=np.float64)).tobytes())
+    if len(c.expression) != len(c.clinical):  # whose rows they are, when some patients lack one
+        h.update(b"\x1e" + "\x1f".join(map(str, c.expression.index)).encode())
     return "sha256:" + h.hexdigest()

@@ -34,11 +34,12 @@ slides under `slides/` (or anywhere: `slide_uri` may be absolute or `s3://`), th
 Instead of slides.csv, clinical.csv may carry `slide_id`, `slide_uri` (and `mpp`) itself, one
 row per slide with the patient's columns repeated.
 
-## expression.csv: one row per patient
+## expression.csv: one row per patient with RNA
 `patient_id`, then one column per gene (at least every gene of gene_panel.csv; others are
 ignored). Values in the unit declared in cohort.toml: `log2` or `z` are used as given; `tpm`,
 `fpkm` and `counts` become log2(x + 1). No missing values; no negative values for tpm, fpkm
-or counts.
+or counts. A patient without RNA has no row: the generator and the models fed real expression
+leave it out, the slide-only models and those fed synthetic expression use it.
 
 ## gene_panel.csv: the genes the models use, in order
 `gene,family`: each gene of the panel and its family (one token per family in the models).

@@ -3,7 +3,8 @@
 :func:`validate_cohort` reads a cohort (see :mod:`pathgen_batch.cohort.format`), checks it and
 returns a :class:`Validation`: the problems found and, when there are none, the normalised
 :class:`~pathgen_batch.cohort.model.Cohort`. Checked: missing files and columns, unknown slide
-columns, duplicate ids, patients without slides or expression, rows naming unknown patients,
+columns, duplicate ids, patients without slides, no patient (or too few in a fold's training
+part) with expression, rows naming unknown patients,
 grades outside the declared classes, unreadable times, events and folds, slide files missing,
 unreadable or without MPP (``open_slides``), NaN or negative expression for the declared unit,
 panel genes absent from the expression table, and too few events or grade classes for the folds.
@@ -31,7 +32,7 @@ from pathgen_batch.cohort.format import (
     SLIDE_REQUIRED,
     with_overrides,
 )
-from pathgen_batch.cohort.model import Cohort
+from pathgen_batch.cohort.model import MIN_EXPRESSION, Cohort
 from pathgen_batch.cohort.read import Problem, RawCohort, read_raw
 from pathgen_batch.cohort.slide_checks import check_slide_files
 from pathgen_batch.errors import ConfigError, DataError
@@ -272,9 +273,13 @@ def _expression(
         return None, 0
     stray = np.flatnonzero(~e[PATIENT].isin(set(patients)).to_numpy())
     p.rows(file, PATIENT, stray, lambda r: f"patient {e[PATIENT].iloc[r]!r} is not in clinical")
-    lacking = [pid for pid in patients if pid not in set(e[PATIENT])]
-    if lacking:
-        p.add(file, f"{len(lacking)} patient(s) have no expression, e.g. {lacking[:5]}")
+    if not set(e[PATIENT]) & set(patients):  # some patients without expression are fine
+        p.add(
+            file,
+            f"no patient has expression (none of the {len(patients)} patient(s) of "
+            f"{raw.clinical[0] if raw.clinical else 'clinical'}); the generator needs some",
+            col=PATIENT,
+        )
     if panel is None:
         return None, 0
     absent = [g for g in panel.genes if g not in set(map(str, e.columns))]
@@ -309,9 +314,25 @@ def _fold_problems(p: _Problems, file: str, cohort: Cohort) -> None:
         p.add(file, "fewer than two grade classes among the known grades", col="grade")
     if int(c["event"].fillna(False).astype(bool).sum()) < 2:
         p.add(file, "fewer than two events: survival models need events", col="event")
+    rna = c[PATIENT].isin(set(cohort.expression.index))
+    if int(rna.sum()) < MIN_EXPRESSION:
+        p.add(
+            file,
+            f"{int(rna.sum())} patient(s) with expression; the generator needs at least "
+            f"{MIN_EXPRESSION}",
+            col=PATIENT,
+        )
     if c["fold"].notna().all():
         for f in sorted(set(c["fold"].tolist())):
             rest = c[c["fold"] != f]
+            n_rna = int(rna[c["fold"] != f].sum())
+            if n_rna < MIN_EXPRESSION <= int(rna.sum()):
+                p.add(
+                    file,
+                    f"fold {f}: its training part has {n_rna} patient(s) with expression; the "
+                    f"generator needs at least {MIN_EXPRESSION}",
+                    col="fold",
+                )
             if rest["grade_index"].nunique() < 2:
                 p.add(
                     file,

@@ -139,7 +139,8 @@ class FusionModel(nn.Module):
     With ``modality_dropout`` > 0 the model holds one learned absent-transcriptome token per
     family: in training each example's family tokens are replaced by them with that
     probability (at 1.0 also in evaluation: a slide-only model), and ``omics=None`` (slide
-    only) uses them for every example. Without it the transcriptome is required.
+    only) uses them for every example, as does an omics row of NaN (a patient without
+    expression) for that example. Without it the transcriptome is required.
     """
 
     def __init__(self, config: FusionConfig) -> None:
@@ -178,14 +179,21 @@ class FusionModel(nn.Module):
                 raise DataError("omics: fusion needs this input, got None")
             return self.absent.unsqueeze(0).expand(batch, -1, -1)
         x = check_floating("omics", check_shape("omics", omics, (batch, c.n_genes), "(B, G)"))
+        missing = torch.isnan(x).all(dim=1)  # (B,) no transcriptome: the absent token
+        if bool(missing.any()):
+            if self.absent is None:
+                raise DataError("omics: a row of NaN needs a model with modality_dropout > 0")
+            x = torch.where(missing[:, None], torch.zeros_like(x), x)
         parts = self.layout.split(x)  # F x (B, g_f)
         fam = torch.stack(
             [net(p) for net, p in zip(self.family_nets, parts, strict=True)], dim=1
         )  # (B, F, d)
-        if self.absent is not None and (self.training or c.modality_dropout >= 1.0):
-            drop = torch.rand(batch, 1, 1, device=fam.device) < c.modality_dropout  # (B, 1, 1)
-            fam = torch.where(drop, self.absent.unsqueeze(0).to(fam.dtype), fam)
-        return fam
+        if self.absent is None:
+            return fam
+        drop = missing[:, None, None]  # (B, 1, 1)
+        if self.training or c.modality_dropout >= 1.0:
+            drop = drop | (torch.rand(batch, 1, 1, device=fam.device) < c.modality_dropout)
+        return torch.where(drop, self.absent.unsqueeze(0).to(fam.dtype), fam)
 
     def forward(self, omics: MaybeTensor, feats: MaybeTensor, mask: MaybeTensor) -> FusionOutput:
         c = self.config

@@ -23,9 +23,12 @@ Expression (the generator's fidelity baseline, scored by ``expression_fidelity``
 ``train_idx`` is the whole training part of the outer fold (what the CV's models use for
 training and early stopping); the test fold is touched only to score. Patients without a known
 outcome are left out of the survival fits and scores; patients without a known grade out of
-the grade fit. A Cox model's predicted survival is the step function of its Breslow baseline,
-represented exactly as discrete bins with an edge at each training time, so the IBS is computed
-by the same :func:`~pathgen_batch.evaluation.survival_report` as the fusion model's.
+the grade fit; patients without expression out of every fit and score of CoxNet, ridge and the
+training mean (CoxNet's risk is NaN for them; ridge still predicts their expression from the
+slide, for the fusion control fed ridge expression). A Cox model's predicted survival is the
+step function of its Breslow baseline, represented exactly as discrete bins with an edge at each
+training time, so the IBS is computed by the same
+:func:`~pathgen_batch.evaluation.survival_report` as the fusion model's.
 """
 
 from __future__ import annotations
@@ -174,7 +177,11 @@ def fold_baselines(
 def coxnet_expression(
     data: TrainingData, train_idx: np.ndarray, test_idx: np.ndarray, cfg: BaselineConfig
 ) -> SurvivalBaseline:
-    """Elastic-net Cox on the z-scored expression panel, alpha by inner CV on the training part."""
+    """Elastic-net Cox on the z-scored expression panel, alpha by inner CV on the training part;
+    the patients without expression are left out (their risk is NaN)."""
+    risk_all = np.full(len(test_idx), np.nan)
+    has = data.expression_known[test_idx]
+    train_idx, test_idx = data.with_expression(train_idx), test_idx[has]
     trn = train_idx[data.outcome_known[train_idx]]
     notes: list[str] = []
     with _recorded(notes):
@@ -210,7 +217,8 @@ def coxnet_expression(
         data, train_idx, test_idx, risk, surv, final.unique_times_, notes, "coxnet"
     )
     params = {"alpha": best, "inner_c": float(mean.max()), "nonzero_genes": float(n_coef)}
-    return SurvivalBaseline("coxnet", metrics, risk, params, tuple(notes))
+    risk_all[has] = risk
+    return SurvivalBaseline("coxnet", metrics, risk_all, params, tuple(notes))
 
 
 def cox_grade(
@@ -341,9 +349,12 @@ def _recorded(notes: list[str]) -> Iterator[None]:
 def ridge_expression(
     data: TrainingData, train_idx: np.ndarray, test_idx: np.ndarray, cfg: BaselineConfig
 ) -> ExpressionBaseline:
-    """Ridge from z-scored mean-pooled tile features to expression, alpha by inner CV."""
+    """Ridge from z-scored mean-pooled tile features to expression, alpha by inner CV; fit on
+    the training patients with expression, scored on the test patients with expression, and
+    ``predicted`` for every test patient."""
     pooled = np.stack([b.mean(axis=0, dtype=np.float64) for b in data.bags])  # (P, D)
     y = data.expression
+    train_idx = data.with_expression(train_idx)
     strata = data.strata()
     inner = stratified_folds([strata[i] for i in train_idx], cfg.inner_folds, cfg.seed)
     scores = []
@@ -362,7 +373,8 @@ def ridge_expression(
         notes.append(f"alpha {best:g} is at the edge of the grid {list(cfg.ridge_alphas)}")
     model = Ridge(alpha=best).fit(_zscored(pooled, train_idx, train_idx), y[train_idx])
     pred = model.predict(_zscored(pooled, train_idx, test_idx))  # (n_test, G)
-    fid = expression_fidelity(y[test_idx], pred, data.panel.genes).summary
+    has = data.expression_known[test_idx]
+    fid = expression_fidelity(y[test_idx[has]], pred[has], data.panel.genes).summary
     params = {"alpha": best, "inner_mean_pearson": float(np.max(mean))}
     fidelity = {k: float(v) for k, v in fid.items()}
     return ExpressionBaseline("ridge", fidelity, pred, params, tuple(notes))
@@ -371,10 +383,12 @@ def ridge_expression(
 def mean_expression(
     data: TrainingData, train_idx: np.ndarray, test_idx: np.ndarray
 ) -> ExpressionBaseline:
-    """The training part's mean expression for every test patient."""
-    mean = data.expression[train_idx].mean(axis=0)  # (G,)
+    """The training part's mean expression (of its patients with expression) for every test
+    patient, scored on those with expression."""
+    mean = data.expression[data.with_expression(train_idx)].mean(axis=0)  # (G,)
     pred = np.tile(mean, (len(test_idx), 1))  # (n_test, G)
-    fid = expression_fidelity(data.expression[test_idx], pred, data.panel.genes).summary
+    te = data.with_expression(test_idx)
+    fid = expression_fidelity(data.expression[te], pred[: len(te)], data.panel.genes).summary
     return ExpressionBaseline("mean_expression", {k: float(v) for k, v in fid.items()}, pred)
 
 

@@ -24,6 +24,15 @@ For every outer fold (the cohort's ``fold`` column, or new stratified folds):
 
 Across folds: mean +- sd, and paired tests (Wilcoxon signed-rank, paired t) of the synthetic
 condition against WSI only, real and attention MIL.
+
+Patients without expression (``TrainingData.expression_known``) train and score no model that
+reads a real transcriptome: the generator, the fusion model's training, the omics MLP and the
+real condition use the patients with expression only (train, early stopping and test); the
+synthetic, WSI-only and attention-MIL conditions are scored on every test patient (a patient
+without expression gets its synthetic transcriptome like any slide), the attention-MIL baseline
+and a fusion model with modality dropout train on all (the absent-transcriptome token standing
+in for a missing one), and the conformal grade sets are calibrated on every calibration patient (the
+risk intervals, which cover the risk of the real transcriptome, on those with expression).
 """
 
 from __future__ import annotations
@@ -52,7 +61,12 @@ from pathgen_batch.inference.generator import TrainedGenerator
 from pathgen_batch.training.config import CVConfig
 from pathgen_batch.training.cv_result import COMPARISONS, CONDITIONS, METRICS, CVResult, FoldResult
 from pathgen_batch.training.data import TrainingData, check_training_part
-from pathgen_batch.training.fold_scoring import condition_metrics, conformal_row, oof_rows
+from pathgen_batch.training.fold_scoring import (
+    condition_metrics,
+    conformal_row,
+    loss_counts,
+    oof_rows,
+)
 from pathgen_batch.training.loops import Progress
 from pathgen_batch.training.trainers import (
     calibrate_fusion,
@@ -62,6 +76,10 @@ from pathgen_batch.training.trainers import (
 )
 
 log = logging.getLogger(__name__)
+
+MIN_TEST_EXPRESSION = 3  # test patients with expression a fold's fidelity needs (correlations)
+# conditions scored on the test patients with expression only (they read the real transcriptome)
+REAL_EXPRESSION = ("real", "omics_mlp")
 
 Echo = Callable[[str], None]
 
@@ -110,7 +128,10 @@ def plan_folds(data: TrainingData, cfg: CVConfig) -> list[FoldPlan]:
 
     Each training part needs two grade classes and events; its inner training part needs
     enough events for the time bins; its calibration part enough known grades for conformal
-    calibration at ``cfg.alpha``.
+    calibration at ``cfg.alpha``. Of the patients with expression, the inner training part
+    needs the same (the fusion model trains on them), and two at least, and so does the
+    validation part; the calibration part enough for the risk intervals at ``cfg.alpha``; the
+    test fold ``MIN_TEST_EXPRESSION`` (its fidelity).
     """
     strata = data.strata()
     folds = data.folds if cfg.folds is None else stratified_folds(strata, cfg.folds, cfg.seed)
@@ -135,8 +156,37 @@ def plan_folds(data: TrainingData, cfg: CVConfig) -> list[FoldPlan]:
                 f"fold {k}: {known} calibration patient(s) with a known grade; conformal "
                 f"calibration at alpha={cfg.alpha:g} needs at least {need}"
             )
+        _check_expression(data, k, tr, va, cal, test, n_bins, need)
         plans.append(FoldPlan(k, tr, va, cal, test))
     return plans
+
+
+def _check_expression(
+    data: TrainingData,
+    k: int,
+    tr: np.ndarray,
+    va: np.ndarray,
+    cal: np.ndarray,
+    test: np.ndarray,
+    n_bins: int,
+    need: int,
+) -> None:
+    """DataError unless the parts of fold ``k`` keep enough patients with expression."""
+    tr_e = data.with_expression(tr)
+    what = f"fold {k}: inner training part, patients with expression"
+    check_training_part(data, tr_e, what, n_bins)
+    for part, idx, least in (
+        ("inner training part", tr, 2),
+        ("validation part", va, 2),
+        ("calibration part", cal, need),
+        ("test fold", test, MIN_TEST_EXPRESSION),
+    ):
+        n = int(data.expression_known[idx].sum())
+        if n < least:
+            raise DataError(
+                f"fold {k}: {n} of {len(idx)} patient(s) of its {part} have expression; it "
+                f"needs at least {least}"
+            )
 
 
 def _relabel(progress: Progress | None, prefix: str) -> Progress | None:
@@ -209,58 +259,67 @@ def run_fold(
         models["fusion"],
         cal_bags,
         syn_cal,
-        data.expression[plan.cal],
+        data.expression[plan.cal],  # NaN rows: no real transcriptome, grade sets only
         data.grade[plan.cal],
         cfg.alpha,
         cfg.conformal_method,
         patient_ids=[data.patient_ids[i] for i in plan.cal],
     )
-    real_test = data.expression[plan.test]
+    has = data.expression_known[plan.test]  # (n_test,)
+    te_e = plan.test[has]  # the test patients with expression
+    real_test = data.expression[te_e]
+    real_bags = [bags[i] for i in te_e]
     preds = {
-        "real": fusion.predict(test_bags, real_test),
+        "real": fusion.predict(real_bags, real_test),
         "synthetic": fusion.predict(test_bags, syn_test),
         "wsi_only": fusion.predict(test_bags, None, noise_seed=cfg.noise_seed + plan.fold),
         "attention_mil": models["attention_mil"].predict(test_bags),
         "omics_mlp": models["omics_mlp"].predict(None, real_test),
     }
+    if not data.expression_known.all():  # synthetic on the real condition's patients too
+        preds["synthetic_rna"] = fusion.predict(real_bags, syn_test[has])
+    tests = {c: te_e if c in (*REAL_EXPRESSION, "synthetic_rna") else plan.test for c in preds}
     edges = {c: models["fusion"].bin_edges for c in ("real", "synthetic", "wsi_only")}
+    edges["synthetic_rna"] = models["fusion"].bin_edges
     edges["attention_mil"] = models["attention_mil"].bin_edges
     edges["omics_mlp"] = models["omics_mlp"].bin_edges
     trn = plan.training_part
-    fitted = {  # the training patients each loss of the fusion-like models saw
-        "n_train_survival": int(data.outcome_known[plan.train].sum()),
-        "n_train_grade": int((data.grade[plan.train] >= 0).sum()),
-    }
+    model_of = dict.fromkeys(("real", "synthetic", "wsi_only", "synthetic_rna"), "fusion")
     metrics = {
         cond: {
-            **condition_metrics(data, trn, plan.test, pred, edges[cond], notes, f"{tag} {cond}"),
-            **fitted,
+            **condition_metrics(data, trn, tests[cond], pred, edges[cond], notes, f"{tag} {cond}"),
+            **loss_counts(data, plan.train, models[model_of.get(cond, cond)]),
         }
         for cond, pred in preds.items()
     }
-    oof = {cond: oof_rows(data, plan.fold, plan.test, cond, pred) for cond, pred in preds.items()}
+    oof = {  # synthetic_rna repeats rows of synthetic: none of its own
+        cond: oof_rows(data, plan.fold, tests[cond], cond, pred)
+        for cond, pred in preds.items()
+        if cond in CONDITIONS
+    }
     for cond in ("real", "wsi_only"):  # sets are calibrated for synthetic inputs only
         oof[cond]["grade_set"] = None
         oof[cond]["risk_lo"] = np.nan
         oof[cond]["risk_hi"] = np.nan
-    fid = expression_fidelity(real_test, syn_test, data.panel.genes)
+    fid = expression_fidelity(real_test, syn_test[has], data.panel.genes)
     extra = generator_fidelity(
         real_test,
-        draws,
-        pm_test,
-        data.expression[plan.train],
+        draws[has],
+        pm_test[has],
+        data.expression[data.with_expression(plan.train)],
         cfg.fidelity_samples,
         n_default=n_default,
         seed=cfg.seed + plan.fold,
     )
     fid_row = {
         "fold": plan.fold,
-        "n_train": len(plan.train),  # the generator's training patients
+        "n_train": int(gen.provenance["n_train"]),  # the generator's (with expression)
+        "n_test": len(te_e),  # the test patients with expression, that fidelity used
         **{k: float(fid.summary[k]) for k in fid.summary},
         **{k: float(v) for k, v in extra.items()},
     }
     conf_row = conformal_row(
-        data, plan.fold, plan.test, len(plan.cal), preds["synthetic"], preds["real"].risk
+        data, plan.fold, plan.test, len(plan.cal), preds["synthetic"], preds["real"].risk, has
     )
     conf_row["calibration_disjoint"] = float(
         calibration_disjoint(plan, gen, fusion, list(data.patient_ids))

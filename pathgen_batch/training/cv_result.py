@@ -45,7 +45,37 @@ COUNTS: dict[str, str] = {
     "n_train_grade": "training patients with a known grade (grade loss)",
 }
 SURVIVAL_METRICS = ("harrell_c", "uno_c", "td_auc", "ibs")
+# when some patients have no expression: the synthetic condition scored on the test patients
+# with expression, the same patients as the conditions that read the real transcriptome
+SYNTHETIC_ON_RNA: dict[str, str] = {"synthetic_rna": "fusion + synthetic, RNA patients"}
+READS_EXPRESSION = ("real", "omics_mlp", "coxnet")
 COMPARISONS = (("synthetic", "wsi_only"), ("synthetic", "real"), ("synthetic", "attention_mil"))
+
+
+def same_patients(
+    pairs: tuple[tuple[str, str], ...], conditions: set[str]
+) -> tuple[tuple[str, str], ...]:
+    """``pairs`` with the synthetic condition replaced by ``synthetic_rna`` where it is
+    compared with one that reads the real transcriptome and ``synthetic_rna`` was scored
+    (some patients have no expression): paired tests on the same patients."""
+    if not set(SYNTHETIC_ON_RNA) & conditions:
+        return pairs
+    rna = next(iter(SYNTHETIC_ON_RNA))
+    return tuple((rna if a == "synthetic" and b in READS_EXPRESSION else a, b) for a, b in pairs)
+
+
+def conditions_of(metrics: pd.DataFrame) -> dict[str, str]:
+    """The CV's conditions with their labels, ``synthetic_rna`` after ``synthetic`` when the
+    per-fold ``metrics`` hold it."""
+    out: dict[str, str] = {}
+    present = set(metrics["condition"])
+    for cond, label in CONDITIONS.items():
+        out[cond] = label
+        if cond == "synthetic":
+            out.update({k: v for k, v in SYNTHETIC_ON_RNA.items() if k in present})
+    return out
+
+
 COMPARED_METRICS = ("harrell_c", "macro_auc", "balanced_accuracy")
 
 
@@ -124,12 +154,13 @@ class CVResult:
             drop=True
         )
         idx = np.asarray([order[p] for p in synthetic["patient_id"]])
+        has = data.expression_known[idx]  # pooled fidelity: the patients with expression
         genes = list(data.panel.genes)
         pooled = expression_fidelity(
-            data.expression[idx], synthetic[genes].to_numpy(), data.panel.genes
+            data.expression[idx[has]], synthetic[genes].to_numpy()[has], data.panel.genes
         ).summary
         paired: dict[str, dict[str, dict[str, Any]]] = {}
-        for a, b in COMPARISONS:
+        for a, b in same_patients(COMPARISONS, set(metrics["condition"])):
             paired[f"{a} vs {b}"] = {
                 m: paired_comparison(
                     metrics[metrics["condition"] == a].sort_values("fold")[m].to_numpy(),
@@ -165,12 +196,19 @@ class CVResult:
         n = rows["n_survival" if metric in SURVIVAL_METRICS else "n_grade"]
         return int(n[rows[metric].notna()].sum())
 
+    def train_counts(self, cond: str) -> dict[str, list[int]]:
+        """Per fold, the training patients of ``cond``'s model with an outcome and with a
+        known grade (``n_train_survival``, ``n_train_grade``)."""
+        rows = self.metrics[self.metrics["condition"] == cond].sort_values("fold")
+        return {k: [int(v) for v in rows[k]] for k in ("n_train_survival", "n_train_grade")}
+
     def summary(self) -> dict[str, Any]:
         """Mean and sd across folds of every metric (with ``n``: the test patients it used,
         over all folds), fidelity, conformal; the training patients of each model per fold
-        (``patients``); paired tests."""
+        (``patients``: the generator's, the fusion model's and, per condition, those of the
+        condition's model); paired tests."""
         agg: dict[str, Any] = {}
-        for cond in CONDITIONS:
+        for cond in conditions_of(self.metrics):
             rows = self.metrics[self.metrics["condition"] == cond]
             agg[cond] = {
                 m: {
@@ -180,10 +218,10 @@ class CVResult:
                 }
                 for m in METRICS
             }
-        per_fold = self.metrics.drop_duplicates("fold").sort_values("fold")
         patients = {
             "generator_train": [int(v) for v in self.fidelity.sort_values("fold")["n_train"]],
-            **{k: [int(v) for v in per_fold[k]] for k in ("n_train_survival", "n_train_grade")},
+            **self.train_counts("synthetic"),
+            "conditions": {cond: self.train_counts(cond) for cond in conditions_of(self.metrics)},
         }
         fid = {
             k: {"mean": float(self.fidelity[k].mean()), "sd": float(self.fidelity[k].std(ddof=1))}
@@ -218,9 +256,11 @@ class CVResult:
         k = int(self.metrics["fold"].nunique())
         sizes = self.conformal["n_test"].astype(int).tolist()
         n = self.data_summary["patients"]
+        n_rna = self.data_summary.get("expression_known", n)
+        rna = "" if n_rna == n else f", {n_rna} with expression"
         lines = [
-            f"{k}-fold patient-level CV, {n} patients (test folds {'/'.join(map(str, sizes))}), "
-            f"{self.seconds:.0f} s",
+            f"{k}-fold patient-level CV, {n} patients{rna} (test folds "
+            f"{'/'.join(map(str, sizes))}), {self.seconds:.0f} s",
             "",
         ]
         head = (
@@ -229,21 +269,28 @@ class CVResult:
             + f"{'n surv/grade':>15}"
         )
         lines += [head, "-" * len(head)]
-        for cond, label in CONDITIONS.items():
+        for cond, label in conditions_of(self.metrics).items():
             rows = self.metrics[self.metrics["condition"] == cond]
             cells = [_pm(rows[m]) for m in METRICS]
             used = f"{self.patients_used(cond, 'harrell_c')}/{self.patients_used(cond, 'accuracy')}"
             lines.append(f"{label:<34}" + "".join(f"{c:>15}" for c in cells) + f"{used:>15}")
-        per_fold = self.metrics.drop_duplicates("fold").sort_values("fold")
+        fus, mil = self.train_counts("synthetic"), self.train_counts("attention_mil")
+
+        def losses(c: dict[str, list[int]]) -> str:
+            return (
+                f"survival loss {'/'.join(map(str, c['n_train_survival']))}, grade loss "
+                f"{'/'.join(map(str, c['n_train_grade']))}"
+            )
+
         lines += [
             "n surv/grade: test patients, over all folds, that the survival and the grade "
-            "metrics used (those with an outcome, with a known grade)",
+            "metrics used (those with an outcome, with a known grade"
+            + ("; with expression too for the real-transcriptome rows)" if n_rna != n else ")"),
             "training patients per fold: generator "
             + "/".join(str(int(v)) for v in self.fidelity.sort_values("fold")["n_train"])
-            + "; fusion and baselines, survival loss "
-            + "/".join(str(int(v)) for v in per_fold["n_train_survival"])
-            + ", grade loss "
-            + "/".join(str(int(v)) for v in per_fold["n_train_grade"]),
+            + (" (with expression)" if n_rna != n else "")
+            + f"; fusion and omics MLP {losses(fus)}"
+            + ("" if fus == mil else f"; attention MIL {losses(mil)}"),
         ]
         g = self.data_summary["genes"]
         f = self.fidelity

@@ -37,7 +37,9 @@ class TrainingData:
     slides[i]: the patient's slide ids. bags[i]: (N_i, D) float32 features of the tiles of all
     its slides, N_i >= 1, D = contract.dim; coords[i]: (N_i, 2) int64 level-0 tile positions,
     each in its own slide; tile_slides[i]: (N_i,) int64 index into slides[i] of each tile's
-    slide. expression: (P, G) float64, log units, columns in ``panel`` order. grade: (P,) int64
+    slide. expression: (P, G) float64, log units, columns in ``panel`` order; the row of a
+    patient without expression (RNA measured for only some patients) is all NaN, every other
+    row all finite (``expression_known``). grade: (P,) int64
     index into ``grade_classes``, -1 = unknown. time: (P,) float64 follow-up, NaN = outcome
     unknown; event: (P,) bool, True = event observed (False when unknown). folds: (P,) int64.
     """
@@ -75,6 +77,17 @@ class TrainingData:
     def outcome_known(self) -> np.ndarray:
         """(P,) bool: the patient has a follow-up time and event status."""
         return np.isfinite(self.time)
+
+    @property
+    def expression_known(self) -> np.ndarray:
+        """(P,) bool: the patient has an expression row (its other rows are all NaN)."""
+        return ~np.isnan(self.expression).any(axis=1)
+
+    def with_expression(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The patients of ``idx`` (in that order) that have expression: those a generator,
+        a real-expression model or an expression baseline can use."""
+        ix = np.asarray(idx, dtype=np.int64)
+        return ix[self.expression_known[ix]]
 
     @property
     def n_genes(self) -> int:
@@ -124,8 +137,9 @@ class TrainingData:
 
     def panel_for(self, idx: Sequence[int] | np.ndarray) -> GenePanel:
         """The panel of a model trained on the patients at ``idx``: the cohort's, or, when it
-        names no families, its genes in families clustered on those patients' expression."""
-        ix = np.asarray(idx, dtype=np.int64)
+        names no families, its genes in families clustered on the expression of those of them
+        that have expression."""
+        ix = self.with_expression(idx)
         return with_clustered_families(self.panel, self.expression[ix], self.n_families)
 
 
@@ -169,12 +183,13 @@ def _validate(d: TrainingData) -> None:
         raise DataError(
             f"expression: expected shape (patients, genes) = ({P}, {G}), got {d.expression.shape}"
         )
-    bad = ~np.isfinite(d.expression)
+    nan = np.isnan(d.expression)
+    bad = np.isinf(d.expression) | (nan & ~nan.all(axis=1, keepdims=True))
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise DataError(
-            f"expression: {int(bad.sum())} missing or non-finite value(s), first for patient "
-            f"{d.patient_ids[r]} gene {d.panel.genes[c]}"
+            f"expression: {int(bad.sum())} missing or non-finite value(s) in rows that are not "
+            f"wholly missing, first for patient {d.patient_ids[r]} gene {d.panel.genes[c]}"
         )
     C = len(d.grade_classes)
     if C < 2:
@@ -234,9 +249,10 @@ def assemble(
 
     clinical: one row per patient with ``CLINICAL_COLUMNS`` (grade_index nullable; time NaN and
     event missing for an unknown outcome); expression: indexed by patient_id, one column per
-    panel gene, in panel order; slides: patient_id, slide_id rows (several per patient
-    allowed), or None for the clinical table's own ``slide_id`` column (one slide each); bags:
-    slide_id -> (coords (N, 2), feats (N, D)). A patient's bag is its slides' bags, stacked.
+    panel gene, in panel order, a row for some patients at least (the others get NaN rows);
+    slides: patient_id, slide_id rows (several per patient allowed), or None for the clinical
+    table's own ``slide_id`` column (one slide each); bags: slide_id -> (coords (N, 2),
+    feats (N, D)). A patient's bag is its slides' bags, stacked.
     """
     missing = [c for c in CLINICAL_COLUMNS if c not in clinical.columns]
     if slides is None and "slide_id" not in clinical.columns:
@@ -258,14 +274,15 @@ def assemble(
         )
     pids = clinical["patient_id"].astype(str).tolist()
     index = [str(i) for i in expression.index]
-    lacking = sorted(set(pids) - set(index))
-    if lacking:
+    if not set(pids) & set(index):
         raise DataError(
-            f"{source}: no expression for {len(lacking)} patient(s), e.g. {lacking[:5]}"
+            f"{source}: no patient has expression ({len(pids)} patient(s) in clinical, none in "
+            "the expression table); the generator and the real-expression models need some"
         )
     if len(set(index)) != len(index):
         raise DataError(f"{source}: expression lists a patient more than once")
-    expr = expression.set_axis(index, axis=0).loc[pids].to_numpy(dtype=np.float64)
+    # a patient without expression gets a row of NaN (see TrainingData.expression_known)
+    expr = expression.set_axis(index, axis=0).reindex(pids).to_numpy(dtype=np.float64)
     table = clinical[["patient_id", "slide_id"]] if slides is None else slides
     per_patient = _slides_per_patient(table, pids, source)
     sids = [s for group in per_patient for s in group]
@@ -387,6 +404,21 @@ def check_training_part(
         )
 
 
+def with_expression_parts(
+    data: TrainingData, tr: np.ndarray, va: np.ndarray, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation patients of ``tr`` and ``va`` that have expression; a
+    DataError when fewer than two of either are left."""
+    tr_e, va_e = data.with_expression(tr), data.with_expression(va)
+    for name, given, kept in (("training", tr, tr_e), ("validation", va, va_e)):
+        if kept.size < 2:
+            raise DataError(
+                f"{what}: {kept.size} of {given.size} {name} patient(s) have expression; it "
+                "needs at least 2"
+            )
+    return tr_e, va_e
+
+
 def describe(data: TrainingData) -> dict[str, Any]:
     """Counts for logs and provenance."""
     known = data.grade >= 0
@@ -394,6 +426,7 @@ def describe(data: TrainingData) -> dict[str, Any]:
         "patients": data.n_patients,
         "slides": sum(len(s) for s in data.slides),
         "outcome_known": int(data.outcome_known.sum()),
+        "expression_known": int(data.expression_known.sum()),
         "genes": data.n_genes,
         "feature_dim": data.feature_dim,
         "tiles_mean": float(np.mean([b.shape[0] for b in data.bags])),

@@ -22,7 +22,7 @@ from pathgen_batch.evaluation import (
     survival_from_hazards,
     survival_report,
 )
-from pathgen_batch.inference.fusion import FusionPrediction
+from pathgen_batch.inference.fusion import FusionPrediction, TrainedFusion
 from pathgen_batch.training.cv_result import METRICS, SURVIVAL_METRICS
 from pathgen_batch.training.data import TrainingData
 
@@ -143,8 +143,13 @@ def conformal_row(
     n_cal: int,
     syn: FusionPrediction,
     real_risk: Any,
+    has_expression: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Coverage and size of the grade sets and risk intervals of the synthetic condition."""
+    """Coverage and size of the grade sets and risk intervals of the synthetic condition.
+
+    The grade sets are scored on every test patient with a known grade; the risk intervals,
+    which cover the risk of the real transcriptome (``real_risk``, one per test patient with
+    expression: ``has_expression`` (n_test,) bool, default all), on those patients."""
     te = test_idx
     known = data.grade[te] >= 0
     assert syn.grade_sets is not None and syn.risk_lo is not None and syn.risk_hi is not None
@@ -155,6 +160,18 @@ def conformal_row(
         row["grade_set_size"] = average_set_size(sets)
     else:
         row["grade_coverage"] = row["grade_set_size"] = np.nan
-    row["risk_coverage"] = coverage((syn.risk_lo, syn.risk_hi), real_risk)
+    has = np.ones(len(te), bool) if has_expression is None else np.asarray(has_expression)
+    row["n_test_risk"] = int(has.sum())
+    row["risk_coverage"] = coverage((syn.risk_lo[has], syn.risk_hi[has]), real_risk)
     row["risk_width"] = average_width((syn.risk_lo, syn.risk_hi))
     return row
+
+
+def loss_counts(data: TrainingData, train: np.ndarray, model: TrainedFusion) -> dict[str, int]:
+    """The training patients each loss of ``model`` saw: those of ``train`` with an outcome
+    and with a known grade, among those with expression when the model reads expression."""
+    fit = data.with_expression(train) if model.uses_expression else train
+    return {
+        "n_train_survival": int(data.outcome_known[fit].sum()),
+        "n_train_grade": int((data.grade[fit] >= 0).sum()),
+    }

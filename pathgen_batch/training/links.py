@@ -57,8 +57,11 @@ def _grade_scores(x: np.ndarray, grade: np.ndarray, folds: np.ndarray) -> dict[s
 def cohort_links(data: TrainingData) -> dict[str, dict[str, float]]:
     """Out-of-fold links (see the module doc): ``grade_from_slide``, ``grade_from_expression``,
     ``grade_from_both`` (balanced accuracy, macro AUC) and ``expression_from_slide``
-    (mean per-gene Pearson)."""
+    (mean per-gene Pearson), on the patients with expression."""
     from sklearn.linear_model import Ridge
+
+    if not data.expression_known.all():
+        data = data.subset(np.flatnonzero(data.expression_known))
 
     slide = np.stack([b.mean(0) for b in data.bags]).astype(np.float64)  # (N, D)
     expr = np.asarray(data.expression, dtype=np.float64)  # (N, G)

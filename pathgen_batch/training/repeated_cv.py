@@ -50,6 +50,7 @@ from pathgen_batch.training.cv_result import (
     METRICS,
     CVResult,
     FoldResult,
+    same_patients,
 )
 from pathgen_batch.training.data import TrainingData
 from pathgen_batch.training.fold_scoring import condition_metrics
@@ -161,13 +162,14 @@ def run_repeated_cv(
         float(np.mean([len(p.training_part) for r in plans for p in r.plans])),
         float(np.mean([len(p.test) for r in plans for p in r.plans])),
     )
+    present = set(metrics["condition"])
     paired, equiv = compare_conditions(
         _scores(metrics, fidelity),
-        PROTOCOL_COMPARISONS,
+        same_patients(PROTOCOL_COMPARISONS, present),
         PAIRED_METRICS,
         n_train=n_train,
         n_test=n_test,
-        equivalence=EQUIVALENCE,
+        equivalence=same_patients(EQUIVALENCE, present),
         margins=DEFAULT_MARGINS if margins is None else margins,
     )
     pooled = _pooled_c(data, results, oof, n_boot, cfg.seed)
@@ -219,8 +221,9 @@ def wsi_trained_comparator(
     """The trained WSI-only comparator of one fold (condition ``wsi_trained``).
 
     The fusion model of ``cfg.wsi_trained`` (modality dropout) is trained on the fold's train
-    patients with real transcriptomes, early-stopping on its validation patients as the fusion
-    model does, and scored on the test fold from the slides alone (absent-transcriptome token).
+    patients with real transcriptomes (a patient without expression with its
+    absent-transcriptome token), early-stopping on its validation patients as the fusion model
+    does, and scored on the test fold from the slides alone (absent-transcriptome token).
     """
     t0 = time.perf_counter()
     relabel = None
@@ -257,12 +260,14 @@ def _baseline_metrics(
     data: TrainingData, plans: list[FoldPlan], fb: list[FoldBaselines]
 ) -> pd.DataFrame:
     """One row per (fold, survival baseline): ``METRICS`` (NaN where a baseline has none) and
-    the test patients with an outcome / a known grade that they could use."""
+    the test patients with an outcome / a known grade that they could use (those it predicted:
+    CoxNet none without expression)."""
     rows = []
     for p, f in zip(plans, fb, strict=True):
-        n_surv = int(data.outcome_known[p.test].sum())
-        n_grade = int((data.grade[p.test] >= 0).sum())
         for name, b in f.survival.items():
+            scored = p.test[np.isfinite(b.risk)]
+            n_surv = int(data.outcome_known[scored].sum())
+            n_grade = int((data.grade[scored] >= 0).sum())
             has_grade = np.isfinite(b.metrics.get("accuracy", np.nan))
             counts = {"n_survival": n_surv, "n_grade": n_grade if has_grade else 0}
             rows.append(
@@ -321,14 +326,19 @@ def _scores(metrics: pd.DataFrame, fidelity: pd.DataFrame) -> dict[str, dict[str
 def _pooled_c(
     data: TrainingData, results: list[CVResult], base_oof: pd.DataFrame, n_boot: int, seed: int
 ) -> dict[str, dict[str, Any]]:
-    """Bootstrap CI of the pooled out-of-fold C per condition; risks (R, N) by patient."""
+    """Bootstrap CI of the pooled out-of-fold C per condition; risks (R, N) by patient, over
+    the patients with an outcome that the condition predicted in every repeat (those with
+    expression for the real-expression conditions)."""
     cv_oof = stack_repeats([r.oof for r in results])[["repeat", "patient_id", "condition", "risk"]]
     both = pd.concat([cv_oof, base_oof[["repeat", "patient_id", "condition", "risk"]]])
-    known = [p for p, ok in zip(data.patient_ids, data.outcome_known, strict=True) if ok]
-    idx = np.flatnonzero(data.outcome_known)
+    pos = {p: i for i, p in enumerate(data.patient_ids)}
     out: dict[str, dict[str, Any]] = {}
     for cond, rows in both.groupby("condition", sort=False):
-        risk = rows.pivot(index="repeat", columns="patient_id", values="risk")[known]
+        risk = rows.pivot(index="repeat", columns="patient_id", values="risk")
+        risk = risk[[p for p in data.patient_ids if p in risk.columns]].dropna(axis=1)
+        idx = np.asarray([pos[p] for p in risk.columns], dtype=np.int64)
+        keep = data.outcome_known[idx]
+        idx, risk = idx[keep], risk.loc[:, keep]
         ci = pooled_c_index_ci(
             data.event[idx], data.time[idx], risk.to_numpy(), n_boot=n_boot, seed=seed
         )

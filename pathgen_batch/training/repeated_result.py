@@ -23,6 +23,7 @@ from pathgen_batch.training.cv import FoldPlan
 from pathgen_batch.training.cv_result import (
     CONDITIONS,
     METRICS,
+    SYNTHETIC_ON_RNA,
     CVResult,
     _p,
     _pm,
@@ -91,7 +92,7 @@ class RepeatedCVResult:
                 cond: _metric_agg(self.metrics[self.metrics["condition"] == cond])
                 for cond in dict.fromkeys(self.metrics["condition"])
             },
-            "conditions": {**CONDITIONS, **SURVIVAL_BASELINES, **CONTROLS},
+            "conditions": {**CONDITIONS, **SYNTHETIC_ON_RNA, **SURVIVAL_BASELINES, **CONTROLS},
             "fidelity": {
                 "generator": _agg(
                     gen, [c for c in gen.columns if c not in ("repeat", "fold", "model")]
@@ -127,13 +128,18 @@ class RepeatedCVResult:
             rows = self.metrics[self.metrics["condition"] == name]
             shown = ("harrell_c", "ibs", "macro_auc")
             cells = "; ".join(f"{METRICS[m]} {_pm(rows[m])}" for m in shown)
-            lines.append(f"  {label:<28} {cells}")
+            n = int(rows["n_survival"][rows["harrell_c"].notna()].sum())
+            lines.append(f"  {label:<28} {cells}; n surv {n}")
         for name, label in EXPRESSION_BASELINES.items():
             rows = self.fidelity[self.fidelity["model"] == name]
             lines.append(
                 f"  {label:<28} mean per-gene Pearson {_pm(rows['mean_pearson'])}; "
-                f"MAE {_pm(rows['mae'])}"
+                f"MAE {_pm(rows['mae'])}; n {int(rows['n_patients'].sum())}"
             )
+        lines.append(
+            "  n: test patients over all folds (R x K) that the numbers used (those with "
+            "expression for CoxNet, ridge and the training mean)"
+        )
         lines += ["", "pooled out-of-fold Harrell C (95% patient bootstrap):"]
         for cond, ci in self.pooled_c.items():
             lines.append(f"  {cond:<28} {ci['estimate']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]")

@@ -3,7 +3,10 @@
 ``train_generator`` and ``train_predictor`` take the training data and two index arrays, the
 patients whose weights are fit (``train_idx``) and the inner validation patients for early
 stopping (``val_idx``). Every scaler and the time-bin edges are fit on ``train_idx`` only;
-nothing else is seen. ``calibrate_fusion`` adds split-conformal states fit on held-out patients
+nothing else is seen. Of those patients, the generator and the models fed real transcriptomes
+(the fusion model, the omics MLP) use only those with expression (``expression_known``); the
+attention-MIL baseline uses all of them, and the expression scaler is fit on the training
+patients with expression. ``calibrate_fusion`` adds split-conformal states fit on held-out patients
 that chose no checkpoint: the calibration part of a three-way split, which a generator records
 (``cal_patients``) so that ``train_calibrated_fusion`` calibrates on the same patients.
 """
@@ -38,7 +41,11 @@ from pathgen_batch.models.survival import fit_bin_edges, to_bins
 from pathgen_batch.omics.panel import GenePanel
 from pathgen_batch.training.config import FusionTrainConfig, GeneratorTrainConfig
 from pathgen_batch.training.cv_result import RISK_INTERVAL_COVERS
-from pathgen_batch.training.data import TrainingData, check_training_part
+from pathgen_batch.training.data import (
+    TrainingData,
+    check_training_part,
+    with_expression_parts,
+)
 from pathgen_batch.training.loops import Examples, Progress, fit_generator, seeded
 from pathgen_batch.training.predictor_loop import fit_predictor
 
@@ -115,12 +122,14 @@ def train_generator(
     cal_idx: Sequence[int] | np.ndarray | None = None,
 ) -> TrainedGenerator:
     """Fit scalers on ``train_idx``, train the diffusion generator with early stopping on
-    ``val_idx``, and return it with the best epoch's weights. ``cal_idx``: patients held out
-    for the conformal calibration of a fusion model, recorded as ``cal_patients`` and never
-    seen here."""
+    ``val_idx``, and return it with the best epoch's weights; of both, only the patients with
+    expression are used (and recorded as its ``n_train`` and ``val_patients``). ``cal_idx``:
+    patients held out for the conformal calibration of a fusion model, recorded as
+    ``cal_patients`` and never seen here."""
     cfg = cfg or GeneratorTrainConfig()
-    tr, va = _split(data, train_idx, val_idx)
-    cal = None if cal_idx is None else _held_out(data, cal_idx, tr, va)
+    given, given_va = _split(data, train_idx, val_idx)
+    cal = None if cal_idx is None else _held_out(data, cal_idx, given, given_va)
+    tr, va = with_expression_parts(data, given, given_va, "generator")
     escaler = ZScoreScaler.fit(data.expression[tr], "training expression")
     fscaler = ZScoreScaler.fit_bags([data.bags[i] for i in tr])
 
@@ -148,9 +157,17 @@ def train_generator(
         contract=data.contract,
         grade_classes=data.grade_classes,
         train_config=to_dict(cfg),
-        provenance=provenance(data, tr, va, cfg.seed, hist.to_dict(), cal=cal),
+        provenance=provenance(
+            data, tr, va, cfg.seed, hist.to_dict(), _left_out(given, given_va, tr, va), cal
+        ),
         name=name,
     )
+
+
+def _left_out(tr: np.ndarray, va: np.ndarray, tr_e: np.ndarray, va_e: np.ndarray) -> dict:
+    """Provenance: how many given training and validation patients were left out for want of
+    expression."""
+    return {"n_left_out_without_expression": int(tr.size + va.size - tr_e.size - va_e.size)}
 
 
 def _held_out(data: TrainingData, idx: Any, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
@@ -191,11 +208,23 @@ def train_predictor(
     name: str = "pathgen-fusion",
 ) -> TrainedFusion:
     """Fit scalers and time-bin edges on ``train_idx`` and train the fusion model (or the
-    baseline named by ``cfg.model``) on real transcriptomes, early stopping on ``val_idx``."""
+    baseline named by ``cfg.model``) on real transcriptomes, early stopping on ``val_idx``.
+
+    The fusion model and the omics MLP train and early-stop on the patients of ``train_idx``
+    and ``val_idx`` with expression; the attention-MIL baseline (slides only) on all of them,
+    and so does a fusion model with modality dropout (a patient without expression gets its
+    absent-transcriptome token). The expression scaler is fit on the training patients with
+    expression."""
     cfg = cfg or FusionTrainConfig()
-    tr, va = _split(data, train_idx, val_idx)
-    check_training_part(data, tr, "training patients", cfg.n_bins)
-    escaler = ZScoreScaler.fit(data.expression[tr], "training expression")
+    given, given_va = _split(data, train_idx, val_idx)
+    tr, va = given, given_va
+    reads_expression = cfg.model != "attention_mil"
+    slide_only = cfg.model == "fusion" and cfg.options.get("modality_dropout", 0.0) > 0
+    if reads_expression and not slide_only:
+        tr, va = with_expression_parts(data, given, given_va, cfg.model)
+    what = "training patients" + (" with expression" if tr.size < given.size else "")
+    check_training_part(data, tr, what, cfg.n_bins)
+    escaler = ZScoreScaler.fit(data.expression[data.with_expression(tr)], "training expression")
     fscaler = ZScoreScaler.fit_bags([data.bags[i] for i in tr])
     known = tr[data.outcome_known[tr]]
     edges = fit_bin_edges(data.time[known], data.event[known].astype(np.int64), cfg.n_bins)
@@ -209,7 +238,7 @@ def train_predictor(
     def examples(ix: np.ndarray) -> Examples:
         return Examples(
             bags=fscaler.transform_all([data.bags[i] for i in ix]),
-            omics=escaler.transform(data.expression[ix]),
+            omics=_scaled(escaler, data.expression[ix]) if reads_expression else None,
             grade=data.grade[ix],
             bins=bins_of(ix),
             censored=~data.event[ix],
@@ -233,7 +262,9 @@ def train_predictor(
         grade_classes=data.grade_classes,
         bin_edges=edges,
         train_config=to_dict(cfg),
-        provenance=provenance(data, tr, va, cfg.seed, hist.to_dict()),
+        provenance=provenance(
+            data, tr, va, cfg.seed, hist.to_dict(), _left_out(given, given_va, tr, va)
+        ),
         name=name,
     ).to(dev)
     return dataclasses.replace(
@@ -241,13 +272,26 @@ def train_predictor(
     )
 
 
+def _scaled(scaler: ZScoreScaler, x: np.ndarray) -> np.ndarray:
+    """(N, G) expression scaled, its rows of NaN (no expression) kept NaN."""
+    has = ~np.isnan(x).any(axis=1)
+    out = np.full(x.shape, np.nan, dtype=np.float32)
+    if has.any():
+        out[has] = scaler.transform(x[has])
+    return out
+
+
 def fit_risk_cuts(
     fusion: TrainedFusion, data: TrainingData, idx: np.ndarray, cfg: FusionTrainConfig
 ) -> RiskCuts:
     """Cut points of the relative risk groups: ``cfg.risk_quantiles`` of the risk ``fusion``
     predicts for patients ``idx`` (its training and validation patients) from their bags and
-    real transcriptomes (:func:`calibrate_fusion` refits them on synthetic ones)."""
-    pred = fusion.predict([data.bags[i] for i in idx], data.expression[idx])
+    real transcriptomes, none for the attention-MIL baseline (:func:`calibrate_fusion` refits
+    them on synthetic ones)."""
+    if fusion.uses_expression:
+        idx = data.with_expression(idx)
+    x = data.expression[idx] if fusion.uses_expression else None
+    pred = fusion.predict([data.bags[i] for i in idx], x)
     return RiskCuts.fit(pred.risk, cfg.risk_quantiles)
 
 
@@ -270,13 +314,22 @@ def calibrate_fusion(
 
     Grade sets: scores of the predictions made with the SYNTHETIC transcriptome (B, G) against
     the known grades (B,) (-1 = unknown, left out). Risk intervals: around the risk predicted
-    with the synthetic transcriptome, covering the risk the REAL transcriptome gives. The risk
+    with the synthetic transcriptome, covering the risk the REAL transcriptome gives: only the
+    patients with a real one (rows of ``real`` that are not all NaN) calibrate them. The risk
     cut points are refit at the same quantiles on these held-out patients' risk with the
     synthetic transcriptome: the input the model gets at scoring time, whose risks are spread
     less widely than with the real one.
     """
     syn = fusion.predict(bags, synthetic)
-    ref = fusion.predict(bags, real)
+    real = np.asarray(real, dtype=np.float64)
+    has = ~np.isnan(real).any(axis=1) if real.ndim == 2 else np.ones(len(bags), bool)  # (B,)
+    need = min_calibration_size(alpha)
+    if int(has.sum()) < need:
+        raise DataError(
+            f"conformal calibration: alpha={alpha:g} needs at least {need} patients with "
+            f"expression for the risk intervals, got {int(has.sum())} of {len(bags)}"
+        )
+    ref = fusion.predict([b for b, h in zip(bags, has, strict=True) if h], real[has])
     g = np.asarray(grade, dtype=np.int64)
     ids = None if patient_ids is None else [str(p) for p in patient_ids]
     if ids is not None:
@@ -291,14 +344,13 @@ def calibrate_fusion(
     if g.shape != (syn.risk.shape[0],):
         raise DataError(f"grade: expected shape ({syn.risk.shape[0]},), got {g.shape}")
     known = g >= 0
-    need = min_calibration_size(alpha)
     if int(known.sum()) < need or g.size < need:
         raise DataError(
             f"conformal calibration: alpha={alpha:g} needs at least {need} patients with a "
             f"known grade, got {int(known.sum())} of {g.size}"
         )
     grade_state = fit_classification(syn.grade_probs[known], g[known], alpha, method)
-    risk_state = fit_interval(syn.risk, ref.risk, alpha)
+    risk_state = fit_interval(syn.risk[has], ref.risk, alpha)
     out = fusion.with_conformal(grade_state, risk_state)
     if fusion.risk_cuts is not None:
         out.risk_cuts = RiskCuts.fit(syn.risk, fusion.risk_cuts.quantiles)
@@ -306,6 +358,8 @@ def calibrate_fusion(
         **fusion.provenance,
         "conformal": {
             "n_cal": int(g.size),
+            "n_cal_grade": int(known.sum()),
+            "n_cal_risk": int(has.sum()),  # with expression: the risk intervals' patients
             "inputs": "synthetic",
             "alpha": alpha,
             "risk_interval_covers": RISK_INTERVAL_COVERS,
