@@ -67,7 +67,7 @@ def train_bundles(root: Path, tile_px: int) -> None:
     from pathgen_batch.inference.bundle import save_fusion, save_generator
     from pathgen_batch.synth import CohortConfig, build_cohort
     from pathgen_batch.training.data import load_training_data
-    from pathgen_batch.training.tiny import train_tiny
+    from pathgen_batch.training.tiny import tiny_configs, train_tiny
 
     cfg = CohortConfig(mode="synthetic", n_patients=16, n_genes=48, slide_px=1024, folds=2)
     cohort = build_cohort(root / "train-cohort", cfg, workers=os.cpu_count())
@@ -75,7 +75,8 @@ def train_bundles(root: Path, tile_px: int) -> None:
     slides = {s: cohort.slide_path(s) for s in cohort.slide_ids}
     extract_slides(slides, root / "train-features", enc)
     data = load_training_data(root / "train-cohort", root / "train-features")
-    gen, fus = train_tiny(data, n_train=11, width=32, num_timesteps=100, steps=10, n_samples=3)
+    configs = tiny_configs(width=32, num_timesteps=100, steps=10, n_samples=3)
+    gen, fus = train_tiny(data, n_train=11, configs=configs)
     save_generator(gen, root / "gen", overwrite=True)
     save_fusion(fus, root / "fus", overwrite=True)
 

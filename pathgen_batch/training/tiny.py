@@ -39,13 +39,10 @@ def tiny_configs(
 def train_tiny(
     data: TrainingData,
     n_train: int,
-    width: int = 16,
-    num_timesteps: int = 50,
-    steps: int = 5,
-    n_samples: int = 2,
+    configs: tuple[GeneratorTrainConfig, FusionTrainConfig] | None = None,
 ) -> tuple[TrainedGenerator, TrainedFusion]:
-    """The :func:`tiny_configs` models trained on the first ``n_train`` patients of ``data``
-    and early-stopped on the rest."""
+    """The generator and fusion model of ``configs`` (default: :func:`tiny_configs`) trained on
+    the first ``n_train`` patients of ``data`` and early-stopped on the rest."""
     tr, va = np.arange(n_train), np.arange(n_train, data.n_patients)
-    gen_cfg, fus_cfg = tiny_configs(width, num_timesteps, steps, n_samples)
+    gen_cfg, fus_cfg = configs or tiny_configs()
     return train_generator(data, tr, va, gen_cfg), train_predictor(data, tr, va, fus_cfg)
