@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from pathgen_batch import storage
-from pathgen_batch.batch.encode_stage import SlideEncoding
+from pathgen_batch.batch.encode_stage import SlideEncoding, encoded_row
 from pathgen_batch.batch.ray_runner import configure_data, connect, pass_errors
 from pathgen_batch.batch.stage_rows import (
     SlideRow,
@@ -126,7 +126,7 @@ class FeatureWriter:
             after = "write"
             times = StageTimes(download=run.download_s, tiles=enc.tiles_s, encode=enc.encode_s)
             t0 = time.perf_counter()
-            sf = ctx.target.write(src.slide_id, storage.redact(src.uri), enc, self.spec, src.mpp)
+            ctx.target.write(src.slide_id, storage.redact(src.uri), enc, self.spec, src.mpp)
             times.write = time.perf_counter() - t0
         except SLIDE_FAILURES as e:
             times.download = run.download_s
@@ -137,14 +137,7 @@ class FeatureWriter:
                 message=storage.redact(str(e)),
                 times=times,
             )
-        return row.but(
-            status=SlideStatus.ENCODED,
-            n_tiles=len(sf),
-            size_l0=int(sf.size_l0),
-            slide_mpp=enc.slide_mpp,
-            mpp_source=enc.mpp_source,
-            times=times,
-        )
+        return encoded_row(row, enc, times)
 
 
 def cohort_sources(cohort: Cohort, slide_ids: Sequence[str] | None = None) -> list[SlideSource]:
