@@ -318,36 +318,6 @@ def run_cv(
     return result
 
 
-def train_final_generator(
-    data: TrainingData,
-    cfg: CVConfig,
-    *,
-    device: str = "cpu",
-    progress: Progress | None = None,
-    name: str | None = None,
-    n_bins: int | None = None,
-) -> tuple[TrainedGenerator, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The generator to register: one three-way split of all patients (``cfg``'s
-    val_fraction, cal_fraction and seed); it trains on the first part, early-stops on the
-    second and records the third as its calibration patients. With ``n_bins`` the training
-    part is first checked to hold events enough for that many time bins (the fusion model
-    trains on it too). Returns the generator and the split (train, val, cal)."""
-    tr, va, cal = three_way_split(data.strata(), cfg.val_fraction, cfg.cal_fraction, cfg.seed)
-    if n_bins is not None:
-        check_training_part(data, tr, "inner training part", n_bins)
-    gen = train_generator(
-        data,
-        tr,
-        va,
-        cfg.generator,
-        device=device,
-        progress=progress,
-        name=name or cfg.generator_name,
-        cal_idx=cal,
-    )
-    return gen, (tr, va, cal)
-
-
 def train_final(
     data: TrainingData,
     cfg: CVConfig | None = None,
@@ -390,6 +360,36 @@ def train_final(
         save_generator(gen, Path(out_dir) / "generator", overwrite=overwrite)
         save_fusion(fus, Path(out_dir) / "fusion", overwrite=overwrite)
     return gen, fus
+
+
+def train_final_generator(
+    data: TrainingData,
+    cfg: CVConfig,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    name: str | None = None,
+    n_bins: int | None = None,
+) -> tuple[TrainedGenerator, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The generator to register: one three-way split of all patients (``cfg``'s
+    val_fraction, cal_fraction and seed); it trains on the first part, early-stops on the
+    second and records the third as its calibration patients. With ``n_bins`` the training
+    part is first checked to hold events enough for that many time bins (the fusion model
+    trains on it too). Returns the generator and the split (train, val, cal)."""
+    tr, va, cal = three_way_split(data.strata(), cfg.val_fraction, cfg.cal_fraction, cfg.seed)
+    if n_bins is not None:
+        check_training_part(data, tr, "inner training part", n_bins)
+    gen = train_generator(
+        data,
+        tr,
+        va,
+        cfg.generator,
+        device=device,
+        progress=progress,
+        name=name or cfg.generator_name,
+        cal_idx=cal,
+    )
+    return gen, (tr, va, cal)
 
 
 __all__ = [
