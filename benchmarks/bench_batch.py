@@ -65,11 +65,9 @@ def train_bundles(root: Path, tile_px: int) -> None:
     """Tiny bundles trained on 16 small synthetic slides (features of ``tile_px`` tiles)."""
     from pathgen_batch.features import build_encoder, extract_slides
     from pathgen_batch.inference.bundle import save_fusion, save_generator
-    from pathgen_batch.models.diffusion import DiffusionConfig, SamplerConfig
     from pathgen_batch.synth import CohortConfig, build_cohort
-    from pathgen_batch.training.config import FusionTrainConfig, GeneratorArch, GeneratorTrainConfig
     from pathgen_batch.training.data import load_training_data
-    from pathgen_batch.training.trainers import train_generator, train_predictor
+    from pathgen_batch.training.tiny import tiny_configs, train_tiny
 
     cfg = CohortConfig(mode="synthetic", n_patients=16, n_genes=48, slide_px=1024, folds=2)
     cohort = build_cohort(root / "train-cohort", cfg, workers=os.cpu_count())
@@ -77,23 +75,8 @@ def train_bundles(root: Path, tile_px: int) -> None:
     slides = {s: cohort.slide_path(s) for s in cohort.slide_ids}
     extract_slides(slides, root / "train-features", enc)
     data = load_training_data(root / "train-cohort", root / "train-features")
-    tr, va = np.arange(11), np.arange(11, 16)
-    gen = train_generator(
-        data,
-        tr,
-        va,
-        GeneratorTrainConfig(
-            model=GeneratorArch(width=32, depth=1, heads=2, time_dim=32),
-            diffusion=DiffusionConfig(num_timesteps=100),
-            sampler=SamplerConfig(name="ddim", steps=10, n_samples=3),
-            epochs=2,
-            repeats=1,
-            val_draws=1,
-        ),
-    )
-    fus = train_predictor(
-        data, tr, va, FusionTrainConfig(options={"width": 32, "dropout": 0.0}, n_bins=2, epochs=2)
-    )
+    configs = tiny_configs(width=32, num_timesteps=100, steps=10, n_samples=3)
+    gen, fus = train_tiny(data, n_train=11, configs=configs)
     save_generator(gen, root / "gen", overwrite=True)
     save_fusion(fus, root / "fus", overwrite=True)
 

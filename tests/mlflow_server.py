@@ -38,7 +38,13 @@ def running_server(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"},
+        # no job runner: its consumer processes serve MLflow's GenAI jobs, which nothing here
+        # uses, and would take the CPUs the tests run on
+        env={
+            **(os.environ if env is None else env),
+            "OMP_NUM_THREADS": "1",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
         cwd=root,
     )
     try:

@@ -733,3 +733,6 @@ def test_cli_promote_list_and_refusal(store, bundles, tmp_path):
         ["pathgen-generator", "2", "Production"],
     ]
     assert "@champion" in rows[1]
+    back = CliRunner().invoke(cli, [*args, "rollback", "pathgen-generator", "--reason", "r"])
+    assert back.exit_code == 0, back.output
+    assert "v1 restored to Production; v2 archived" in back.output

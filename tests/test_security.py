@@ -527,6 +527,9 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
         f"database_uri = sqlite:///{root / 'auth.db'}\n"
         f"admin_username = admin\nadmin_password = {ADMIN_PW}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a correct password is hashed and compared once, not on every request (the server
+        # still checks every request's credentials; a wrong one is never cached)
+        "auth_cache_ttl_seconds = 3600\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(

@@ -93,7 +93,8 @@ def tiny_bundles(root: Path) -> tuple[SynthCohort, Path, Path]:
 
     from pathgen_batch.inference.bundle import save_fusion, save_generator
     from pathgen_batch.training.data import load_training_data
-    from pathgen_batch.training.trainers import calibrate_fusion, train_generator, train_predictor
+    from pathgen_batch.training.tiny import train_tiny
+    from pathgen_batch.training.trainers import calibrate_fusion
 
     cohort = render_tiny_cohort(root / "cohort", 16)
     if (root / "fus" / "bundle.json").is_file():
@@ -101,23 +102,8 @@ def tiny_bundles(root: Path) -> tuple[SynthCohort, Path, Path]:
     enc = build_encoder("stain-texture", options={"tile_px": 64, "scales": 2})
     extract_cohort(root / "cohort", root / "features", enc)
     data = load_training_data(root / "cohort", root / "features")
-    tr, va = np.arange(10), np.arange(10, 16)
-    gen = train_generator(
-        data,
-        tr,
-        va,
-        GeneratorTrainConfig(
-            model=GeneratorArch(width=16, depth=1, heads=2, time_dim=16),
-            diffusion=DiffusionConfig(num_timesteps=50),
-            sampler=SamplerConfig(name="ddim", steps=5, n_samples=2),
-            epochs=2,
-            repeats=1,
-            val_draws=1,
-        ),
-    )
-    fus = train_predictor(
-        data, tr, va, FusionTrainConfig(options={"width": 16, "dropout": 0.0}, n_bins=2, epochs=2)
-    )
+    gen, fus = train_tiny(data, n_train=10)
+    va = np.arange(10, 16)
     bags = [data.bags[i] for i in va]
     syn, _ = gen.generate(bags)
     fus = calibrate_fusion(fus, bags, syn, data.expression[va], data.grade[va], alpha=0.2)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +54,20 @@ log = logging.getLogger(__name__)
 
 PREFETCH = 2  # tile batches read ahead of the encoder
 T = TypeVar("T")
+
+
+def encoded_row(row: SlideRow, enc: EncodedSlide, times: StageTimes, **more: Any) -> SlideRow:
+    """``row`` once its slide is encoded: its tile count, tile size, MPP and the MPP's source,
+    the stage times, and ``more`` fields."""
+    return row.but(
+        status=SlideStatus.ENCODED,
+        n_tiles=len(enc.grid),
+        size_l0=int(enc.grid.size_l0),
+        slide_mpp=enc.slide_mpp,
+        mpp_source=enc.mpp_source,
+        times=times,
+        **more,
+    )
 
 
 class SlideEncoding:
@@ -184,12 +198,10 @@ class TileEncoder(SlideStage):
             return self.fail(started, "write", e, times)
         times.write = time.perf_counter() - t_write
         grid = enc.grid
-        return started.but(
-            status=SlideStatus.ENCODED,
-            n_tiles=len(grid),
-            size_l0=int(grid.size_l0),
-            slide_mpp=enc.slide_mpp,
-            mpp_source=enc.mpp_source,
+        return encoded_row(
+            started,
+            enc,
+            times,
             bag=TileBag(
                 x=grid.x.astype(np.int64),
                 y=grid.y.astype(np.int64),
@@ -197,7 +209,6 @@ class TileEncoder(SlideStage):
                 feats=enc.feats,
             ),
             has_thumbnail=True,
-            times=times,
         )
 
     def _thumbnail(self, row: SlideRow, path: str | Path, enc: EncodedSlide) -> pa.Table:

@@ -7,8 +7,9 @@ a folder or an S3 prefix, one file per slide, written whole) through the feature
 :class:`~pathgen_batch.features.extract.FeatureTarget`, as ``extract_slides`` writes::
 
     from pathgen_batch.batch.features_job import FeatureJob, cohort_sources, extract_features
+    from pathgen_batch.features import FeatureTarget
 
-    job = FeatureJob(output="features/", contract=encoder.contract, ray_address="auto")
+    job = FeatureJob(FeatureTarget("features/", encoder.contract), ray_address="auto")
     results = extract_features(job, cohort_sources(load_cohort("cohort/")))
 
 With ``use_ray`` the slides run on an actor pool of :class:`FeatureWriter` (one per CPU, or one
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from pathgen_batch import storage
-from pathgen_batch.batch.encode_stage import SlideEncoding
+from pathgen_batch.batch.encode_stage import SlideEncoding, encoded_row
 from pathgen_batch.batch.ray_runner import configure_data, connect, pass_errors
 from pathgen_batch.batch.stage_rows import (
     SlideRow,
@@ -48,7 +49,6 @@ from pathgen_batch.batch.stage_rows import (
 from pathgen_batch.batch.stages import SLIDE_FAILURES
 from pathgen_batch.cohort import Cohort
 from pathgen_batch.errors import ConfigError
-from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.encode_slide import spec_for
 from pathgen_batch.features.encoder import resolve_device
 from pathgen_batch.features.encoders import encoder_for_contract
@@ -58,16 +58,13 @@ from pathgen_batch.storage import DEFAULT_RETRY, RetryPolicy, SlideSource
 
 @dataclass(frozen=True)
 class FeatureJob:
-    """One extraction: where the feature files go, the encoder (its contract and local
-    weights file), tiling, and how it runs (Ray or in process; pool sizes)."""
+    """One extraction: where the feature files go and what they hold (``target``: the
+    encoder's contract, tiling, overwrite), the encoder's local weights file, and how it runs
+    (Ray or in process; pool sizes)."""
 
-    output: str
-    contract: FeatureContract
+    target: FeatureTarget
     weights: str | None = None
-    min_tissue: float = 0.5
     batch_size: int = 64
-    exclude_geojson: str | None = None
-    overwrite: bool = False
     use_ray: bool = True
     ray_address: str | None = None
     num_cpus: int | None = None  # CPUs of a local Ray (None: all)
@@ -83,13 +80,6 @@ class FeatureJob:
             raise ConfigError(f"max_passes: expected >= 1, got {self.max_passes}")
         if self.actors is not None and self.actors < 1:
             raise ConfigError(f"actors: expected >= 1, got {self.actors}")
-
-    def target(self) -> FeatureTarget:
-        """Where the files go and what a file already there must match."""
-        out = storage.normalise(self.output)
-        return FeatureTarget(
-            out, self.contract, self.min_tissue, self.exclude_geojson, self.overwrite
-        )
 
 
 @dataclass(frozen=True)
@@ -136,7 +126,7 @@ class FeatureWriter:
             after = "write"
             times = StageTimes(download=run.download_s, tiles=enc.tiles_s, encode=enc.encode_s)
             t0 = time.perf_counter()
-            sf = ctx.target.write(src.slide_id, storage.redact(src.uri), enc, self.spec, src.mpp)
+            ctx.target.write(src.slide_id, storage.redact(src.uri), enc, self.spec, src.mpp)
             times.write = time.perf_counter() - t0
         except SLIDE_FAILURES as e:
             times.download = run.download_s
@@ -147,14 +137,7 @@ class FeatureWriter:
                 message=storage.redact(str(e)),
                 times=times,
             )
-        return row.but(
-            status=SlideStatus.ENCODED,
-            n_tiles=len(sf),
-            size_l0=int(sf.size_l0),
-            slide_mpp=enc.slide_mpp,
-            mpp_source=enc.mpp_source,
-            times=times,
-        )
+        return encoded_row(row, enc, times)
 
 
 def cohort_sources(cohort: Cohort, slide_ids: Sequence[str] | None = None) -> list[SlideSource]:
@@ -198,11 +181,11 @@ def extract_features(
     sources: Sequence[SlideSource],
     progress: Callable[[SlideResult], None] | None = None,
 ) -> list[SlideResult]:
-    """Extract every slide of ``sources`` into ``job.output``; one result per slide, in order
+    """Extract every slide of ``sources`` into ``job.target``; one result per slide, in order
     (see the module docstring). ``progress`` is called with each slide's result as it comes.
     Every existing file is checked before a slide is read (a contract mismatch fails at once).
     """
-    target = job.target()
+    target = job.target
     results: dict[str, SlideResult] = {}
 
     def record(r: SlideResult) -> None:

@@ -7,6 +7,7 @@ as one line and exit with status 2; anything else is a bug and keeps its traceba
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
@@ -24,32 +25,26 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _register() -> None:
-    from pathgen_batch.cli import cohort as _cohort
-    from pathgen_batch.cli import evaluate as _evaluate
-    from pathgen_batch.cli import export as _export
-    from pathgen_batch.cli import features as _features
-    from pathgen_batch.cli import models as _models
-    from pathgen_batch.cli import query as _query
-    from pathgen_batch.cli import report as _report
-    from pathgen_batch.cli import results as _results
-    from pathgen_batch.cli import score as _score
-    from pathgen_batch.cli import slides as _slides
-    from pathgen_batch.cli import synth as _synth
-    from pathgen_batch.cli import train as _train
+# the command groups, in --help order: module pathgen_batch.cli.<name> defines group <name>
+COMMANDS = (
+    "slides",
+    "synth",
+    "cohort",
+    "features",
+    "train",
+    "evaluate",
+    "results",
+    "models",
+    "score",
+    "query",
+    "report",
+    "export",
+)
 
-    main.add_command(_slides.slides)
-    main.add_command(_synth.synth)
-    main.add_command(_cohort.cohort)
-    main.add_command(_features.features)
-    main.add_command(_train.train)
-    main.add_command(_evaluate.evaluate)
-    main.add_command(_results.results)
-    main.add_command(_models.models)
-    main.add_command(_score.score)
-    main.add_command(_query.query)
-    main.add_command(_report.report)
-    main.add_command(_export.export)
+
+def _register() -> None:
+    for name in COMMANDS:
+        main.add_command(getattr(importlib.import_module(f"pathgen_batch.cli.{name}"), name))
 
 
 _register()

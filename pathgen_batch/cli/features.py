@@ -23,6 +23,7 @@ from pathgen_batch.cli.options import (
 from pathgen_batch.cohort import load_cohort
 from pathgen_batch.features import (
     DEFAULT_ENCODER,
+    FeatureTarget,
     SlideResult,
     build_encoder,
     encoder_entries,
@@ -208,13 +209,9 @@ def extract_cmd(
         f"encoder {enc.contract.describe()} on {enc.device}; {len(sources)} slide(s), in {where}"
     )
     job = FeatureJob(
-        output=out_dir,
-        contract=enc.contract,
+        FeatureTarget(out_dir, enc.contract, min_tissue, exclude_geojson, overwrite),
         weights=weights,
-        min_tissue=min_tissue,
         batch_size=batch_size,
-        exclude_geojson=exclude_geojson,
-        overwrite=overwrite,
         use_ray=ray,
         ray_address=ray_address,
         num_cpus=num_cpus or None,

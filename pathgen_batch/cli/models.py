@@ -5,16 +5,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from pathgen_batch.cli.options import (
-    apply,
     eval_run_option,
     key_value_option,
     optional_text,
+    packed,
     parse_key_values,
     tracking_on,
     tracking_uri_option,
@@ -141,12 +142,24 @@ def _tolerances(values: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def _gate(gate_config: Path | None, tolerance: tuple[str, ...]) -> GateConfig:
-    gate = load_json(GateConfig, gate_config) if gate_config is not None else GateConfig()
-    return gate.with_tolerances(_tolerances(tolerance)) if tolerance else gate
+@dataclass(frozen=True)
+class GateChoice:
+    """What a promotion is gated by (``--gate-config``, ``--tolerance``) and whether a refusal
+    is overridden (``--force``, ``--reason``)."""
+
+    gate_config: Path | None
+    tolerance: tuple[str, ...]
+    force: bool
+    reason: str
+
+    def gate(self) -> GateConfig:
+        cfg = GateConfig() if self.gate_config is None else load_json(GateConfig, self.gate_config)
+        return cfg.with_tolerances(_tolerances(self.tolerance)) if self.tolerance else cfg
 
 
-_with_gate_options = apply(
+_with_gate_options = packed(
+    GateChoice,
+    "choice",
     click.option(
         "--gate-config",
         type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -181,21 +194,11 @@ def promote_cmd(
     name: str,
     version: str,
     stage: str,
-    gate_config: Path | None,
-    tolerance: tuple[str, ...],
-    force: bool,
-    reason: str,
+    choice: GateChoice,
 ) -> None:
     """Move NAME at VERSION to a stage; Production goes through the gate."""
-    res = promote(
-        _store(ctx),
-        name,
-        version,
-        stage,
-        gate=_gate(gate_config, tolerance),
-        force=force,
-        reason=reason,
-    )
+    gate, force, reason = choice.gate(), choice.force, choice.reason
+    res = promote(_store(ctx), name, version, stage, gate=gate, force=force, reason=reason)
     click.echo(res.summary())
     if res.gate is not None:
         for m in res.gate.metrics:
@@ -208,18 +211,10 @@ def promote_cmd(
 @click.argument("name")
 @_with_gate_options
 @click.pass_context
-def rollback_cmd(
-    ctx: click.Context,
-    name: str,
-    gate_config: Path | None,
-    tolerance: tuple[str, ...],
-    force: bool,
-    reason: str,
-) -> None:
+def rollback_cmd(ctx: click.Context, name: str, choice: GateChoice) -> None:
     """Restore the previous Production version of NAME and archive the current one."""
-    res = rollback(
-        _store(ctx), name, gate=_gate(gate_config, tolerance), force=force, reason=reason
-    )
+    gate, force, reason = choice.gate(), choice.force, choice.reason
+    res = rollback(_store(ctx), name, gate=gate, force=force, reason=reason)
     click.echo(
         f"{res.name}: v{res.version} restored to Production; v{res.previous_production} archived"
     )

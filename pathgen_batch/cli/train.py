@@ -134,24 +134,19 @@ def train() -> None:
 @tracking_options
 def generator_cmd(inputs: TrainingInputs, seed: int | None, tracking: Tracking) -> None:
     """Train the conditional diffusion generator and save it as a bundle at --out."""
-    from pathgen_batch.cohort.splits import three_way_split
     from pathgen_batch.inference.bundle import save_generator
-    from pathgen_batch.training.trainers import train_generator
+    from pathgen_batch.training.cv import train_final_generator
 
     cfg = inputs.config(seed)
     data = inputs.data()
-    tr, va, cal = three_way_split(data.strata(), cfg.val_fraction, cfg.cal_fraction, cfg.seed)
     with tracking.run("train_generator") as run:
         t0 = time.perf_counter()
-        gen = train_generator(
+        gen, (tr, va, cal) = train_final_generator(
             data,
-            tr,
-            va,
-            cfg.generator,
+            cfg,
             device=inputs.device,
             progress=progress(run),
-            name=inputs.name or cfg.generator_name,
-            cal_idx=cal,
+            name=inputs.name,
         )
         path = save_generator(gen, inputs.out, overwrite=inputs.overwrite)
         h = gen.provenance["history"]

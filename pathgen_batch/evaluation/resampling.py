@@ -27,6 +27,7 @@ and TOST p = 0 (the difference is exactly zero, inside any positive margin).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,12 @@ def corrected_differences(
     return CorrectedDifferences(n, mean, sd, ratio, se, n - 1, "; ".join(notes))
 
 
+def _fields_as(result: Any, renames: Mapping[str, str]) -> dict[str, Any]:
+    """A result's fields by name, those in ``renames`` under their new names (the corrected
+    statistics say so in their keys)."""
+    return {renames.get(k, k): v for k, v in dataclasses.asdict(result).items()}
+
+
 @dataclass(frozen=True)
 class CorrectedTest:
     """Nadeau-Bengio corrected resampled t-test of ``a - b``, two-sided."""
@@ -102,16 +109,7 @@ class CorrectedTest:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "mean_difference": self.mean_difference,
-            "sd": self.sd,
-            "se_corrected": self.se,
-            "t_corrected": self.t,
-            "df": self.df,
-            "p_corrected": self.p,
-            "note": self.note,
-        }
+        return _fields_as(self, {"se": "se_corrected", "t": "t_corrected", "p": "p_corrected"})
 
 
 def corrected_resampled_t(differences: Any, *, n_train: float, n_test: float) -> CorrectedTest:
@@ -163,21 +161,9 @@ class Equivalence:
         return bool(self.p_tost < self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "mean_difference": self.mean_difference,
-            "se_corrected": self.se,
-            "df": self.df,
-            "margin": self.margin,
-            "p_lower": self.p_lower,
-            "p_upper": self.p_upper,
-            "p_tost": self.p_tost,
-            "alpha": self.alpha,
-            "ci_lo": self.ci_lo,
-            "ci_hi": self.ci_hi,
-            "equivalent": self.equivalent,
-            "note": self.note,
-        }
+        out = _fields_as(self, {"se": "se_corrected"})
+        note = out.pop("note")
+        return {**out, "equivalent": self.equivalent, "note": note}
 
 
 def equivalence_tost(

@@ -25,6 +25,7 @@ from pathgen_batch.features.encoders import (
     register_encoder,
 )
 from pathgen_batch.features.extract import (
+    FeatureTarget,
     SlideResult,
     cohort_slides,
     extract_cohort,
@@ -48,6 +49,7 @@ __all__ = [
     "Encoder",
     "EncoderEntry",
     "FeatureContract",
+    "FeatureTarget",
     "SlideFeatures",
     "SlideResult",
     "build_encoder",

@@ -157,11 +157,14 @@ class FeatureTarget:
     file found there must match to be kept: the one resumable writing side of extraction,
     used by :func:`extract_slides` and the batch feature job alike (small and picklable)."""
 
-    output: str
+    output: str  # made absolute when local, so that every process finds it
     contract: FeatureContract
     min_tissue: float = 0.5
     exclude_geojson: str | None = None
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output", storage.normalise(self.output))
 
     def uri(self, slide_id: str) -> str:
         return feature_uri(self.output, slide_id)

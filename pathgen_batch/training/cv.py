@@ -396,21 +396,11 @@ def train_final(
     cfg = cfg or CVConfig()
     everyone = np.arange(data.n_patients)
     check_training_part(data, everyone, "all patients")
-    tr, va, cal = three_way_split(data.strata(), cfg.val_fraction, cfg.cal_fraction, cfg.seed)
-    n_bins = cfg.fusion.n_bins
-    check_training_part(data, tr, "inner training part", n_bins)
     device, progress = run.get("device", "cpu"), run.get("progress")
     say = run.get("echo") or (lambda s: log.info("%s", s))
     t0 = time.perf_counter()
-    gen = train_generator(
-        data,
-        tr,
-        va,
-        cfg.generator,
-        device=device,
-        progress=progress,
-        name=cfg.generator_name,
-        cal_idx=cal,
+    gen, _ = train_final_generator(
+        data, cfg, device=device, progress=progress, n_bins=cfg.fusion.n_bins
     )
     say(f"generator trained in {time.perf_counter() - t0:.1f}s")
     t1 = time.perf_counter()
@@ -431,6 +421,36 @@ def train_final(
     return gen, fus
 
 
+def train_final_generator(
+    data: TrainingData,
+    cfg: CVConfig,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    name: str | None = None,
+    n_bins: int | None = None,
+) -> tuple[TrainedGenerator, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The generator to register: one three-way split of all patients (``cfg``'s
+    val_fraction, cal_fraction and seed); it trains on the first part, early-stops on the
+    second and records the third as its calibration patients. With ``n_bins`` the training
+    part is first checked to hold events enough for that many time bins (the fusion model
+    trains on it too). Returns the generator and the split (train, val, cal)."""
+    tr, va, cal = three_way_split(data.strata(), cfg.val_fraction, cfg.cal_fraction, cfg.seed)
+    if n_bins is not None:
+        check_training_part(data, tr, "inner training part", n_bins)
+    gen = train_generator(
+        data,
+        tr,
+        va,
+        cfg.generator,
+        device=device,
+        progress=progress,
+        name=name or cfg.generator_name,
+        cal_idx=cal,
+    )
+    return gen, (tr, va, cal)
+
+
 __all__ = [
     "COMPARISONS",
     "CONDITIONS",
@@ -443,4 +463,5 @@ __all__ = [
     "run_cv",
     "run_fold",
     "train_final",
+    "train_final_generator",
 ]

@@ -4,6 +4,7 @@ fold, and the statistics across all R x K folds (summary, printed table, files).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,21 +146,21 @@ class RepeatedCVResult:
             lines.append(f"  {cond:<28} {ci['estimate']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]")
         j = len(self.repeats) * len(self.repeats[0].plans)
         lines += ["", f"corrected resampled t over {j} folds (Holm across the table):"]
-        for key, per in self.paired.items():
-            parts = [
+        lines += _per_comparison(
+            self.paired,
+            lambda m, t: (
                 f"{m} {t['mean_difference']:+.3f} (p={_p(t['p_corrected'])}, "
                 f"Holm {_p(t['p_holm'])}, MDD {t['mdd']:.3f})"
-                for m, t in per.items()
-            ]
-            lines.append(f"  {key:<28} " + "; ".join(parts))
+            ),
+        )
         lines += ["", "equivalence by TOST on the corrected se:"]
-        for key, per in self.equivalence.items():
-            parts = [
+        lines += _per_comparison(
+            self.equivalence,
+            lambda m, t: (
                 f"{m} margin {t['margin']:g}: p_tost={_p(t['p_tost'])}"
                 f"{' (equivalent)' if t['equivalent'] else ''}"
-                for m, t in per.items()
-            ]
-            lines.append(f"  {key:<28} " + "; ".join(parts))
+            ),
+        )
         hr = self.power["detectable_hazard_ratio"]
         lines.append(f"\n{int(self.power['events'])} events: detectable hazard ratio {hr:.2f}")
         return "\n".join(lines)
@@ -258,3 +259,13 @@ def _metric_agg(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
         if col in rows.columns and rows[col].notna().all():
             out[m]["n"] = int(rows[col][rows[m].notna()].sum())
     return out
+
+
+def _per_comparison(
+    table: dict[str, dict[str, dict[str, Any]]], cell: Callable[[str, dict[str, Any]], str]
+) -> list[str]:
+    """One summary line per comparison of ``table``: each metric's ``cell``, joined by '; '."""
+    return [
+        f"  {key:<28} " + "; ".join(cell(m, t) for m, t in per.items())
+        for key, per in table.items()
+    ]
