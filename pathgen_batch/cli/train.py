@@ -141,7 +141,7 @@ def generator_cmd(inputs: TrainingInputs, seed: int | None, tracking: Tracking) 
     data = inputs.data()
     with tracking.run("train_generator") as run:
         t0 = time.perf_counter()
-        gen, (tr, va, cal) = train_final_generator(
+        gen, (_, _, cal) = train_final_generator(
             data,
             cfg,
             device=inputs.device,
