@@ -27,10 +27,10 @@ from pathgen_batch.training.cv import (
     plan_folds,
     run_cv,
     run_fold,
-    train_final,
 )
 from pathgen_batch.training.cv_result import COUNTS
 from pathgen_batch.training.data import TrainingData, assemble, load_training_data
+from pathgen_batch.training.final import train_final
 
 
 @pytest.fixture(autouse=True)

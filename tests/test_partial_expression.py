@@ -28,8 +28,8 @@ from pathgen_batch.training.baselines import (
     mean_expression,
     ridge_expression,
 )
-from pathgen_batch.training.cv import train_final
 from pathgen_batch.training.data import TrainingData, load_training_data
+from pathgen_batch.training.final import train_final
 from pathgen_batch.training.trainers import train_predictor
 
 

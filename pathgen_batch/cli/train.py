@@ -135,7 +135,7 @@ def train() -> None:
 def generator_cmd(inputs: TrainingInputs, seed: int | None, tracking: Tracking) -> None:
     """Train the conditional diffusion generator and save it as a bundle at --out."""
     from pathgen_batch.inference.bundle import save_generator
-    from pathgen_batch.training.cv import train_final_generator
+    from pathgen_batch.training.final import train_final_generator
 
     cfg = inputs.config(seed)
     data = inputs.data()

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
         GeneratorArch,
         GeneratorTrainConfig,
     )
-    from pathgen_batch.training.cv import plan_folds, run_cv, train_final
+    from pathgen_batch.training.cv import plan_folds, run_cv
     from pathgen_batch.training.cv_result import CVResult, FoldResult
     from pathgen_batch.training.data import TrainingData, assemble, load_training_data
+    from pathgen_batch.training.final import train_final
     from pathgen_batch.training.loops import EpochLog, FitHistory
     from pathgen_batch.training.trainers import (
         calibrate_fusion,
