@@ -20,8 +20,9 @@ the writer's and one encoder actor's.
     python benchmarks/bench_large_slide.py --pool 0 --slide-px 32768  # rendered strip by strip
 
 Progress lines (tiles done, tiles/s, resident memory) go to stderr every 5 s; the last line
-gives the resident memory's growth per 1,000 tiles from the first quarter of the tiles (when
-the batches in flight, at most ``2 * workers``, are all allocated) to the end.
+gives the encoder process's resident memory at the first progress line and when a quarter,
+half, three quarters and all of the tiles were done (the last progress line), so that growth
+with the tiles shows.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from pathgen_batch.synth.writer import PyramidOptions, Strips, write_pyramidal_t
 
 GLASS = np.array([236, 234, 238], dtype=np.uint8)
 TILE = 256  # the writer's tile side, level-0 px
+QUARTERS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _atlas() -> np.ndarray:
@@ -101,6 +103,7 @@ def _peak_mib() -> float:
 
 
 def write_phase(path: Path, size: int, mpp: float, pool: int) -> dict[str, float]:
+    before = _rss_mib()  # the interpreter, numpy, torch and the project's modules
     t0 = time.perf_counter()
     opts: PyramidOptions = {"mpp": mpp, "magnification": 40, "levels": 4, "downsample": 4}
     if pool:
@@ -112,6 +115,7 @@ def write_phase(path: Path, size: int, mpp: float, pool: int) -> dict[str, float
         "file_mib": path.stat().st_size / 2**20,
         "levels": len(dims),
         "write_peak_mib": _peak_mib(),
+        "write_before_mib": before,
     }
 
 
@@ -214,7 +218,7 @@ def main() -> None:
         print(
             f"write ({how}): {args.slide_px:,} px square at {args.mpp} um/px, "
             f"{w['levels']:.0f} levels, {w['file_mib']:,.0f} MiB in {w['write_s']:.1f} s, "
-            f"peak {w['write_peak_mib']:,.0f} MiB"
+            f"peak {w['write_peak_mib']:,.0f} MiB ({w['write_before_mib']:,.0f} MiB before writing)"
         )
         e = _child("encode", args, path)
         print(
@@ -228,15 +232,14 @@ def main() -> None:
                 f"tissue: {e['kept_on_tissue']:.1%} of the kept tiles lie at least half on the "
                 f"ellipse's tiles; {e['whole_kept']:.1%} of the tiles wholly on them were kept"
             )
-        warm = [t for t in e["trace"] if t[0] >= e["tiles"] / 4]  # batches in flight by then
-        if len(warm) >= 2:
-            first, last = warm[0], warm[-1]
-            per_k = (last[2] - first[2]) / max(last[0] - first[0], 1) * 1000
-            print(
-                f"resident memory: {e['trace'][0][2]:,.0f} MiB at {e['trace'][0][0]:,} tiles, "
-                f"{first[2]:,.0f} MiB at {first[0]:,}, {last[2]:,.0f} MiB at {last[0]:,} "
-                f"({per_k:+.1f} MiB per 1,000 tiles after the first quarter)"
-            )
+        trace = e["trace"]
+        if trace:
+            marks = [
+                next((t for t in trace if t[0] >= q * e["tiles"]), trace[-1]) for q in QUARTERS
+            ]
+            marks = [t for i, t in enumerate(marks) if t not in marks[:i]]
+            at = ", ".join(f"{t[2]:,.0f} MiB at {t[0] / e['tiles']:.0%}" for t in marks)
+            print(f"resident memory of the actor by tiles done: {at}")
 
 
 if __name__ == "__main__":
