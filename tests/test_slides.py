@@ -48,6 +48,12 @@ from pathgen_batch.slides import (
 )
 from pathgen_batch.slides.reader import opaque_rgb
 from pathgen_batch.slides.tissue import saturation_u8
+from pathgen_batch.synth.tilepool import (
+    TilePool,
+    cut_tiles,
+    pooled_file_bytes,
+    write_pooled_pyramidal_tiff,
+)
 
 GLASS = (236, 234, 238)
 SIZE = 2048  # level-0 side of the slides written here
@@ -571,6 +577,85 @@ def test_slides_that_cannot_be_rendered_in_memory_are_refused_in_one_line() -> N
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="fewer workers"):
         check_fits_in_memory(side // 3, side // 3, copies=16)
+
+
+def _pooled_slide(he_sources: tuple[Path, Path], width: int, height: int) -> TilePool:
+    """Glass (tile 0) and 8 H&E tiles; tissue in two blocks and a disc of tile positions."""
+    glass = np.broadcast_to(np.array(GLASS, np.uint8), (1, 256, 256, 3))
+    tiles = np.concatenate([glass, cut_tiles(_he_tissue(he_sources, 2000, 2000), 8, 256)])
+    ny, nx = -(-height // 256), -(-width // 256)
+    ty, tx = np.mgrid[:ny, :nx]
+    tissue = ((ty >= 2) & (ty < 12) & (tx >= 3) & (tx < 14)) | ((ty >= 20) & (tx >= 24))
+    tissue |= (ty - 22) ** 2 + (tx - 8) ** 2 < 36
+    draw = np.random.default_rng(1).integers(1, 9, (ny, nx))
+    return TilePool(tiles, np.where(tissue, draw, 0))
+
+
+def test_pooled_writer_writes_the_mosaic_as_the_streamed_writer_does_with_its_tissue(
+    he_sources: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import tracemalloc
+
+    from pathgen_batch.synth.writer import write_pyramidal_tiff_tiles
+
+    w, h = 8192, 8002  # a bottom row of tiles 66 px high: cut, padded and reduced to 17 rows
+    pool = _pooled_slide(he_sources, w, h)
+    opts = {"mpp": 0.25, "magnification": 40, "levels": 3}
+    tracemalloc.start()
+    dims = write_pooled_pyramidal_tiff(tmp_path / "pooled.svs", w, h, pool, **opts)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert dims == [(8192, 8002), (2048, 2001), (512, 501)]
+    assert peak < w * h * 3 / 16, peak  # a strip of level 1, not level 0 (197 MB)
+    strips = write_pyramidal_tiff_tiles(
+        tmp_path / "rows.svs", w, h, lambda r0, n: pool.rows(r0, n, w), **opts
+    )
+    assert strips == dims
+    assert (tmp_path / "pooled.svs").read_bytes() == (tmp_path / "rows.svs").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pooled.svs", "rows.svs"]
+    with open_slide(tmp_path / "pooled.svs") as s:
+        assert s.level_dimensions == tuple(dims) and s.mpp == 0.25
+        grid = tile_grid(s, TileSpec(tile_px=256, mpp=0.25))  # the writer's tiles
+    kept = np.zeros(pool.index.shape, bool)
+    kept[grid.y // 256, grid.x // 256] = True
+    tissue = pool.index > 0
+    assert not (kept & ~tissue).any()  # no glass tile is kept
+    assert kept[tissue].mean() > 0.95, kept[tissue].mean()  # nearly every tissue tile is
+
+
+def test_pooled_writer_refuses_bad_pools_and_slides_too_large_for_the_disk_in_one_line(
+    he_sources: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    pool = _pooled_slide(he_sources, 4096, 4096)
+    bad = [
+        (TilePool(pool.tiles, pool.index[:-1]), DataError, r"expected \(16, 16\) integers"),
+        (TilePool(pool.tiles, pool.index + 9), DataError, r"must lie in 0\.\.8"),
+        (TilePool(pool.tiles[:, :128], pool.index), DataError, r"expected \(K, 256, 256, 3\)"),
+    ]
+    for p, err, words in bad:
+        with pytest.raises(err, match=words) as e:
+            write_pooled_pyramidal_tiff(tmp_path / "x.svs", 4096, 4096, p)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="not a multiple of downsample 3"):
+        write_pooled_pyramidal_tiff(tmp_path / "x.svs", 4096, 4096, pool, downsample=3)
+    dims = write_pooled_pyramidal_tiff(
+        tmp_path / "ok.svs", 4096, 3000, TilePool(pool.tiles, pool.index[:12]), levels=3
+    )
+    assert dims == [(4096, 3000), (1024, 750), (256, 188)]
+    got = (tmp_path / "ok.svs").stat().st_size
+    est = pooled_file_bytes(4096, 3000, TilePool(pool.tiles, pool.index[:12]), levels=3)
+    assert got <= est < 1.15 * got, (got, est)  # a slight overestimate
+    (tmp_path / "ok.svs").unlink()
+    free = shutil.disk_usage(tmp_path).free
+    side = int((20 * free / (est / pool.index[:12].size)) ** 0.5) + 1
+    huge = TilePool(pool.tiles, np.broadcast_to(np.ones(1, np.int8), (side, side)))
+    assert pooled_file_bytes(side * 256, side * 256, huge) > 5 * free  # refused, not written
+    with pytest.raises(ConfigError, match=r"GiB on disk there, only .* GiB free") as e:
+        write_pooled_pyramidal_tiff(tmp_path / "huge.svs", side * 256, side * 256, huge)
+    assert "\n" not in str(e.value) and "huge.svs" in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 # --------------------------------------------------------------------------- artefacts

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import TypedDict, Unpack, cast
 
 import numpy as np
 import tifffile
@@ -160,7 +161,7 @@ Strips = Callable[[int, int], np.ndarray]  # (row, n rows) -> (n, W, 3) uint8 of
 
 
 class PyramidOptions(TypedDict, total=False):
-    """Keyword options of both TIFF writers (defaults in :func:`write_pyramidal_tiff_tiles`).
+    """Keyword options of the TIFF writers (defaults in :data:`PYRAMID_DEFAULTS`).
 
     mpp: microns per pixel of level 0; magnification: objective power (AppMag); levels: number
     of pyramid levels, each ``downsample`` times smaller than the one before; tile: tile side in
@@ -175,6 +176,32 @@ class PyramidOptions(TypedDict, total=False):
     quality: int
     downsample: int
     threads: int | None
+
+
+PYRAMID_DEFAULTS: PyramidOptions = {
+    "mpp": 0.5,
+    "magnification": 20.0,
+    "levels": 3,
+    "tile": 256,
+    "quality": 80,
+    "downsample": 4,
+    "threads": None,
+}
+
+
+def resolve_options(width: int, height: int, options: PyramidOptions) -> PyramidOptions:
+    """``options`` over :data:`PYRAMID_DEFAULTS`, checked for a ``width`` x ``height`` image
+    (ConfigError naming the option otherwise)."""
+    o: PyramidOptions = {**PYRAMID_DEFAULTS, **options}
+    mpp, mag = o["mpp"], o["magnification"]
+    if not (mpp > 0 and np.isfinite(mpp)):
+        raise ConfigError(f"write_pyramidal_tiff: mpp must be a positive number, got {mpp}")
+    if not (mag > 0 and np.isfinite(mag)):
+        raise ConfigError(
+            f"write_pyramidal_tiff: magnification must be a positive number, got {mag}"
+        )
+    check_pyramid_args(height, width, o["levels"], o["downsample"], o["tile"], o["quality"])
+    return o
 
 
 def write_pyramidal_tiff(
@@ -196,17 +223,7 @@ def write_pyramidal_tiff(
 
 
 def write_pyramidal_tiff_tiles(
-    path: str | Path,
-    width: int,
-    height: int,
-    strips: Strips,
-    mpp: float = 0.5,
-    magnification: float = 20.0,
-    levels: int = 3,
-    tile: int = 256,
-    quality: int = 80,
-    downsample: int = 4,
-    threads: int | None = None,
+    path: str | Path, width: int, height: int, strips: Strips, **options: Unpack[PyramidOptions]
 ) -> list[tuple[int, int]]:
     """Write a pyramidal Aperio-style TIFF of ``width`` x ``height`` px without ever holding
     more than one strip of ``tile`` rows of it in memory: ``strips(row, n)`` returns level-0
@@ -217,18 +234,8 @@ def write_pyramidal_tiff_tiles(
     Options as :class:`PyramidOptions`; the same pixels for the same image as
     :func:`write_pyramidal_tiff`.
     """
-    if not (mpp > 0 and np.isfinite(mpp)):
-        raise ConfigError(f"write_pyramidal_tiff: mpp must be a positive number, got {mpp}")
-    if not (magnification > 0 and np.isfinite(magnification)):
-        raise ConfigError(
-            f"write_pyramidal_tiff: magnification must be a positive number, got {magnification}"
-        )
-    check_pyramid_args(height, width, levels, downsample, tile, quality)
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.part")
-    scratch = [target.with_name(f".{target.name}.level{i}.raw") for i in range(1, levels)]
-    desc = aperio_description(width, height, tile, quality, mpp, magnification)
-    dims: list[tuple[int, int]] = []
+    o = resolve_options(width, height, options)
+    tile = o["tile"]
 
     def level0() -> Iterator[np.ndarray]:
         for r0 in range(0, height, tile):
@@ -241,16 +248,73 @@ def write_pyramidal_tiff_tiles(
                 )
             yield strip
 
+    return write_levels(path, width, height, level0(), None, o)
+
+
+def scratch_bytes(width: int, height: int, levels: int, downsample: int) -> int:
+    """Raw bytes of levels 1 .. ``levels - 1`` below a ``width`` x ``height`` level: the
+    streamed writer's scratch files, all kept until it finishes."""
+    total = 0
+    for _ in range(1, levels):
+        width, height = -(-width // downsample), -(-height // downsample)
+        total += width * height * 3
+    return total
+
+
+def check_disk(target: Path, need: int, what: str) -> None:
+    """ConfigError when the folder of ``target`` has less than ``need`` bytes free."""
+    free = shutil.disk_usage(target.parent).free
+    if need > free:
+        raise ConfigError(
+            f"{target}: {what} needs about {need / 2**30:.1f} GiB on disk there, "
+            f"only {free / 2**30:.1f} GiB free"
+        )
+
+
+def write_levels(
+    path: str | Path,
+    width: int,
+    height: int,
+    level0: Iterator[np.ndarray] | Iterator[bytes],
+    level1: Iterator[np.ndarray] | None,
+    o: PyramidOptions,
+    file_bytes: int = 0,
+) -> list[tuple[int, int]]:
+    """Write the levels of a pyramidal TIFF (``o``: :func:`resolve_options`'s) at ``path``.
+
+    ``level0`` yields either the level-0 strips of ``tile`` rows (the last may be shorter; the
+    levels below are then reduced from them, by scratch files), or the level-0 tiles already
+    encoded in row-major order, each a full ``tile`` square JPEG as tifffile would encode it
+    (YCbCr, 2x2 subsampling, ``quality``); then ``level1`` yields level 1 in strips of ``tile``
+    rows when there is more than one level, and the levels below it are reduced from it.
+    ConfigError, before anything is written, when the scratch files and ``file_bytes`` (the
+    file's expected size, when known) would not fit on the target's disk.
+    """
+    levels, tile, downsample = o["levels"], o["tile"], o["downsample"]
+    mpp, quality = o["mpp"], o["quality"]
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.part")
+    scratch = [target.with_name(f".{target.name}.level{i}.raw") for i in range(1, levels)]
+    desc = aperio_description(width, height, tile, quality, mpp, o["magnification"])
+    dims: list[tuple[int, int]] = []
+    encoded = level1 is not None
+    w1, h1 = (width, height) if not encoded else (-(-width // downsample), -(-height // downsample))
+    scratch_need = scratch_bytes(w1, h1, levels - encoded, downsample)
+    what = "the file and its levels' scratch" if file_bytes else "the levels' scratch"
+    check_disk(target, scratch_need + file_bytes, f"a {width}x{height} px slide: {what}")
     try:
         big = height * width * 3 > 2**31
         with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
-            rows: Iterator[np.ndarray] = level0()
+            rows = None if encoded else cast(Iterator[np.ndarray], level0)
             w, h = width, height
             for i in range(levels):
-                reducer = _Reducer(scratch[i], downsample) if i + 1 < levels else None
+                reducer = None
+                if i + 1 < levels and not (encoded and i == 0):
+                    reducer = _Reducer(scratch[i], downsample)
                 px_per_cm = 1e4 / (mpp * level_scale(width, w))
+                data = level0 if rows is None else _tiles_of(rows, w, tile, reducer)
                 tw.write(
-                    _tiles_of(rows, w, tile, reducer),
+                    data,
                     shape=(h, w, 3),
                     dtype=np.uint8,
                     photometric="rgb",
@@ -262,13 +326,15 @@ def write_pyramidal_tiff_tiles(
                     resolution=(px_per_cm, px_per_cm),
                     resolutionunit="CENTIMETER",
                     metadata=None,
-                    maxworkers=threads,
+                    maxworkers=o["threads"],
                 )
                 dims.append((w, h))
+                w, h = -(-w // downsample), -(-h // downsample)
                 if reducer is not None:
                     reducer.finish()
-                    w, h = -(-w // downsample), -(-h // downsample)
                     rows = _file_rows(scratch[i], h, w, tile)
+                elif level1 is not None and i == 0:
+                    rows = level1
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
