@@ -7,6 +7,7 @@ as one line and exit with status 2; anything else is a bug and keeps its traceba
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
@@ -14,42 +15,43 @@ import click
 from pathgen_batch import __version__
 from pathgen_batch.cli.options import OneLineErrors
 
+# the commands, each defined by the module of pathgen_batch.cli of the same name; a module is
+# imported only when its command runs (or help lists them), so that `query` or `models` does not
+# pay for torch, MLflow or Ray at start-up
+COMMANDS = (
+    "slides",
+    "synth",
+    "cohort",
+    "features",
+    "train",
+    "evaluate",
+    "results",
+    "models",
+    "score",
+    "query",
+    "report",
+    "export",
+)
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyCommands(OneLineErrors):
+    """The root group: each command's module is imported the first time the command is asked
+    for (``get_command``), not when the CLI starts."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"pathgen_batch.cli.{cmd_name}")
+            self.add_command(getattr(module, cmd_name), cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pathgen-batch")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Synthetic transcriptomes and grade/survival predictions from whole-slide images."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _register() -> None:
-    from pathgen_batch.cli import cohort as _cohort
-    from pathgen_batch.cli import evaluate as _evaluate
-    from pathgen_batch.cli import export as _export
-    from pathgen_batch.cli import features as _features
-    from pathgen_batch.cli import models as _models
-    from pathgen_batch.cli import query as _query
-    from pathgen_batch.cli import report as _report
-    from pathgen_batch.cli import results as _results
-    from pathgen_batch.cli import score as _score
-    from pathgen_batch.cli import slides as _slides
-    from pathgen_batch.cli import synth as _synth
-    from pathgen_batch.cli import train as _train
-
-    main.add_command(_slides.slides)
-    main.add_command(_synth.synth)
-    main.add_command(_cohort.cohort)
-    main.add_command(_features.features)
-    main.add_command(_train.train)
-    main.add_command(_evaluate.evaluate)
-    main.add_command(_results.results)
-    main.add_command(_models.models)
-    main.add_command(_score.score)
-    main.add_command(_query.query)
-    main.add_command(_report.report)
-    main.add_command(_export.export)
-
-
-_register()
