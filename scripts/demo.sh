@@ -48,9 +48,9 @@ if [ -f "$W/cv/eval_run_id" ]; then
   EVAL="$(cat "$W/cv/eval_run_id")"
   step "evaluate: reusing run $EVAL ($W/cv)"
 else
-  step "evaluate: 5-fold CV of generator, fusion and baselines"
+  step "evaluate: 5-fold CV of generator, fusion and baselines, folds side by side (a process per CPU)"
   "${MLRUN[@]}" -e evaluate -P cohort="$W/cohort" -P features="$W/features" -P out="$W/cv" \
-    -P workspace="$W" 2>&1 | tee "$W/evaluate.log"
+    -P workers=0 -P workspace="$W" 2>&1 | tee "$W/evaluate.log"
   EVAL="$(run_id_of "$W/evaluate.log")"
   echo "$EVAL" > "$W/cv/eval_run_id"
 fi
@@ -59,60 +59,40 @@ cat "$W/cv/table.txt"
 if [ ! -f "$W/models/registered" ]; then
   step "train and register the generator and the fusion model"
   # fold 0 stays out of training: its patients are the archive scored below
+  mkdir -p "$W/models"
   "${MLRUN[@]}" -e train_generator -P cohort="$W/cohort" -P features="$W/features" \
-    -P out="$W/models/generator" -P eval_run_id="$EVAL" -P holdout_fold=0 -P workspace="$W"
+    -P out="$W/models/generator" -P eval_run_id="$EVAL" -P holdout_fold=0 -P workspace="$W" \
+    2>&1 | tee "$W/models/train.log"
   "${MLRUN[@]}" -e train_fusion -P cohort="$W/cohort" -P features="$W/features" \
     -P generator="$W/models/generator" -P out="$W/models/fusion" -P eval_run_id="$EVAL" \
-    -P holdout_fold=0 -P workspace="$W"
+    -P holdout_fold=0 -P workspace="$W" 2>&1 | tee -a "$W/models/train.log"
   touch "$W/models/registered"
 fi
 
 step "promote to Production through the gate"
 for name in pathgen-generator pathgen-fusion; do
-  if pathgen-batch models show "$name" Production >/dev/null 2>&1; then
-    echo "$name: a Production version exists"
-  else
-    latest="$(python -c "
-from pathgen_batch.registry import RegistryConfig, list_versions, open_store
-store = open_store(RegistryConfig(workspace='$W'))
-print(list_versions(store, '$name')[-1].version)")"
-    pathgen-batch models promote "$name" "$latest" --to staging --reason demo
-    # The gate compares each model with the baselines of its own evaluation (ridge for the
-    # generator, the trained WSI-only model for the fusion model). The demo goes on to score an
-    # archive either way: a refusal is printed, then overridden with the reason on record.
-    if ! pathgen-batch models promote "$name" "$latest" --reason demo; then
-      echo "$name v$latest: the gate refused it (above); the demo forces it to go on scoring"
-      pathgen-batch models promote "$name" "$latest" --force \
-        --reason "demo: promoted although the gate refused it, to run the scoring job"
-    fi
+  if [ -f "$W/models/$name.promoted" ]; then
+    echo "$name: promoted by an earlier run ($W/models/$name.promoted)"
+    continue
   fi
+  # the version the train step registered ("registered NAME vN (run ...)")
+  latest="$(sed -n "s/^registered $name v\([0-9]*\) .*/\1/p" "$W/models/train.log" | tail -1)"
+  if [ -z "$latest" ]; then echo "no registered version of $name in $W/models/train.log"; exit 1; fi
+  pathgen-batch models promote "$name" "$latest" --to staging --reason demo
+  # The gate compares each model with the baselines of its own evaluation (ridge for the
+  # generator, the trained WSI-only model for the fusion model). The demo goes on to score an
+  # archive either way: a refusal is printed, then overridden with the reason on record.
+  if ! pathgen-batch models promote "$name" "$latest" --reason demo; then
+    echo "$name v$latest: the gate refused it (above); the demo forces it to go on scoring"
+    pathgen-batch models promote "$name" "$latest" --force \
+      --reason "demo: promoted although the gate refused it, to run the scoring job"
+  fi
+  touch "$W/models/$name.promoted"
 done
 pathgen-batch models list
 
 step "archive: the held-out patients' slides (fold 0) plus four bad files"
-python - "$W" <<'PY'
-import shutil, sys
-from pathlib import Path
-from pathgen_batch.assets import openslide_fixtures
-from pathgen_batch.cohort import load_cohort
-w = Path(sys.argv[1])
-archive = w / "archive"
-archive.mkdir(parents=True, exist_ok=True)
-cohort = load_cohort(str(w / "cohort"))
-fold0 = set(cohort.clinical.loc[cohort.clinical["fold"] == 0, "patient_id"])
-held_out = cohort.slides[cohort.slides["patient_id"].isin(fold0)]
-files = [Path(cohort.slide_path(s)) for s in held_out["slide_id"]]
-for src in files:
-    dst = archive / src.name
-    if not dst.exists():
-        shutil.copyfile(src, dst)
-first = files[0]
-(archive / "truncated.tiff").write_bytes(first.read_bytes()[:60_000])
-(archive / "notes.svs").write_text("not a slide\n")
-(archive / "empty.svs").write_bytes(b"")
-shutil.copyfile(openslide_fixtures() / "unreadable.svs", archive / "unreadable.svs")
-print(f"{archive}: {len(held_out)} held-out slides + 4 bad files")
-PY
+pathgen-batch synth archive "$W/cohort" --out "$W/archive" --fold 0
 
 step "score the archive with the Production models (Ray Data job; exit 3 = some slides failed)"
 set +e

@@ -41,8 +41,9 @@ def _resolve(words: list[str]) -> tuple[list[click.Command], list[str], list[lis
     while isinstance(chain[-1], click.Group):
         group = chain[-1]
         word = rest.pop(0)
-        if word in group.commands:
-            chain.append(group.commands[word])
+        sub = group.get_command(click.Context(group), word)
+        if sub is not None:
+            chain.append(sub)
             own.append([])
         else:  # a group option and its value
             own[-1] += [word, rest.pop(0)]

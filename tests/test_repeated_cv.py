@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,40 @@ def test_repeated_cv_summary(repeated: Path) -> None:
     for name in ("metrics_per_fold.csv", "baseline_oof.parquet", "repeat_1/summary.json"):
         assert (out / name).exists()
     assert "corrected resampled t" in (out / "table.txt").read_text()
+
+
+@pytest.mark.slow
+def test_two_workers_write_the_results_of_one(
+    repeated: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``evaluate --workers 2`` (folds, baselines and comparators of both repeats in two
+    processes) writes every per-fold table and every statistic as the serial run does."""
+    from pathgen_batch.cli.evaluate import evaluate
+
+    cohort, feats = build_training_cohort(tmp_path_factory.getbasetemp())
+    cfg = repeated.parent / "cv.json"
+    args = ["--cohort", str(cohort), "--features", str(feats), "--config", str(cfg)]
+    with threads(1):
+        r = CliRunner().invoke(
+            evaluate,
+            [*args, "--out", str(tmp_path), "--repeats", "2", "--seed", "5", "--workers", "2"],
+        )
+    assert r.exit_code == 0, r.output
+    assert "repeat 2/2 (seed 6)" in r.stderr  # the workers' lines reach the parent's echo
+    assert "fold 1: wsi_trained" in r.stderr
+    files = sorted(p.relative_to(repeated) for p in repeated.rglob("*") if p.is_file())
+    assert len(files) >= 20 and Path("summary.json") in files
+    for rel in files:
+        assert _timeless(tmp_path / rel) == _timeless(repeated / rel), rel
+
+
+def _timeless(path: Path) -> object:
+    """A result file without the wall times it records (the rest must match exactly)."""
+    raw = path.read_bytes()
+    if path.suffix == ".txt":  # the table's first line ends with the wall time
+        return re.sub(rb", \d+ s\n", b"\n", raw, count=1)
+    if path.name == "histories.json":
+        return [{**h, "seconds": 0} for h in json.loads(raw)]
+    if path.name == "summary.json":
+        return {k: v for k, v in json.loads(raw).items() if k not in ("seconds", "fold_seconds")}
+    return raw

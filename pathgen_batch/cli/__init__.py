@@ -15,17 +15,9 @@ import click
 from pathgen_batch import __version__
 from pathgen_batch.cli.options import OneLineErrors
 
-
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="pathgen-batch")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
-    """Synthetic transcriptomes and grade/survival predictions from whole-slide images."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-# the command groups, in --help order: module pathgen_batch.cli.<name> defines group <name>
+# the commands in --help order, each defined by the module of pathgen_batch.cli of the same
+# name; a module is imported only when its command runs (or help lists them), so that `query`
+# or `models` does not pay for torch, MLflow or Ray at start-up
 COMMANDS = (
     "slides",
     "synth",
@@ -42,9 +34,24 @@ COMMANDS = (
 )
 
 
-def _register() -> None:
-    for name in COMMANDS:
-        main.add_command(getattr(importlib.import_module(f"pathgen_batch.cli.{name}"), name))
+class LazyCommands(OneLineErrors):
+    """The root group: each command's module is imported the first time the command is asked
+    for (``get_command``), not when the CLI starts."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*COMMANDS, *sorted(set(self.commands) - set(COMMANDS))]  # in --help order
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"pathgen_batch.cli.{cmd_name}")
+            self.add_command(getattr(module, cmd_name), cmd_name)
+        return self.commands.get(cmd_name)
 
 
-_register()
+@click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pathgen-batch")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Synthetic transcriptomes and grade/survival predictions from whole-slide images."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -17,6 +17,7 @@ from pathgen_batch.cli.cohort import cohort_settings, settings_options
 from pathgen_batch.cli.options import (
     Tracking,
     cohort_option,
+    count_option,
     cv_config_option,
     device_option,
     epochs_option,
@@ -40,20 +41,22 @@ from pathgen_batch.cli.options import (
 @seed_option
 @device_option("cpu")
 @threads_option
-@click.option(
-    "--folds",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Draw this many new stratified folds (>= 2); 0 = the cohort's fold column.",
+@count_option(
+    "--folds", 0, 0, "Draw this many new stratified folds (>= 2); 0 = the cohort's fold column."
 )
-@click.option(
+@count_option(
     "--repeats",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Repeat the K-fold CV this many times, each with new stratified folds and seed "
-    "SEED + r (recorded); 1 = one CV on the folds above.",
+    1,
+    1,
+    "Repeat the K-fold CV this many times, each with new stratified folds and seed SEED + r "
+    "(recorded); 1 = one CV on the folds above.",
+)
+@count_option(
+    "--workers",
+    1,
+    0,
+    "Processes training folds side by side, each with --threads torch threads; 0 = one per "
+    "CPU. Results do not depend on it.",
 )
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
 @tracking_options
@@ -68,6 +71,7 @@ def evaluate(
     threads: int,
     folds: int,
     repeats: int,
+    workers: int,
     quiet: bool,
     tracking: Tracking,
 ) -> None:
@@ -104,7 +108,14 @@ def evaluate(
             held_out = held_out_patients(data, plan_repeats(data, cfg, repeats))
             digest = log_evaluation_start(run, cohort_dir, data, held_out, cfg)
         result = run_repeated_cv(
-            data, cfg, repeats, out, device=device, progress=progress(run, quiet), echo=echo
+            data,
+            cfg,
+            repeats,
+            out,
+            device=device,
+            progress=progress(run, quiet),
+            echo=echo,
+            workers=workers,
         )
         click.echo(result.table())
         click.echo(f"\nresults in {out}; wall time {time.perf_counter() - t0:.1f}s")

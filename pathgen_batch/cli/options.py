@@ -141,13 +141,14 @@ def device_option(default: str) -> Decorator:
     )
 
 
-threads_option = click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="torch intra-op CPU threads.",
-)
+def count_option(name: str, default: int, minimum: int, help: str) -> Decorator:
+    """An integer option of at least ``minimum``, its default shown."""
+    return click.option(
+        name, type=click.IntRange(min=minimum), default=default, show_default=True, help=help
+    )
+
+
+threads_option = count_option("--threads", 1, 1, "torch intra-op CPU threads.")
 
 cv_config_option = optional_file(
     "--config",

@@ -23,8 +23,11 @@ def walk(
     """Every command below ``cmd`` (depth first, sorted), with its name path."""
     yield path, cmd
     if isinstance(cmd, click.Group):
-        for name in sorted(cmd.commands):
-            yield from walk(cmd.commands[name], (*path, name))
+        ctx = click.Context(cmd)
+        for name in sorted(cmd.list_commands(ctx)):
+            sub = cmd.get_command(ctx, name)  # the root group imports each command's module here
+            if sub is not None:
+                yield from walk(sub, (*path, name))
 
 
 def _options(cmd: click.Command) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pathgen_batch.cli.options import Tracking, out_option, tracking_options
+from pathgen_batch.cli.options import Tracking, count_option, out_option, tracking_options
 from pathgen_batch.config import replace, to_dict
 from pathgen_batch.synth import CohortConfig, build_cohort, load_built_cohort
 
@@ -137,3 +137,25 @@ def inventory(cohort_dir: Path, features_dir: Path | None) -> None:
 
         links = cohort_links(load_training_data(cohort_dir, features_dir))
         click.echo("\n".join(links_lines(links)))
+
+
+@synth.command()
+@click.argument("cohort_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@out_option("Folder to copy the slides into (slides already there are kept).")
+@count_option(
+    "--fold",
+    0,
+    0,
+    "Copy the slides of this fold's patients (the demo holds fold 0 out of training).",
+)
+@click.option(
+    "--bad-files/--no-bad-files",
+    default=True,
+    show_default=True,
+    help="Also write a truncated slide, an empty file, a text file and an undecodable slide.",
+)
+def archive(cohort_dir: Path, out: Path, fold: int, bad_files: bool) -> None:
+    """Write an archive to score: one fold's slides of a local cohort, and four bad files."""
+    from pathgen_batch.synth.archive import held_out_archive
+
+    click.echo(held_out_archive(cohort_dir, out, fold, bad_files).summary())

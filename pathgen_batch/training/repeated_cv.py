@@ -53,6 +53,7 @@ from pathgen_batch.training.cv_result import (
     same_patients,
 )
 from pathgen_batch.training.data import TrainingData
+from pathgen_batch.training.fold_pool import map_jobs
 from pathgen_batch.training.fold_scoring import condition_metrics
 from pathgen_batch.training.loops import Progress
 from pathgen_batch.training.repeated_result import (
@@ -113,35 +114,44 @@ def run_repeated_cv(
     device: str = "cpu",
     progress: Progress | None = None,
     echo: Echo | None = None,
+    workers: int = 1,
 ) -> RepeatedCVResult:
-    """R x K cross-validation, baselines and the protocol's statistics (see the module doc)."""
+    """R x K cross-validation, baselines and the protocol's statistics (see the module doc).
+
+    workers: processes training folds side by side (0 = one per CPU); results do not depend on
+    it (:mod:`pathgen_batch.training.fold_pool`).
+    """
     cfg = cfg or CVConfig()
     bcfg = baselines or BaselineConfig(seed=cfg.seed)
     plans = plan_repeats(data, cfg, repeats)
     t0 = time.perf_counter()
+    # the long jobs (a fold's generator and models) first, then each fold's baselines and
+    # trained WSI-only comparator; one list over every repeat so that workers stay busy
+    jobs = [
+        _Job("fold", r.repeat, p, r.config, bcfg, device, _announce(r, repeats, i))
+        for r in plans
+        for i, p in enumerate(r.plans)
+    ]
+    jobs += [_Job("baselines", r.repeat, p, r.config, bcfg, device) for r in plans for p in r.plans]
+    done = map_jobs(_run_job, data, jobs, workers, progress, echo)
+    by_job = dict(zip(((j.kind, j.repeat, j.plan.fold) for j in jobs), done, strict=True))
     results: list[CVResult] = []
     fold_base: list[list[FoldBaselines]] = []
     for r in plans:
-        if echo is not None and repeats > 1:
-            echo(f"repeat {r.repeat + 1}/{repeats} (seed {r.seed})")
-        tr = time.perf_counter()
-        notes: list[str] = []
-        folds = [
-            run_fold(data, p, r.config, device=device, progress=progress, echo=echo, notes=notes)
-            for p in r.plans
-        ]
+        trained = [by_job["fold", r.repeat, p.fold] for p in r.plans]
+        sides = [by_job["baselines", r.repeat, p.fold] for p in r.plans]
+        folds = [d.fold_result() for d in trained]
+        notes = [n for d in trained for n in d.notes]  # in the order of a serial run
         per_fold = []
-        for p, f in zip(r.plans, folds, strict=True):
-            fb = fold_baselines(data, p.training_part, p.test, bcfg)
-            control = ridge_fusion_control(data, p, f, fb.expression["ridge"].predicted, notes)
-            wsi = wsi_trained_comparator(data, p, r.config, notes, device, progress, echo)
+        for p, f, side in zip(r.plans, folds, sides, strict=True):
+            fb, wsi = side.side_result()
+            ridge = fb.expression["ridge"].predicted
+            control = ridge_fusion_control(data, p, f, ridge, notes)
+            notes += side.notes
             extra = {control.name: control, wsi.name: wsi}
             per_fold.append(FoldBaselines({**fb.survival, **extra}, fb.expression))
-        results.append(
-            CVResult.from_folds(
-                folds, data, r.config, seconds=time.perf_counter() - tr, notes=notes
-            )
-        )
+        seconds = sum(d.seconds for d in (*trained, *sides))  # summed over the workers
+        results.append(CVResult.from_folds(folds, data, r.config, seconds=seconds, notes=notes))
         fold_base.append(per_fold)
     metrics = stack_repeats(
         [
@@ -191,6 +201,61 @@ def run_repeated_cv(
     if out_dir is not None:
         result.write(out_dir)
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One job of the CV: a fold's generator and models (``fold``) or its baselines and
+    trained WSI-only comparator (``baselines``)."""
+
+    kind: str
+    repeat: int
+    plan: FoldPlan
+    config: CVConfig
+    baselines: BaselineConfig
+    device: str
+    announce: str | None = None  # a line to echo before the job (the first fold of a repeat)
+
+
+@dataclasses.dataclass
+class _Done:
+    """What a job returns: its notes, its own wall time and its result."""
+
+    notes: list[str]
+    seconds: float
+    fold: FoldResult | None = None  # of a ``fold`` job
+    baselines: FoldBaselines | None = None  # of a ``baselines`` job
+    wsi: SurvivalBaseline | None = None  # of a ``baselines`` job
+
+    def fold_result(self) -> FoldResult:
+        if self.fold is None:
+            raise TypeError("not the result of a fold job")
+        return self.fold
+
+    def side_result(self) -> tuple[FoldBaselines, SurvivalBaseline]:
+        if self.baselines is None or self.wsi is None:
+            raise TypeError("not the result of a baselines job")
+        return self.baselines, self.wsi
+
+
+def _announce(r: Repeat, repeats: int, i: int) -> str | None:
+    return f"repeat {r.repeat + 1}/{repeats} (seed {r.seed})" if repeats > 1 and i == 0 else None
+
+
+def _run_job(data: TrainingData, job: _Job, progress: Progress | None, echo: Echo | None) -> _Done:
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    p = job.plan
+    if job.announce is not None and echo is not None:
+        echo(job.announce)
+    if job.kind == "fold":
+        f = run_fold(
+            data, p, job.config, device=job.device, progress=progress, echo=echo, notes=notes
+        )
+        return _Done(notes, time.perf_counter() - t0, fold=f)
+    fb = fold_baselines(data, p.training_part, p.test, job.baselines)
+    wsi = wsi_trained_comparator(data, p, job.config, notes, job.device, progress, echo)
+    return _Done(notes, time.perf_counter() - t0, baselines=fb, wsi=wsi)
 
 
 def ridge_fusion_control(
