@@ -727,6 +727,7 @@ def test_features_extract_on_the_cluster_from_s3_gives_the_bags_scoring_encoded(
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"in Ray ({ray_cluster.address})" in r.stdout
     assert f"done {len(ids)}, skipped 0, failed 0" in r.stdout
+    assert "execution finished" not in r.stdout + r.stderr  # Ray Data's INFO lines need -v
     index = feature_index(s3_run.out, "e2e")
     for sid in ids:  # the scoring run's bag, the local loop's and the cluster's are one
         got = read_slide_features(feature_uri(out, sid))

@@ -90,20 +90,31 @@ def connect(ray_address: str | None, num_cpus: int | None = None) -> tuple[Any, 
     forward = {k: v for k, v in forward.items() if k not in _job_env_vars()}
     runtime_env = {"env_vars": forward} if forward else None
     address = ray_address or os.environ.get("RAY_ADDRESS")
+    level = _ray_log_level()
     try:
         if address:  # an existing cluster (also inside `ray job submit`, which sets RAY_ADDRESS)
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(
+                address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=level
+            )
         else:
             ray.init(
                 num_cpus=num_cpus,
                 include_dashboard=False,
                 log_to_driver=False,
                 runtime_env=runtime_env,
+                logging_level=level,
             )
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a local instance"
         raise ConfigError(f"Ray: cannot connect to {storage.redact(where)} ({e})") from e
     return ray, True
+
+
+def _ray_log_level() -> int:
+    """Ray's own log level: INFO lines (start-up, "execution finished") only when the
+    project's are shown (``-v``), else warnings and errors."""
+    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
+    return logging.WARNING if quiet else logging.INFO
 
 
 def _job_env_vars() -> set[str]:
@@ -125,6 +136,10 @@ def _job_env_vars() -> set[str]:
 def configure_data(ray: Any) -> None:
     """Quiet Ray Data, and let actors retry a batch on a storage error."""
     ctx = ray.data.DataContext.get_current()
+    # after ray.data is imported (it configures its loggers then): its INFO lines only with -v;
+    # the project turns its progress bars off itself, so no warning that they are off
+    logging.getLogger("ray.data").setLevel(_ray_log_level())
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
