@@ -245,6 +245,7 @@ def fusion_cmd(
 
 
 def _left_out(provenance: dict) -> str:
-    """ ", N more left out (no expression)" when a model left patients out for want of it."""
+    """``" (N more left out: no expression)"`` when a model left N patients out for want of
+    expression, else nothing."""
     n = int(provenance.get("n_left_out_without_expression", 0))
     return f" ({n} more left out: no expression)" if n else ""
