@@ -173,6 +173,10 @@ def test_progress_lines_match_the_histories(cv) -> None:
     epochs = [e for e in lines if not isinstance(e, str)]
     for h in result.histories:
         name = f"fold {h['fold']} {h['model']}"
+        if h.get("loss_weights"):  # one fit per candidate weighting, the kept one's epochs in h
+            name += f" (survival weight {h['survival_weight']:g})"
+            fits = {e.model for e in epochs if e.model.startswith(f"fold {h['fold']} fusion (")}
+            assert len(fits) == len(h["loss_weights"]["candidates"]) == 2
         assert sum(e.model == name for e in epochs) == h["epochs_run"], name
     assert any(isinstance(s, str) and s.startswith("fold 1: done") for s in lines)
 

@@ -95,6 +95,19 @@ def test_repeated_cv_summary(repeated: Path) -> None:
     assert summary["metrics"]["km_null"]["harrell_c"]["mean"] == 0.5
     assert set(summary["fidelity"]) == {"generator", "ridge", "mean_expression"}
     assert set(summary["paired"]) == {f"{a} vs {b}" for a, b in PROTOCOL_COMPARISONS}
+    # the loss weighting each predictor chose on its fold's validation patients, per fold
+    sel = summary["model_selection"]
+    assert (
+        set(sel["fusion"]["survival_weight"]) <= {0.3, 0.7}
+        and len(sel["fusion"]["best_epoch"]) == 4
+    )
+    assert set(sel) >= {"generator", "fusion", "attention_mil", "omics_mlp"}
+    assert "survival_weight" not in sel["generator"]
+    assert len(summary["baseline_params"]["wsi_trained"]["survival_weight"]) == 4
+    histories = json.loads((out / "histories.json").read_text())
+    fus = [h for h in histories if h["model"] == "fusion"]
+    assert all(h["loss_weights"]["candidates"] == [0.3, 0.7] for h in fus)
+    assert all(len(h["val_grade_ce"]) == h["epochs_run"] for h in fus)
     # p_holm is Holm over every p_corrected of the table; each p_corrected is the corrected t
     cells = [(k, m) for k, per in summary["paired"].items() for m in per]
     np.testing.assert_allclose(

@@ -300,6 +300,34 @@ def test_the_kept_epoch_is_chosen_on_the_target(data: TrainingData, split, selec
     assert all(-1 <= r <= 1 for r in g["val_pearson"])
 
 
+def test_loss_weights_are_chosen_on_the_validation_patients(data: TrainingData, split) -> None:
+    """With candidate survival shares, every candidate trains on the same patients and the one
+    kept is the lowest validation survival NLL + grade CE: the same model as training the
+    chosen weights alone, and the grade-only candidate scores its unweighted yardstick too."""
+    tr, va = split
+    base = to_dict(FUS) | {"epochs": 6, "patience": 3, "options": FUS.options}
+    cfg = FusionTrainConfig(**base | {"survival_weights": [0.0, 0.5, 1.0]})
+    fus = train_predictor(data, tr, va, cfg)
+    sel = fus.provenance["loss_weights"]
+    assert sel["candidates"] == [0.0, 0.5, 1.0] and len(sel["val_scores"]) == 3
+    i = int(np.argmin(sel["val_scores"]))
+    assert sel["chosen"] == sel["candidates"][i]
+    h = fus.provenance["history"]
+    at = h["best_epoch"] - 1
+    assert h["best_epoch"] == sel["best_epochs"][i]
+    assert sel["val_scores"][i] == pytest.approx(h["val_survival_nll"][at] + h["val_grade_ce"][at])
+    s = sel["chosen"]
+    assert fus.train_config["survival_weight"] == s and fus.train_config["grade_weight"] == 1 - s
+    alone = train_predictor(
+        data, tr, va, FusionTrainConfig(**base | {"survival_weight": s, "grade_weight": 1 - s})
+    )
+    a, b = fus.model.state_dict(), alone.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "loss_weights" not in alone.provenance
+    with pytest.raises(ConfigError, match=r"survival_weights.*\[0.3, 1.5\]"):
+        FusionTrainConfig(survival_weights=(0.3, 1.5))
+
+
 def test_best_epoch_weights_are_restored(data: TrainingData, split) -> None:
     tr, va = split
     cfg = to_dict(FUS) | {"epochs": 20, "patience": 2, "lr": 0.05, "select_on": "loss"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _fus(model: str) -> FusionTrainConfig:
 # the tiny models as the CVConfig JSON that evaluate and train read (--config)
 TINY_CV = CVConfig(
     generator=GEN,
-    fusion=_fus("fusion"),
+    fusion=dataclasses.replace(_fus("fusion"), survival_weights=(0.3, 0.7)),
     attention_mil=_fus("attention_mil"),
     omics_mlp=_fus("omics_mlp"),
     wsi_trained=FusionTrainConfig(

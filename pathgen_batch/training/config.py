@@ -169,7 +169,13 @@ class FusionTrainConfig(_TrainConfig):
     select_on: what chooses the kept epoch on the validation patients: ``survival_nll`` (the
     default: the discrete-time survival NLL alone, smooth and not dominated by the grade term),
     ``c_index`` (Harrell's C of the predicted risk; coarse with few validation events) or
-    ``loss`` (the weighted training loss). All three are recorded every epoch.
+    ``loss`` (the weighted training loss). All three are recorded every epoch, with the
+    validation grade cross-entropy.
+    survival_weights: candidate survival shares of the loss, chosen on the validation patients
+    (each in [0, 1], the grade share 1 - s): one model is trained per candidate on the same
+    patients, each kept at its best ``select_on`` epoch, and the one with the lowest validation
+    survival NLL + grade cross-entropy (unweighted: the same yardstick for every candidate) is
+    kept. Empty: ``survival_weight`` and ``grade_weight`` as given, one model.
     """
 
     model: FusionModelName = "fusion"
@@ -182,10 +188,17 @@ class FusionTrainConfig(_TrainConfig):
     patience: int = 12
     risk_quantiles: tuple[float, ...] = (1 / 3, 2 / 3)
     select_on: Literal["survival_nll", "c_index", "loss"] = "survival_nll"
+    survival_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive_ints(self, ("n_bins",))
+        w = self.survival_weights
+        if any(isinstance(v, bool) or not 0.0 <= v <= 1.0 for v in w) or len(set(w)) < len(w):
+            raise ConfigError(
+                "FusionTrainConfig.survival_weights: expected distinct numbers in [0, 1] (the "
+                f"survival share of each candidate loss, e.g. [0.3, 0.5, 0.7]), got {list(w)}"
+            )
         _check_choice(self, "select_on", ("survival_nll", "c_index", "loss"))
         q = self.risk_quantiles
         if len(q) not in (1, 2) or not all(0.0 < v < 1.0 for v in q) or list(q) != sorted(set(q)):
@@ -226,12 +239,29 @@ class FusionTrainConfig(_TrainConfig):
             raise ConfigError("FusionTrainConfig: survival_weight + grade_weight must be > 0")
 
 
+# the survival shares of the loss every predictor of the protocol chooses among, on its
+# validation patients (FusionTrainConfig.survival_weights)
+LOSS_WEIGHT_CANDIDATES = (0.3, 0.5, 0.7)
+
+
+def _fusion_default() -> FusionTrainConfig:
+    return FusionTrainConfig(survival_weights=LOSS_WEIGHT_CANDIDATES)
+
+
 def _mil_default() -> FusionTrainConfig:
-    return FusionTrainConfig(model="attention_mil", options={"width": 64, "dropout": 0.25})
+    return FusionTrainConfig(
+        model="attention_mil",
+        options={"width": 64, "dropout": 0.25},
+        survival_weights=LOSS_WEIGHT_CANDIDATES,
+    )
 
 
 def _omics_default() -> FusionTrainConfig:
-    return FusionTrainConfig(model="omics_mlp", options={"width": 64, "dropout": 0.25})
+    return FusionTrainConfig(
+        model="omics_mlp",
+        options={"width": 64, "dropout": 0.25},
+        survival_weights=LOSS_WEIGHT_CANDIDATES,
+    )
 
 
 # share of training examples whose transcriptome the trained WSI-only comparator drops
@@ -242,6 +272,7 @@ def _wsi_trained_default() -> FusionTrainConfig:
     return FusionTrainConfig(
         model="fusion",
         options={"width": 64, "dropout": 0.25, "modality_dropout": WSI_TRAINED_DROPOUT},
+        survival_weights=LOSS_WEIGHT_CANDIDATES,
     )
 
 
@@ -265,10 +296,12 @@ class CVConfig:
     the fusion model trained with modality dropout (an absent-transcriptome token) and scored
     from the slide alone; its ``options.modality_dropout`` must be > 0.
     registry names: the model names bundles are registered under.
+    The predictors' defaults choose their loss weights among ``LOSS_WEIGHT_CANDIDATES`` on
+    each fold's validation patients (``survival_weights``); their epochs by early stopping.
     """
 
     generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
-    fusion: FusionTrainConfig = field(default_factory=FusionTrainConfig)
+    fusion: FusionTrainConfig = field(default_factory=_fusion_default)
     attention_mil: FusionTrainConfig = field(default_factory=_mil_default)
     omics_mlp: FusionTrainConfig = field(default_factory=_omics_default)
     wsi_trained: FusionTrainConfig = field(default_factory=_wsi_trained_default)

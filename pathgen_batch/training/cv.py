@@ -329,7 +329,13 @@ def run_fold(
     histories = [
         {"fold": plan.fold, "model": "generator", **gen.provenance["history"]},
         *(
-            {"fold": plan.fold, "model": key, **tm.provenance["history"]}
+            {
+                "fold": plan.fold,
+                "model": key,
+                "survival_weight": tm.train_config["survival_weight"],
+                "loss_weights": tm.provenance.get("loss_weights"),
+                **tm.provenance["history"],
+            }
             for key, tm in models.items()
         ),
     ]

@@ -318,7 +318,13 @@ def wsi_trained_comparator(
             f"fold {plan.fold}: wsi_trained {model.provenance['history']['epochs_run']} epochs "
             f"in {time.perf_counter() - t0:.1f}s; C {metrics['harrell_c']:.3f}"
         )
-    return SurvivalBaseline("wsi_trained", metrics, np.asarray(pred.risk, dtype=np.float64))
+    chosen = {
+        "survival_weight": float(model.train_config["survival_weight"]),
+        "best_epoch": float(model.provenance["history"]["best_epoch"]),
+    }
+    return SurvivalBaseline(
+        "wsi_trained", metrics, np.asarray(pred.risk, dtype=np.float64), params=chosen
+    )
 
 
 def _baseline_metrics(

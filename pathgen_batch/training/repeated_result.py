@@ -112,6 +112,7 @@ class RepeatedCVResult:
             "pooled_c": self.pooled_c,
             "power": self.power,
             "baseline_params": self._params(),
+            "model_selection": self._selection(),
             "seconds": self.seconds,
             "fold_seconds": [s for r in self.results for s in r.fold_seconds],
             "notes": [n for r in self.results for n in r.notes]
@@ -199,6 +200,18 @@ class RepeatedCVResult:
             float(np.mean([len(p.training_part) for p in plans])),
             float(np.mean([len(p.test) for p in plans])),
         )
+
+    def _selection(self) -> dict[str, dict[str, list[float]]]:
+        """The kept epoch of each trained model, and the loss weighting each predictor chose on
+        its validation patients, one value per fold (repeat-major; ``wsi_trained``'s are in
+        ``baseline_params``)."""
+        out: dict[str, dict[str, list[float]]] = {}
+        for h in (h for r in self.results for h in r.histories):
+            got = out.setdefault(h["model"], {})
+            for k in ("best_epoch", "survival_weight"):
+                if h.get(k) is not None:
+                    got.setdefault(k, []).append(float(h[k]))
+        return out
 
     def _params(self) -> dict[str, dict[str, list[float]]]:
         """Each baseline's chosen hyper-parameters, one value per fold (repeat-major)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from pathgen_batch import __version__
 from pathgen_batch.config import to_dict
@@ -46,8 +47,8 @@ from pathgen_batch.training.data import (
     check_training_part,
     with_expression_parts,
 )
-from pathgen_batch.training.loops import Examples, Progress, fit_generator, seeded
-from pathgen_batch.training.predictor_loop import fit_predictor
+from pathgen_batch.training.loops import Examples, FitHistory, Progress, fit_generator, seeded
+from pathgen_batch.training.predictor_loop import fit_predictor, select_loss_weights
 
 
 def _indices(data: TrainingData, idx: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
@@ -214,7 +215,8 @@ def train_predictor(
     and ``val_idx`` with expression; the attention-MIL baseline (slides only) on all of them,
     and so does a fusion model with modality dropout (a patient without expression gets its
     absent-transcriptome token). The expression scaler is fit on the training patients with
-    expression."""
+    expression. With ``cfg.survival_weights`` one model per candidate loss weighting, the one
+    kept chosen on ``val_idx`` (:func:`.predictor_loop.select_loss_weights`)."""
     cfg = cfg or FusionTrainConfig()
     given, given_va = _split(data, train_idx, val_idx)
     tr, va = given, given_va
@@ -247,11 +249,15 @@ def train_predictor(
 
     dev = torch.device(device)
     panel = data.panel_for(tr)
-    with seeded(cfg.seed, dev):
-        model = build_model(cfg.model, predictor_config(data, cfg, panel))
-    hist = fit_predictor(
-        model, cfg.model, examples(tr), examples(va), cfg, device=dev, progress=progress
-    )
+    ex_tr, ex_va = examples(tr), examples(va)
+
+    def fit(c: FusionTrainConfig, prog: Progress | None) -> tuple[nn.Module, FitHistory]:
+        with seeded(c.seed, dev):
+            model = build_model(c.model, predictor_config(data, c, panel))
+        return model, fit_predictor(model, c.model, ex_tr, ex_va, c, device=dev, progress=prog)
+
+    model, hist, cfg, chosen = select_loss_weights(cfg, fit, progress)
+    extra = _left_out(given, given_va, tr, va) | ({"loss_weights": chosen} if chosen else {})
     fus = TrainedFusion(
         model=model,
         model_name=cfg.model,
@@ -262,9 +268,7 @@ def train_predictor(
         grade_classes=data.grade_classes,
         bin_edges=edges,
         train_config=to_dict(cfg),
-        provenance=provenance(
-            data, tr, va, cfg.seed, hist.to_dict(), _left_out(given, given_va, tr, va)
-        ),
+        provenance=provenance(data, tr, va, cfg.seed, hist.to_dict(), extra),
         name=name,
     ).to(dev)
     return dataclasses.replace(
