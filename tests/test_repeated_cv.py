@@ -103,6 +103,8 @@ def test_repeated_cv_summary(repeated: Path) -> None:
     )
     assert set(sel) >= {"generator", "fusion", "attention_mil", "omics_mlp"}
     assert "survival_weight" not in sel["generator"]
+    assert set(sel["generator"]["sampler_steps"]) <= {3, 5}
+    assert len(sel["generator"]["sampler_steps"]) == 4
     assert len(summary["baseline_params"]["wsi_trained"]["survival_weight"]) == 4
     histories = json.loads((out / "histories.json").read_text())
     fus = [h for h in histories if h["model"] == "fusion"]
@@ -133,7 +135,10 @@ def test_repeated_cv_summary(repeated: Path) -> None:
     assert summary["power"]["detectable_hazard_ratio"] > 1
     for name in ("metrics_per_fold.csv", "baseline_oof.parquet", "repeat_1/summary.json"):
         assert (out / name).exists()
-    assert "corrected resampled t" in (out / "table.txt").read_text()
+    table = (out / "table.txt").read_text()
+    assert "corrected resampled t" in table
+    assert "chosen on each fold's validation patients" in table
+    assert "  fusion survival weight: " in table and "  generator sampler steps: " in table
 
 
 @pytest.mark.slow

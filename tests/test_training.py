@@ -23,6 +23,7 @@ from pathgen_batch.cohort import load_cohort
 from pathgen_batch.cohort.splits import inner_split
 from pathgen_batch.config import to_dict
 from pathgen_batch.errors import ConfigError, DataError
+from pathgen_batch.evaluation import mean_per_gene_pearson
 from pathgen_batch.features import SlideFeatures, feature_file
 from pathgen_batch.features.contract import FeatureContract
 from pathgen_batch.features.store import write_slide_features
@@ -326,6 +327,21 @@ def test_loss_weights_are_chosen_on_the_validation_patients(data: TrainingData, 
     assert "loss_weights" not in alone.provenance
     with pytest.raises(ConfigError, match=r"survival_weights.*\[0.3, 1.5\]"):
         FusionTrainConfig(survival_weights=(0.3, 1.5))
+
+
+def test_sampler_steps_are_chosen_on_the_validation_patients(data: TrainingData, split) -> None:
+    """The candidate step count whose n-sample mean of the validation patients correlates best
+    with their expression becomes the generator's sampler (and so its bundle's)."""
+    tr, va = split
+    gen = train_generator(data, tr, va, dataclasses.replace(GEN, sampler_steps=(2, 5, 10)))
+    sel = gen.provenance["sampler_steps"]
+    assert sel["candidates"] == [2, 5, 10] and gen.sampler.steps == sel["chosen"]
+    assert sel["chosen"] == sel["candidates"][int(np.argmax(sel["val_pearson"]))]
+    vbags = [data.bags[i] for i in va]
+    for k, r in zip(sel["candidates"], sel["val_pearson"], strict=True):
+        pred, _ = gen.generate(vbags, sampler=dataclasses.replace(gen.sampler, steps=k), seed=0)
+        assert r == pytest.approx(mean_per_gene_pearson(data.expression[va], pred))
+    assert "sampler_steps" not in train_generator(data, tr, va, GEN).provenance
 
 
 def test_best_epoch_weights_are_restored(data: TrainingData, split) -> None:

@@ -46,7 +46,7 @@ def _fus(model: str) -> FusionTrainConfig:
 
 # the tiny models as the CVConfig JSON that evaluate and train read (--config)
 TINY_CV = CVConfig(
-    generator=GEN,
+    generator=dataclasses.replace(GEN, sampler_steps=(3, 5)),
     fusion=dataclasses.replace(_fus("fusion"), survival_weights=(0.3, 0.7)),
     attention_mil=_fus("attention_mil"),
     omics_mlp=_fus("omics_mlp"),

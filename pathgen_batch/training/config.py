@@ -124,6 +124,9 @@ class GeneratorTrainConfig(_TrainConfig):
     :func:`~pathgen_batch.models.samplers.posterior_mean`), higher is better; or ``loss``, the
     validation diffusion loss, lower is better. Both are recorded every epoch.
     val_fraction, seed: the inner validation split when the generator is trained on its own.
+    sampler_steps: candidate step counts of the sampler, chosen after training on the
+    validation patients (the mean per-gene Pearson of their n-sample mean against their real
+    expression, seeded); the chosen count is the saved sampler's. Empty: ``sampler.steps``.
     """
 
     model: GeneratorArch = field(default_factory=GeneratorArch)
@@ -138,10 +141,22 @@ class GeneratorTrainConfig(_TrainConfig):
     val_draws: int = 32
     select_on: Literal["pearson", "loss"] = "pearson"
     select_steps: int = 10
+    sampler_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive_ints(self, ("repeats", "val_draws", "select_steps"))
+        for k in self.sampler_steps:
+            check_sampler(
+                dataclasses.replace(self.sampler, steps=k),
+                self.diffusion,
+                "GeneratorTrainConfig.sampler_steps",
+            )
+        if len(set(self.sampler_steps)) < len(self.sampler_steps):
+            raise ConfigError(
+                f"GeneratorTrainConfig.sampler_steps: expected distinct step counts, got "
+                f"{list(self.sampler_steps)}"
+            )
         _check_choice(self, "select_on", ("pearson", "loss"))
         if self.select_steps > self.diffusion.num_timesteps:
             raise ConfigError(
@@ -242,6 +257,12 @@ class FusionTrainConfig(_TrainConfig):
 # the survival shares of the loss every predictor of the protocol chooses among, on its
 # validation patients (FusionTrainConfig.survival_weights)
 LOSS_WEIGHT_CANDIDATES = (0.3, 0.5, 0.7)
+# the sampler step counts the protocol's generator chooses among (sampler_steps)
+SAMPLER_STEP_CANDIDATES = (10, 20, 50)
+
+
+def _generator_default() -> GeneratorTrainConfig:
+    return GeneratorTrainConfig(sampler_steps=SAMPLER_STEP_CANDIDATES)
 
 
 def _fusion_default() -> FusionTrainConfig:
@@ -296,11 +317,13 @@ class CVConfig:
     the fusion model trained with modality dropout (an absent-transcriptome token) and scored
     from the slide alone; its ``options.modality_dropout`` must be > 0.
     registry names: the model names bundles are registered under.
-    The predictors' defaults choose their loss weights among ``LOSS_WEIGHT_CANDIDATES`` on
-    each fold's validation patients (``survival_weights``); their epochs by early stopping.
+    The predictors' defaults choose their loss weights among ``LOSS_WEIGHT_CANDIDATES`` and
+    the generator its sampler's steps among ``SAMPLER_STEP_CANDIDATES`` on each fold's
+    validation patients (``survival_weights``, ``sampler_steps``); every model its epochs by
+    early stopping on the same patients.
     """
 
-    generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
+    generator: GeneratorTrainConfig = field(default_factory=_generator_default)
     fusion: FusionTrainConfig = field(default_factory=_fusion_default)
     attention_mil: FusionTrainConfig = field(default_factory=_mil_default)
     omics_mlp: FusionTrainConfig = field(default_factory=_omics_default)

@@ -327,7 +327,13 @@ def run_fold(
     synth.insert(1, "fold", plan.fold)
     synth["mean_spread"] = spread_test.mean(axis=1)
     histories = [
-        {"fold": plan.fold, "model": "generator", **gen.provenance["history"]},
+        {
+            "fold": plan.fold,
+            "model": "generator",
+            "sampler_steps": gen.sampler.steps,
+            "sampler_choice": gen.provenance.get("sampler_steps"),
+            **gen.provenance["history"],
+        },
         *(
             {
                 "fold": plan.fold,

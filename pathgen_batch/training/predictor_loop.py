@@ -7,11 +7,6 @@ Harrell's C, or the loss itself), with the loop machinery of :mod:`pathgen_batch
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,8 +30,6 @@ from pathgen_batch.training.loops import (
     _step,
     seeded,
 )
-
-M = TypeVar("M")
 
 
 def prediction_loss(
@@ -178,52 +171,3 @@ def survival_scores(
         except DataError:
             c = float("nan")
     return {"survival_nll": nll, "c_index": c}
-
-
-def selection_score(hist: FitHistory) -> float:
-    """Validation survival NLL + grade cross-entropy at the kept epoch (a part that is NaN,
-    for want of outcomes or grades among the validation patients, counts 0; both: inf)."""
-    at = hist.best_epoch - 1
-    parts = [hist.val_scores.get(k, ())[at : at + 1] for k in ("survival_nll", "grade_ce")]
-    vals = [float(p[0]) for p in parts if p and not math.isnan(float(p[0]))]
-    return sum(vals) if vals else math.inf
-
-
-def select_loss_weights(
-    cfg: FusionTrainConfig,
-    fit: Callable[[FusionTrainConfig, Progress | None], tuple[M, FitHistory]],
-    progress: Progress | None = None,
-) -> tuple[M, FitHistory, FusionTrainConfig, dict[str, Any] | None]:
-    """``fit(cfg, progress)`` once, or once per candidate of ``cfg.survival_weights``
-    (survival share s, grade share 1 - s; its epochs reported as ``<model> (survival weight
-    s)``) keeping the lowest :func:`selection_score` (the first on ties).
-
-    Returns (model, history, the config it was trained with, the selection record or None).
-    """
-    if not cfg.survival_weights:
-        model, hist = fit(cfg, progress)
-        return model, hist, cfg, None
-    best: tuple[M, FitHistory, FusionTrainConfig] | None = None
-    scores, epochs = [], []
-    for s in cfg.survival_weights:
-        c = dataclasses.replace(cfg, survival_weight=float(s), grade_weight=1.0 - float(s))
-        model, hist = fit(c, _tagged(progress, f" (survival weight {float(s):g})"))
-        scores.append(selection_score(hist))
-        epochs.append(hist.best_epoch)
-        if best is None or scores[-1] < min(scores[:-1], default=math.inf):
-            best = (model, hist, c)
-    assert best is not None
-    record = {
-        "candidates": [float(s) for s in cfg.survival_weights],
-        "val_scores": scores,
-        "best_epochs": epochs,
-        "chosen": best[2].survival_weight,
-        "criterion": "validation survival NLL + grade cross-entropy at the kept epoch",
-    }
-    return best[0], best[1], best[2], record
-
-
-def _tagged(progress: Progress | None, tag: str) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda e: progress(dataclasses.replace(e, model=e.model + tag))

@@ -4,6 +4,7 @@ fold, and the statistics across all R x K folds (summary, printed table, files).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,16 @@ class RepeatedCVResult:
         )
         hr = self.power["detectable_hazard_ratio"]
         lines.append(f"\n{int(self.power['events'])} events: detectable hazard ratio {hr:.2f}")
+        chosen = {**self._selection(), **self._params()}
+        picks = [
+            f"  {model} {k.replace('_', ' ')}: "
+            + ", ".join(f"{v:g} x {n}" for v, n in sorted(Counter(chosen[model][k]).items()))
+            for model in ("generator", "fusion", "wsi_trained", "attention_mil", "omics_mlp")
+            for k in ("sampler_steps", "survival_weight")
+            if k in chosen.get(model, {})
+        ]
+        if picks:
+            lines += ["", "chosen on each fold's validation patients (value x folds):", *picks]
         return "\n".join(lines)
 
     def write(self, out_dir: str | Path) -> Path:
@@ -202,13 +213,13 @@ class RepeatedCVResult:
         )
 
     def _selection(self) -> dict[str, dict[str, list[float]]]:
-        """The kept epoch of each trained model, and the loss weighting each predictor chose on
-        its validation patients, one value per fold (repeat-major; ``wsi_trained``'s are in
-        ``baseline_params``)."""
+        """The kept epoch of each trained model, the loss weighting each predictor and the
+        sampler steps the generator chose on its validation patients, one value per fold
+        (repeat-major; ``wsi_trained``'s are in ``baseline_params``)."""
         out: dict[str, dict[str, list[float]]] = {}
         for h in (h for r in self.results for h in r.histories):
             got = out.setdefault(h["model"], {})
-            for k in ("best_epoch", "survival_weight"):
+            for k in ("best_epoch", "survival_weight", "sampler_steps"):
                 if h.get(k) is not None:
                     got.setdefault(k, []).append(float(h[k]))
         return out

@@ -48,7 +48,8 @@ from pathgen_batch.training.data import (
     with_expression_parts,
 )
 from pathgen_batch.training.loops import Examples, FitHistory, Progress, fit_generator, seeded
-from pathgen_batch.training.predictor_loop import fit_predictor, select_loss_weights
+from pathgen_batch.training.predictor_loop import fit_predictor
+from pathgen_batch.training.selection import select_loss_weights, select_sampler_steps
 
 
 def _indices(data: TrainingData, idx: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
@@ -148,7 +149,7 @@ def train_generator(
     hist = fit_generator(
         model, diffusion, examples(tr), examples(va), cfg, device=dev, progress=progress
     )
-    return TrainedGenerator(
+    gen = TrainedGenerator(
         model=model,
         diffusion=cfg.diffusion,
         sampler=cfg.sampler,
@@ -163,6 +164,8 @@ def train_generator(
         ),
         name=name,
     )
+    va_bags = [data.bags[i] for i in va]
+    return select_sampler_steps(gen, cfg.sampler_steps, va_bags, data.expression[va], cfg.seed)
 
 
 def _left_out(tr: np.ndarray, va: np.ndarray, tr_e: np.ndarray, va_e: np.ndarray) -> dict:
