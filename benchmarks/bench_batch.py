@@ -24,7 +24,11 @@ loop ``--cpus`` threads, each encoder actor one per CPU it reserves. In one run:
 3. re-scoring: the 4N slides from the ``features`` table the 4N run stored, in a fresh Ray
    (start-up included), against scoring them from the slides (start-up included);
 4. scale-out: a local cluster of two ``ray start`` nodes on 127.0.0.1 with 1 CPU each against
-   one such node, same archive (steady-state tiles/s, two nodes over one).
+   one such node, same archive (steady-state tiles/s, two nodes over one). Each node runs on a
+   core of its own, its raylet and workers included, and the driver on the head node's core:
+   a node is a one-core machine, so the second node brings a core and its own overheads,
+   as a node of a real cluster does (unpinned, the one-node run would borrow the idle second
+   core for Ray's processes, the scorer and the driver).
 
 Also printed: CPU seconds per process kind during the 4N job (where the cores went) and the
 run summary. The last five lines are the ratios. The defaults (N = 8: 32 slides of 2048 px,
@@ -332,9 +336,26 @@ def serial_loop(cfg: Any, threads: int) -> Finishes:
 
 # -- a local Ray cluster of `ray start` nodes -------------------------------------------------
 @contextlib.contextmanager
+def pinned(cores: list[int]) -> Iterator[None]:
+    """This process (and what it starts) on ``cores`` for the block (where the OS allows)."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
 def local_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[str]:
     """``nodes`` ``ray start`` nodes on 127.0.0.1 (the first the head); yields its address.
-    Every process of the cluster is found by its temp dir and ended by its id."""
+    Node i and every process it starts (raylet, workers, actors) run on the i-th core of this
+    process's cores, as if each node were a machine of ``cpus_per_node`` core(s) of its own
+    (the driver is pinned to the head's core by the caller). Every process of the cluster is
+    found by its temp dir and ended by its id."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     temp = f"/tmp/ray_bench_{os.getpid()}_{nodes}"
     port = free_port()
@@ -345,20 +366,23 @@ def local_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[str]:
         "--disable-usage-stats",
         "--object-store-memory=300000000",
     ]
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cores and len(cores) < nodes * cpus_per_node:
+        raise SystemExit(f"{nodes} node(s) of {cpus_per_node} core(s): only {len(cores)} here")
+
+    def node_cores(i: int) -> list[int]:
+        return cores[i * cpus_per_node : (i + 1) * cpus_per_node]
+
     try:
-        subprocess.run(
-            [ray_bin, "start", "--head", *head, *common],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        for _ in range(nodes - 1):
-            subprocess.run(
-                [ray_bin, "start", f"--address=127.0.0.1:{port}", *common],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
+        for i in range(nodes):
+            where = [*head] if i == 0 else [f"--address=127.0.0.1:{port}"]
+            with pinned(node_cores(i)) if cores else contextlib.nullcontext():
+                subprocess.run(
+                    [ray_bin, "start", *(["--head"] if i == 0 else []), *where, *common],
+                    check=True,
+                    capture_output=True,
+                    timeout=300,
+                )
         yield f"127.0.0.1:{port}"
     finally:
         table = _proc_table()
@@ -490,7 +514,13 @@ def main(argv: list[str] | None = None) -> None:
     rates: dict[int, float] = {}
     if not args.no_scale_out:
         for nodes in (1, 2):
-            with local_cluster(nodes) as address:
+            head_core = (
+                sorted(os.sched_getaffinity(0))[:1] if hasattr(os, "sched_getaffinity") else []
+            )
+            with (
+                local_cluster(nodes) as address,
+                pinned(head_core) if head_core else contextlib.nullcontext(),
+            ):
                 s, fin = timed_job(
                     cfg(large, f"out-nodes{nodes}", f"nodes{nodes}", ray_address=address)
                 )
