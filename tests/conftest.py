@@ -44,6 +44,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(getattr(pytest.mark, marker))
 
 
+@pytest.fixture
+def no_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's tracking URI, registry URI and active run unset, so that a store opened in the
+    test is the workspace's own."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="session")
 def openslide_fixtures() -> Path:
     """openslide-python 1.4.7's ``tests/fixtures``: small.svs, boxes.tiff, unreadable.svs, ..."""

@@ -744,12 +744,10 @@ def test_features_extract_on_the_cluster_from_s3_gives_the_bags_scoring_encoded(
 
 @pytest.mark.ray
 def test_default_models_are_the_production_versions_of_the_registry(
-    ray_driver: Cluster, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_driver: Cluster, trained: Trained, tmp_path: Path, no_mlflow_env: None
 ) -> None:
     from pathgen_batch.registry import RegistryConfig, open_store, promote, register_bundle
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
     ws = tmp_path / "ws"
     store = open_store(RegistryConfig(workspace=str(ws)))
     digest = "sha256:" + "e" * 64

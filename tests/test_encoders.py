@@ -339,7 +339,7 @@ def test_timm_encoder_on_cuda_matches_cpu_at_bf16(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_registered_foundation_encoder_is_found_by_the_models_contract(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, no_mlflow_env: None
 ) -> None:
     import mlflow
 
@@ -351,8 +351,6 @@ def test_registered_foundation_encoder_is_found_by_the_models_contract(
         register_encoder,
     )
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
     store = open_store(RegistryConfig(workspace=str(tmp_path / "ws")))
     weights = tmp_path / "model.safetensors"
     _save_random("virchow2", weights)
@@ -498,7 +496,7 @@ def test_weights_in_object_storage_are_fetched_once_per_machine(
 
 @pytest.mark.slow
 def test_scorer_resolves_the_encoder_of_the_models_contract(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, no_mlflow_env: None
 ) -> None:
     from pathgen_batch.batch.model_refs import (
         EncoderRef,
@@ -508,8 +506,6 @@ def test_scorer_resolves_the_encoder_of_the_models_contract(
     )
     from pathgen_batch.registry import RegistryConfig, open_store, register_encoder
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
     access = RegistryAccess(workspace=str(tmp_path / "ws"))
     weights = tmp_path / "pytorch_model.bin"
     _save_random("uni", weights)

@@ -171,10 +171,7 @@ def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+def store(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch, no_mlflow_env: None):
     monkeypatch.setenv("PATHGEN_USER", "alice")
     (tmp_path / "mlflow").mkdir()
     shutil.copy(empty_db, tmp_path / "mlflow" / "mlflow.db")

@@ -213,16 +213,13 @@ class SlideScorer(SlideStage):
         except StorageError as e:
             return self.fail(r, "write", e, times)
         times.write = time.perf_counter() - t0
-        won = cm.commit(
-            self.layout,
-            src.slide_id,
+        won = self.commit(
+            r,
             "scored",
             rec,
-            attempt=r.attempt,
+            times,
             attempt_id=attempt_id,
             tables=[*tables, *(["thumbnails"] if r.has_thumbnail else [])],
-            stats=times.to_dict(),
-            retry=self.retry,
         )
         return r.but(
             status=SlideStatus.SCORED if won else SlideStatus.SKIPPED, bag=None, times=times

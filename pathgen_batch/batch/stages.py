@@ -29,8 +29,9 @@ stage goes on with the next slide.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -103,7 +104,7 @@ def worker_logs(level: int, sources: SourceMap | None) -> None:
 
 
 class SlideStage:
-    """What every stage shares: context, layout, retries, attempts and failure commits."""
+    """What every stage shares: context, layout, retries, attempts and commits."""
 
     def __init__(self, ctx: WorkerContext) -> None:
         if ctx.threads is not None:  # one per CPU the stage reserved: no oversubscription
@@ -122,6 +123,30 @@ class SlideStage:
         attempt, attempt_id = cm.begin_attempt(self.layout, row.source.slide_id, self.retry)
         return row.but(attempt=attempt, attempt_id=attempt_id)
 
+    def commit(
+        self,
+        row: SlideRow,
+        status: cm.Status,
+        rec: Mapping[str, Any],
+        times: StageTimes,
+        *,
+        attempt_id: str | None,
+        tables: Sequence[str] = (),
+    ) -> bool:
+        """Commit ``row``'s attempt with its stage times; False when another attempt committed
+        the slide first."""
+        return cm.commit(
+            self.layout,
+            row.source.slide_id,
+            status,
+            rec,
+            attempt=row.attempt,
+            attempt_id=attempt_id,
+            tables=tables,
+            stats=times.to_dict(),
+            retry=self.retry,
+        )
+
     def fail(
         self, row: SlideRow, stage_name: str, error: BaseException, times: StageTimes
     ) -> SlideRow:
@@ -138,16 +163,7 @@ class SlideStage:
             lineage=self.lineage,
         )
         log.warning("slide %s failed at %s: %s", src.slide_id, stage_name, rec["message"])
-        won = cm.commit(
-            self.layout,
-            src.slide_id,
-            "failed",
-            rec,
-            attempt=row.attempt,
-            attempt_id=None,
-            stats=times.to_dict(),
-            retry=self.retry,
-        )
+        won = self.commit(row, "failed", rec, times, attempt_id=None)
         return row.but(
             status=SlideStatus.FAILED if won else SlideStatus.SKIPPED,
             error_type=rec["error_type"],

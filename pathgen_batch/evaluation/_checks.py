@@ -119,11 +119,16 @@ def probability_matrix(name: str, x: Any, *, atol: float = 1e-4) -> np.ndarray:
     return np.clip(p, 0.0, 1.0)
 
 
+def open_fraction(name: str, x: Any) -> float:
+    """``x`` as a float in the open interval (0, 1) (a level, a power, a fraction)."""
+    if isinstance(x, bool) or not isinstance(x, int | float | np.floating):
+        raise ConfigError(f"{name}: expected a number in (0, 1), got {x!r}")
+    v = float(x)
+    if not 0.0 < v < 1.0:
+        raise ConfigError(f"{name}: expected a number in (0, 1), got {v}")
+    return v
+
+
 def check_alpha(alpha: Any) -> float:
     """A miscoverage / significance level in the open interval (0, 1)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating):
-        raise ConfigError(f"alpha: expected a number in (0, 1), got {alpha!r}")
-    a = float(alpha)
-    if not 0.0 < a < 1.0:
-        raise ConfigError(f"alpha: expected a number in (0, 1), got {a}")
-    return a
+    return open_fraction("alpha", alpha)

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import stats
 
 from pathgen_batch.errors import ConfigError, DataError
-from pathgen_batch.evaluation._checks import check_alpha, float_array
+from pathgen_batch.evaluation._checks import check_alpha, float_array, open_fraction
 from pathgen_batch.evaluation.multiplicity import holm
 from pathgen_batch.evaluation.stats import paired_comparison
 
@@ -226,7 +226,7 @@ def minimum_detectable_difference(
     the events in a test fold, the noisier its C-index and the larger the MDD. NaN for n < 2.
     """
     a = check_alpha(alpha)
-    pw = _fraction("power", power)
+    pw = open_fraction("power", power)
     ratio = _ratio(n_train, n_test)
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise ConfigError(f"n: expected a count of differences >= 0, got {n!r}")
@@ -251,8 +251,8 @@ def detectable_hazard_ratio(
     ``alpha``; about 65 events for HR = 2 at 80% power and f = 0.5.
     """
     a = check_alpha(alpha)
-    pw = _fraction("power", power)
-    f = _fraction("fraction", fraction)
+    pw = open_fraction("power", power)
+    f = open_fraction("fraction", fraction)
     if isinstance(n_events, bool) or not isinstance(n_events, int | np.integer) or n_events < 1:
         raise ConfigError(f"n_events: expected a count >= 1, got {n_events!r}")
     z = float(stats.norm.ppf(1.0 - a / 2.0) + stats.norm.ppf(pw))
@@ -365,15 +365,6 @@ def _positive(name: str, x: Any) -> float:
     v = float(x)
     if not (v > 0.0 and math.isfinite(v)):
         raise ConfigError(f"{name}: expected a positive number, got {v}")
-    return v
-
-
-def _fraction(name: str, x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, int | float | np.floating):
-        raise ConfigError(f"{name}: expected a number in (0, 1), got {x!r}")
-    v = float(x)
-    if not 0.0 < v < 1.0:
-        raise ConfigError(f"{name}: expected a number in (0, 1), got {v}")
     return v
 
 

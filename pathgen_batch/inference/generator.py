@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypedDict, Unpack
 
@@ -27,7 +27,7 @@ from pathgen_batch.inference.inputs import (
 )
 from pathgen_batch.inference.scaling import ZScoreScaler
 from pathgen_batch.models.diffusion import DiffusionConfig, GaussianDiffusion, SamplerConfig
-from pathgen_batch.models.generator import TranscriptomeDenoiser
+from pathgen_batch.models.generator import BagMemory, TranscriptomeDenoiser
 from pathgen_batch.models.samplers import build_sampler, check_sampler, posterior_mean
 from pathgen_batch.omics.panel import GenePanel
 
@@ -88,6 +88,18 @@ class TrainedGenerator(OnDevice):
         check_sampler(self.sampler, self.diffusion, "generator sampler")
         self.model.eval()
 
+    def _encoded(
+        self, raw: Sequence[np.ndarray], batch_size: int
+    ) -> Iterator[tuple[np.ndarray, BagMemory]]:
+        """(indices (B,), memory) per ``batch_size`` checked raw bags: the bags scaled, padded
+        and projected once by the denoiser's bag encoder, for every denoising step to attend."""
+        scaled = self.feature_scaler.transform_all(raw)
+        self.model.eval()
+        for s in range(0, len(scaled), batch_size):
+            idx = np.arange(s, min(s + batch_size, len(scaled)))
+            feats, mask = padded(scaled, idx, self.device)  # (B, N, D), (B, N)
+            yield idx, self.model.encode_bag(feats, mask)
+
     @torch.no_grad()
     def sample_scaled(
         self,
@@ -109,15 +121,10 @@ class TrainedGenerator(OnDevice):
         check_sampler(scfg, self.diffusion, "sampler")
         check_batch_size(batch_size)
         raw = check_bags(bags, self.contract.dim)
-        scaled = self.feature_scaler.transform_all(raw)
         smp = build_sampler(scfg, GaussianDiffusion.from_config(self.diffusion))
         dev, G = self.device, self.panel.n_genes
-        self.model.eval()
         out = []
-        for s in range(0, len(scaled), batch_size):
-            idx = np.arange(s, min(s + batch_size, len(scaled)))
-            feats, mask = padded(scaled, idx, dev)  # (B, N, D), (B, N)
-            memory = self.model.encode_bag(feats, mask)  # the bags, projected once
+        for idx, memory in self._encoded(raw, batch_size):
             x_T = torch.cat(
                 [
                     torch.randn(
@@ -164,16 +171,11 @@ class TrainedGenerator(OnDevice):
         of raw bags, in expression units, (B, G)."""
         check_batch_size(batch_size)
         raw = check_bags(bags, self.contract.dim)
-        scaled = self.feature_scaler.transform_all(raw)
         diffusion = GaussianDiffusion.from_config(self.diffusion)
         k = self.sampler.steps if steps is None else steps
         dev, G = self.device, self.panel.n_genes
-        self.model.eval()
         out = []
-        for s in range(0, len(scaled), batch_size):
-            idx = np.arange(s, min(s + batch_size, len(scaled)))
-            feats, mask = padded(scaled, idx, dev)
-            memory = self.model.encode_bag(feats, mask)
+        for idx, memory in self._encoded(raw, batch_size):
             x = posterior_mean(
                 diffusion,
                 lambda x_t, t: self.model.denoise(x_t, t, memory),  # noqa: B023

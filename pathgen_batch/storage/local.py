@@ -25,6 +25,18 @@ def _tmp_sibling(p: Path) -> Path:
     return p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+@contextlib.contextmanager
+def _reading(uri: str) -> Iterator[Path]:
+    """The path of ``uri`` to read; a missing file or a folder in its place becomes a
+    StorageError that names the URI."""
+    try:
+        yield local_path(uri)
+    except FileNotFoundError:
+        raise StorageError(f"reading {uri}: no such file") from None
+    except IsADirectoryError:
+        raise StorageError(f"reading {uri}: a folder, not a file") from None
+
+
 def walk_files(root: Path) -> Iterator[tuple[Path, int]]:
     """(path, size) of every visible file under ``root``, in sorted order."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -62,21 +74,12 @@ class LocalStore(Store):
         return p.stat().st_size
 
     def read_bytes(self, uri: str) -> bytes:
-        try:
-            return local_path(uri).read_bytes()
-        except FileNotFoundError:
-            raise StorageError(f"reading {uri}: no such file") from None
-        except IsADirectoryError:
-            raise StorageError(f"reading {uri}: a folder, not a file") from None
+        with _reading(uri) as p:
+            return p.read_bytes()
 
     def read_head(self, uri: str, n: int) -> bytes:
-        try:
-            with local_path(uri).open("rb") as f:
-                return f.read(n)
-        except FileNotFoundError:
-            raise StorageError(f"reading {uri}: no such file") from None
-        except IsADirectoryError:
-            raise StorageError(f"reading {uri}: a folder, not a file") from None
+        with _reading(uri) as p, p.open("rb") as f:
+            return f.read(n)
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         self._written(uri, lambda tmp: tmp.write_bytes(data), os.replace)

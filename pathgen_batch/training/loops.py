@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +167,24 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip
     opt.step()
 
 
+def _train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batches: Iterable[np.ndarray],
+    batch_loss: Callable[[np.ndarray], torch.Tensor],
+    clip: float,
+) -> float:
+    """One optimiser step per batch of patient indices; the mean of ``batch_loss`` over the
+    epoch, each batch weighted by its size."""
+    total, n = 0.0, 0
+    for idx in batches:
+        loss = batch_loss(idx)
+        _step(model, opt, loss, clip)
+        total += loss.item() * len(idx)
+        n += len(idx)
+    return total / n
+
+
 class _Stopper:
     """Keeps the best weights (by the selection score: lower is better unless ``maximize``)
     and says when patience has run out. A NaN score (e.g. a C-index without comparable pairs)
@@ -307,25 +325,22 @@ def fit_generator(
         val_t = torch.randint(0, T, (cfg.val_draws, Pv), generator=gv)  # (V, Pv)
         val_noise = torch.randn(cfg.val_draws, Pv, G, generator=gv)  # (V, Pv, G)
 
+        def batch_loss(idx: np.ndarray) -> torch.Tensor:
+            feats, mask = padded(train.bags, idx, dev, cfg.max_tiles, rng)
+            x0 = x_train[idx].to(dev)  # (B, G)
+            t = torch.randint(0, T, (len(idx),), generator=g).to(dev)  # (B,)
+            noise = torch.randn(len(idx), G, generator=g).to(dev)  # (B, G)
+            return diffusion.training_loss(
+                lambda x, tt: model(x, tt, feats, mask), x0, t=t, noise=noise, families=fams
+            )
+
         def train_epoch(epoch: int) -> float:
-            total, n = 0.0, 0
-            for _ in range(cfg.repeats):
-                for idx in _chunks(rng.permutation(len(train)), cfg.batch_size):
-                    feats, mask = padded(train.bags, idx, dev, cfg.max_tiles, rng)
-                    x0 = x_train[idx].to(dev)  # (B, G)
-                    t = torch.randint(0, T, (len(idx),), generator=g).to(dev)  # (B,)
-                    noise = torch.randn(len(idx), G, generator=g).to(dev)  # (B, G)
-                    loss = diffusion.training_loss(
-                        lambda x, tt: model(x, tt, feats, mask),  # noqa: B023
-                        x0,
-                        t=t,
-                        noise=noise,
-                        families=fams,
-                    )
-                    _step(model, opt, loss, cfg.grad_clip)
-                    total += loss.item() * len(idx)
-                    n += len(idx)
-            return total / n
+            batches = (
+                idx
+                for _ in range(cfg.repeats)
+                for idx in _chunks(rng.permutation(len(train)), cfg.batch_size)
+            )
+            return _train_epoch(model, opt, batches, batch_loss, cfg.grad_clip)
 
         def validate() -> tuple[float, dict[str, float]]:
             total = 0.0

@@ -27,7 +27,7 @@ from pathgen_batch.training.loops import (
     _chunks,
     _optimizer,
     _run,
-    _step,
+    _train_epoch,
     seeded,
 )
 
@@ -103,17 +103,13 @@ def fit_predictor(
         opt = _optimizer(model, cfg.optim)
         rng = np.random.default_rng([cfg.seed, 2])
 
+        def batch_loss(idx: np.ndarray) -> torch.Tensor:
+            out = model(*predictor_inputs(model_name, train, idx, dev, cfg.max_tiles, rng))
+            return prediction_loss(out, *labels(train, idx), cfg.survival_weight, cfg.grade_weight)
+
         def train_epoch(epoch: int) -> float:
-            total, n = 0.0, 0
-            for idx in _chunks(rng.permutation(len(train)), cfg.batch_size):
-                out = model(*predictor_inputs(model_name, train, idx, dev, cfg.max_tiles, rng))
-                loss = prediction_loss(
-                    out, *labels(train, idx), cfg.survival_weight, cfg.grade_weight
-                )
-                _step(model, opt, loss, cfg.grad_clip)
-                total += loss.item() * len(idx)
-                n += len(idx)
-            return total / n
+            batches = _chunks(rng.permutation(len(train)), cfg.batch_size)
+            return _train_epoch(model, opt, batches, batch_loss, cfg.grad_clip)
 
         def validate() -> tuple[float, dict[str, float]]:
             outs = []
