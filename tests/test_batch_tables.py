@@ -153,6 +153,10 @@ def test_resources_give_the_cores_to_the_encoders() -> None:
     gpu = plan_resources(cfg, {"CPU": 16.0, "GPU": 2.0})
     assert gpu == Resources(2, 4.0, 0.5, 1, 0.0, 0.5)
     assert plan_resources(replace(cfg, scorer_num_cpus=1.0), {"CPU": 2.0}).encoder_cpus == 0.5
+    # one slide: one encoder with both CPUs (two torch threads), not an idle second actor
+    one = plan_resources(cfg, {"CPU": 2.0}, n_slides=1)
+    assert one == Resources(1, 2.0, 0.0, 1, 0.0, 0.0) and one.encoder_threads == 2
+    assert plan_resources(cfg, {"CPU": 2.0}, n_slides=5) == two
 
 
 # -- schemas --------------------------------------------------------------------------------

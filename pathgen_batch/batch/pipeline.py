@@ -118,7 +118,7 @@ def _run(
         try:
             configure_data(ray)
             ends_a_pass = pass_errors(ray)
-            res = plan_resources(cfg, ray.cluster_resources())
+            res = plan_resources(cfg, ray.cluster_resources(), len(pending))
             wctx = worker_context(p)
             log.info(
                 "run %s: %d of %d slide(s) to score; %s",

@@ -54,28 +54,34 @@ class Resources:
         return max(1, math.floor(self.encoder_cpus))
 
 
-def plan_resources(cfg: ScoreConfig, cluster: dict[str, float]) -> Resources:
+def plan_resources(
+    cfg: ScoreConfig, cluster: dict[str, float], n_slides: int | None = None
+) -> Resources:
     """Actor pool sizes from the config, filling what it leaves open from the cluster's
-    resources. The encoders get the cores: with GPUs, one encoder per GPU (0.5 GPU, the CPUs
-    split between them, up to 4 each for decoding); without, one encoder per CPU (1 CPU each).
+    resources, with no more actors in a pool than ``n_slides`` (an actor that gets no slide
+    only costs its start-up). The encoders get the cores: with GPUs, one encoder per GPU (0.5
+    GPU, the CPUs split between them, up to 4 each for decoding); without, one encoder per CPU
+    (1 CPU each; fewer slides than CPUs: the CPUs split between the encoders).
     The scorer reserves no CPU (0.5 GPU with GPUs): it works between the encoders' slides, on
     the cores they leave idle, and takes from them only the time its work needs."""
     cpus = max(1.0, float(cluster.get("CPU", 1.0)))
     gpus = float(cluster.get("GPU", 0.0))
     sc_cpus = 0.0 if cfg.scorer_num_cpus is None else cfg.scorer_num_cpus
+    cap = n_slides if n_slides is not None else 1 << 30
+    n_sc = max(1, min(cfg.scorer_actors, cap))
     if gpus >= 1:
         enc_gpus = 0.5 if cfg.encoder_num_gpus is None else cfg.encoder_num_gpus
         sc_gpus = 0.5 if cfg.scorer_num_gpus is None else cfg.scorer_num_gpus
-        n_enc = cfg.encoder_actors or max(1, int(gpus))
-        spare = max(1.0, math.floor(cpus - sc_cpus * cfg.scorer_actors) / n_enc)
+        n_enc = max(1, min(cfg.encoder_actors or max(1, int(gpus)), cap))
+        spare = max(1.0, math.floor(cpus - sc_cpus * n_sc) / n_enc)
         enc_cpus = min(4.0, spare) if cfg.encoder_num_cpus is None else cfg.encoder_num_cpus
     else:
         enc_gpus = cfg.encoder_num_gpus or 0.0
         sc_gpus = cfg.scorer_num_gpus or 0.0
-        n_enc = cfg.encoder_actors or max(1, math.floor(cpus))
-        share = max(0.1, math.floor(cpus - sc_cpus * cfg.scorer_actors) / n_enc)
+        n_enc = max(1, min(cfg.encoder_actors or max(1, math.floor(cpus)), cap))
+        share = max(0.1, math.floor(cpus - sc_cpus * n_sc) / n_enc)
         enc_cpus = share if cfg.encoder_num_cpus is None else cfg.encoder_num_cpus
-    return Resources(n_enc, enc_cpus, enc_gpus, cfg.scorer_actors, sc_cpus, sc_gpus)
+    return Resources(n_enc, enc_cpus, enc_gpus, n_sc, sc_cpus, sc_gpus)
 
 
 def connect(ray_address: str | None, num_cpus: int | None = None) -> tuple[Any, bool]:
@@ -170,6 +176,7 @@ def build_pipeline(
     """
     wctx = replace(wctx, log_level=logging.getLogger().getEffectiveLevel())
     enc_ctx = replace(wctx, threads=res.encoder_threads)
+
     if p.cfg.reuse_features:  # the bag from stored features: no slide read
         ds = ray.data.from_items(
             input_rows(pending, p.feature_index), override_num_blocks=max(1, len(pending))
