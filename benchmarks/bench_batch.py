@@ -329,7 +329,8 @@ def serial_loop(cfg: Any, threads: int) -> Finishes:
         tiles["n"] += row.n_tiles
         fin.stamps.append((time.perf_counter(), tiles["n"]))
 
-    run_serial(enc, scorer, sources, on_row=on_row)
+    for row in run_serial(enc, scorer, sources):
+        on_row(row)
     fin.wall = time.perf_counter() - fin.t0
     return fin
 
@@ -467,7 +468,8 @@ def main(argv: list[str] | None = None) -> None:
         loop = serial_loop(cfg(large, "out-loop", "loop"), threads=args.cpus)
     loop_rate, loop_per_cpu = loop.steady_tiles_per_s(), loop.tiles_per_cpu_s(loop_cpu)
     print(
-        f"plain loop ({args.cpus} torch threads): {n4} slides, {loop.tiles} tiles in "
+        f"plain loop ({args.cpus} reading/encoding threads, one torch thread each): {n4} "
+        f"slides, {loop.tiles} tiles in "
         f"{loop.wall:.1f} s: {n4 / loop.wall * 3600:.0f} slides/h; steady "
         f"{loop_rate:.1f} tiles/s, {loop_rate / args.cpus:.1f} per core, "
         f"{loop_per_cpu:.1f} per CPU-second",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -645,6 +646,16 @@ def test_reuse_features_rescores_without_the_slides(
     assert set(f.column("error_type").to_pylist()) == {"MissingFeaturesError"}
     runs = read_table(s3_run.out, "runs", ["rescored"]).to_pylist()[0]
     assert runs["features_source_run"] == "e2e"
+    # re-scoring ran in this process (no cluster given); through Ray's actor pool it is the same
+    assert json.loads(runs["config_json"])["in_process"] is None
+    on_ray = score_archive(
+        _rerun_config(s3_run, trained, "rescored-ray", reuse_features=True, in_process=False)
+    )
+    assert (on_ray.n_scored, on_ray.n_failed) == (N_GOOD, 7) and on_ray.ray_stats
+    assert summary.ray_stats is None
+    via = read_table(s3_run.out, "predictions", ["rescored-ray"]).to_pandas()
+    via = via.set_index("slide_id").loc[old.index]
+    np.testing.assert_allclose(via["risk"], new["risk"], rtol=1e-6)
 
 
 @pytest.mark.ray

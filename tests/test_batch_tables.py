@@ -140,6 +140,21 @@ def test_bound_by_weighs_each_pool_by_its_actors() -> None:
     assert bound_by(StageTimes(encode=3.0, tiles=1.0), 1, 1) == ("encode", 0.75)
 
 
+def test_rescoring_runs_in_process_unless_a_cluster_is_given(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = ScoreConfig(archive="a", output="o")
+    assert not cfg.runs_in_process()  # scoring from slides: Ray
+    rescore = replace(cfg, reuse_features=True)
+    assert rescore.runs_in_process()
+    assert not replace(rescore, ray_address="127.0.0.1:6379").runs_in_process()
+    assert not replace(rescore, in_process=False).runs_in_process()
+    assert replace(cfg, in_process=True).runs_in_process()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # inside `ray job submit`
+    assert not rescore.runs_in_process()
+    with pytest.raises(ConfigError, match="in_process and ray_address exclude each other"):
+        ScoreConfig(archive="a", output="o", in_process=True, ray_address="auto")
+
+
 def test_resources_give_the_cores_to_the_encoders() -> None:
     cfg = ScoreConfig(archive="a", output="o")
     # no GPU: one encoder per CPU with a whole CPU (one torch thread), the scorer on no CPU

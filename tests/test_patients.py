@@ -168,7 +168,7 @@ def test_patients_are_predicted_from_their_union_bags(trained: Trained, tmp_path
     p = prepare(cfg)
     state = cm.RunState.begin(p.layout, p.identity(), list_inputs(p), cfg.retry)
     ctx = worker_context(p)
-    run_serial(TileEncoder(ctx), SlideScorer(ctx), state.inputs)
+    list(run_serial(TileEncoder(ctx), SlideScorer(ctx), state.inputs))
     with pytest.raises(DataError, match="patient 'P-A' has no commit yet"):
         list(pt.patient_records(state, cfg.retry))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from pathgen_batch.batch.model_refs import DEFAULT_FUSION, DEFAULT_GENERATOR
@@ -26,6 +27,11 @@ class ScoreConfig:
     workspace, tracking_uri: the registry store (see ``pathgen_batch.registry``).
     ray_address: join this cluster (``auto``, ``ray://...``, ``host:port``); None starts a
     local Ray with ``num_cpus`` CPUs (None: all).
+    in_process: run the same stages one batch after the other in this process, no Ray
+    (``num_cpus`` threads read and encode a slide's tiles side by side). None: in process
+    when re-scoring (``reuse_features``) without a cluster to join (no ``ray_address``, no
+    ``RAY_ADDRESS``): with no slide to decode or encode, starting Ray costs more than the work;
+    otherwise Ray.
     scratch_dir: node-local folder for staged slides (None: the system temp folder).
     encoder_actors: tile+encode actors; each holds at most one staged slide, so this bounds
     the slides on scratch at once (per node: the actors placed there). None: one per GPU when
@@ -60,6 +66,7 @@ class ScoreConfig:
     workspace: str = "workspace"
     tracking_uri: str | None = None
     ray_address: str | None = None
+    in_process: bool | None = None
     num_cpus: int | None = None
     scratch_dir: str | None = None
     encoder_actors: int | None = None
@@ -131,6 +138,14 @@ class ScoreConfig:
             )
         if self.features_run is not None and not self.reuse_features:
             raise ConfigError("ScoreConfig.features_run: only meaningful with reuse_features")
+        if self.in_process and self.ray_address:
+            raise ConfigError("ScoreConfig: in_process and ray_address exclude each other")
+
+    def runs_in_process(self) -> bool:
+        """Whether the run uses no Ray (``in_process``, or its default: see the class)."""
+        if self.in_process is not None:
+            return self.in_process
+        return self.reuse_features and not (self.ray_address or os.environ.get("RAY_ADDRESS"))
         if not self.extensions:
             raise ConfigError("ScoreConfig.extensions: expected at least one extension")
 

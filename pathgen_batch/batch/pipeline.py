@@ -11,7 +11,9 @@ feature contract and gene panel compared, the archive and the output checked for
 the run started or resumed (:mod:`.prepare`, :mod:`.commit`). Then, per pass, a Ray Data
 pipeline over the slides still without a commit (:mod:`.ray_runner`): an encoder stage
 (:mod:`.encode_stage`) and a scorer stage (:mod:`.score_stage`) as actor pools, and the driver
-counting one small status row per slide (:mod:`.summary`).
+counting one small status row per slide (:mod:`.summary`). With ``in_process`` (by default
+when re-scoring stored features without a cluster to join) the same stages run in this
+process, one batch after the other, with the same commits: no Ray is started.
 
 Rows carry URIs, coordinates, features and results only; a slide file exists only on the
 scratch disk of the node whose encoder actor stages it (one slide per actor at a time), and the
@@ -29,9 +31,12 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+import torch
 
 from pathgen_batch import __version__, storage
 from pathgen_batch.batch import commit as cm
@@ -54,10 +59,11 @@ from pathgen_batch.batch.ray_runner import (
     pass_errors,
     plan_resources,
 )
-from pathgen_batch.batch.score_stage import SlideScorer, union_predictor
+from pathgen_batch.batch.score_stage import SlideScorer, StoredBagScorer, union_predictor
 from pathgen_batch.batch.stage_rows import SlideRow, StageTimes, from_batch, to_batch
 from pathgen_batch.batch.summary import Progress, RunSummary
 from pathgen_batch.config import to_dict
+from pathgen_batch.errors import PathgenError
 from pathgen_batch.storage import SlideSource
 from pathgen_batch.tables import io as tio
 from pathgen_batch.tables.redaction import Redactor, redacting
@@ -113,7 +119,26 @@ def _run(
     startup_s = 0.0
     pending = state.pending()
     last_error = "not processed"
-    if pending:
+    if pending and cfg.runs_in_process():
+        log.info(
+            "run %s: %d of %d slide(s) to score, in this process",
+            p.run_id,
+            len(pending),
+            len(state.inputs),
+        )
+        startup_s = time.perf_counter() - t0
+        while pending and passes < cfg.max_passes:
+            passes += 1
+            prog = Progress(total=len(pending))
+            try:
+                _consume_in_process(run_in_process(p, pending), prog, progress, cfg)
+            except PathgenError as e:  # out of retries on storage: the next pass, or a failure
+                last_error = f"pass {passes} ended on {type(e).__name__}: {str(e)[:500]}"
+                last_error = redactor(last_error) if redactor is not None else last_error
+                log.warning("run %s: %s", p.run_id, last_error)
+            totals, n_rows = totals + prog.times, n_rows + prog.done
+            pending = state.pending()
+    elif pending:
         ray, owned = connect(cfg.ray_address, cfg.num_cpus)
         try:
             configure_data(ray)
@@ -249,19 +274,59 @@ def _complete_summary(p: Prepared, tables: dict[str, str], seconds: float) -> Ru
     )
 
 
+def _consume_in_process(
+    rows: Iterator[SlideRow],
+    prog: Progress,
+    report: Callable[[Progress], None] | None,
+    cfg: ScoreConfig,
+) -> None:
+    """Count ``rows`` into ``prog``; ``report(prog)`` every ``cfg.progress_every_s`` and last."""
+    last = time.monotonic()
+    for row in rows:
+        prog.count(row)
+        if report is not None and time.monotonic() - last >= cfg.progress_every_s:
+            report(prog)
+            last = time.monotonic()
+    if report is not None:
+        report(prog)
+
+
+def run_in_process(p: Prepared, pending: Sequence[SlideSource]) -> Iterator[SlideRow]:
+    """The stages of the pipeline over ``pending``, in this process (no Ray): re-scoring reads
+    and scores ``scorer_batch_size`` stored bags at a time; scoring from slides encodes one
+    slide at a time (``num_cpus`` threads, one torch thread each, read and encode its tiles)
+    and scores it. Torch's thread count is restored afterwards."""
+    cfg = p.cfg
+    cores = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    )
+    ctx = dataclasses.replace(worker_context(p), threads=cfg.num_cpus or max(1, len(cores)))
+    before = torch.get_num_threads()
+    try:
+        if cfg.reuse_features:
+            scorer = StoredBagScorer(ctx)
+            rows = []
+            for s in pending:
+                uri, group = p.feature_index.get(s.slide_id, (None, None))
+                rows.append(SlideRow(s, feature_uri=uri, feature_group=group))
+            for i in range(0, len(rows), cfg.scorer_batch_size):
+                yield from from_batch(scorer(to_batch(rows[i : i + cfg.scorer_batch_size])))
+        else:
+            encoder = TileEncoder(ctx)
+            scorer_ctx = dataclasses.replace(ctx, threads=None)
+            yield from run_serial(encoder, SlideScorer(scorer_ctx), pending)
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_serial(
     encoder: TileEncoder,
     scorer: SlideScorer,
     sources: Sequence[SlideSource],
-    on_row: Callable[[SlideRow], None] | None = None,
-) -> list[SlideRow]:
-    """The same stages in one process, one slide after the other (no Ray): a baseline for
-    :func:`score_archive` (the stages are built by the caller, so that loading the models is
-    not part of what it measures). The run must have begun (:class:`.commit.RunState`)."""
-    out = []
+) -> Iterator[SlideRow]:
+    """The encoder and scorer stages in this process, one slide after the other (no Ray), each
+    slide's row as it is committed. The stages are built by the caller (so a benchmark can
+    load the models before its clock starts); the run must have begun
+    (:class:`.commit.RunState`)."""
     for src in sources:
-        for row in from_batch(scorer(encoder(to_batch([SlideRow(src)])))):
-            out.append(row)
-            if on_row is not None:
-                on_row(row)
-    return out
+        yield from from_batch(scorer(encoder(to_batch([SlideRow(src)]))))

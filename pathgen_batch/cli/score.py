@@ -56,6 +56,13 @@ EXIT_SOME_FAILED = 3
 )
 @click.option("--ray-address", default=None, help="Join this Ray cluster (else a local Ray).")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray. [all]")
+@click.option(
+    "--ray/--no-ray",
+    "use_ray",
+    default=None,
+    help="Ray actor pools, or the same stages in this process. [Ray; in this process when "
+    "re-scoring without --ray-address]",
+)
 @click.option("--scratch", "scratch_dir", default=None, help="Node-local folder for staged slides.")
 @click.option("--encoder-actors", type=int, default=None, help="Tile+encode actors. [per GPU/CPU]")
 @click.option(
@@ -123,9 +130,11 @@ def score(**kw: object) -> None:
     scorer_gpus = kw.pop("scorer_gpus")
     every = kw.pop("progress_every")
     ray_stats = kw.pop("ray_stats")
+    use_ray = kw.pop("use_ray")
     try:
         cfg = ScoreConfig(
             **kw,  # type: ignore[arg-type]
+            in_process=None if use_ray is None else not use_ray,
             encoder_num_gpus=encoder_gpus,  # type: ignore[arg-type]
             scorer_num_gpus=scorer_gpus,  # type: ignore[arg-type]
             progress_every_s=every,  # type: ignore[arg-type]
