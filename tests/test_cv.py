@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -171,11 +172,13 @@ def test_outputs_are_written(cv, data: TrainingData) -> None:
 def test_progress_lines_match_the_histories(cv) -> None:
     result, _, lines = cv
     epochs = [e for e in lines if not isinstance(e, str)]
+    # each name prefixes MLflow metric keys: alphanumerics, _ - . space : / only
+    assert all(re.fullmatch(r"[\w\-. :/]+", e.model) for e in epochs)
     for h in result.histories:
         name = f"fold {h['fold']} {h['model']}"
         if h.get("loss_weights"):  # one fit per candidate weighting, the kept one's epochs in h
-            name += f" (survival weight {h['survival_weight']:g})"
-            fits = {e.model for e in epochs if e.model.startswith(f"fold {h['fold']} fusion (")}
+            name += f" survival weight {h['survival_weight']:g}"
+            fits = {e.model for e in epochs if e.model.startswith(f"fold {h['fold']} fusion surv")}
             assert len(fits) == len(h["loss_weights"]["candidates"]) == 2
         assert sum(e.model == name for e in epochs) == h["epochs_run"], name
     assert any(isinstance(s, str) and s.startswith("fold 1: done") for s in lines)

@@ -34,8 +34,9 @@ def select_loss_weights(
     progress: Progress | None = None,
 ) -> tuple[M, FitHistory, FusionTrainConfig, dict[str, Any] | None]:
     """``fit(cfg, progress)`` once, or once per candidate of ``cfg.survival_weights``
-    (survival share s, grade share 1 - s; its epochs reported as ``<model> (survival weight
-    s)``) keeping the lowest :func:`selection_score` (the first on ties).
+    (survival share s, grade share 1 - s; its epochs reported as ``<model> survival weight s``,
+    a name MLflow takes as a metric prefix) keeping the lowest :func:`selection_score` (the
+    first on ties).
 
     Returns (model, history, the config it was trained with, the selection record or None).
     """
@@ -46,7 +47,7 @@ def select_loss_weights(
     scores, epochs = [], []
     for s in cfg.survival_weights:
         c = dataclasses.replace(cfg, survival_weight=float(s), grade_weight=1.0 - float(s))
-        model, hist = fit(c, _tagged(progress, f" (survival weight {float(s):g})"))
+        model, hist = fit(c, _tagged(progress, f" survival weight {float(s):g}"))
         scores.append(selection_score(hist))
         epochs.append(hist.best_epoch)
         if best is None or scores[-1] < min(scores[:-1], default=math.inf):
