@@ -55,7 +55,7 @@ def select_loss_weights(
     assert best is not None
     record = {
         "candidates": [float(s) for s in cfg.survival_weights],
-        "val_scores": scores,
+        "val_scores": [v if math.isfinite(v) else None for v in scores],
         "best_epochs": epochs,
         "chosen": best[2].survival_weight,
         "criterion": "validation survival NLL + grade cross-entropy at the kept epoch",
@@ -87,12 +87,11 @@ def select_sampler_steps(
     for k in candidates:
         sampler = dataclasses.replace(gen.sampler, steps=int(k))
         pred, _ = gen.generate(val_bags, sampler=sampler, seed=seed)
-        r = mean_per_gene_pearson(val_expression, pred)
-        scores.append(-math.inf if math.isnan(r) else r)
-    i = int(np.argmax(scores))
+        scores.append(mean_per_gene_pearson(val_expression, pred))  # NaN: every gene constant
+    i = int(np.argmax([-math.inf if math.isnan(r) else r for r in scores]))
     record = {
         "candidates": [int(k) for k in candidates],
-        "val_pearson": scores,
+        "val_pearson": [None if math.isnan(r) else r for r in scores],
         "chosen": int(candidates[i]),
         "criterion": "validation mean per-gene Pearson of the n-sample mean",
     }

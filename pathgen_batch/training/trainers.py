@@ -219,7 +219,7 @@ def train_predictor(
     and so does a fusion model with modality dropout (a patient without expression gets its
     absent-transcriptome token). The expression scaler is fit on the training patients with
     expression. With ``cfg.survival_weights`` one model per candidate loss weighting, the one
-    kept chosen on ``val_idx`` (:func:`.predictor_loop.select_loss_weights`)."""
+    kept chosen on ``val_idx`` (:func:`.selection.select_loss_weights`)."""
     cfg = cfg or FusionTrainConfig()
     given, given_va = _split(data, train_idx, val_idx)
     tr, va = given, given_va
