@@ -265,8 +265,10 @@ def test_prediction_loss_hand_computed() -> None:
 
 
 # -- fit loops ----------------------------------------------------------------------------------
-def _val_loss_by_hand(fus: TrainedFusion, data: TrainingData, va: np.ndarray) -> float:
-    pred = fus.predict(bags_of(data, va), data.expression[va])
+def _val_loss_by_hand(
+    fus: TrainedFusion, data: TrainingData, va: np.ndarray, slide_only: bool = False
+) -> float:
+    pred = fus.predict(bags_of(data, va), None if slide_only else data.expression[va])
     h = pred.hazards
     S = np.cumprod(1 - h, axis=1)
     bins = np.searchsorted(fus.bin_edges[1:-1], data.time[va], side="left")
@@ -354,6 +356,28 @@ def test_best_epoch_weights_are_restored(data: TrainingData, split) -> None:
     assert h["stopped_early"] and h["epochs_run"] == h["best_epoch"] + 2 < 20
     assert h["val_loss"][-1] != h["best_val_loss"]  # the last epoch's weights were not kept
     assert _val_loss_by_hand(fus, data, va) == pytest.approx(h["best_val_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("slide_only", [True, False])
+def test_a_slide_only_comparator_is_validated_from_the_slide(
+    data: TrainingData, split, slide_only: bool
+) -> None:
+    """validate_slide_only: the kept epoch's validation loss is that of predicting the
+    validation patients from their slides alone (absent-transcriptome token)."""
+    tr, va = split
+    options = {**FUS.options, "modality_dropout": 0.5}
+    cfg = to_dict(FUS) | {"epochs": 6, "patience": 6, "select_on": "loss", "options": options}
+    fus = train_predictor(
+        data, tr, va, FusionTrainConfig(**cfg | {"validate_slide_only": slide_only})
+    )
+    h = fus.provenance["history"]
+    by_slide = _val_loss_by_hand(fus, data, va, slide_only=True)
+    with_rna = _val_loss_by_hand(fus, data, va)
+    assert by_slide != pytest.approx(with_rna, rel=1e-3)  # the two validations differ
+    kept = by_slide if slide_only else with_rna
+    assert kept == pytest.approx(h["best_val_loss"], rel=1e-4)
+    with pytest.raises(ConfigError, match="validate_slide_only: needs model 'fusion' with"):
+        FusionTrainConfig(validate_slide_only=True)
 
 
 def test_same_seed_gives_identical_weights(data: TrainingData, split) -> None:

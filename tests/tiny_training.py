@@ -51,7 +51,11 @@ TINY_CV = CVConfig(
     attention_mil=_fus("attention_mil"),
     omics_mlp=_fus("omics_mlp"),
     wsi_trained=FusionTrainConfig(
-        **{**FUS.__dict__, "options": {**FUS.options, "modality_dropout": 0.5}}
+        **{
+            **FUS.__dict__,
+            "options": {**FUS.options, "modality_dropout": 0.5},
+            "validate_slide_only": True,
+        }
     ),
     val_fraction=0.25,
     alpha=0.25,

@@ -191,6 +191,9 @@ class FusionTrainConfig(_TrainConfig):
     patients, each kept at its best ``select_on`` epoch, and the one with the lowest validation
     survival NLL + grade cross-entropy (unweighted: the same yardstick for every candidate) is
     kept. Empty: ``survival_weight`` and ``grade_weight`` as given, one model.
+    validate_slide_only: validate (choose the epoch and the loss weighting) with the validation
+    patients' transcriptomes withheld, as a slide-only comparator is scored: a fusion model
+    with ``options.modality_dropout`` > 0 only (its absent-transcriptome token stands in).
     """
 
     model: FusionModelName = "fusion"
@@ -204,10 +207,18 @@ class FusionTrainConfig(_TrainConfig):
     risk_quantiles: tuple[float, ...] = (1 / 3, 2 / 3)
     select_on: Literal["survival_nll", "c_index", "loss"] = "survival_nll"
     survival_weights: tuple[float, ...] = ()
+    validate_slide_only: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive_ints(self, ("n_bins",))
+        if self.validate_slide_only and not (
+            self.model == "fusion" and self.options.get("modality_dropout", 0.0) > 0
+        ):
+            raise ConfigError(
+                "FusionTrainConfig.validate_slide_only: needs model 'fusion' with "
+                "options.modality_dropout > 0 (an absent-transcriptome token to validate with)"
+            )
         w = self.survival_weights
         if any(isinstance(v, bool) or not 0.0 <= v <= 1.0 for v in w) or len(set(w)) < len(w):
             raise ConfigError(
@@ -294,6 +305,7 @@ def _wsi_trained_default() -> FusionTrainConfig:
         model="fusion",
         options={"width": 64, "dropout": 0.25, "modality_dropout": WSI_TRAINED_DROPOUT},
         survival_weights=LOSS_WEIGHT_CANDIDATES,
+        validate_slide_only=True,
     )
 
 
@@ -314,8 +326,9 @@ class CVConfig:
     noise_seed: the standard-normal transcriptome of the ``wsi_only`` diagnostic (the fusion
     model fed noise it never saw in training).
     wsi_trained: the trained WSI-only comparator of the repeated CV (condition ``wsi_trained``):
-    the fusion model trained with modality dropout (an absent-transcriptome token) and scored
-    from the slide alone; its ``options.modality_dropout`` must be > 0.
+    the fusion model trained with modality dropout (an absent-transcriptome token), validated
+    (``validate_slide_only``, the default) and scored from the slide alone; its
+    ``options.modality_dropout`` must be > 0.
     registry names: the model names bundles are registered under.
     The predictors' defaults choose their loss weights among ``LOSS_WEIGHT_CANDIDATES`` and
     the generator its sampler's steps among ``SAMPLER_STEP_CANDIDATES`` on each fold's

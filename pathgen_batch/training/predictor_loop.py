@@ -7,6 +7,8 @@ Harrell's C, or the loss itself), with the loop machinery of :mod:`pathgen_batch
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -91,6 +93,8 @@ def fit_predictor(
     """Train a fusion model or baseline on 0.3 x survival NLL + 0.7 x grade CE (by default)."""
     _check_sets(train, val)
     dev = torch.device(device)
+    if cfg.validate_slide_only:  # validated as scored: the absent token for every patient
+        val = dataclasses.replace(val, omics=np.full_like(val.need("omics"), np.nan))
 
     def labels(ex: Examples, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         bins = torch.from_numpy(ex.need("bins")[idx].astype(np.int64)).to(dev)
