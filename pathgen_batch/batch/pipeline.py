@@ -112,13 +112,18 @@ def _run(
 ) -> RunSummary:
     """The passes, the patients and the consolidation of a begun run."""
     cfg, retry = p.cfg, p.cfg.retry
-    totals, n_rows = StageTimes(), 0
-    passes = 0
     res = None
     ray_stats = None
     startup_s = 0.0
     pending = state.pending()
-    last_error = "not processed"
+    # (slides left without a commit, stage times, rows, passes, the error that ended the last)
+    outcome: tuple[list[SlideSource], StageTimes, int, int, str] = (
+        [],
+        StageTimes(),
+        0,
+        0,
+        "not processed",
+    )
     if pending and cfg.runs_in_process():
         log.info(
             "run %s: %d of %d slide(s) to score, in this process",
@@ -127,22 +132,16 @@ def _run(
             len(state.inputs),
         )
         startup_s = time.perf_counter() - t0
-        while pending and passes < cfg.max_passes:
-            passes += 1
-            prog = Progress(total=len(pending))
-            try:
-                _consume_in_process(run_in_process(p, pending), prog, progress, cfg)
-            except PathgenError as e:  # out of retries on storage: the next pass, or a failure
-                last_error = f"pass {passes} ended on {type(e).__name__}: {str(e)[:500]}"
-                last_error = redactor(last_error) if redactor is not None else last_error
-                log.warning("run %s: %s", p.run_id, last_error)
-            totals, n_rows = totals + prog.times, n_rows + prog.done
-            pending = state.pending()
+
+        def in_process(todo: Sequence[SlideSource], prog: Progress) -> None:
+            prog.count_all(run_in_process(p, todo), progress, cfg.progress_every_s)
+
+        # out of retries on storage: the next pass, or a failure
+        outcome = _passes(p, state, in_process, (PathgenError,), progress, redactor)
     elif pending:
         ray, owned = connect(cfg.ray_address, cfg.num_cpus)
         try:
             configure_data(ray)
-            ends_a_pass = pass_errors(ray)
             res = plan_resources(cfg, ray.cluster_resources(), len(pending))
             wctx = worker_context(p)
             log.info(
@@ -153,32 +152,19 @@ def _run(
                 res,
             )
             startup_s = time.perf_counter() - t0  # models, checks, listing, Ray: before a pass
-            while pending and passes < cfg.max_passes:
-                passes += 1
-                prog = Progress(total=len(pending))
-                try:
-                    ray_stats = consume(
-                        build_pipeline(ray, p, wctx, pending, res),
-                        prog,
-                        progress,
-                        cfg.progress_every_s,
-                    )
-                    log.debug("run %s, pass %d: Ray Data stats\n%s", p.run_id, passes, ray_stats)
-                except ends_a_pass as e:
-                    last_error = (
-                        f"pass {passes} ended on {type(e).__name__}: "
-                        + (str(e).strip().splitlines() or [""])[0][:500]
-                    )
-                    if redactor is not None:  # it goes into the failures table too
-                        last_error = redactor(last_error)
-                    log.warning("run %s: %s", p.run_id, last_error)
-                totals, n_rows = totals + prog.times, n_rows + prog.done
-                if progress is not None:
-                    progress(prog)
-                pending = state.pending()
+
+            def on_ray(todo: Sequence[SlideSource], prog: Progress) -> None:
+                nonlocal ray_stats
+                assert res is not None
+                ds = build_pipeline(ray, p, wctx, todo, res)
+                ray_stats = consume(ds, prog, progress, cfg.progress_every_s)
+                log.debug("run %s: Ray Data stats\n%s", p.run_id, ray_stats)
+
+            outcome = _passes(p, state, on_ray, pass_errors(ray), progress, redactor)
         finally:
             if owned:
                 ray.shutdown()
+    pending, totals, n_rows, passes, last_error = outcome
     if pending:
         cm.fail_leftovers(state, p.lineage, last_error, retry)
     patients = None
@@ -274,21 +260,37 @@ def _complete_summary(p: Prepared, tables: dict[str, str], seconds: float) -> Ru
     )
 
 
-def _consume_in_process(
-    rows: Iterator[SlideRow],
-    prog: Progress,
-    report: Callable[[Progress], None] | None,
-    cfg: ScoreConfig,
-) -> None:
-    """Count ``rows`` into ``prog``; ``report(prog)`` every ``cfg.progress_every_s`` and last."""
-    last = time.monotonic()
-    for row in rows:
-        prog.count(row)
-        if report is not None and time.monotonic() - last >= cfg.progress_every_s:
-            report(prog)
-            last = time.monotonic()
-    if report is not None:
-        report(prog)
+def _passes(
+    p: Prepared,
+    state: cm.RunState,
+    run_pass: Callable[[Sequence[SlideSource], Progress], None],
+    ends_a_pass: tuple[type[BaseException], ...],
+    progress: Callable[[Progress], None] | None,
+    redactor: Redactor | None,
+) -> tuple[list[SlideSource], StageTimes, int, int, str]:
+    """Passes of ``run_pass`` over the slides still without a commit, at most
+    ``max_passes``: an error of ``ends_a_pass`` ends a pass and the next one retries what it
+    left. Returns (slides still pending, summed stage times, rows, passes, the last error)."""
+    totals, n_rows, passes, last_error = StageTimes(), 0, 0, "not processed"
+    pending = state.pending()
+    while pending and passes < p.cfg.max_passes:
+        passes += 1
+        prog = Progress(total=len(pending))
+        try:
+            run_pass(pending, prog)
+        except ends_a_pass as e:
+            last_error = (
+                f"pass {passes} ended on {type(e).__name__}: "
+                + (str(e).strip().splitlines() or [""])[0][:500]
+            )
+            if redactor is not None:  # it goes into the failures table too
+                last_error = redactor(last_error)
+            log.warning("run %s: %s", p.run_id, last_error)
+        totals, n_rows = totals + prog.times, n_rows + prog.done
+        if progress is not None:
+            progress(prog)
+        pending = state.pending()
+    return list(pending), totals, n_rows, passes, last_error
 
 
 def run_in_process(p: Prepared, pending: Sequence[SlideSource]) -> Iterator[SlideRow]:

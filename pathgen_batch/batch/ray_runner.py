@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -216,10 +215,5 @@ def consume(
 ) -> str:
     """Run ``ds``, counting each slide's status row into ``prog``; ``report(prog)`` every
     ``every_s`` seconds. Returns Ray Data's execution stats (time and CPU per operator)."""
-    last = time.monotonic()
-    for row in ds.iter_rows():
-        prog.count(from_ray_row(row))
-        if report is not None and time.monotonic() - last >= every_s:
-            report(prog)
-            last = time.monotonic()
+    prog.count_all((from_ray_row(row) for row in ds.iter_rows()), report, every_s)
     return str(ds.stats())

@@ -10,6 +10,7 @@ is its load; the busier pool bounded the run, and within it the stage that took 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pathgen_batch.batch.stage_rows import SlideRow, SlideStatus, StageTimes
@@ -42,6 +43,18 @@ class Progress:
                 f"slide {row.source.slide_id}: left the pipeline unscored ({row.status.value})"
             )
         self.times += row.times
+
+    def count_all(
+        self, rows: Iterable[SlideRow], report: Callable[[Progress], None] | None, every_s: float
+    ) -> None:
+        """Count every row of ``rows`` as it leaves the pipeline; ``report(self)`` every
+        ``every_s`` seconds."""
+        last = time.monotonic()
+        for row in rows:
+            self.count(row)
+            if report is not None and time.monotonic() - last >= every_s:
+                report(self)
+                last = time.monotonic()
 
     @property
     def done(self) -> int:

@@ -53,12 +53,19 @@ def prediction_loss(
         surv = survival_nll(out.hazard_logits[has], bins[has], censored[has])
     else:
         surv = out.hazard_logits.sum() * 0.0
-    known = grade >= 0  # (B,)
-    if bool(known.any()):
-        ce = F.cross_entropy(out.grade_logits[known], grade[known])
-    else:
+    ce = _grade_ce(out, grade)
+    if ce is None:
         ce = out.grade_logits.sum() * 0.0
     return survival_weight * surv + grade_weight * ce
+
+
+def _grade_ce(out: FusionOutput, grade: torch.Tensor) -> torch.Tensor | None:
+    """Mean grade cross-entropy over the patients of a known grade (``grade`` (B,), -1 =
+    unknown); None when none is known."""
+    known = grade >= 0  # (B,)
+    if not bool(known.any()):
+        return None
+    return F.cross_entropy(out.grade_logits[known], grade[known])
 
 
 def predictor_inputs(
@@ -143,12 +150,9 @@ def fit_predictor(
 
 
 def grade_cross_entropy(out: FusionOutput, grade: torch.Tensor) -> float:
-    """Mean grade cross-entropy over the patients of a known grade (``grade`` (P,), -1 =
-    unknown); NaN when none is known."""
-    known = grade >= 0
-    if not bool(known.any()):
-        return float("nan")
-    return float(F.cross_entropy(out.grade_logits[known], grade[known]).item())
+    """:func:`_grade_ce` as a float, NaN when no grade is known."""
+    ce = _grade_ce(out, grade)
+    return float("nan") if ce is None else float(ce.item())
 
 
 def survival_scores(
